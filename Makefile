@@ -1,0 +1,48 @@
+# vmfault: `make demo` sets everything up and runs the demo; `make test` sets up and tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup system venv image demo test lint typecheck unit integration bench clean
+
+setup: system venv image
+
+system:
+	@tools/setup-system.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: system $(STAMP)
+
+image: venv
+	@$(BIN)/vmfault image build
+
+demo: setup
+	$(BIN)/vmfault demo
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: setup
+	$(BIN)/pytest -q tests/integration
+
+test: setup lint typecheck
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python bench/machine.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,5 @@
+"""`python -m vmfault` runs the command-line tool."""
+
+from vmfault.cli import main
+
+main()

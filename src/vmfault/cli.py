@@ -1,0 +1,322 @@
+"""The `vmfault` command: parses arguments, calls the library, prints. Nothing else."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vmfault._version import __version__
+from vmfault.errors import UsageError, VmfaultError
+from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
+from vmfault.machine import Accel, kvm_blocker, probe_boot
+from vmfault.session import GoldenRun, golden_run, machine_config, prepare_image
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="vmfault",
+    help="Inject hardware faults into QEMU virtual machines and measure what they do.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+image_app = typer.Typer(help="Build and inspect guest images.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _progress(message: str) -> None:
+    err.print(f"[dim]{message}[/dim]")
+
+
+def _load_config(path: Path | None) -> tuple[UserWorkload, ...]:
+    """User workloads from a TOML file: `[[workload]]` tables with name, path, args."""
+    if path is None:
+        return ()
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}", hint="check the path") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: invalid TOML: {exc}", hint="fix the file") from exc
+    workloads = []
+    for index, entry in enumerate(data.get("workload", [])):
+        where = f"{path}: workload[{index}]"
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise UsageError(f"{where} needs a `path`", hint='e.g. path = "prog.c"')
+        file = (path.parent / str(entry["path"])).resolve()
+        args = entry.get("args", [])
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise UsageError(
+                f"{where}: `args` must be a list of strings", hint='args = ["-n", "5"]'
+            )
+        workloads.append(
+            UserWorkload(name=str(entry.get("name", file.stem)), path=file, args=tuple(args))
+        )
+    return tuple(workloads)
+
+
+def _spec(
+    config: Path | None,
+    kernel: Path | None,
+    initrd: Path | None,
+    disk: Path | None,
+    extra: tuple[UserWorkload, ...] = (),
+) -> ImageSpec:
+    return ImageSpec(
+        user_workloads=_load_config(config) + extra, kernel=kernel, initrd=initrd, disk=disk
+    )
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML file with [[workload]] tables (name, path, args)."),
+]
+KernelOpt = Annotated[Path | None, typer.Option(help="Your own kernel (vmlinux or bzImage).")]
+InitrdOpt = Annotated[Path | None, typer.Option(help="Your own initrd; vmfault's is appended.")]
+DiskOpt = Annotated[Path | None, typer.Option(help="A raw disk image attached as virtio-blk.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+@image_app.command("build")
+def image_build(
+    config: ConfigOpt = None,
+    kernel: KernelOpt = None,
+    initrd: InitrdOpt = None,
+    disk: DiskOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the guest image (kernel, initramfs, agent, workloads) and capture kernel symbols.
+
+    Cached by a hash of every input: a second build with the same inputs does nothing.
+    """
+    image = prepare_image(_spec(config, kernel, initrd, disk), log=_progress)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "image_hash": image.image_hash,
+                    "root": str(image.root),
+                    "kernel_release": image.kernel_release,
+                    "workloads": sorted(image.workloads),
+                }
+            )
+        )
+        return
+    out.print(f"image {image.image_hash} ({image.kernel_release}) at {image.root}")
+    out.print("workloads: " + ", ".join(sorted(image.workloads)))
+
+
+def _user_workload(workload: str) -> tuple[str, tuple[UserWorkload, ...]]:
+    """A path names a user workload (C file or static binary); anything else a built-in."""
+    if "/" not in workload and not workload.endswith(".c"):
+        return workload, ()
+    path = Path(workload).resolve()
+    if not path.is_file():
+        raise UsageError(
+            f"workload file {workload} does not exist",
+            hint="give a C file, a static binary or a built-in name",
+        )
+    return path.stem, (UserWorkload(name=path.stem, path=path),)
+
+
+def _golden_table(runs: list[GoldenRun]) -> Table:
+    table = Table(title="golden runs")
+    for column in ("workload", "exit", "duration s", "wall s", "instructions", "boot s", "output"):
+        table.add_column(column, overflow="fold")
+    for run in runs:
+        table.add_row(
+            " ".join(run.argv),
+            str(run.exit_status) + (f" ({run.signal})" if run.signal else ""),
+            f"{run.duration_s:.3f}",
+            f"{run.wall_s:.3f}",
+            "-" if run.instructions is None else f"{run.instructions:,}",
+            f"{run.boot_s:.2f}",
+            run.output.strip(),
+        )
+    return table
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def run(
+    workload: Annotated[
+        str, typer.Argument(help="A built-in workload, a C file or a static binary.")
+    ],
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments for the workload.")] = None,
+    deterministic: Annotated[
+        bool,
+        typer.Option(
+            help="icount mode: repeatable to the instruction, reports guest instructions."
+        ),
+    ] = False,
+    accel: Annotated[
+        Accel, typer.Option(help="tcg, kvm, or auto (KVM only if a probe boots).")
+    ] = Accel.TCG,
+    timeout: Annotated[float, typer.Option(help="Seconds the workload may run.")] = 300.0,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Golden run: boot the guest, run WORKLOAD fault-free, print its output and exit status.
+
+    vmfault's own options may stand anywhere; other options go to the workload. After `--`
+    everything goes to the workload.
+    """
+    name, extra = _user_workload(workload)
+    spec = _spec(config, None, None, None, extra)
+    known = {*builtin_workload_names(), *(w.name for w in spec.user_workloads)}
+    if name not in known:  # before any build: bad input fails at once
+        raise UsageError(
+            f"no workload named {name!r}",
+            hint=f"choose one of {', '.join(sorted(known))}, or give a C file or static binary",
+        )
+    image = prepare_image(spec, log=_progress)
+    argv = [name, *(args or [])]
+    if len(argv) == 1:
+        argv += list(image.workload(name).default_args)
+    result = golden_run(image, argv, deterministic=deterministic, accel=accel, timeout_s=timeout)
+    if as_json:
+        data = result.to_json()
+        data.pop("console")
+        out.print_json(json.dumps(data))
+    else:
+        sys.stdout.write(result.output)
+        sys.stdout.flush()
+        if result.stderr:
+            sys.stderr.write(result.stderr)
+        _progress(
+            f"exit status {result.exit_status}"
+            + (f" ({result.signal})" if result.signal else "")
+            + f", {result.duration_s:.3f} s guest time"
+            + ("" if result.instructions is None else f", {result.instructions:,} instructions")
+            + f", {result.accel}"
+        )
+    if result.exit_status != 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    deterministic: Annotated[bool, typer.Option(help="Use icount mode.")] = False,
+) -> None:
+    """Build the image and golden-run every built-in workload, printing a table."""
+    image = prepare_image(log=_progress)
+    runs = []
+    for name in builtin_workload_names():
+        argv = [name, *image.workload(name).default_args]
+        _progress(f"golden run: {' '.join(argv)}")
+        runs.append(golden_run(image, argv, deterministic=deterministic))
+    out.print(_golden_table(runs))
+
+
+def _check(table: Table, what: str, ok: bool, detail: str, fix: str = "") -> bool:
+    table.add_row(
+        what, "[green]ok[/green]" if ok else "[red]missing[/red]", detail, "" if ok else fix
+    )
+    return ok
+
+
+@app.command()
+def doctor(
+    probe: Annotated[bool, typer.Option(help="Boot the guest to test each accelerator.")] = True,
+) -> None:
+    """Check QEMU, accelerators and the guest image; say what is missing and how to fix it."""
+    table = Table(title=f"vmfault {__version__}")
+    for column in ("check", "state", "detail", "fix"):
+        table.add_column(column, overflow="fold")
+    healthy = True
+    qemu = shutil.which("qemu-system-x86_64")
+    version = ""
+    if qemu:
+        version = subprocess.run(
+            [qemu, "--version"], capture_output=True, text=True, check=False
+        ).stdout.splitlines()[0]
+    healthy &= _check(
+        table,
+        "QEMU",
+        bool(qemu),
+        version or "qemu-system-x86_64 not found",
+        "make setup (apt-get install qemu-system-x86)",
+    )
+    for tool, package in (
+        ("qemu-img", "qemu-utils"),
+        ("gcc", "gcc"),
+        ("busybox", "busybox-static"),
+    ):
+        found = shutil.which(tool)
+        healthy &= _check(
+            table,
+            tool,
+            bool(found),
+            found or "not found",
+            f"make setup (apt-get install {package})",
+        )
+    image = None
+    try:
+        image = prepare_image(log=_progress)
+        _check(table, "guest image", True, f"{image.image_hash} {image.kernel_release}")
+    except VmfaultError as exc:
+        healthy = _check(table, "guest image", False, exc.one_line(), "make setup")
+    for accel in (Accel.TCG, Accel.KVM):
+        reason = kvm_blocker() if accel is Accel.KVM else None
+        if reason is None and image is not None and probe:
+            reason = probe_boot(machine_config(image, ["/bin/busybox", "true"]), accel)
+        elif reason is None:
+            reason = "not probed"
+        ok = reason is None
+        if accel is Accel.TCG:
+            healthy &= ok
+        _check(
+            table,
+            f"accelerator {accel.value}",
+            ok,
+            reason or "boots the guest",
+            "make setup" if accel is Accel.TCG else "KVM stays off; TCG is used",
+        )
+    out.print(table)
+    if not healthy:
+        raise typer.Exit(1)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> NoReturn:
+    # SIGTERM unwinds like Ctrl-C so that every machine's context manager cleans up.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors, exit status 2 for bad input, clean exit on signals."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        status = app(args=argv, standalone_mode=False)
+    except UsageError as exc:
+        _fail(f"error: {exc.one_line()}", 2)
+    except typer.TyperException as exc:  # argument parsing errors
+        _fail(f"error: {' '.join(_usage_message(exc).split())}", 2)
+    except VmfaultError as exc:
+        _fail(exc.one_line(), 1)
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130)
+    if isinstance(status, int) and status:
+        sys.exit(status)
+
+
+def _usage_message(exc: typer.TyperException) -> str:
+    format_message = getattr(exc, "format_message", None)
+    return str(format_message()) if callable(format_message) else str(exc)
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    err.print(f"vmfault: {message}", highlight=False, markup=False, soft_wrap=True)
+    sys.exit(status)

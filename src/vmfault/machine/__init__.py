@@ -1,0 +1,34 @@
+"""The machine layer: QEMU processes and everything that talks to them.
+
+It knows nothing about faults, experiments or campaigns; those layers use it.
+"""
+
+from vmfault.machine.accel import kvm_blocker, probe_boot, resolve_accel
+from vmfault.machine.channel import Channel, Frame, FrameParser
+from vmfault.machine.config import Accel, MachineConfig
+from vmfault.machine.console import Console, ConsoleMatch
+from vmfault.machine.gdbstub import GdbStub, StopReply
+from vmfault.machine.machine import Machine, QMPEvent, Runstate, Snapshot, SnapshotKind
+from vmfault.machine.memmap import MemoryMap, MemoryRegion
+
+__all__ = [
+    "Accel",
+    "Channel",
+    "Console",
+    "ConsoleMatch",
+    "Frame",
+    "FrameParser",
+    "GdbStub",
+    "Machine",
+    "MachineConfig",
+    "MemoryMap",
+    "MemoryRegion",
+    "QMPEvent",
+    "Runstate",
+    "Snapshot",
+    "SnapshotKind",
+    "StopReply",
+    "kvm_blocker",
+    "probe_boot",
+    "resolve_accel",
+]

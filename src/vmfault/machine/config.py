@@ -1,0 +1,200 @@
+"""What a virtual machine is made of, and the QEMU command line that makes it (pure, no I/O)."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "DETERMINISTIC_RTC_BASE",
+    "Accel",
+    "MachineConfig",
+    "SocketPaths",
+    "guest_tsc_khz",
+    "host_tsc_khz",
+    "qemu_argv",
+]
+
+DETERMINISTIC_RTC_BASE = "2020-01-01T00:00:00"
+"""Fixed guest wall-clock start in deterministic mode, so transcripts do not carry today's date."""
+
+
+class Accel(enum.StrEnum):
+    """How QEMU executes guest code."""
+
+    TCG = "tcg"
+    """Software translation: works everywhere; the mode tests and benchmarks use."""
+    KVM = "kvm"
+    """Hardware virtualisation; only where a probe showed that it boots a guest."""
+    AUTO = "auto"
+    """KVM if the probe shows it works on this host, else TCG (with a one-line reason)."""
+
+
+@dataclass(frozen=True)
+class SocketPaths:
+    """Unix sockets vmfault listens on; QEMU connects to each one as a client."""
+
+    qmp: Path
+    gdb: Path
+    console: Path
+    channel: Path
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """Everything needed to start one guest. Plain data: hashable, comparable, reusable.
+
+    `append` is added to the kernel command line after vmfault's own parameters.
+    `ram_mib` is guest RAM in MiB (this kernel needs >= 96). `deterministic` turns on
+    `-icount shift=0,sleep=off` and a guest RTC on the virtual clock, which makes runs
+    repeatable instruction for instruction (at about half the speed).
+    """
+
+    kernel: Path
+    initrd: Path | None = None
+    append: str = ""
+    ram_mib: int = 128
+    cpus: int = 1
+    accel: Accel = Accel.TCG
+    machine_type: str = "microvm"
+    deterministic: bool = False
+    disk: Path | None = None
+    snapshot_drive_mib: int = 64
+    incoming: Path | None = None
+    """Start from a saved state file (see `Machine.save_state_file`) instead of booting."""
+    console_log: Path | None = None
+    """Where the whole serial console transcript goes; None keeps it in the run directory."""
+    qemu_binary: str = "qemu-system-x86_64"
+    extra_args: tuple[str, ...] = field(default=())
+
+    def kernel_cmdline(self) -> str:
+        """The full kernel command line: vmfault's fixed part, then `append`."""
+        # nokaslr and norandmaps keep kernel and process addresses the same on every boot,
+        # so faults aimed at an address mean the same thing in every experiment.
+        base = "console=ttyS0 nokaslr norandmaps panic=-1 oops=panic reboot=t"
+        return f"{base} {self.append}".strip()
+
+
+def _machine_option(config: MachineConfig) -> str:
+    if config.machine_type == "microvm":
+        # No option ROMs and an ACPI table for pvpanic; the ISA serial port is the console.
+        return "microvm,x-option-roms=off,isa-serial=on,acpi=on"
+    return config.machine_type
+
+
+def _cpu_model(config: MachineConfig, accel: Accel) -> str:
+    model = "max" if accel is Accel.TCG else "host"
+    if config.deterministic:
+        # TCG's RDRAND/RDSEED return host randomness: the one input icount cannot replay.
+        model += ",-rdrand,-rdseed"
+    return model
+
+
+def guest_tsc_khz(config: MachineConfig, accel: Accel, host_tsc_khz: int | None) -> int | None:
+    """The guest's TSC rate in kHz, when vmfault knows it better than the guest could.
+
+    Under TCG the guest calibrates its TSC against the emulated PIT, which fails on a busy
+    host ("Unable to calibrate against PIT") and can hang the boot. The rate is known:
+    icount runs the TSC at 1 GHz (one instruction per ns at shift=0), plain TCG at the
+    host's TSC rate. Under KVM the guest calibrates correctly on its own.
+    """
+    if accel is not Accel.TCG:
+        return None
+    if config.deterministic:
+        return 1_000_000
+    return host_tsc_khz
+
+
+def host_tsc_khz(cpuinfo: str) -> int | None:
+    """The host TSC rate in kHz from /proc/cpuinfo text, if the CPU's TSC is invariant."""
+    flags = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
+    mhz = re.search(r"^cpu MHz\s*:\s*([0-9.]+)$", cpuinfo, re.MULTILINE)
+    if flags is None or mhz is None or "constant_tsc" not in flags.group(1).split():
+        return None
+    return round(float(mhz.group(1)) * 1000)
+
+
+def qemu_argv(
+    config: MachineConfig,
+    accel: Accel,
+    sockets: SocketPaths,
+    scratch: Path,
+    *,
+    tsc_khz: int | None = None,
+) -> list[str]:
+    """The QEMU argument vector for `config`, executing with `accel` (not AUTO).
+
+    The guest starts paused (`-S`); every control channel is a Unix socket that QEMU
+    connects to. `scratch` is the qcow2 file that holds internal snapshots. `tsc_khz`,
+    if given, tells the guest kernel its TSC rate (see `guest_tsc_khz`).
+    """
+    if accel is Accel.AUTO:
+        raise ValueError("resolve Accel.AUTO before building a command line")
+    argv = [
+        config.qemu_binary,
+        "-M",
+        _machine_option(config),
+        "-accel",
+        accel.value,
+        "-cpu",
+        _cpu_model(config, accel),
+        "-smp",
+        str(config.cpus),
+        "-m",
+        f"{config.ram_mib}M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-S",
+        "-no-reboot",
+        "-kernel",
+        str(config.kernel),
+        "-append",
+        config.kernel_cmdline() + ("" if tsc_khz is None else f" tsc_early_khz={tsc_khz}"),
+        "-chardev",
+        f"socket,id=vmf-qmp,path={sockets.qmp}",
+        "-mon",
+        "chardev=vmf-qmp,mode=control",
+        "-chardev",
+        f"socket,id=vmf-gdb,path={sockets.gdb}",
+        "-gdb",
+        "chardev:vmf-gdb",
+        "-chardev",
+        f"socket,id=vmf-con,path={sockets.console}",
+        "-serial",
+        "chardev:vmf-con",
+        "-chardev",
+        f"socket,id=vmf-chan,path={sockets.channel}",
+        "-device",
+        "isa-debugcon,iobase=0xe9,chardev=vmf-chan",
+        "-device",
+        "pvpanic",
+        "-action",
+        "panic=pause",
+        "-drive",
+        f"if=none,id=vmf-snap,format=qcow2,file={scratch}",
+    ]
+    if config.initrd is not None:
+        argv += ["-initrd", str(config.initrd)]
+    if config.deterministic:
+        argv += [
+            "-icount",
+            "shift=0,sleep=off",
+            "-rtc",
+            f"clock=vm,base={DETERMINISTIC_RTC_BASE}",
+        ]
+    if config.disk is not None:
+        bus_device = "virtio-blk-device" if config.machine_type == "microvm" else "virtio-blk-pci"
+        argv += [
+            "-drive",
+            f"if=none,id=vmf-disk,format=raw,file={config.disk}",
+            "-device",
+            f"{bus_device},drive=vmf-disk",
+        ]
+    if config.incoming is not None:
+        argv += ["-incoming", "defer"]
+    argv += list(config.extra_args)
+    return argv

@@ -1,0 +1,767 @@
+"""One QEMU virtual machine: its process, QMP, gdbstub, console, guest channel and snapshots.
+
+`Machine` is a context manager that always terminates and reaps QEMU and removes its run
+directory, whatever happens inside the `with` block. All control channels are Unix sockets
+in a private 0700 directory; vmfault listens and QEMU connects.
+
+Concurrency model: there are no background threads. QMP events, console bytes and channel
+frames are read by an event loop that runs while the caller waits (`wait`, `expect`,
+`Channel.wait`, `wait_event`, `wait_stop`, `qmp`). The gdbstub is used synchronously on its
+own socket, because a register flip must cost well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import hashlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from qemu.qmp import EventListener, ExecuteError, QMPClient
+from qemu.qmp import QMPError as _QMPLibError
+
+from vmfault.errors import (
+    LaunchError,
+    MachineError,
+    MachineTimeoutError,
+    QMPError,
+    SnapshotError,
+    StateError,
+)
+from vmfault.machine.accel import resolve_accel
+from vmfault.machine.channel import Channel
+from vmfault.machine.config import (
+    Accel,
+    MachineConfig,
+    SocketPaths,
+    guest_tsc_khz,
+    host_tsc_khz,
+    qemu_argv,
+)
+from vmfault.machine.console import Console
+from vmfault.machine.gdbstub import GdbStub, StopReply
+from vmfault.machine.memmap import MemoryMap, parse_mtree
+from vmfault.machine.process import spawn_tied
+from vmfault.machine.rundir import RunDir
+
+__all__ = [
+    "Machine",
+    "QMPEvent",
+    "Runstate",
+    "Snapshot",
+    "SnapshotKind",
+]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+_RECV_SIZE = 1 << 16
+_GDB_READ_CHUNK = 2048
+_PMEMSAVE_MIN = 1 << 20
+
+
+class Runstate(enum.Enum):
+    """Lifecycle of a `Machine`."""
+
+    IDLE = "idle"
+    """Not launched yet."""
+    RUNNING = "running"
+    """QEMU is up and every channel is connected (the guest itself may be halted)."""
+    DEAD = "dead"
+    """QEMU exited on its own (or was killed); `exit_code` says how."""
+    CLOSED = "closed"
+    """`close()` ran: QEMU is reaped and the run directory removed."""
+
+
+@dataclass(frozen=True)
+class QMPEvent:
+    """One QMP event. `guest_time_s` is QEMU's timestamp; `host_time_s` is monotonic."""
+
+    name: str
+    data: Mapping[str, Any]
+    qemu_time_s: float
+    host_time_s: float
+
+
+class SnapshotKind(enum.Enum):
+    """Where a snapshot lives."""
+
+    INTERNAL = "internal"
+    """Inside the scratch qcow2 drive of this QEMU process (HMP savevm/loadvm)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A saved machine state, with what is needed to verify a restore.
+
+    `registers` are the vCPU registers at save time; `ram_digests` maps guest-physical
+    (start, size) ranges to their SHA-256 at save time.
+    """
+
+    name: str
+    kind: SnapshotKind
+    registers: Mapping[str, int]
+    ram_digests: Mapping[tuple[int, int], str] = field(default_factory=dict)
+    instructions: int | None = None
+    """The guest instruction count at save time (deterministic mode only)."""
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-4000:]
+    except OSError:
+        return ""
+
+
+class Machine:
+    """A QEMU guest under vmfault's control.
+
+    Use as a context manager::
+
+        with Machine(config) as vm:        # launched, guest running
+            vm.console.expect("login:", timeout_s=10)
+            vm.gdb.halt()
+            vm.gdb.write_register("rax", 0)
+    """
+
+    def __init__(self, config: MachineConfig, *, name: str = "vm") -> None:
+        self.config = config
+        self.name = name
+        self.runstate = Runstate.IDLE
+        self.accel: Accel | None = None
+        self.accel_reason = ""
+        self.argv: list[str] = []
+        self.exit_code: int | None = None
+        self.events: list[QMPEvent] = []
+        self.stops: list[StopReply] = []
+        self.qemu_output = ""
+        """The end of QEMU's own stdout/stderr, read when it exits."""
+        self._run_dir: RunDir | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pidfd = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._qmp: QMPClient | None = None
+        self._event_task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._sockets: dict[str, socket.socket] = {}
+        self._gdb: GdbStub | None = None
+        self._console: Console | None = None
+        self._channel: Channel | None = None
+        self._memory_map: MemoryMap | None = None
+        self._watching_gdb = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> Self:
+        self.launch()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _require(self, *states: Runstate) -> None:
+        if self.runstate not in states:
+            required = " or ".join(s.value for s in states)
+            raise StateError(
+                f"machine {self.name} is {self.runstate.value}, needs {required}",
+                state=self.runstate.value,
+                required=required,
+            )
+
+    def launch(self, *, start: bool = True, timeout_s: float = 30.0) -> None:
+        """Start QEMU and connect QMP, gdbstub, console and channel.
+
+        With `start`, the guest then runs; otherwise it stays halted at its first
+        instruction (or at the restored state of `config.incoming`). If this call fails,
+        QEMU is killed and the run directory removed before the error propagates.
+        Raises LaunchError (with the command line and QEMU's output) or UsageError.
+        """
+        self._require(Runstate.IDLE)
+        try:
+            self._launch(start=start, timeout_s=timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _launch(self, *, start: bool, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        self.accel, self.accel_reason = resolve_accel(self.config)
+        if self.accel_reason:
+            logger.info("%s", self.accel_reason)
+        run_dir = self._run_dir = RunDir()
+        paths = SocketPaths(
+            qmp=run_dir / "qmp.sock",
+            gdb=run_dir / "gdb.sock",
+            console=run_dir / "console.sock",
+            channel=run_dir / "channel.sock",
+        )
+        listeners = {
+            key: _listen(getattr(paths, key)) for key in ("qmp", "gdb", "console", "channel")
+        }
+        scratch = run_dir / "scratch.qcow2"
+        _make_qcow2(scratch, self.config.snapshot_drive_mib)
+        tsc_khz = guest_tsc_khz(self.config, self.accel, _host_tsc_khz())
+        self.argv = qemu_argv(self.config, self.accel, paths, scratch, tsc_khz=tsc_khz)
+        qemu_log = run_dir / "qemu.log"
+        try:
+            self._process = spawn_tied(self.argv, output=qemu_log)
+        except OSError as exc:
+            raise LaunchError(
+                f"cannot run {self.argv[0]}: {exc.strerror}",
+                argv=self.argv,
+                exit_code=None,
+                output="",
+                hint="install QEMU with `make setup` (Debian package qemu-system-x86)",
+            ) from exc
+        self._pidfd = os.pidfd_open(self._process.pid)
+        try:
+            self._sockets = self._accept_all(listeners, deadline, qemu_log)
+        finally:
+            for listener in listeners.values():
+                listener.close()
+        self._loop = asyncio.new_event_loop()
+        self._wakeup = asyncio.Event()
+        console_log = self.config.console_log or (run_dir / "console.log")
+        self._console = Console(console_log, self.wait)
+        self._channel = Channel(self.wait)
+        self._loop.add_reader(self._sockets["console"].fileno(), self._on_console)
+        self._loop.add_reader(self._sockets["channel"].fileno(), self._on_channel)
+        self._loop.add_reader(self._pidfd, self._on_process_exit)
+        self._run(self._connect_qmp(self._sockets.pop("qmp")), deadline)
+        self.runstate = Runstate.RUNNING
+        if self.config.incoming is not None:
+            # Before the gdbstub handshake: a debug stop while QEMU is still in the
+            # `inmigrate` state would be an invalid transition that aborts QEMU.
+            self._incoming(self.config.incoming, deadline)
+        self._gdb = GdbStub(self._sockets["gdb"])
+        self._gdb.handshake(timeout_s=max(0.1, deadline - time.monotonic()))
+        if start:
+            self.cont()
+
+    def _accept_all(
+        self, listeners: dict[str, socket.socket], deadline: float, qemu_log: Path
+    ) -> dict[str, socket.socket]:
+        accepted: dict[str, socket.socket] = {}
+        with selectors.DefaultSelector() as selector:
+            for key, listener in listeners.items():
+                selector.register(listener, selectors.EVENT_READ, key)
+            selector.register(self._pidfd, selectors.EVENT_READ, "process")
+            while len(accepted) < len(listeners):
+                remaining = deadline - time.monotonic()
+                ready = selector.select(max(0.0, remaining)) if remaining > 0 else []
+                if not ready:
+                    raise LaunchError(
+                        "QEMU did not connect its control sockets in time",
+                        argv=self.argv,
+                        exit_code=None,
+                        output=_tail(qemu_log),
+                    )
+                for ready_key, _ in ready:
+                    if ready_key.data == "process":
+                        assert self._process is not None
+                        code = self._process.wait()
+                        raise LaunchError(
+                            f"QEMU exited with status {code} during start-up",
+                            argv=self.argv,
+                            exit_code=code,
+                            output=_tail(qemu_log),
+                            hint="see the QEMU output above",
+                        )
+                    conn, _ = listeners[ready_key.data].accept()
+                    accepted[ready_key.data] = conn
+                    selector.unregister(listeners[ready_key.data])
+        for conn in accepted.values():
+            conn.setblocking(True)
+        for key in ("console", "channel"):
+            accepted[key].setblocking(False)
+        return accepted
+
+    async def _connect_qmp(self, sock: socket.socket) -> None:
+        client = QMPClient(self.name)
+        listener = EventListener()
+        client.register_listener(listener)
+        await client.connect(sock)
+        self._qmp = client
+        self._event_task = asyncio.get_running_loop().create_task(self._pump_events(listener))
+
+    async def _pump_events(self, listener: EventListener) -> None:
+        while True:
+            message = await listener.get()
+            stamp: dict[str, Any] = message.get("timestamp", {})  # type: ignore[assignment]
+            data: dict[str, Any] = message.get("data", {})  # type: ignore[assignment]
+            event = QMPEvent(
+                name=str(message["event"]),
+                data=dict(data),
+                qemu_time_s=float(stamp.get("seconds", 0))
+                + float(stamp.get("microseconds", 0)) / 1e6,
+                host_time_s=time.monotonic(),
+            )
+            self.events.append(event)
+            logger.debug("%s: event %s %s", self.name, event.name, event.data)
+            self._wake()
+
+    def close(self) -> None:
+        """Terminate and reap QEMU, close every socket and remove the run directory.
+
+        Safe to call in any state and more than once; never raises for a dead QEMU.
+        """
+        if self.runstate is Runstate.CLOSED:
+            return
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGKILL)
+            self.exit_code = process.wait()
+        if self._gdb is not None:
+            self._gdb.close()
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            self._close_loop(loop)
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        if self._console is not None:
+            self._console.close()
+        if self._run_dir is not None:
+            self._run_dir.close()
+        self.runstate = Runstate.CLOSED
+
+    def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(Exception):
+            for fd in (self._pidfd, *(s.fileno() for s in self._sockets.values())):
+                if fd >= 0:
+                    loop.remove_reader(fd)
+        if self._qmp is not None:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(asyncio.wait_for(self._qmp.disconnect(), 1.0))
+        with contextlib.suppress(Exception):
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
+
+    # ----------------------------------------------------------------- accessors
+
+    @property
+    def gdb(self) -> GdbStub:
+        """The gdbstub client (halt, continue, registers, memory, breakpoints)."""
+        if self._gdb is None:
+            raise StateError("machine not launched", state=self.runstate.value, required="running")
+        return self._gdb
+
+    @property
+    def console(self) -> Console:
+        """The serial console: transcript, log file, expect."""
+        if self._console is None:
+            raise StateError("machine not launched", state=self.runstate.value, required="running")
+        return self._console
+
+    @property
+    def channel(self) -> Channel:
+        """Frames the guest sent over the debugcon channel."""
+        if self._channel is None:
+            raise StateError("machine not launched", state=self.runstate.value, required="running")
+        return self._channel
+
+    @property
+    def pid(self) -> int | None:
+        """QEMU's process id while it runs."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        """True while the QEMU process exists."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def run_dir(self) -> Path:
+        """The private directory of this machine (removed on close)."""
+        if self._run_dir is None:
+            raise StateError("machine not launched", state=self.runstate.value, required="running")
+        return self._run_dir.path
+
+    # ----------------------------------------------------------------- event loop
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _drain(self, key: str, sink: Callable[[bytes], None]) -> None:
+        sock = self._sockets.get(key)
+        if sock is None:
+            return
+        while True:
+            try:
+                data = sock.recv(_RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                if self._loop is not None:
+                    self._loop.remove_reader(sock.fileno())
+                return
+            sink(data)
+            self._wake()
+
+    def _on_console(self) -> None:
+        self._drain("console", self.console.feed)
+
+    def _on_channel(self) -> None:
+        self._drain("channel", self.channel.feed)
+
+    def _on_process_exit(self) -> None:
+        if self._loop is not None and self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+        self._flush_io()  # what QEMU wrote before it died is still in the sockets
+        if self._process is not None:
+            self.exit_code = self._process.wait()
+        self.runstate = Runstate.DEAD
+        self.qemu_output = _tail(self.run_dir / "qemu.log")
+        logger.info("%s: QEMU exited with status %s", self.name, self.exit_code)
+        self._wake()
+
+    def _on_gdb_readable(self) -> None:
+        stop = self.gdb.poll_stop()
+        if stop is not None:
+            self.stops.append(stop)
+            self._unwatch_gdb()
+            self._wake()
+
+    def _watch_gdb(self) -> None:
+        gdb = self._gdb
+        if not self._watching_gdb and self._loop is not None and gdb is not None and gdb.running:
+            self._loop.add_reader(gdb.fileno(), self._on_gdb_readable)
+            self._watching_gdb = True
+
+    def _unwatch_gdb(self) -> None:
+        if self._watching_gdb and self._loop is not None:
+            self._loop.remove_reader(self.gdb.fileno())
+            self._watching_gdb = False
+
+    def _run(self, coro: Any, deadline: float | None = None) -> Any:
+        loop = self._loop
+        if loop is None:
+            raise StateError("machine not launched", state=self.runstate.value, required="running")
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+    def wait(self, done: Callable[[], bool], timeout_s: float | None) -> bool:
+        """Run the machine's I/O until `done()` is true; False if `timeout_s` passes first.
+
+        While waiting, console bytes, channel frames, QMP events, gdbstub stop replies and
+        QEMU's exit are all collected. `done` is checked after each of them.
+        """
+        if done():
+            return True
+        if self._loop is None or self._wakeup is None:
+            raise StateError("machine not launched", state=self.runstate.value, required="running")
+        wakeup = self._wakeup
+
+        async def until_done() -> bool:
+            while True:
+                wakeup.clear()
+                if done():
+                    return True
+                if self.runstate is Runstate.DEAD:
+                    return False
+                await wakeup.wait()
+
+        self._watch_gdb()
+        try:
+            return bool(self._loop.run_until_complete(asyncio.wait_for(until_done(), timeout_s)))
+        except TimeoutError:
+            return done()
+        finally:
+            self._unwatch_gdb()
+
+    def wait_event(
+        self, names: str | Iterable[str], *, timeout_s: float | None, since: int = 0
+    ) -> QMPEvent | None:
+        """The first QMP event named in `names` at index >= `since`; None on timeout."""
+        wanted = {names} if isinstance(names, str) else set(names)
+        found: list[QMPEvent] = []
+
+        def done() -> bool:
+            for event in self.events[since:]:
+                if event.name in wanted:
+                    found.append(event)
+                    return True
+            return False
+
+        self.wait(done, timeout_s)
+        return found[0] if found else None
+
+    def wait_stop(self, *, timeout_s: float | None) -> StopReply | None:
+        """Wait until the running guest stops (breakpoint, watchpoint, panic, ...), collecting
+        console, channel and events meanwhile. Returns None on timeout (guest still running)."""
+        before = len(self.stops)
+        if not self.gdb.running:
+            return self.stops[-1] if self.stops else None
+        self.wait(lambda: len(self.stops) > before or self.runstate is Runstate.DEAD, timeout_s)
+        return self.stops[-1] if len(self.stops) > before else None
+
+    # ----------------------------------------------------------------- control
+
+    def cont(self) -> None:
+        """Let the guest run (through the gdbstub, which owns the run state)."""
+        self._require(Runstate.RUNNING)
+        self.gdb.cont()
+
+    def halt(self) -> StopReply:
+        """Stop the guest; returns the stop reply (a no-op if already halted)."""
+        self._require(Runstate.RUNNING)
+        if self.gdb.running:
+            # An unsolicited stop reply may already be queued on the socket.
+            stop = self.gdb.poll_stop()
+            if stop is not None:
+                self.stops.append(stop)
+                return stop
+        return self.gdb.halt()
+
+    def qmp(
+        self,
+        command: str,
+        arguments: Mapping[str, object] | None = None,
+        *,
+        timeout_s: float = 30.0,
+    ) -> Any:
+        """Execute one QMP command and return its result; raises QMPError if it fails."""
+        self._require(Runstate.RUNNING)
+        assert self._qmp is not None
+        try:
+            return self._run(self._qmp.execute(command, arguments), time.monotonic() + timeout_s)
+        except ExecuteError as exc:
+            raise QMPError(
+                f"QMP {command} failed: {exc.error.error.desc}", command=command
+            ) from exc
+        except (_QMPLibError, OSError, EOFError) as exc:
+            raise QMPError(f"QMP {command} failed: {exc}", command=command) from exc
+        except TimeoutError as exc:
+            raise MachineTimeoutError(
+                f"QMP {command} took over {timeout_s} s", timeout_s=timeout_s
+            ) from exc
+
+    def hmp(self, command_line: str, *, timeout_s: float = 30.0) -> str:
+        """Run a human monitor command through QMP and return its text output."""
+        return str(
+            self.qmp("human-monitor-command", {"command-line": command_line}, timeout_s=timeout_s)
+        )
+
+    def instruction_count(self) -> int | None:
+        """Guest instructions executed so far (deterministic mode); None otherwise."""
+        if not self.config.deterministic:
+            return None
+        return int(self.qmp("query-replay")["icount"])
+
+    # ----------------------------------------------------------------- memory
+
+    def memory_map(self) -> MemoryMap:
+        """The guest-physical memory map from QEMU's own memory tree (cached)."""
+        if self._memory_map is None:
+            self._memory_map = parse_mtree(self.hmp("info mtree -f"))
+        return self._memory_map
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        """Read guest-physical memory; large reads go through a QMP dump (the guest halts)."""
+        if size < _PMEMSAVE_MIN:
+            self.halt()
+            return self.gdb.read_memory(address, size, physical=True)
+        path = self.run_dir / "pmem.bin"
+        try:
+            self.qmp("pmemsave", {"val": address, "size": size, "filename": str(path)})
+            return path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
+
+    def ram_digest(self, address: int, size: int) -> str:
+        """SHA-256 (hex) of a guest-physical range."""
+        return hashlib.sha256(self.read_physical(address, size)).hexdigest()
+
+    # ----------------------------------------------------------------- snapshots
+
+    def _flush_io(self) -> None:
+        # With the guest halted QEMU writes nothing more, and every byte it wrote so far
+        # is already in our socket buffers: read them now so they belong to the old timeline.
+        self._drain("console", self.console.feed)
+        self._drain("channel", self.channel.feed)
+
+    def save_snapshot(
+        self, name: str, *, verify_ranges: Sequence[tuple[int, int]] = ()
+    ) -> Snapshot:
+        """Save the whole machine state internally (qcow2) under `name`.
+
+        Halts the guest and leaves it halted. Records the registers and the SHA-256 of each
+        guest-physical (start, size) range in `verify_ranges`, for `restore_snapshot(verify=True)`.
+        """
+        self.halt()
+        registers = self.gdb.read_registers()
+        digests = {(start, size): self.ram_digest(start, size) for start, size in verify_ranges}
+        instructions = self.instruction_count()
+        output = self.hmp(f"savevm {_snapshot_name(name)}").strip()
+        if output:
+            raise SnapshotError(f"savevm {name} failed: {output}")
+        return Snapshot(name, SnapshotKind.INTERNAL, registers, digests, instructions)
+
+    def restore_snapshot(self, snapshot: Snapshot, *, verify: bool = False) -> None:
+        """Restore `snapshot`; the guest is left halted at the saved state.
+
+        Console and channel output from before the restore is read first (it stays in the
+        transcript; the channel's frames are cleared). With `verify`, the registers and the
+        recorded RAM digests are compared to the saved ones and SnapshotError names every
+        difference.
+        """
+        self.halt()
+        self._flush_io()
+        output = self.hmp(f"loadvm {_snapshot_name(snapshot.name)}").strip()
+        if output:
+            raise SnapshotError(f"loadvm {snapshot.name} failed: {output}")
+        self.channel.clear()
+        self.console.skip()
+        if verify:
+            self.verify_snapshot(snapshot)
+
+    def verify_snapshot(self, snapshot: Snapshot) -> None:
+        """Compare the current (halted) state with `snapshot`; raise SnapshotError if different."""
+        self.halt()
+        now = self.gdb.read_registers(snapshot.registers.keys())
+        problems = [
+            f"{reg}={now.get(reg, -1):#x} (saved {value:#x})"
+            for reg, value in snapshot.registers.items()
+            if now.get(reg) != value
+        ]
+        for (start, size), digest in snapshot.ram_digests.items():
+            if self.ram_digest(start, size) != digest:
+                problems.append(f"RAM {start:#x}+{size:#x} differs")
+        if problems:
+            raise SnapshotError(
+                f"restored state differs from snapshot {snapshot.name}: " + ", ".join(problems[:8])
+            )
+
+    def save_state_file(self, path: Path, *, timeout_s: float = 60.0) -> None:
+        """Write the whole machine state to `path` (a migration stream) for a new process
+        to start from (`MachineConfig.incoming`). Halts the guest and leaves it halted."""
+        self.halt()
+        if self.qmp("query-status")["status"] != "paused":
+            self._settle_to_paused()
+        self.qmp(
+            "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}
+        )
+        self.qmp("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+        since = len(self.events)
+        with path.open("wb") as sink:
+            self._pass_fd(sink.fileno(), "vmf-migrate-out")
+            self.qmp("migrate", {"uri": "fd:vmf-migrate-out"})
+            self._await_migration(since, timeout_s)
+
+    def _settle_to_paused(self) -> None:
+        # A state file records QEMU's run state, and an incoming QEMU aborts on any but
+        # running/paused ("inmigrate -> debug" after a breakpoint). Only running changes the
+        # run state, so: save, run an instant, halt (now "paused"), and load the exact state
+        # back; loadvm leaves the run state alone.
+        self.hmp("savevm vmf-settle")
+        self.gdb.cont()
+        self.gdb.halt()
+        output = self.hmp("loadvm vmf-settle").strip() + self.hmp("delvm vmf-settle").strip()
+        if output:
+            raise SnapshotError(f"could not settle the machine before saving: {output}")
+
+    def _incoming(self, path: Path, deadline: float) -> None:
+        self.qmp(
+            "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}
+        )
+        since = len(self.events)
+        with path.open("rb") as source:
+            self._pass_fd(source.fileno(), "vmf-migrate-in")
+            self.qmp("migrate-incoming", {"uri": "fd:vmf-migrate-in"})
+            self._await_migration(since, max(0.1, deadline - time.monotonic()))
+
+    def _pass_fd(self, fd: int, name: str) -> None:
+        assert self._qmp is not None
+        self._qmp.send_fd_scm(fd)
+        self.qmp("getfd", {"fdname": name})
+
+    def _await_migration(self, since: int, timeout_s: float) -> None:
+        def finished() -> bool:
+            return (
+                any(
+                    e.name == "MIGRATION"
+                    and e.data.get("status") in ("completed", "failed", "cancelled")
+                    for e in self.events[since:]
+                )
+                or self.runstate is Runstate.DEAD
+            )
+
+        if not self.wait(finished, timeout_s):
+            raise MachineTimeoutError(
+                f"migration did not finish within {timeout_s} s", timeout_s=timeout_s
+            )
+        statuses = [e.data.get("status") for e in self.events[since:] if e.name == "MIGRATION"]
+        if "completed" not in statuses:
+            why = self.qemu_output.strip().splitlines()[-1:] or ["QEMU said nothing"]
+            raise SnapshotError(
+                f"migration failed (states: {', '.join(map(str, statuses))}): {why[0]}"
+            )
+
+
+@functools.cache
+def _host_tsc_khz() -> int | None:
+    try:
+        return host_tsc_khz(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return None
+
+
+def _snapshot_name(name: str) -> str:
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise SnapshotError(f"invalid snapshot name {name!r}: use letters, digits, - _ .")
+    return name
+
+
+def _listen(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(1)
+    sock.setblocking(False)
+    return sock
+
+
+def _make_qcow2(path: Path, size_mib: int) -> None:
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", str(path), f"{size_mib}M"]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise MachineError("qemu-img is not installed", hint="run `make setup`") from exc
+    if result.returncode != 0:
+        raise MachineError(
+            f"qemu-img could not create the snapshot drive: {result.stderr.strip()}",
+            hint="install qemu-utils with `make setup`",
+        )

@@ -1,0 +1,48 @@
+"""Starting QEMU so that it can never outlive vmfault.
+
+The child asks the kernel for SIGKILL when its parent dies (PR_SET_PDEATHSIG), so even a
+`kill -9` of vmfault takes QEMU with it. It runs in its own process group, so a Ctrl-C in
+the terminal reaches vmfault only, which then shuts QEMU down in order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["spawn_tied"]
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _tie_to_parent(parent_pid: int) -> None:
+    # Runs in the child between fork and exec: only async-signal-safe work here.
+    if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(126)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(126)
+
+
+def spawn_tied(argv: Sequence[str], *, output: Path) -> subprocess.Popen[bytes]:
+    """Start `argv` with stdin closed and stdout+stderr appended to `output`.
+
+    Guarantees: the process is killed when the calling thread's process dies, and it does
+    not receive the terminal's SIGINT. Note that PDEATHSIG follows the *thread* that forks:
+    call this from a thread that lives as long as the machine.
+    """
+    parent = os.getpid()
+    with output.open("ab") as sink:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+            preexec_fn=lambda: _tie_to_parent(parent),  # noqa: PLW1509
+            close_fds=True,
+        )

@@ -1,0 +1,94 @@
+"""Private per-machine run directories for sockets and scratch files.
+
+Every machine gets `<tmp>/vmfault-<uid>/m<pid>-<random>`, mode 0700, removed when the
+machine closes. A process killed with SIGKILL cannot clean up after itself, so each new
+run directory first sweeps the ones whose owning process no longer exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+from vmfault.errors import UsageError
+
+__all__ = ["RunDir", "run_root", "sweep_stale"]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+_PREFIX = "m"
+_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+
+
+def run_root() -> Path:
+    """The directory that holds this user's run directories; created 0700 if missing.
+
+    Raises UsageError if it exists but belongs to someone else or is open to others.
+    """
+    root = Path(tempfile.gettempdir()) / f"vmfault-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        root.mkdir(mode=0o700)
+    info = root.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise UsageError(
+            f"{root} is not a directory owned by this user",
+            hint=f"remove {root} or set TMPDIR to a private directory",
+        )
+    if info.st_mode & 0o077:
+        root.chmod(0o700)
+    return root
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
+
+
+def sweep_stale(root: Path) -> list[Path]:
+    """Remove run directories whose owning process is gone; returns what was removed."""
+    removed: list[Path] = []
+    for entry in root.iterdir():
+        name = entry.name
+        if not name.startswith(_PREFIX) or "-" not in name:
+            continue
+        pid_text = name[len(_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    if removed:
+        logger.info("removed %d stale run directories", len(removed))
+    return removed
+
+
+class RunDir:
+    """One machine's private directory; `close()` removes it and everything inside."""
+
+    def __init__(self) -> None:
+        root = run_root()
+        sweep_stale(root)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=root))
+        longest = self.path / "console.sock"
+        if len(os.fsencode(longest)) > _SOCKET_PATH_MAX:
+            self.close()
+            raise UsageError(
+                f"temporary directory path too long for Unix sockets: {self.path}",
+                hint="set TMPDIR to a shorter path such as /tmp",
+            )
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def close(self) -> None:
+        """Remove the directory; safe to call more than once."""
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -1,0 +1,119 @@
+"""The `vmfault` command as users run it: golden runs, JSON, errors, signals."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vmfault.guest.image import GuestImage
+
+pytestmark = pytest.mark.vm
+
+VMFAULT = [sys.executable, "-m", "vmfault"]
+
+
+def vmfault(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*VMFAULT, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_run_checksum_json_twice_is_identical(image: GuestImage) -> None:
+    first = json.loads(vmfault("run", "checksum", "--json").stdout)
+    second = json.loads(vmfault("run", "checksum", "--json").stdout)
+    for run in (first, second):
+        assert run["workload"] == "checksum"
+        assert run["exit_status"] == 0
+        assert run["accel"] == "tcg"
+        assert run["duration_s"] > 0
+        assert run["output"].startswith("checksum: 0x")
+    assert first["output"] == second["output"]
+
+
+def test_run_foo_prints_fsefi_reference_output(image: GuestImage) -> None:
+    result = vmfault("run", "foo")
+    assert result.stdout == "fmul output : 2.5937424601\nfadd output : 13.5937424601\n"
+
+
+def test_self_check_detection_exit_is_reported(image: GuestImage) -> None:
+    data = json.loads(vmfault("run", "checksum", "--self-check", "--json").stdout)
+    assert data["exit_status"] == 0
+    assert data["argv"] == ["checksum", "--self-check"]
+
+
+def test_deterministic_run_reports_instructions(image: GuestImage) -> None:
+    first = json.loads(vmfault("run", "--deterministic", "--json", "foo").stdout)
+    second = json.loads(vmfault("run", "--deterministic", "--json", "foo").stdout)
+    assert first["instructions"] > 0
+    assert first["instructions"] == second["instructions"]
+    assert first["duration_s"] == second["duration_s"]
+
+
+def test_user_c_workload(image: GuestImage, tmp_path: Path) -> None:
+    source = tmp_path / "hello.c"
+    source.write_text(
+        "#include <stdio.h>\nint main(int c, char **v)"
+        '{ printf("hi %s\\n", c > 1 ? v[1] : "-"); return 4; }\n'
+    )
+    result = vmfault("run", "--json", str(source), "there", check=False)
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    assert data["output"] == "hi there\n"
+    assert data["exit_status"] == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "no-such-workload"], "no-such-workload"),
+        (["run", "./missing.c"], "missing.c"),
+        (["run", "--accel", "warp", "foo"], "warp"),
+        (["image", "build", "--config", "/nonexistent.toml"], "nonexistent.toml"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(image: GuestImage, args: list[str], message: str) -> None:
+    result = vmfault(*args, check=False)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_sigterm_mid_run_leaves_nothing(image: GuestImage) -> None:
+    from vmfault.machine.rundir import run_root
+
+    proc = subprocess.Popen(
+        [*VMFAULT, "run", "checksum", "--rounds", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Wait until its QEMU exists (its run directory appears), without sleeping blindly.
+    qemu_dir = None
+    for _ in range(300):
+        found = list(run_root().glob(f"m{proc.pid}-*"))
+        if found and (found[0] / "qemu.log").exists():
+            qemu_dir = found[0]
+            break
+        select.select([], [], [], 0.1)
+    assert qemu_dir is not None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not qemu_dir.exists()
+    marker = str(qemu_dir).encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                assert marker not in (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
