@@ -43,6 +43,7 @@ test: setup lint typecheck
 
 bench: setup
 	$(BIN)/python bench/machine.py
+	$(BIN)/python bench/experiment.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

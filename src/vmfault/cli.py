@@ -17,7 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from vmfault._version import __version__
+from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
+from vmfault.experiment import Experimenter
+from vmfault.faults import BitModel, Context, FaultSpec, Target, Trigger
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
 from vmfault.machine import Accel, kvm_blocker, probe_boot
 from vmfault.session import GoldenRun, golden_run, machine_config, prepare_image
@@ -34,7 +37,7 @@ app = typer.Typer(
 image_app = typer.Typer(help="Build and inspect guest images.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 
@@ -176,12 +179,7 @@ def run(
     """
     name, extra = _user_workload(workload)
     spec = _spec(config, None, None, None, extra)
-    known = {*builtin_workload_names(), *(w.name for w in spec.user_workloads)}
-    if name not in known:  # before any build: bad input fails at once
-        raise UsageError(
-            f"no workload named {name!r}",
-            hint=f"choose one of {', '.join(sorted(known))}, or give a C file or static binary",
-        )
+    _require_known(name, spec)
     image = prepare_image(spec, log=_progress)
     argv = [name, *(args or [])]
     if len(argv) == 1:
@@ -205,6 +203,85 @@ def run(
         )
     if result.exit_status != 0:
         raise typer.Exit(1)
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def inject(
+    workload: Annotated[
+        str, typer.Option("--workload", "-w", help="Built-in name, C file or binary.")
+    ],
+    target: Annotated[
+        str,
+        typer.Option(
+            help="register:rip, register:gpr, memory:ram, "
+            "memory:process, memory:0xADDR, memory:@SYMBOL, "
+            "kernel-code:FUNCTION ..."
+        ),
+    ],
+    bits: Annotated[
+        str | None,
+        typer.Option(
+            help="59 | 3,7 | 52-62 | k2 | burst:4 | stuck1 | value:0x0 (default: one random bit)"
+        ),
+    ] = None,
+    trigger: Annotated[
+        str | None,
+        typer.Option(help="time | time:20ms | exec:SYMBOL#N | icount:N (default: a random time)"),
+    ] = None,
+    context: Annotated[
+        Context, typer.Option(help="Register faults: user, kernel or any.")
+    ] = Context.ANY,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 1,
+    index: Annotated[int, typer.Option(help="Experiment index under the seed.")] = 0,
+    workload_args: Annotated[
+        list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
+    ] = None,
+    deterministic: Annotated[bool, typer.Option(help="icount mode: repeatable runs.")] = False,
+    budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 3.0,
+    crash_patterns: Annotated[
+        Path | None, typer.Option(help="TOML file of extra crash patterns.")
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run one experiment: inject one fault into WORKLOAD and classify what happens."""
+    spec = FaultSpec(Target.parse(target), BitModel.parse(bits), Trigger.parse(trigger), context)
+    table = None
+    if crash_patterns is not None:
+        table = CrashTable.default().extended(CrashTable.load(crash_patterns))
+    name, extra = _user_workload(workload)
+    image_spec = _spec(config, None, None, None, extra)
+    _require_known(name, image_spec)
+    image = prepare_image(image_spec, log=_progress)
+    argv = [name, *(workload_args or image.workload(name).default_args)]
+    with Experimenter(
+        image, argv, deterministic=deterministic, budget_factor=budget, crash_table=table
+    ) as experimenter:
+        record = experimenter.run(spec, seed=seed, index=index)
+    if as_json:
+        out.print_json(json.dumps(record.to_json()))
+        return
+    fault = record.to_json()["fault"]
+    out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
+    out.print(
+        f"fault: {fault['target']} at {fault['location']} bits {fault['bits']} "
+        f"{fault['before']} -> {fault['after']} ({record.injection.trigger})",
+        highlight=False,
+        markup=False,
+    )
+    if record.latency is not None:
+        out.print(f"latency: {record.latency.value:,} {record.latency.unit.value}")
+    if record.evidence:
+        out.print(f"evidence: {record.evidence}", highlight=False, markup=False)
+
+
+def _require_known(name: str, spec: ImageSpec) -> None:
+    known = {*builtin_workload_names(), *(w.name for w in spec.user_workloads)}
+    if name not in known:  # before any build: bad input fails at once
+        raise UsageError(
+            f"no workload named {name!r}",
+            hint=f"choose one of {', '.join(sorted(known))}, or give a C file or static binary",
+        )
 
 
 @app.command()

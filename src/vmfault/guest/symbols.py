@@ -114,6 +114,13 @@ class KernelSymbols:
         index = bisect.bisect_right(self._addresses, address) - 1
         return self._symbols[index] if index >= 0 else None
 
+    def size_of(self, symbol: KernelSymbol) -> int:
+        """Bytes from `symbol` to the next symbol at a higher address (its probable size)."""
+        index = bisect.bisect_right(self._addresses, symbol.address)
+        if index >= len(self._addresses):
+            return 1
+        return self._addresses[index] - symbol.address
+
     def _range(self, start: str, end: str) -> AddressRange:
         return AddressRange(self.address(start), self.address(end))
 

@@ -1,0 +1,839 @@
+"""One experiment: restore the golden state, run to the trigger, inject, verify, observe, classify.
+
+An `Experimenter` boots the guest once, halts it exactly at the workload's start (the
+agent's start hook), saves that state as the golden snapshot and runs the golden run from
+it. Every experiment then restores the snapshot (no reboot, and no console input ever
+follows a restore), so experiments are independent and cost restore + the run itself.
+
+Guarantees: an injection is recorded with its value before, the value written and the
+value read back; if the read-back differs or the fault could not be placed, the record
+says `not-injected` and it is never counted as an outcome. The observation ends as soon
+as the outcome is certain: the workload's exit hook, a guest panic, QEMU's death, or the
+hang budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from elftools.elf.elffile import ELFFile
+
+from vmfault.classify import (
+    Activation,
+    Classification,
+    CrashTable,
+    Latency,
+    LatencyUnit,
+    Observation,
+    Outcome,
+    Reference,
+    activation_of,
+    classify,
+)
+from vmfault.errors import MachineError, UsageError, VmfaultError
+from vmfault.faults.model import (
+    Context,
+    FaultSpec,
+    TargetKind,
+    TriggerKind,
+)
+from vmfault.faults.select import Plan, choose_in_ranges, plan, rng_for
+from vmfault.guest.elfsyms import lookup_symbol
+from vmfault.guest.image import GuestImage
+from vmfault.guest.protocol import FrameKind
+from vmfault.guest.symbols import KERNEL_MAP_BASE, KernelSymbols
+from vmfault.machine import Accel, Machine, Snapshot
+from vmfault.machine.gdbproto import StopReason, WatchKind
+from vmfault.machine.pagetable import PageMapping, translate, walk
+from vmfault.profile import KernelProfile, load_or_profile_kernel
+from vmfault.session import GuestSession, WorkloadResult, capture_kernel_symbols
+
+__all__ = ["DEFAULT_BUDGET_FACTOR", "ExperimentRecord", "Experimenter", "Golden", "Injection"]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+DEFAULT_BUDGET_FACTOR = 3.0
+"""A run that takes longer than this many golden runs is a hang."""
+BUDGET_SLACK_S = 0.2
+CONTEXT_TRIES = 400
+CONTEXT_SLICE_S = 0.0002
+MAX_TRIGGER_STEPS = 200_000
+EXIT_REPORT_TIMEOUT_S = 10.0
+SYMPTOM_FUNCTIONS = ("force_sig_fault", "oops_begin", "panic")
+"""Kernel functions whose first call after an injection is the fault's first symptom."""
+
+
+@dataclass(frozen=True)
+class Golden:
+    """The golden run from the golden snapshot: what every experiment is compared with."""
+
+    result: WorkloadResult
+    wall_s: float
+    """Host seconds from the start hook to the exit hook."""
+    instructions: int | None
+    """Guest instructions from start hook to exit hook (deterministic mode)."""
+
+    @property
+    def reference(self) -> Reference:
+        """What classification compares with."""
+        return Reference(self.result.stdout, self.result.exit_code, self.result.signal)
+
+
+@dataclass(frozen=True)
+class Injection:
+    """What was done to the machine: where, which bits, the values, and whether it held."""
+
+    target: str
+    location: str
+    width: int
+    mask: int
+    mode: str
+    injected: bool
+    reason: str = ""
+    register: str | None = None
+    address: int | None = None
+    """Guest-physical address of the faulted word or byte (memory and kernel code)."""
+    virtual: int | None = None
+    before: int | None = None
+    after: int | None = None
+    readback: int | None = None
+    trigger: str = ""
+    time_s: float | None = None
+    """Host seconds from the workload's start to the injection (TCG: about guest time)."""
+    instructions: int | None = None
+    """Guest instructions from the workload's start to the injection (deterministic mode)."""
+    rip: int | None = None
+    user_mode: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data; addresses and values as hex strings."""
+        data = dataclasses.asdict(self)
+        for key in ("mask", "address", "virtual", "before", "after", "readback", "rip"):
+            if data[key] is not None:
+                data[key] = f"{data[key]:#x}"
+        return data
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """Everything one experiment produced, ready to store or print."""
+
+    index: int
+    seed: int
+    spec: dict[str, Any]
+    injection: Injection
+    outcome: Outcome
+    reason: str
+    cause: str | None
+    evidence: str
+    latency: Latency | None
+    activation: Activation
+    output: str
+    stderr: str
+    exit_status: int | None
+    signal: str | None
+    phases_s: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `vmfault inject --json` object."""
+        injection = self.injection
+        return {
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "cause": self.cause,
+            "evidence": self.evidence,
+            "fault": {
+                "target": injection.target,
+                "location": injection.location,
+                "bits": list(_positions(injection.mask, injection.width)),
+                "mask": f"{injection.mask:#x}",
+                "mode": injection.mode,
+                "width": injection.width,
+                "before": _hex(injection.before),
+                "after": _hex(injection.after),
+                "readback": _hex(injection.readback),
+                "address": _hex(injection.address),
+                "virtual": _hex(injection.virtual),
+                "injected": injection.injected,
+            },
+            "trigger": {
+                "spec": injection.trigger,
+                "time_s": injection.time_s,
+                "instructions": injection.instructions,
+                "rip": _hex(injection.rip),
+                "user_mode": injection.user_mode,
+            },
+            "latency": None
+            if self.latency is None
+            else {"value": self.latency.value, "unit": self.latency.unit.value},
+            "activation": self.activation.value,
+            "output": self.output,
+            "stderr": self.stderr,
+            "exit_status": self.exit_status,
+            "signal": self.signal,
+            "seed": self.seed,
+            "index": self.index,
+            "spec": self.spec,
+            "phases_s": self.phases_s,
+        }
+
+
+def _hex(value: int | None) -> str | None:
+    return None if value is None else f"{value:#x}"
+
+
+def _positions(mask: int, width: int) -> tuple[int, ...]:
+    return tuple(i for i in range(width) if mask >> i & 1)
+
+
+def _executable_range(binary: Path) -> tuple[int, int]:
+    with binary.open("rb") as stream:
+        spans = [
+            (seg["p_vaddr"], seg["p_vaddr"] + seg["p_memsz"])
+            for seg in ELFFile(stream).iter_segments()
+            if seg["p_type"] == "PT_LOAD" and seg["p_flags"] & 1
+        ]
+    return min(s for s, _ in spans), max(e for _, e in spans)
+
+
+class Experimenter:
+    """Runs experiments against one workload in one long-lived machine.
+
+    Use as a context manager; `start()` (called on entry) boots, takes the golden snapshot
+    and runs the golden run. `run(spec, seed=, index=)` does one experiment.
+    """
+
+    def __init__(
+        self,
+        image: GuestImage,
+        argv: Sequence[str],
+        *,
+        deterministic: bool = False,
+        accel: Accel = Accel.TCG,
+        budget_factor: float = DEFAULT_BUDGET_FACTOR,
+        crash_table: CrashTable | None = None,
+        console_log: Path | None = None,
+    ) -> None:
+        self.image = image
+        self.argv = tuple(argv)
+        self.deterministic = deterministic
+        self.budget_factor = budget_factor
+        self.crash_table = crash_table
+        self.session = GuestSession(
+            image, argv, deterministic=deterministic, accel=accel, console_log=console_log
+        )
+        self.golden: Golden | None = None
+        self._snapshot: Snapshot | None = None
+        self._symbols: KernelSymbols | None = None
+        self._sentinels: tuple[int, ...] = ()
+        self._workload_cr3: int | None = None
+        self._profile: KernelProfile | None = None
+        workload = image.workloads.get(argv[0])
+        self._binary = workload.host_binary if workload is not None else None
+        self._text = _executable_range(self._binary) if self._binary is not None else (0, 0)
+        self._entry = 0
+        if self._binary is not None:
+            with self._binary.open("rb") as stream:
+                self._entry = int(ELFFile(stream).header["e_entry"])
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Destroy the machine."""
+        self.session.close()
+
+    @property
+    def machine(self) -> Machine:
+        """The machine experiments run in."""
+        return self.session.machine
+
+    @property
+    def symbols(self) -> KernelSymbols:
+        """The guest kernel's symbols (captured once per kernel)."""
+        if self._symbols is None:
+            self._symbols = capture_kernel_symbols(self.image)
+        return self._symbols
+
+    def kernel_profile(self) -> KernelProfile:
+        """Where the kernel spends its time under this workload (profiled once, cached)."""
+        if self._profile is None:
+            self._profile = load_or_profile_kernel(self.image, self.argv, symbols=self.symbols)
+        return self._profile
+
+    def start(self) -> Golden:
+        """Boot, save the golden snapshot at the workload's start, and do the golden run."""
+        self.session.start()
+        self._snapshot = self.machine.save_snapshot("golden")
+        result, wall_s, instructions = self.session.finish(timeout_s=300.0)
+        self.golden = Golden(result, wall_s, instructions)
+        # Breakpoints live in QEMU, outside the snapshot, and survive every restore. Under
+        # TCG each insertion or removal flushes all translated code, so the exit hook and
+        # the symptom sentinels are set once here, not per experiment.
+        self.machine.halt()
+        self._workload_cr3 = self._find_workload_cr3()
+        self.machine.gdb.set_breakpoint(self.session.hooks.exited)
+        self._sentinels = self._set_symptom_breakpoints()
+        return self.golden
+
+    def _find_workload_cr3(self) -> int | None:
+        """The page-table root of the workload process: its CR3 at its ELF entry point.
+
+        The process keeps its page tables for life, so memory faults aimed at the process
+        can be placed from any context, through this root.
+        """
+        if self._binary is None:
+            return None
+        entry = self._entry
+        vm = self.machine
+        assert self._snapshot is not None
+        vm.restore_snapshot(self._snapshot)
+        vm.gdb.set_breakpoint(entry)
+        try:
+            vm.cont()
+            stop = vm.wait_stop(timeout_s=self._budget_s())
+            if stop is None or vm.gdb.read_register("rip") != entry:
+                return None
+            return vm.gdb.read_register("cr3") & ~0xFFF & ((1 << 52) - 1)
+        finally:
+            if vm.alive:
+                vm.halt()
+                vm.gdb.remove_breakpoint(entry)
+
+    # ------------------------------------------------------------------ one experiment
+
+    def run(self, spec: FaultSpec, *, seed: int, index: int = 0) -> ExperimentRecord:
+        """One experiment of `spec`: experiment `index` under `seed` makes the same choices
+        every time. Raises MachineError only if the machine cannot be restored at all."""
+        golden = self._require_golden()
+        vm = self.machine
+        phases: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            phases[name] = now - clock
+            clock = now
+
+        assert self._snapshot is not None
+        vm.restore_snapshot(self._snapshot)
+        event_mark = len(vm.events)
+        lap("restore")
+        the_plan = plan(
+            spec,
+            seed=seed,
+            index=index,
+            golden_duration_s=golden.wall_s,
+            golden_instructions=golden.instructions,
+        )
+        start_instructions = vm.instruction_count()
+        started = time.monotonic()
+        problem = self._reach_trigger(the_plan, started)
+        lap("to_trigger")
+        if problem:
+            injection = self._not_injected(the_plan, problem)
+        else:
+            injection = self._inject(the_plan, started, start_instructions)
+        injected_at = time.monotonic()
+        injected_instructions = vm.instruction_count() if vm.alive else None
+        watch = (
+            self._watch(injection) if injection.injected and injection.register is None else None
+        )
+        lap("inject")
+        observation, read_first, symptom = self._observe(
+            injection, started, start_instructions, watch, event_mark
+        )
+        lap("observe")
+        verdict = classify(golden.reference, observation, table=self.crash_table)
+        latency = self._latency(verdict, injected_at, injected_instructions, symptom)
+        activation = (
+            activation_of(verdict.outcome, read_before_overwrite=read_first)
+            if watch
+            else activation_of(verdict.outcome, read_before_overwrite=None)
+        )
+        lap("classify")
+        result = WorkloadResult.from_frames(vm.channel.frames) if vm.alive else None
+        return ExperimentRecord(
+            index=index,
+            seed=seed,
+            spec=spec.to_json(),
+            injection=injection,
+            outcome=verdict.outcome,
+            reason=verdict.reason if injection.injected else injection.reason,
+            cause=verdict.cause,
+            evidence=verdict.evidence,
+            latency=latency,
+            activation=activation,
+            output=observation.stdout.decode("utf-8", errors="replace"),
+            stderr=observation.stderr.decode("utf-8", errors="replace"),
+            exit_status=None if result is None else result.exit_status,
+            signal=None if result is None else result.signal_name,
+            phases_s=phases,
+        )
+
+    def _require_golden(self) -> Golden:
+        if self.golden is None:
+            raise MachineError("the experimenter has not started", hint="use it in a with block")
+        if not self.machine.alive:
+            raise MachineError(
+                f"QEMU exited (status {self.machine.exit_code}); start a new experimenter"
+            )
+        return self.golden
+
+    # ------------------------------------------------------------------ trigger
+
+    def _reach_trigger(self, the_plan: Plan, started: float) -> str:
+        """Run to the trigger and halt there; an empty string, or why it was not reached."""
+        trigger = the_plan.spec.trigger
+        vm = self.machine
+        if trigger.kind is TriggerKind.TIME:
+            assert the_plan.trigger_time_s is not None
+            vm.cont()
+            stop = vm.wait_stop(
+                timeout_s=max(0.0, started + the_plan.trigger_time_s - time.monotonic())
+            )
+            if stop is not None:
+                return f"the workload ended before the trigger at {the_plan.trigger_time_s:.4f} s"
+            vm.halt()
+        elif trigger.kind is TriggerKind.EXECUTION:
+            problem = self._run_to_execution(trigger.location, trigger.count)
+            if problem:
+                return problem
+        else:
+            problem = self._run_to_instruction(the_plan)
+            if problem:
+                return problem
+        return self._settle_context(the_plan)
+
+    def _resolve_code_address(self, location: str) -> int:
+        try:
+            return int(location, 0)
+        except ValueError:
+            pass
+        if self._binary is not None:
+            try:
+                return lookup_symbol(self._binary, location).address
+            except UsageError:
+                pass
+        symbol = self.symbols.get(location)
+        if symbol is None:
+            raise UsageError(
+                f"no symbol {location!r} in the workload or the kernel",
+                hint="give a function name or a 0x address",
+            )
+        return symbol.address
+
+    def _run_to_execution(self, location: str, count: int) -> str:
+        vm = self.machine
+        address = self._resolve_code_address(location)
+        vm.gdb.set_breakpoint(address)
+        try:
+            hits = 0
+            while hits < count:
+                vm.cont()
+                stop = vm.wait_stop(timeout_s=self._budget_s())
+                if stop is None:
+                    vm.halt()
+                    return f"{location} did not execute {count} times within the budget"
+                if vm.gdb.read_register("rip") != address:
+                    return f"the workload ended before {location} executed {count} times"
+                hits += 1
+        finally:
+            if vm.alive:
+                vm.gdb.remove_breakpoint(address)
+        return ""
+
+    def _run_to_instruction(self, the_plan: Plan) -> str:
+        vm = self.machine
+        golden = self._require_golden()
+        if not self.deterministic or golden.instructions is None:
+            raise UsageError(
+                "an icount trigger needs deterministic mode",
+                hint="add --deterministic, or use a time or exec trigger",
+            )
+        assert the_plan.trigger_instructions is not None and self._snapshot is not None
+        start = vm.instruction_count() or 0
+        target = start + the_plan.trigger_instructions
+        rate = golden.instructions / max(golden.wall_s, 1e-6)  # instructions per host second
+        margin = 20_000
+        for _ in range(6):
+            lead_s = max(0.0, (the_plan.trigger_instructions - margin) / rate)
+            vm.cont()
+            stop = vm.wait_stop(timeout_s=lead_s)
+            if stop is None:
+                vm.halt()
+            now = vm.instruction_count() or 0
+            if stop is not None and now < target:
+                return "the workload ended before the trigger instruction"
+            if now <= target:
+                break
+            margin *= 4  # overshot: go back and stop earlier
+            vm.restore_snapshot(self._snapshot)
+        else:
+            return "could not stop before the trigger instruction"
+        remaining = target - now
+        if remaining > MAX_TRIGGER_STEPS:
+            return f"trigger instruction too far to reach by stepping ({remaining})"
+        for _ in range(remaining):
+            vm.gdb.step()
+        return ""
+
+    def _in_context(self, context: Context) -> bool:
+        gdb = self.machine.gdb
+        user = gdb.read_register("cs") & 3 == 3
+        if context is Context.KERNEL:
+            return not user
+        rip = gdb.read_register("rip")
+        return user and self._text[0] <= rip < self._text[1]
+
+    def _settle_context(self, the_plan: Plan) -> str:
+        spec = the_plan.spec
+        context = spec.context
+        if context is Context.ANY or self._in_context(context):
+            return ""
+        vm = self.machine
+        if self.deterministic:
+            for _ in range(MAX_TRIGGER_STEPS // 10):
+                vm.gdb.step()
+                if self._in_context(context):
+                    return ""
+            return f"the {context.value} context was not reached by stepping"
+        for _ in range(CONTEXT_TRIES):
+            vm.cont()
+            if vm.wait_stop(timeout_s=CONTEXT_SLICE_S) is not None:
+                return f"the workload ended before reaching the {context.value} context"
+            vm.halt()
+            if self._in_context(context):
+                return ""
+        return f"the {context.value} context was not reached in {CONTEXT_TRIES} tries"
+
+    # ------------------------------------------------------------------ injection
+
+    def _not_injected(self, the_plan: Plan, reason: str) -> Injection:
+        return Injection(
+            target=the_plan.spec.target.spelling,
+            location=the_plan.register or "",
+            width=the_plan.width,
+            mask=the_plan.bits.mask,
+            mode=the_plan.bits.mode.value,
+            injected=False,
+            reason=reason,
+            register=the_plan.register,
+            trigger=_trigger_text(the_plan),
+        )
+
+    def _inject(self, the_plan: Plan, started: float, start_instructions: int | None) -> Injection:
+        vm = self.machine
+        gdb = vm.gdb
+        now_instructions = vm.instruction_count()
+        common: dict[str, Any] = {
+            "target": the_plan.spec.target.spelling,
+            "width": the_plan.width,
+            "mask": the_plan.bits.mask,
+            "mode": the_plan.bits.mode.value,
+            "trigger": _trigger_text(the_plan),
+            "time_s": time.monotonic() - started,
+            "instructions": None
+            if now_instructions is None or start_instructions is None
+            else now_instructions - start_instructions,
+            "rip": gdb.read_register("rip"),
+            "user_mode": gdb.read_register("cs") & 3 == 3,
+        }
+        try:
+            if the_plan.register is not None:
+                return self._inject_register(the_plan, common)
+            return self._inject_memory(the_plan, common)
+        except VmfaultError as exc:
+            if isinstance(exc, UsageError):
+                raise
+            return Injection(injected=False, reason=exc.one_line(), location="", **common)
+
+    def _inject_register(self, the_plan: Plan, common: dict[str, Any]) -> Injection:
+        gdb = self.machine.gdb
+        register = the_plan.register
+        assert register is not None
+        before = gdb.read_register(register)
+        after = the_plan.bits.apply(before)
+        gdb.write_register(register, after)
+        for _ in range(the_plan.spec.bits.hold_instructions):
+            gdb.step()
+            gdb.write_register(register, the_plan.bits.apply(gdb.read_register(register)))
+        readback = gdb.read_register(register)
+        held = readback == after or the_plan.spec.bits.hold_instructions > 0
+        return Injection(
+            location=register,
+            register=register,
+            before=before,
+            after=after,
+            readback=readback,
+            injected=held,
+            reason="" if held else f"read back {readback:#x}, wrote {after:#x}",
+            **common,
+        )
+
+    def _choose_memory(self, the_plan: Plan) -> tuple[int, int | None, str, int]:
+        """(physical address, virtual address or None, location text, size in bytes)."""
+        target = the_plan.spec.target
+        rng = rng_for(the_plan.seed, the_plan.index, "location")
+        if target.kind is TargetKind.KERNEL_CODE:
+            name = target.name
+            if name == "hot":  # weighted by how often each function ran in the golden run
+                names, weights = zip(*self.kernel_profile().weights(), strict=True)
+                name = rng.choices(names, weights=weights)[0]
+            symbol = self.symbols.get(name)
+            if symbol is None or not symbol.is_function:
+                raise UsageError(f"no kernel function {name!r}", hint="give a kernel function name")
+            size = self.symbols.size_of(symbol)
+            offset = rng.randrange(max(1, size))
+            virtual = symbol.address + offset
+            return virtual - KERNEL_MAP_BASE, virtual, f"{name}+{offset:#x}", 1
+        explicit = target.address
+        if explicit is not None:
+            return explicit & ~7, None, f"{explicit & ~7:#x}", 8
+        if target.name.startswith("@"):
+            return self._symbol_word(target.name[1:], rng)
+        if target.name == "ram":
+            ranges = [(r.start, r.end) for r in self.machine.memory_map().ram()]
+        elif target.name in ("kernel-text", "kernel-data"):
+            span = self.symbols.text() if target.name == "kernel-text" else self.symbols.data()
+            ranges = [(span.physical_start, span.physical_start + span.size)]
+        else:  # process: the pages mapped by the workload process, from its page tables
+            pages = self._process_pages()
+            if not pages:
+                raise MachineError("the workload process maps no user pages at the trigger")
+            virtual = choose_in_ranges([(p.virtual, p.virtual_end) for p in pages], rng, align=8)
+            page = next(p for p in pages if p.contains(virtual))
+            physical = page.physical_of(virtual)
+            return physical, virtual, f"{virtual:#x}", 8
+        physical = choose_in_ranges(ranges, rng, align=8)
+        return physical, None, f"{physical:#x}", 8
+
+    def _page_root(self) -> int:
+        """The workload's page-table root: the live CR3 when the workload runs, else the
+        remembered one, checked to still map the workload's entry point."""
+        gdb = self.machine.gdb
+        if self._in_context(Context.USER) or self._workload_cr3 is None:
+            return int(gdb.read_register("cr3"))
+        if translate(self._workload_cr3, self._entry, _reader(gdb)) is None:
+            raise MachineError("the workload process is not running at the trigger")
+        return self._workload_cr3
+
+    def _process_pages(self) -> list[PageMapping]:
+        gdb = self.machine.gdb
+        return [p for p in walk(self._page_root(), _reader(gdb)) if p.user]
+
+    def _symbol_word(self, text: str, rng: Any) -> tuple[int, int | None, str, int]:
+        """A word of the workload symbol `NAME[+OFFSET]`: at the offset, or uniformly among
+        the symbol's bytes that are mapped at the trigger."""
+        name, _, offset_text = text.partition("+")
+        if self._binary is None:
+            raise UsageError("memory:@SYMBOL needs a workload with an ELF symbol table")
+        symbol = lookup_symbol(self._binary, name)
+        end = symbol.address + max(symbol.size, 1)
+        pages = self._process_pages()
+        if offset_text:
+            virtual = (symbol.address + int(offset_text, 0)) & ~7
+        else:
+            spans = [
+                (max(p.virtual, symbol.address), min(p.virtual_end, end))
+                for p in pages
+                if p.virtual < end and p.virtual_end > symbol.address
+            ]
+            if not spans:
+                raise MachineError(f"no page of {name} is mapped at the trigger")
+            virtual = choose_in_ranges(spans, rng, align=8)
+        page = next((p for p in pages if p.contains(virtual)), None)
+        if page is None:
+            raise MachineError(f"{name}+{virtual - symbol.address:#x} is not mapped at the trigger")
+        return page.physical_of(virtual), virtual, f"{name}+{virtual - symbol.address:#x}", 8
+
+    def _inject_memory(self, the_plan: Plan, common: dict[str, Any]) -> Injection:
+        gdb = self.machine.gdb
+        physical, virtual, location, size = self._choose_memory(the_plan)
+        bits = the_plan.bits
+        if size != bits.width // 8:
+            bits = dataclasses.replace(bits, width=size * 8, mask=bits.mask & ((1 << size * 8) - 1))
+        before = int.from_bytes(gdb.read_memory(physical, size, physical=True), "little")
+        after = bits.apply(before)
+        gdb.write_memory(physical, after.to_bytes(size, "little"), physical=True)
+        readback = int.from_bytes(gdb.read_memory(physical, size, physical=True), "little")
+        held = readback == after
+        common = common | {"width": size * 8, "mask": bits.mask}
+        return Injection(
+            location=location,
+            address=physical,
+            virtual=virtual,
+            before=before,
+            after=after,
+            readback=readback,
+            injected=held,
+            reason="" if held else f"read back {readback:#x}, wrote {after:#x}",
+            **common,
+        )
+
+    def _watch(self, injection: Injection) -> int | None:
+        """Watch the faulted word for its first read or write (activation); its address."""
+        if injection.virtual is None or injection.address is None or injection.mode == "value":
+            return None
+        gdb = self.machine.gdb
+        address = injection.virtual
+        try:
+            gdb.set_watchpoint(address, 8, kind=WatchKind.READ)
+            gdb.set_watchpoint(address, 8, kind=WatchKind.WRITE)
+        except VmfaultError:
+            return None
+        return address
+
+    # ------------------------------------------------------------------ observation
+
+    def _budget_s(self) -> float:
+        golden = self._require_golden()
+        return self.budget_factor * golden.wall_s + BUDGET_SLACK_S
+
+    def _observe(
+        self,
+        injection: Injection,
+        started: float,
+        start_instructions: int | None,
+        watch: int | None,
+        event_mark: int,
+    ) -> tuple[Observation, bool | None, tuple[float, int | None] | None]:
+        """Run until the outcome is certain. Returns the observation, whether the faulted
+        word was read before being overwritten (None: not watched or never touched), and
+        the symptom's host time and instruction count."""
+        vm = self.machine
+        golden = self._require_golden()
+        read_first: bool | None = None
+        symptom: tuple[float, int | None] | None = None
+        console_mark = vm.console.mark()
+        deadline = started + self._budget_s()
+        timed_out = finished = False
+        if not injection.injected:
+            return Observation(injected=False, finished=False), None, None
+        while True:
+            if not vm.alive:
+                break
+            vm.cont()
+            stop = vm.wait_stop(timeout_s=max(0.0, deadline - time.monotonic()))
+            if stop is None:
+                if not vm.alive:
+                    break
+                vm.halt()
+                if self._within_instruction_budget(start_instructions, golden):
+                    deadline = time.monotonic() + self._budget_s()
+                    continue
+                timed_out = True
+                break
+            if stop.reason is StopReason.WATCHPOINT and watch is not None:
+                if read_first is None:
+                    read_first = stop.watch_kind is WatchKind.READ
+                vm.gdb.remove_watchpoint(watch, 8, kind=WatchKind.READ)
+                vm.gdb.remove_watchpoint(watch, 8, kind=WatchKind.WRITE)
+                watch = None
+                continue
+            if symptom is None:
+                symptom = (time.monotonic(), vm.instruction_count())
+            rip = vm.gdb.read_register("rip")
+            if rip in self._sentinels:
+                continue  # the kernel reacts; the outcome follows
+            if rip == self.session.hooks.exited:
+                vm.cont()
+                finished = (
+                    vm.channel.wait(FrameKind.EXIT, timeout_s=EXIT_REPORT_TIMEOUT_S) is not None
+                )
+            break
+        if watch is not None and injection.injected:
+            read_first = False  # never touched again: the fault was not activated
+        if vm.alive and watch is not None:
+            vm.halt()
+            vm.gdb.remove_watchpoint(watch, 8, kind=WatchKind.READ)
+            vm.gdb.remove_watchpoint(watch, 8, kind=WatchKind.WRITE)
+        result = WorkloadResult.from_frames(vm.channel.frames) if finished else None
+        events = tuple(e.name for e in vm.events[event_mark:])
+        panicked = "GUEST_PANICKED" in events
+        observation = Observation(
+            injected=True,
+            finished=result is not None,
+            stdout=b"" if result is None else result.stdout,
+            stderr=b"" if result is None else result.stderr,
+            exit_code=None if result is None else result.exit_code,
+            signal=None if result is None else result.signal,
+            console=vm.console.transcript(console_mark),
+            events=events,
+            guest_panicked=panicked,
+            qemu_alive=vm.alive,
+            qemu_exit_code=vm.exit_code,
+            timed_out=timed_out,
+        )
+        return observation, read_first, symptom
+
+    def _set_symptom_breakpoints(self) -> tuple[int, ...]:
+        """Breakpoints on the kernel's first reactions to a fault (a fatal signal for a user
+        task, an oops, a panic): crash latency is measured to the first one hit."""
+        gdb = self.machine.gdb
+        addresses = []
+        for name in SYMPTOM_FUNCTIONS:
+            symbol = self.symbols.get(name)
+            if symbol is not None:
+                gdb.set_breakpoint(symbol.address)
+                addresses.append(symbol.address)
+        return tuple(addresses)
+
+    def _within_instruction_budget(self, start: int | None, golden: Golden) -> bool:
+        """In deterministic mode the budget counts guest instructions, not host time."""
+        if not self.deterministic or start is None or golden.instructions is None:
+            return False
+        now = self.machine.instruction_count() or start
+        return now - start < self.budget_factor * golden.instructions
+
+    def _latency(
+        self,
+        verdict: Classification,
+        injected_at: float,
+        injected_instructions: int | None,
+        symptom: tuple[float, int | None] | None,
+    ) -> Latency | None:
+        if verdict.outcome not in (Outcome.CRASH, Outcome.DETECTED) or symptom is None:
+            return None
+        at, instructions = symptom
+        if instructions is not None and injected_instructions is not None:
+            return Latency(instructions - injected_instructions, LatencyUnit.INSTRUCTIONS)
+        return Latency(round((at - injected_at) * 1e9), LatencyUnit.WALL_NS)
+
+
+def _reader(gdb: Any) -> Any:
+    def read(address: int, size: int) -> bytes:
+        return bytes(gdb.read_memory(address, size, physical=True))
+
+    return read
+
+
+def _trigger_text(the_plan: Plan) -> str:
+    trigger = the_plan.spec.trigger
+    if trigger.kind is TriggerKind.TIME:
+        return f"time:{the_plan.trigger_time_s:.6f}s"
+    if trigger.kind is TriggerKind.INSTRUCTIONS:
+        return f"icount:{the_plan.trigger_instructions}"
+    return f"exec:{trigger.location}#{trigger.count}"

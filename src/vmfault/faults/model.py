@@ -1,0 +1,329 @@
+"""What a fault is: target, bit model and trigger, as plain serialisable data (no I/O).
+
+Users write faults as short strings, the same on the command line and in campaign files:
+
+- target: `register:rip`, `register:gpr`, `memory:ram`, `memory:process`, `memory:@data`
+  (a symbol of the workload, translated through its page tables at the trigger),
+  `memory:0x1234000`, `kernel-code:hot`, `kernel-code:ksys_write`;
+- bits: comma-separated terms: `59` (that bit), `3,7` (those bits), `52-62` (a bit range),
+  `k2` (two random bits), `burst:4` (4 adjacent bits), `stuck0`/`stuck1` (force the chosen
+  bits, optionally held for a number of instructions: `stuck1:100i`), `value:0x0`
+  (write a whole value); default: one random bit anywhere in the location;
+- trigger: `time` (uniform over the golden run), `time:20ms`, `exec:main` or
+  `exec:0x10001234#5` (the 5th execution), `icount` / `icount:100000` (guest instructions
+  after the workload's start; deterministic mode only).
+
+Parsing raises UsageError naming the bad text and what is allowed.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vmfault.errors import UsageError
+
+__all__ = [
+    "MEMORY_REGIONS",
+    "REGISTER_GROUPS",
+    "REGISTER_WIDTHS",
+    "BitMode",
+    "BitModel",
+    "Context",
+    "FaultSpec",
+    "Target",
+    "TargetKind",
+    "Trigger",
+    "TriggerKind",
+    "parse_duration_s",
+]
+
+_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
+REGISTER_GROUPS: dict[str, tuple[str, ...]] = {
+    "gpr": _GPRS,
+    "pointer": ("rip", "rsp", "rbp"),
+    "flags": ("eflags",),
+    "sse": tuple(f"xmm{i}" for i in range(16)),
+    "x87": tuple(f"st{i}" for i in range(8)),
+}
+REGISTER_GROUPS["all"] = (
+    *_GPRS,
+    "rip",
+    "eflags",
+    *REGISTER_GROUPS["sse"],
+    *REGISTER_GROUPS["x87"],
+    "mxcsr",
+)
+REGISTER_WIDTHS: dict[str, int] = {
+    **dict.fromkeys((*_GPRS, "rip", "fs_base", "gs_base", "k_gs_base"), 64),
+    **dict.fromkeys(("eflags", "mxcsr", "cs", "ss", "ds", "es", "fs", "gs"), 32),
+    **dict.fromkeys(REGISTER_GROUPS["sse"], 128),
+    **dict.fromkeys(REGISTER_GROUPS["x87"], 80),
+}
+"""Writable registers a fault may target, with their width in bits (the gdbstub's names)."""
+READ_ONLY_REGISTERS = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer")
+MEMORY_REGIONS = ("ram", "kernel-text", "kernel-data", "process")
+MEMORY_CELL_BITS = 64
+"""A memory fault targets one aligned 64-bit word; its bit i lives in byte i // 8."""
+
+
+class TargetKind(enum.StrEnum):
+    """What kind of state a fault corrupts."""
+
+    REGISTER = "register"
+    MEMORY = "memory"
+    KERNEL_CODE = "kernel-code"
+
+
+class Context(enum.StrEnum):
+    """Whose register state a register fault corrupts."""
+
+    USER = "user"
+    """The workload process, in user mode."""
+    KERNEL = "kernel"
+    """The kernel (any kernel code path, on behalf of anyone)."""
+    ANY = "any"
+    """Whatever runs when the trigger fires."""
+
+
+def _bad(what: str, text: str, allowed: str) -> UsageError:
+    return UsageError(f"invalid {what} {text!r}", hint=f"allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a fault goes: a kind and a name (register or group, region or address, function)."""
+
+    kind: TargetKind
+    name: str
+
+    ALLOWED = (
+        "register:NAME|gpr|pointer|flags|sse|x87|all, memory:ram|kernel-text|kernel-data|"
+        "process|0xADDRESS|@SYMBOL[+OFFSET], kernel-code:hot|FUNCTION"
+    )
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """Parse `kind:name`; UsageError for unknown kinds, registers or regions."""
+        kind_text, _, name = text.strip().partition(":")
+        try:
+            kind = TargetKind(kind_text)
+        except ValueError:
+            raise _bad("target", text, cls.ALLOWED) from None
+        name = name.strip()
+        if not name:
+            raise _bad("target", text, cls.ALLOWED)
+        if kind is TargetKind.REGISTER:
+            name = name.lower()
+            if name in READ_ONLY_REGISTERS:
+                raise UsageError(
+                    f"register {name} is read-only for fault injection",
+                    hint="choose a general-purpose, pointer, flags, SSE or x87 register",
+                )
+            if name not in REGISTER_GROUPS and name not in REGISTER_WIDTHS:
+                raise UsageError(
+                    f"unknown register {name!r}",
+                    hint="use a name such as rax, rip, eflags, xmm3, st0, or a group: "
+                    + ", ".join(REGISTER_GROUPS),
+                )
+        elif kind is TargetKind.MEMORY and name not in MEMORY_REGIONS and not name.startswith("@"):
+            try:
+                int(name, 0)
+            except ValueError:
+                raise _bad("memory target", text, cls.ALLOWED) from None
+        return cls(kind, name)
+
+    @property
+    def spelling(self) -> str:
+        """The text form, `kind:name`."""
+        return f"{self.kind.value}:{self.name}"
+
+    @property
+    def address(self) -> int | None:
+        """The explicit physical address of a `memory:0x...` target."""
+        if self.kind is TargetKind.MEMORY and self.name not in MEMORY_REGIONS:
+            if self.name.startswith("@"):
+                return None
+            return int(self.name, 0)
+        return None
+
+    def registers(self) -> tuple[str, ...]:
+        """The candidate registers of a register target (a group expands to its members)."""
+        if self.kind is not TargetKind.REGISTER:
+            return ()
+        return REGISTER_GROUPS.get(self.name, (self.name,))
+
+
+class BitMode(enum.StrEnum):
+    """How the chosen bits change."""
+
+    FLIP = "flip"
+    BURST = "burst"
+    STUCK_0 = "stuck-at-0"
+    STUCK_1 = "stuck-at-1"
+    VALUE = "value"
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d*)?)(ns|us|ms|s)$")
+_SCALE = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def parse_duration_s(text: str) -> float:
+    """`20ms`, `1.5s`, `300us`, `0.02` (seconds) -> seconds; UsageError otherwise."""
+    found = _DURATION.match(text.strip())
+    if found:
+        return float(found.group(1)) * _SCALE[found.group(2)]
+    try:
+        value = float(text)
+    except ValueError:
+        raise _bad("duration", text, "a number with a unit: 20ms, 1.5s, 300us") from None
+    if value < 0:
+        raise _bad("duration", text, "a non-negative duration")
+    return value
+
+
+@dataclass(frozen=True)
+class BitModel:
+    """Which bits of the location change, and how.
+
+    `positions` fixes the bits; otherwise `count` bits (or a burst of `count` adjacent
+    bits) are drawn from [`low`, `high`] (inclusive; None: the whole location).
+    `hold_instructions` keeps a stuck-at fault forced for that many instructions.
+    """
+
+    mode: BitMode = BitMode.FLIP
+    count: int = 1
+    positions: tuple[int, ...] = ()
+    low: int | None = None
+    high: int | None = None
+    value: int | None = None
+    hold_instructions: int = 0
+
+    ALLOWED = "N, N,M, LOW-HIGH, kN, burst:N, stuck0, stuck1[:Ni], value:0xV (comma-separated)"
+
+    @classmethod
+    def parse(cls, text: str | int | None) -> BitModel:
+        """Parse the bits grammar (module docstring); an int means that many random bits."""
+        if text is None or text == "":
+            return cls()
+        if isinstance(text, int):
+            if text < 1:
+                raise _bad("bit count", str(text), "a count >= 1")
+            return cls(count=text)
+        mode, count, value, hold = BitMode.FLIP, 1, None, 0
+        positions: list[int] = []
+        low = high = None
+        for term in (t.strip() for t in text.lower().split(",")):
+            try:
+                if term.isdigit():
+                    positions.append(int(term))
+                elif re.fullmatch(r"\d+-\d+", term):
+                    low, high = (int(v) for v in term.split("-"))
+                    if low > high:
+                        raise ValueError
+                elif re.fullmatch(r"k\d+", term):
+                    count = int(term[1:])
+                elif term.startswith("burst:"):
+                    mode, count = BitMode.BURST, int(term[6:])
+                elif term in ("stuck0", "stuck1") or term.startswith(("stuck0:", "stuck1:")):
+                    mode = BitMode.STUCK_0 if term.startswith("stuck0") else BitMode.STUCK_1
+                    if ":" in term:
+                        hold_text = term.split(":", 1)[1]
+                        if not hold_text.endswith("i"):
+                            raise ValueError
+                        hold = int(hold_text[:-1])
+                elif term.startswith("value:"):
+                    mode, value = BitMode.VALUE, int(term[6:], 0)
+                else:
+                    raise ValueError
+            except ValueError:
+                raise _bad("bits", text, cls.ALLOWED) from None
+        if count < 1:
+            raise _bad("bits", text, "a bit count >= 1")
+        return cls(mode, count, tuple(sorted(set(positions))), low, high, value, hold)
+
+    def check_width(self, width: int, where: str) -> None:
+        """UsageError if the model names bits outside a location `width` bits wide."""
+        top = max((*self.positions, self.high or 0))
+        if top >= width:
+            raise UsageError(
+                f"bit {top} is out of range for {where} ({width} bits)",
+                hint=f"use bits 0-{width - 1}",
+            )
+        span = (self.high if self.high is not None else width - 1) - (self.low or 0) + 1
+        if not self.positions and self.mode is not BitMode.VALUE and self.count > span:
+            raise UsageError(
+                f"cannot choose {self.count} bits from a range of {span} in {where}",
+                hint="lower the count or widen the range",
+            )
+
+
+class TriggerKind(enum.StrEnum):
+    """When a fault fires, counted from the workload's start."""
+
+    TIME = "time"
+    EXECUTION = "exec"
+    INSTRUCTIONS = "icount"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """When to inject. Unset `time_s`/`instructions` mean: drawn uniformly over the golden run."""
+
+    kind: TriggerKind = TriggerKind.TIME
+    time_s: float | None = None
+    location: str = ""
+    count: int = 1
+    instructions: int | None = None
+
+    ALLOWED = "time, time:20ms, exec:SYMBOL|0xADDR[#N], icount, icount:N"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Trigger:
+        """Parse the trigger grammar (module docstring)."""
+        if not text:
+            return cls()
+        kind_text, _, rest = text.strip().partition(":")
+        try:
+            kind = TriggerKind(kind_text)
+        except ValueError:
+            raise _bad("trigger", text, cls.ALLOWED) from None
+        try:
+            if kind is TriggerKind.TIME:
+                return cls(kind, time_s=parse_duration_s(rest) if rest else None)
+            if kind is TriggerKind.INSTRUCTIONS:
+                return cls(kind, instructions=int(rest, 0) if rest else None)
+            location, _, count = rest.partition("#")
+            if not location or (count and int(count) < 1):
+                raise ValueError
+            return cls(kind, location=location, count=int(count) if count else 1)
+        except (ValueError, UsageError):
+            raise _bad("trigger", text, cls.ALLOWED) from None
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """A fault family as the user gave it; random parts are resolved per experiment."""
+
+    target: Target
+    bits: BitModel = field(default_factory=BitModel)
+    trigger: Trigger = field(default_factory=Trigger)
+    context: Context = Context.ANY
+
+    def __post_init__(self) -> None:
+        for register in self.target.registers():
+            self.bits.check_width(REGISTER_WIDTHS[register], f"register {register}")
+        if self.target.kind is not TargetKind.REGISTER:
+            self.bits.check_width(MEMORY_CELL_BITS, "a memory word")
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for records and JSON output."""
+        return {
+            "target": self.target.spelling,
+            "bits": asdict(self.bits) | {"mode": self.bits.mode.value},
+            "trigger": asdict(self.trigger) | {"kind": self.trigger.kind.value},
+            "context": self.context.value,
+        }

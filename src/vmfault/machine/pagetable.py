@@ -1,0 +1,220 @@
+"""x86-64 4-level page tables: walk a process's address space, translate one address.
+
+The walker is pure: it reads guest-physical memory through an injected
+``read_physical(address, size) -> bytes`` callable, so it runs against a halted vCPU
+(`process_pages`) as well as against synthetic tables in tests. It knows nothing of faults.
+
+Entry bits used: P (0), R/W (1), U/S (2), PS (7, at the PDPT and PD levels) and XD (63).
+Physical addresses are bits 12..51 of an entry (21..51 of a 2 MiB and 30..51 of a 1 GiB
+leaf, whose bit 12 is PAT); the protection-key bits 59..62, the available bits and the
+PCID or PWT/PCD bits of CR3 are ignored. Effective permissions combine every level, as
+the CPU does: writable and user only if set at every level, executable unless XD is set
+at any level.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vmfault.errors import MachineError
+from vmfault.machine.gdbstub import GdbStub
+
+__all__ = [
+    "PAGE_SIZE_1G",
+    "PAGE_SIZE_2M",
+    "PAGE_SIZE_4K",
+    "PageMapping",
+    "PhysicalReader",
+    "process_pages",
+    "translate",
+    "walk",
+]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+PhysicalReader = Callable[[int, int], bytes]
+"""Reads `size` bytes of guest-physical memory at `address`."""
+
+PAGE_SIZE_4K = 1 << 12
+PAGE_SIZE_2M = 1 << 21
+PAGE_SIZE_1G = 1 << 30
+
+_ENTRIES = 512
+_TABLE_BYTES = _ENTRIES * 8
+_TABLE = struct.Struct(f"<{_ENTRIES}Q")
+
+_PRESENT = 1 << 0
+_WRITABLE = 1 << 1
+_USER = 1 << 2
+_LARGE = 1 << 7
+_NO_EXECUTE = 1 << 63
+_ADDRESS_MASK = ((1 << 52) - 1) & ~(PAGE_SIZE_4K - 1)
+"""Bits 12..51: the physical address of a table or of a 4 KiB page."""
+
+_LEAF_SHIFTS = (39, 30, 21, 12)
+"""Virtual address bits each level indexes with: PML4, PDPT, PD, PT."""
+
+_LOWER_HALF_ENTRIES = 256
+_CANONICAL_BIT = 1 << 47
+_SIGN_EXTENSION = ~((1 << 48) - 1) & ((1 << 64) - 1)
+
+_CR0_PG = 1 << 31
+_CR4_PAE = 1 << 5
+_CR4_LA57 = 1 << 12
+_EFER_LMA = 1 << 10
+
+
+@dataclass(frozen=True)
+class PageMapping:
+    """One present leaf of a page table: `size` bytes (4 KiB, 2 MiB or 1 GiB) mapped from
+    the virtual address `virtual` (canonical, sign-extended) to the physical address
+    `physical`, with the effective permissions of the whole walk."""
+
+    virtual: int
+    physical: int
+    size: int
+    writable: bool
+    user: bool
+    executable: bool
+
+    @property
+    def virtual_end(self) -> int:
+        """The first virtual address after the page."""
+        return self.virtual + self.size
+
+    def contains(self, virtual: int) -> bool:
+        """True if `virtual` lies in this page."""
+        return self.virtual <= virtual < self.virtual + self.size
+
+    def physical_of(self, virtual: int) -> int:
+        """The physical address of `virtual`, which must lie in this page."""
+        if not self.contains(virtual):
+            raise ValueError(f"{virtual:#x} is not in the page at {self.virtual:#x}")
+        return self.physical + (virtual - self.virtual)
+
+
+def _canonical(address: int) -> int:
+    return address | _SIGN_EXTENSION if address & _CANONICAL_BIT else address
+
+
+def _frame_mask(shift: int) -> int:
+    return _ADDRESS_MASK & ~((1 << shift) - 1)
+
+
+def walk(cr3: int, read_physical: PhysicalReader, *, user_only: bool = True) -> list[PageMapping]:
+    """Every present page mapped by the 4-level page tables rooted at `cr3`, sorted by
+    virtual address.
+
+    Each table page is read once, whole (4 KiB). With `user_only` (the default), only the
+    lower half (PML4 entries 0-255) is walked and only pages whose U/S bit is set at every
+    level are returned. Errors of `read_physical` propagate.
+    """
+    tables: dict[int, tuple[int, ...]] = {}
+
+    def table(address: int) -> tuple[int, ...]:
+        entries = tables.get(address)
+        if entries is None:
+            data = read_physical(address, _TABLE_BYTES)
+            if len(data) != _TABLE_BYTES:
+                raise MachineError(
+                    f"page table read at {address:#x} returned {len(data)} bytes, "
+                    f"not {_TABLE_BYTES}"
+                )
+            entries = _TABLE.unpack(data)
+            tables[address] = entries
+        return entries
+
+    mappings: list[PageMapping] = []
+
+    def descend(
+        address: int, level: int, base: int, writable: bool, user: bool, executable: bool
+    ) -> None:
+        shift = _LEAF_SHIFTS[level]
+        entries = table(address)
+        limit = _LOWER_HALF_ENTRIES if (user_only and level == 0) else _ENTRIES
+        for index in range(limit):
+            entry = entries[index]
+            if not entry & _PRESENT:
+                continue
+            entry_user = user and bool(entry & _USER)
+            if user_only and not entry_user:
+                continue
+            virtual = base | (index << shift)
+            entry_writable = writable and bool(entry & _WRITABLE)
+            entry_executable = executable and not entry & _NO_EXECUTE
+            if level == 3 or (level in (1, 2) and entry & _LARGE):
+                mappings.append(
+                    PageMapping(
+                        virtual=_canonical(virtual),
+                        physical=entry & _frame_mask(shift),
+                        size=1 << shift,
+                        writable=entry_writable,
+                        user=entry_user,
+                        executable=entry_executable,
+                    )
+                )
+            else:
+                descend(
+                    entry & _ADDRESS_MASK,
+                    level + 1,
+                    virtual,
+                    entry_writable,
+                    entry_user,
+                    entry_executable,
+                )
+
+    descend(cr3 & _ADDRESS_MASK, 0, 0, True, True, True)
+    logger.debug("walked cr3=%#x: %d table pages, %d mappings", cr3, len(tables), len(mappings))
+    mappings.sort(key=lambda mapping: mapping.virtual)
+    return mappings
+
+
+def translate(cr3: int, virtual: int, read_physical: PhysicalReader) -> int | None:
+    """The physical address that `virtual` maps to under `cr3`, or None if it is not
+    mapped (a non-present entry on the way, or a non-canonical address).
+
+    Reads one 8-byte entry per level; permissions are not checked.
+    """
+    virtual &= (1 << 64) - 1
+    if _canonical(virtual & ((1 << 48) - 1)) != virtual:
+        return None
+    table = cr3 & _ADDRESS_MASK
+    for level, shift in enumerate(_LEAF_SHIFTS):
+        index = (virtual >> shift) & (_ENTRIES - 1)
+        data = read_physical(table + 8 * index, 8)
+        if len(data) != 8:
+            raise MachineError(
+                f"page table read at {table + 8 * index:#x} returned {len(data)} bytes, not 8"
+            )
+        entry = int.from_bytes(data, "little")
+        if not entry & _PRESENT:
+            return None
+        if level == 3 or (level in (1, 2) and entry & _LARGE):
+            return (entry & _frame_mask(shift)) | (virtual & ((1 << shift) - 1))
+        table = entry & _ADDRESS_MASK
+    raise AssertionError("unreachable: the last level is always a leaf")
+
+
+def process_pages(gdb: GdbStub, *, user_only: bool = True) -> list[PageMapping]:
+    """`walk` the address space the halted vCPU is in (its CR3), reading the tables
+    through the gdbstub's physical-memory mode.
+
+    Raises MachineError if the vCPU is not in 4-level long-mode paging.
+    """
+    registers = gdb.read_registers(["cr0", "cr3", "cr4", "efer"])
+    cr0, cr3, cr4, efer = (registers[name] for name in ("cr0", "cr3", "cr4", "efer"))
+    if not (cr0 & _CR0_PG and cr4 & _CR4_PAE and efer & _EFER_LMA):
+        raise MachineError(
+            f"the vCPU is not in long-mode paging (cr0={cr0:#x}, cr4={cr4:#x}, efer={efer:#x})"
+        )
+    if cr4 & _CR4_LA57:
+        raise MachineError(f"the vCPU uses 5-level paging (cr4={cr4:#x}), which is not supported")
+
+    def read(address: int, size: int) -> bytes:
+        return gdb.read_memory(address, size, physical=True)
+
+    return walk(cr3, read, user_only=user_only)
