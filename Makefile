@@ -23,7 +23,7 @@ image: venv
 	@$(BIN)/vmfault image build
 
 demo: setup
-	$(BIN)/vmfault demo
+	$(BIN)/vmfault campaign run examples/demo.toml --db results/demo.db --overwrite
 
 lint: venv
 	$(BIN)/ruff check src tests bench
@@ -44,6 +44,7 @@ test: setup lint typecheck
 bench: setup
 	$(BIN)/python bench/machine.py
 	$(BIN)/python bench/experiment.py
+	$(BIN)/python bench/campaign.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import shutil
 import signal
@@ -14,9 +15,29 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from vmfault._version import __version__
+from vmfault.campaign.executor import Completed
+from vmfault.campaign.planner import plan_campaign
+from vmfault.campaign.runner import (
+    CampaignInterruptedError,
+    CampaignProgress,
+    Prepared,
+    campaign_image,
+    prepare_campaign,
+    run_campaign,
+    workload_argv,
+)
+from vmfault.campaign.spec import CampaignSpec, campaign_json_schema, load_campaign
+from vmfault.campaign.summary import Summary, summarize
 from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment import Experimenter
@@ -24,6 +45,9 @@ from vmfault.faults import BitModel, Context, FaultSpec, Target, Trigger
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
 from vmfault.machine import Accel, kvm_blocker, probe_boot
 from vmfault.session import GoldenRun, golden_run, machine_config, prepare_image
+from vmfault.stats import IntervalMethod
+from vmfault.store import SQLiteStore
+from vmfault.store.export import export
 
 __all__ = ["app", "main"]
 
@@ -36,6 +60,10 @@ app = typer.Typer(
 )
 image_app = typer.Typer(help="Build and inspect guest images.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
+campaign_app = typer.Typer(
+    help="Campaigns: many experiments from a TOML file.", no_args_is_help=True
+)
+app.add_typer(campaign_app, name="campaign")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
@@ -285,10 +313,10 @@ def _require_known(name: str, spec: ImageSpec) -> None:
 
 
 @app.command()
-def demo(
+def workloads(
     deterministic: Annotated[bool, typer.Option(help="Use icount mode.")] = False,
 ) -> None:
-    """Build the image and golden-run every built-in workload, printing a table."""
+    """Golden-run every built-in workload and print a table."""
     image = prepare_image(log=_progress)
     runs = []
     for name in builtin_workload_names():
@@ -296,6 +324,242 @@ def demo(
         _progress(f"golden run: {' '.join(argv)}")
         runs.append(golden_run(image, argv, deterministic=deterministic))
     out.print(_golden_table(runs))
+
+
+# ---------------------------------------------------------------------------- campaigns
+
+
+class ExportKind(enum.StrEnum):
+    """Export file formats."""
+
+    CSV = "csv"
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+
+
+MethodOpt = Annotated[IntervalMethod, typer.Option(help="Interval method for every rate.")]
+ConfidenceOpt = Annotated[float, typer.Option(min=0.5, max=0.9999, help="Interval confidence.")]
+
+
+def _summary_tables(summary: Summary) -> list[Table]:
+    method = f"{summary.method.value}, {summary.confidence:.0%}"
+    overall = Table(title=f"{summary.name}: {summary.done} of {summary.total} experiments")
+    for column in ("outcome", "count", "rate", f"interval ({method})"):
+        overall.add_column(column, justify="right" if column != "outcome" else "left")
+    for name, count in summary.outcomes.items():
+        rate = summary.rates.get(name)
+        overall.add_row(
+            name,
+            str(count),
+            "-" if rate is None else f"{rate.rate:.1%}",
+            "-" if rate is None else f"[{rate.low:.1%}, {rate.high:.1%}]",
+        )
+    strata = Table(title=f"per stratum ({method})")
+    strata.add_column("stratum")
+    strata.add_column("done", justify="right")
+    strata.add_column("outcomes (rate \\[interval])")
+    for name, (done, counts, rates) in summary.strata.items():
+        cells = []
+        for outcome, count in counts.items():
+            rate = rates.get(outcome)
+            interval = "" if rate is None else f" {rate.rate:.0%} [{rate.low:.0%}, {rate.high:.0%}]"
+            cells.append(f"{outcome} {count}{interval}")
+        strata.add_row(name, str(done), "; ".join(cells))
+    return [overall, strata]
+
+
+def _summary(store: SQLiteStore, *, confidence: float, method: IntervalMethod) -> Summary:
+    info = store.campaign_info()
+    return summarize(
+        info.name,
+        info.total_planned,
+        store.outcome_counts(),
+        store.counts_by_stratum(),
+        confidence=confidence,
+        method=method,
+    )
+
+
+def _run(
+    prepared: Prepared,
+    workers: int | None,
+    *,
+    as_json: bool,
+    confidence: float,
+    method: IntervalMethod,
+) -> None:
+    store = prepared.store
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[outcomes]}"),
+    )
+    with Progress(*columns, console=err, disable=as_json) as bar:
+        task = bar.add_task(
+            prepared.spec.campaign.name,
+            total=prepared.plan.total,
+            completed=len(store.done_ids()),
+            rate="",
+            outcomes="",
+        )
+
+        def on_record(progress: CampaignProgress, _: Completed) -> None:
+            counts = " ".join(f"{k}={v}" for k, v in progress.outcomes.items() if v)
+            bar.update(
+                task, completed=progress.done, rate=f"{progress.rate_per_s:.1f}/s", outcomes=counts
+            )
+
+        run_campaign(prepared, workers=workers, on_record=on_record, log=_progress)
+    summary = _summary(store, confidence=confidence, method=method)
+    if as_json:
+        out.print_json(json.dumps(summary.to_json()))
+        return
+    for table in _summary_tables(summary):
+        out.print(table)
+
+
+@campaign_app.command("run")
+def campaign_run(
+    file: Annotated[Path, typer.Argument(help="The campaign file (TOML).")],
+    db: Annotated[Path | None, typer.Option(help="Results database (default: NAME.db).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Override campaign.workers.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing database.")] = False,
+    confidence: ConfidenceOpt = 0.95,
+    method: MethodOpt = IntervalMethod.WILSON,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a campaign; every record is committed as it finishes."""
+    spec = load_campaign(file)
+    path = db or Path(f"{spec.campaign.name}.db")
+    if path.exists():
+        if not overwrite:
+            raise UsageError(
+                f"{path} already exists",
+                hint=f"continue it with `vmfault campaign resume {path}`, "
+                "or pass --overwrite to start again",
+            )
+        for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            stale.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prepared = prepare_campaign(spec, path, resume=False, log=_progress)
+    _run(prepared, workers, as_json=as_json, confidence=confidence, method=method)
+
+
+@campaign_app.command("resume")
+def campaign_resume(
+    db: Annotated[Path, typer.Argument(help="The campaign's results database.")],
+    workers: Annotated[int | None, typer.Option(min=1, help="Override campaign.workers.")] = None,
+    confidence: ConfidenceOpt = 0.95,
+    method: MethodOpt = IntervalMethod.WILSON,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run exactly the experiments an interrupted campaign is missing."""
+    _require_db(db)
+    with SQLiteStore.open_readonly(db) as reader:
+        spec = CampaignSpec.from_json(reader.campaign_info().spec_json)
+    prepared = prepare_campaign(spec, db, resume=True, log=_progress)
+    _run(prepared, workers, as_json=as_json, confidence=confidence, method=method)
+
+
+def _require_db(db: Path) -> None:
+    if not db.is_file():
+        raise UsageError(f"no campaign database at {db}", hint="give the path `campaign run` used")
+
+
+@campaign_app.command("status")
+def campaign_status(
+    db: Annotated[Path, typer.Argument(help="The campaign's results database.")],
+    confidence: ConfidenceOpt = 0.95,
+    method: MethodOpt = IntervalMethod.WILSON,
+    as_json: JsonOpt = False,
+) -> None:
+    """Counts and rates with intervals, for a running or finished campaign."""
+    _require_db(db)
+    with SQLiteStore.open_readonly(db) as store:
+        summary = _summary(store, confidence=confidence, method=method)
+    if as_json:
+        out.print_json(json.dumps(summary.to_json()))
+        return
+    for table in _summary_tables(summary):
+        out.print(table)
+
+
+@campaign_app.command("export")
+def campaign_export(
+    db: Annotated[Path, typer.Argument(help="The campaign's results database.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
+    fmt: Annotated[
+        ExportKind, typer.Option("--format", help="csv, jsonl or parquet.")
+    ] = ExportKind.CSV,
+) -> None:
+    """One row per experiment, with an experiment_id column."""
+    _require_db(db)
+    with SQLiteStore.open_readonly(db) as store:
+        rows = export(store, output, format=fmt.value)
+    _progress(f"wrote {rows} rows to {output}")
+
+
+@campaign_app.command("schema")
+def campaign_schema() -> None:
+    """Print the JSON Schema of campaign files."""
+    out.print_json(json.dumps(campaign_json_schema()))
+
+
+@app.command()
+def replay(
+    db: Annotated[Path, typer.Argument(help="The campaign's results database.")],
+    experiment_id: Annotated[int, typer.Argument(help="The experiment to run again.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Run one recorded experiment again and show its console."""
+    _require_db(db)
+    with SQLiteStore.open_readonly(db) as store:
+        spec = CampaignSpec.from_json(store.campaign_info().spec_json)
+        recorded = store.record_json(experiment_id)
+    if recorded is None:
+        raise UsageError(
+            f"experiment {experiment_id} is not in {db}",
+            hint="see `vmfault campaign export` for the recorded ids",
+        )
+    plan = plan_campaign(spec)
+    planned = plan.experiment(experiment_id)
+    image = campaign_image(spec, log=_progress)
+    argv = workload_argv(spec, image)
+    with Experimenter(
+        image, argv, deterministic=spec.guest.deterministic, budget_factor=spec.campaign.budget
+    ) as experimenter:
+        mark = experimenter.machine.console.mark()
+        record = experimenter.run(planned.spec, seed=planned.seed, index=planned.index)
+        console = experimenter.machine.console.transcript(mark)
+    same = record.outcome.value == recorded.get("outcome")
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "replayed": record.to_json(),
+                    "recorded": recorded,
+                    "same_outcome": same,
+                    "console": console,
+                }
+            )
+        )
+        return
+    sys.stdout.write(console)
+    out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
+    out.print(
+        f"recorded: {recorded.get('outcome')}: {recorded.get('reason')}",
+        highlight=False,
+        markup=False,
+    )
+    out.print(
+        "same outcome as recorded"
+        if same
+        else "outcome differs from the record"
+        + ("" if spec.guest.deterministic else " (not a deterministic campaign)")
+    )
 
 
 def _check(table: Table, what: str, ok: bool, detail: str, fix: str = "") -> bool:
@@ -379,6 +643,8 @@ def main(argv: list[str] | None = None) -> None:
         status = app(args=argv, standalone_mode=False)
     except UsageError as exc:
         _fail(f"error: {exc.one_line()}", 2)
+    except CampaignInterruptedError as exc:
+        _fail(exc.one_line(), 130)
     except typer.TyperException as exc:  # argument parsing errors
         _fail(f"error: {' '.join(_usage_message(exc).split())}", 2)
     except VmfaultError as exc:

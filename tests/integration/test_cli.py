@@ -117,3 +117,10 @@ def test_sigterm_mid_run_leaves_nothing(image: GuestImage) -> None:
                 assert marker not in (entry / "cmdline").read_bytes()
             except OSError:
                 continue
+
+
+def test_doctor_reports_tcg_working(image: GuestImage) -> None:
+    result = vmfault("doctor")
+    assert "accelerator tcg" in result.stdout
+    assert "boots the guest" in result.stdout
+    assert "QEMU emulator version" in result.stdout

@@ -28,20 +28,24 @@ def _tie_to_parent(parent_pid: int) -> None:
         os._exit(126)
 
 
-def spawn_tied(argv: Sequence[str], *, output: Path) -> subprocess.Popen[bytes]:
-    """Start `argv` with stdin closed and stdout+stderr appended to `output`.
+def spawn_tied(
+    argv: Sequence[str], *, output: Path, pipes: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start `argv` with its output appended to `output`.
 
+    Without `pipes`, stdin is closed and stdout and stderr go to `output`; with `pipes`,
+    stdin and stdout are pipes to the caller and only stderr goes to `output`.
     Guarantees: the process is killed when the calling thread's process dies, and it does
     not receive the terminal's SIGINT. Note that PDEATHSIG follows the *thread* that forks:
-    call this from a thread that lives as long as the machine.
+    call this from a thread that lives as long as the child.
     """
     parent = os.getpid()
     with output.open("ab") as sink:
         return subprocess.Popen(
             list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if pipes else sink,
+            stderr=sink,
             process_group=0,
             preexec_fn=lambda: _tie_to_parent(parent),  # noqa: PLW1509
             close_fds=True,

@@ -1,0 +1,221 @@
+"""Executors run experiments somewhere and hand back their records.
+
+The runner needs only the `Executor` protocol; `LocalExecutor` runs worker processes on
+this machine (one QEMU each). A distributed executor plugs in by implementing the same
+three members.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from vmfault.campaign.worker import WorkerSetup, read_message, vmm_error_record, write_message
+from vmfault.errors import MachineError, UsageError
+from vmfault.experiment import ExperimentRecord, Golden
+from vmfault.faults import FaultSpec
+from vmfault.machine.process import spawn_tied
+
+__all__ = ["Completed", "Executor", "Job", "LocalExecutor"]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+BOOT_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One experiment to run: its id, fault family, seed and index."""
+
+    experiment_id: int
+    spec: FaultSpec
+    seed: int
+    index: int
+    stratum: str
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished experiment and where and when it ran (Unix times, seconds)."""
+
+    job: Job
+    record: ExperimentRecord
+    worker: str
+    started_at: float
+    finished_at: float
+
+
+class Executor(Protocol):
+    """Runs jobs and yields their results as they complete, in any order."""
+
+    goldens: list[Golden]
+
+    def run(self, jobs: Iterable[Job]) -> Iterator[Completed]: ...
+
+    def close(self) -> None: ...
+
+
+class _Process:
+    def __init__(self, name: str, setup: WorkerSetup, log: Path) -> None:
+        self.name = name
+        argv = [sys.executable, "-m", "vmfault.campaign.worker"]
+        self.process = spawn_tied(argv, output=log, pipes=True)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin: IO[bytes] = self.process.stdin
+        self.stdout: IO[bytes] = self.process.stdout
+        write_message(self.stdin, setup)
+        self.job: Job | None = None
+        self.deadline = 0.0
+
+    def send(self, job: Job, timeout_s: float) -> None:
+        self.job = job
+        self.deadline = time.monotonic() + timeout_s
+        write_message(self.stdin, ("run", job.experiment_id, job.spec, job.seed, job.index))
+
+    def receive(self) -> Any:
+        return read_message(self.stdout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.stdin, self.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+class LocalExecutor:
+    """Worker processes on this machine, each with one long-lived QEMU.
+
+    `start()` boots them and collects each one's golden run. A worker that dies or
+    overruns `job_timeout_s` is killed and replaced, and its experiment is recorded as
+    `vmm-error`. `close()` kills every worker (their QEMUs die with them).
+    """
+
+    def __init__(self, setup: WorkerSetup, *, workers: int, log: Path,
+                 job_timeout_s: float) -> None:  # fmt: skip
+        self.setup = setup
+        self.workers = workers
+        self.log = log
+        self.job_timeout_s = job_timeout_s
+        self.goldens: list[Golden] = []
+        self._procs: list[_Process] = []
+        self._spawned = 0
+        self._selector = selectors.DefaultSelector()
+
+    def __enter__(self) -> LocalExecutor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _spawn(self) -> _Process:
+        self._spawned += 1
+        proc = _Process(f"worker-{self._spawned}", self.setup, self.log)
+        message = self._await_ready(proc)
+        self.goldens.append(message)
+        self._procs.append(proc)
+        self._selector.register(proc.stdout, selectors.EVENT_READ, proc)
+        return proc
+
+    def _await_ready(self, proc: _Process) -> Golden:
+        with selectors.DefaultSelector() as one:
+            one.register(proc.stdout, selectors.EVENT_READ)
+            if not one.select(BOOT_TIMEOUT_S):
+                proc.kill()
+                raise MachineError(f"{proc.name} did not boot in {BOOT_TIMEOUT_S:g} s")
+        try:
+            kind, payload = proc.receive()
+        except EOFError:
+            proc.kill()
+            raise MachineError(
+                f"{proc.name} exited during start-up", hint=f"see its log: {self.log}"
+            ) from None
+        if kind != "ready":
+            proc.kill()
+            raise MachineError(f"{proc.name} could not start: {payload}")
+        assert isinstance(payload, Golden)
+        return payload
+
+    def start(self) -> None:
+        """Start every worker (they boot one after another on purpose: boots are CPU-bound)."""
+        for _ in range(self.workers):
+            self._spawn()
+
+    def _replace(self, proc: _Process) -> None:
+        self._selector.unregister(proc.stdout)
+        self._procs.remove(proc)
+        proc.kill()
+        self._spawn()
+
+    def run(self, jobs: Iterable[Job]) -> Iterator[Completed]:
+        """Run `jobs`, yielding each result as soon as it is available."""
+        pending = iter(jobs)
+        exhausted = False
+
+        def feed(proc: _Process) -> None:
+            nonlocal exhausted
+            if exhausted:
+                return
+            job = next(pending, None)
+            if job is None:
+                exhausted = True
+                return
+            proc.send(job, self.job_timeout_s)
+
+        for proc in list(self._procs):
+            feed(proc)
+        while any(p.job is not None for p in self._procs):
+            now = time.monotonic()
+            wait_s = max(0.0, min(p.deadline for p in self._procs if p.job is not None) - now)
+            for key, _ in self._selector.select(wait_s):
+                proc = key.data
+                if proc not in self._procs or proc.job is None:
+                    continue
+                job = proc.job
+                try:
+                    message = proc.receive()
+                except EOFError:
+                    message = ("died", job.experiment_id, f"{proc.name} exited")
+                kind = message[0]
+                if kind == "usage-error":
+                    raise UsageError(message[2])
+                proc.job = None
+                if kind == "done":
+                    _, _, record, started, finished = message
+                    yield Completed(job, record, proc.name, started, finished)
+                    feed(proc)
+                    continue
+                yield self._failed(job, proc, message[2])
+                self._replace(proc)
+                feed(self._procs[-1])
+            for proc in [p for p in self._procs if p.job is not None]:
+                if time.monotonic() > proc.deadline:
+                    job = proc.job
+                    assert job is not None
+                    proc.job = None
+                    reason = f"{proc.name} gave no answer within {self.job_timeout_s:g} s"
+                    yield self._failed(job, proc, reason)
+                    self._replace(proc)
+                    feed(self._procs[-1])
+
+    def _failed(self, job: Job, proc: _Process, reason: str) -> Completed:
+        now = time.time()
+        record = vmm_error_record(job.spec, seed=job.seed, index=job.index, reason=reason)
+        return Completed(job, record, proc.name, now, now)
+
+    def close(self) -> None:
+        """Stop every worker; safe to call more than once."""
+        for proc in self._procs:
+            proc.kill()
+        self._procs.clear()
+        self._selector.close()

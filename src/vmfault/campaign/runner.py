@@ -1,0 +1,228 @@
+"""The campaign runner: plan, golden run, experiments on workers, every record committed.
+
+Guarantees: each experiment's record is committed to the store before the next result is
+taken; an interrupted or killed campaign resumes with exactly the missing experiments
+(experiment i is the same fault wherever and whenever it runs); the workers' QEMUs never
+outlive the coordinator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmfault._version import __version__
+from vmfault.campaign.executor import Completed, Executor, Job, LocalExecutor
+from vmfault.campaign.planner import CampaignPlan, plan_campaign, should_stop
+from vmfault.campaign.spec import CampaignSpec
+from vmfault.campaign.worker import WorkerSetup
+from vmfault.errors import MachineError, VmfaultError
+from vmfault.experiment import Golden
+from vmfault.guest.image import GuestImage, ImageSpec
+from vmfault.machine import Accel
+from vmfault.session import prepare_image
+from vmfault.store import SQLiteStore
+
+__all__ = [
+    "CampaignInterruptedError",
+    "CampaignProgress",
+    "Prepared",
+    "campaign_image",
+    "prepare_campaign",
+    "run_campaign",
+    "workload_argv",
+]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+JOB_TIMEOUT_MIN_S = 60.0
+
+
+class CampaignInterruptedError(VmfaultError):
+    """The campaign was stopped (Ctrl-C or SIGTERM); its records so far are committed."""
+
+
+@dataclass
+class CampaignProgress:
+    """Live counts for a progress display; updated after every committed record."""
+
+    total: int
+    done: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def rate_per_s(self) -> float:
+        """Experiments committed per second so far in this run."""
+        return self.done / max(1e-9, time.monotonic() - self.started)
+
+
+def campaign_image(spec: CampaignSpec, *, log: Callable[[str], None] | None = None) -> GuestImage:
+    """The guest image with the campaign's workload in it (built or found in the cache)."""
+    user = spec.user_workload()
+    return prepare_image(ImageSpec(user_workloads=(user,) if user else ()), log=log)
+
+
+def workload_argv(spec: CampaignSpec, image: GuestImage) -> tuple[str, ...]:
+    """The workload command line of the campaign (default arguments when none are given)."""
+    name = spec.workload_name
+    args = tuple(spec.guest.args) or image.workload(name).default_args
+    return (name, *args)
+
+
+def _qemu_version() -> str:
+    try:
+        result = subprocess.run(
+            ["qemu-system-x86_64", "--version"],  # noqa: S607
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    except OSError:
+        return "unknown"
+    return result.stdout.splitlines()[0] if result.stdout else "unknown"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A campaign ready to run: its plan, store, image and workload."""
+
+    spec: CampaignSpec
+    plan: CampaignPlan
+    store: SQLiteStore
+    image: GuestImage
+    argv: tuple[str, ...]
+
+
+def prepare_campaign(
+    spec: CampaignSpec, db: Path, *, resume: bool, log: Callable[[str], None] | None = None
+) -> Prepared:
+    """Plan `spec` and open (or create) its database at `db`."""
+    plan = plan_campaign(spec)
+    image = campaign_image(spec, log=log)
+    argv = workload_argv(spec, image)
+    if resume:
+        store = SQLiteStore.open(db)
+    else:
+        provenance = {
+            "tool_version": __version__,
+            "qemu_version": _qemu_version(),
+            "image_hash": image.image_hash,
+            "kernel_release": image.kernel_release,
+            "campaign_file_sha256": spec.file_sha256,
+            "python": platform.python_version(),
+            "host": platform.node(),
+        }
+        store = SQLiteStore.create(
+            db, campaign_name=spec.campaign.name, seed=spec.campaign.seed,
+            spec_json=spec.to_json(), file_sha256=spec.file_sha256,
+            total_planned=plan.total, provenance=provenance,
+        )  # fmt: skip
+    return Prepared(spec, plan, store, image, argv)
+
+
+def _check_goldens(goldens: list[Golden], prepared: Prepared) -> None:
+    first = goldens[0].result
+    for other in goldens[1:]:
+        if (other.result.stdout, other.result.exit_status) != (first.stdout, first.exit_status):
+            raise MachineError(
+                "the workload's golden runs differ between workers",
+                hint="the workload must be deterministic, or use `deterministic = true`",
+            )
+    stored = prepared.store.golden(list(prepared.argv))
+    if stored is None:
+        golden = goldens[0]
+        prepared.store.save_golden(
+            list(prepared.argv), stdout=first.stdout, stderr=first.stderr,
+            exit_status=first.exit_status, signal=first.signal_name,
+            duration_s=golden.wall_s, instructions=golden.instructions,
+        )  # fmt: skip
+    elif (stored.stdout, stored.exit_status) != (first.stdout, first.exit_status):
+        raise MachineError(
+            "the golden run differs from the one stored in the campaign database",
+            hint="resume with the same image and workload",
+        )
+
+
+def run_campaign(
+    prepared: Prepared,
+    *,
+    workers: int | None = None,
+    on_record: Callable[[CampaignProgress, Completed], None] | None = None,
+    executor: Executor | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CampaignProgress:
+    """Run every planned experiment not yet in the store; returns the final counts.
+
+    Raises CampaignInterruptedError on Ctrl-C or SIGTERM (records so far are kept).
+    """
+    spec, plan, store = prepared.spec, prepared.plan, prepared.store
+    missing = plan.missing(store.done_ids())
+    progress = CampaignProgress(total=plan.total, done=plan.total - len(missing))
+    progress.outcomes = store.outcome_counts()
+    if not missing:
+        return progress
+    count = min(workers or spec.campaign.workers, len(missing))
+    setup = WorkerSetup(
+        image_root=prepared.image.root, argv=prepared.argv,
+        deterministic=spec.guest.deterministic, accel=Accel(spec.guest.accel),
+        budget_factor=spec.campaign.budget,
+        crash_patterns=spec.crash_patterns_path(),
+    )  # fmt: skip
+    own = executor is None
+    log_path = Path(f"{store.path}.log")
+    if log is not None:
+        log(f"starting {count} worker(s); worker log: {log_path}")
+    try:
+        if executor is None:
+            local = LocalExecutor(setup, workers=count, log=log_path, job_timeout_s=0.0)
+            local.start()
+            local.job_timeout_s = _job_timeout(local.goldens, spec.campaign.budget)
+            executor = local
+        _check_goldens(executor.goldens, prepared)
+        jobs = (
+            Job(i, (planned := plan.experiment(i)).spec, planned.seed, planned.index,
+                planned.stratum.name)
+            for i in plan.interleaved(missing)
+        )  # fmt: skip
+        for done in executor.run(jobs):
+            store.record(
+                done.job.experiment_id, done.job.stratum, done.record, worker=done.worker,
+                started_at=done.started_at, finished_at=done.finished_at,
+            )  # fmt: skip
+            progress.done += 1
+            name = done.record.outcome.value
+            progress.outcomes[name] = progress.outcomes.get(name, 0) + 1
+            if on_record is not None:
+                on_record(progress, done)
+            if spec.campaign.stop_early and spec.campaign.margin is not None and should_stop(
+                store.counts_by_stratum(), margin=spec.campaign.margin,
+                confidence=spec.campaign.confidence,
+            ):  # fmt: skip
+                if log is not None:
+                    log("every interval is narrower than the margin: stopping early")
+                break
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise CampaignInterruptedError(
+            f"interrupted after {progress.done} of {progress.total} experiments",
+            hint=f"resume with: vmfault campaign resume {store.path}",
+        ) from exc
+    finally:
+        if own and executor is not None:
+            executor.close()
+    return progress
+
+
+def _job_timeout(goldens: list[Golden], budget: float) -> float:
+    longest = max(g.wall_s for g in goldens)
+    return max(JOB_TIMEOUT_MIN_S, 20 * budget * longest)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,633 @@
+"""Campaign files: what a campaign injects, into which workload, how many times.
+
+A campaign file is TOML with a `[campaign]` table, a `[guest]` table and one or more
+`[[faults]]` tables; each fault family is a stratum of the campaign:
+
+    [campaign]
+    name = "checksum-registers"
+    seed = 1
+    experiments = 500        # or: margin = 0.03 (and confidence = 0.95), sized per stratum
+    workers = 2
+
+    [guest]
+    workload = "checksum"    # a built-in name, or a .c file or static binary beside this file
+    deterministic = false
+
+    [[faults]]
+    target = "register:gpr"
+    bits = 1                 # an int: that many random bits; a string: the bits grammar
+    trigger = "time"
+
+`load_campaign` reports every mistake as one `UsageError` line naming the file, the key
+(`faults[0].bits`), what is wrong, the value found and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Self, Union, get_args, get_origin
+
+import annotated_types
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from vmfault.errors import UsageError
+from vmfault.faults.model import BitModel, Context, FaultSpec, Target, Trigger, TriggerKind
+from vmfault.guest.workloads import (
+    UserWorkload,
+    builtin_workload_names,
+    validate_workload_name,
+)
+from vmfault.machine.config import Accel
+
+__all__ = [
+    "CampaignSection",
+    "CampaignSpec",
+    "FaultFamily",
+    "GuestSection",
+    "campaign_json_schema",
+    "load_campaign",
+]
+
+_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
+_LOADER_FIELDS = frozenset({"source", "file_sha256"})
+_SCHEMA_HINT = "run `vmfault campaign schema` to see every key and its type"
+_ERROR_KIND = "vmfault"
+_BASE_DIR = "base_dir"
+_SHOWN_VALUE_MAX_CHARS = 60
+
+
+def _error(message: str, *, hint: str = "", at: tuple[str | int, ...] = ()) -> PydanticCustomError:
+    """A validation error carrying a vmfault message, its hint and a key path below the model."""
+    return PydanticCustomError(
+        _ERROR_KIND, "{message}", {"message": message, "hint": hint, "at": at}
+    )
+
+
+def _from_usage(error: UsageError, *, at: tuple[str | int, ...] = ()) -> PydanticCustomError:
+    return _error(error.message, hint=error.hint, at=at)
+
+
+def _base_dir(info: ValidationInfo) -> Path | None:
+    """The campaign file's directory, when the loader validates a file (paths are then checked)."""
+    context = info.context
+    if isinstance(context, dict):
+        base = context.get(_BASE_DIR)
+        if isinstance(base, Path):
+            return base
+    return None
+
+
+def _resolve(base: Path | None, text: str) -> Path:
+    path = Path(text).expanduser()
+    if base is None or path.is_absolute():
+        return path
+    return base / path
+
+
+class CampaignSection(BaseModel):
+    """The `[campaign]` table: identity, size and pace of the campaign.
+
+    Exactly one of `experiments` (a total, shared by the fault families that do not set
+    their own) and `margin` (each stratum sized for that margin of error at `confidence`)
+    is set. `budget` is the hang budget in golden-run durations.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: StrictInt = 0
+    experiments: Annotated[StrictInt, Field(ge=1)] | None = None
+    margin: Annotated[StrictFloat, Field(gt=0, lt=0.5)] | None = None
+    confidence: StrictFloat = Field(default=0.95, ge=0.5, le=0.9999)
+    workers: StrictInt = Field(default=1, ge=1, le=64)
+    stop_early: StrictBool = False
+    budget: StrictFloat = Field(default=3.0, gt=1)
+
+    @model_validator(mode="after")
+    def _one_size(self) -> Self:
+        if self.experiments is not None and self.margin is not None:
+            raise _error(
+                f"give experiments or margin, not both "
+                f"(got experiments = {self.experiments}, margin = {self.margin})",
+                hint="a fixed count, or a margin of error that sizes each stratum",
+            )
+        if self.experiments is None and self.margin is None:
+            raise _error(
+                "missing experiments or margin",
+                hint="set experiments = N, or margin = 0.03 (with confidence) to size each stratum",
+            )
+        if self.stop_early and self.margin is None:
+            raise _error(
+                "stop_early needs margin",
+                hint="set margin = 0.03 (the half-width to stop at) instead of experiments",
+                at=("stop_early",),
+            )
+        return self
+
+
+class GuestSection(BaseModel):
+    """The `[guest]` table: the workload and how the machine runs it.
+
+    `workload` is a built-in name or a path (a `.c` file or a static binary) relative to the
+    campaign file; the file's stem names the workload and must not be a built-in name.
+    `crash_patterns` is a TOML crash-pattern table, relative to the campaign file.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    workload: str
+    args: tuple[str, ...] = ()
+    deterministic: StrictBool = False
+    accel: Accel = Accel.TCG
+    crash_patterns: str | None = None
+
+    @property
+    def builtin(self) -> bool:
+        """Whether the workload is a built-in one."""
+        return self.workload in builtin_workload_names()
+
+    @field_validator("workload")
+    @classmethod
+    def _known_workload(cls, value: str, info: ValidationInfo) -> str:
+        builtins = builtin_workload_names()
+        if value in builtins:
+            return value
+        base = _base_dir(info)
+        if not value or (base is not None and not _resolve(base, value).is_file()):
+            raise _error(
+                f"missing workload: no built-in workload or file {value!r}",
+                hint=f"use a built-in workload ({', '.join(builtins)}) or a .c file or static "
+                "binary, relative to the campaign file",
+            )
+        name = Path(value).stem
+        if name in builtins:
+            raise _error(
+                f"workload file {value!r} has the name of the built-in workload {name!r}",
+                hint="rename the file, or use the built-in workload",
+            )
+        try:
+            validate_workload_name(name)
+        except UsageError as error:
+            raise _from_usage(error) from None
+        return value
+
+    @field_validator("crash_patterns")
+    @classmethod
+    def _patterns_exist(cls, value: str | None, info: ValidationInfo) -> str | None:
+        base = _base_dir(info)
+        if value is not None and base is not None and not _resolve(base, value).is_file():
+            raise _error(
+                f"missing crash pattern file {value!r}",
+                hint="give a TOML crash-pattern table, relative to the campaign file",
+            )
+        return value
+
+
+class FaultFamily(BaseModel):
+    """One `[[faults]]` table: a fault family, which is one stratum of the campaign.
+
+    `target`, `bits` and `trigger` use the spellings of `vmfault.faults.model`; `bits` as an
+    int means that many random bits. `name` defaults to the target (`register:gpr`);
+    `experiments` overrides the campaign's count for this stratum.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    name: str = Field(default="", min_length=1, description="stratum name; default: the target")
+    target: str
+    bits: int | str | None = None
+    trigger: str | None = None
+    context: Context = Context.ANY
+    experiments: Annotated[StrictInt, Field(ge=1)] | None = None
+
+    _spec: FaultSpec | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and data.get("name") is None
+            and isinstance(data.get("target"), str)
+        ):
+            try:
+                name = Target.parse(data["target"]).spelling
+            except UsageError:
+                name = data["target"]
+            return {**data, "name": name}
+        return data
+
+    @field_validator("target")
+    @classmethod
+    def _valid_target(cls, value: str) -> str:
+        try:
+            Target.parse(value)
+        except UsageError as error:
+            raise _from_usage(error) from None
+        return value
+
+    @field_validator("bits", mode="before")
+    @classmethod
+    def _valid_bits(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | str)):
+            raise _error(
+                "expected an integer or a string",
+                hint='an integer is that many random bits; a string is the bits grammar ("59", '
+                '"52-62", "k2,0-31", "burst:4")',
+            )
+        try:
+            BitModel.parse(value)
+        except UsageError as error:
+            raise _from_usage(error) from None
+        return value
+
+    @field_validator("trigger")
+    @classmethod
+    def _valid_trigger(cls, value: str | None) -> str | None:
+        try:
+            Trigger.parse(value)
+        except UsageError as error:
+            raise _from_usage(error) from None
+        return value
+
+    @model_validator(mode="after")
+    def _build_spec(self) -> Self:
+        try:
+            self._spec = FaultSpec(
+                Target.parse(self.target),
+                BitModel.parse(self.bits),
+                Trigger.parse(self.trigger),
+                self.context,
+            )
+        except UsageError as error:
+            raise _from_usage(error, at=("bits",)) from None
+        return self
+
+    def fault_spec(self) -> FaultSpec:
+        """The family as a `FaultSpec` (built once, at validation)."""
+        if self._spec is None:
+            raise AssertionError("a validated FaultFamily always has its FaultSpec")
+        return self._spec
+
+
+class CampaignSpec(BaseModel):
+    """A whole campaign: its `[campaign]`, `[guest]` and `[[faults]]` tables.
+
+    `source` (the campaign file, absolute) and `file_sha256` (of its bytes) are set by
+    `load_campaign`, never read from TOML. `to_json`/`from_json` rebuild a spec exactly;
+    `from_json` does not check that files still exist.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    campaign: CampaignSection
+    guest: GuestSection
+    faults: tuple[FaultFamily, ...] = Field(min_length=1)
+    source: Path | None = None
+    file_sha256: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        seen: dict[str, int] = {}
+        for index, family in enumerate(self.faults):
+            if family.name in seen:
+                raise _error(
+                    f"duplicate fault family name {family.name!r} "
+                    f"(also faults[{seen[family.name]}])",
+                    hint="give each [[faults]] table a distinct name = ...",
+                    at=("faults", index, "name"),
+                )
+            seen[family.name] = index
+        for index, family in enumerate(self.faults):
+            kind = family.fault_spec().trigger.kind
+            if kind is TriggerKind.INSTRUCTIONS and not self.guest.deterministic:
+                raise _error(
+                    "an icount trigger needs deterministic = true in [guest]",
+                    hint="set deterministic = true, or use a time or exec trigger",
+                    at=("faults", index, "trigger"),
+                )
+        shared = sum(1 for family in self.faults if family.experiments is None)
+        total = self.campaign.experiments
+        if total is not None and total < shared:
+            raise _error(
+                f"experiments = {total} cannot cover {shared} fault families",
+                hint="raise campaign.experiments or set experiments in each [[faults]] table",
+                at=("campaign", "experiments"),
+            )
+        return self
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The campaign file's directory, against which relative paths resolve."""
+        return self.source.parent if self.source is not None else None
+
+    def resolve(self, text: str) -> Path:
+        """A path from the campaign file, resolved against the campaign file's directory."""
+        return _resolve(self.base_dir, text)
+
+    @property
+    def workload_name(self) -> str:
+        """The workload's name in the guest: the built-in name, or the file's stem."""
+        return self.guest.workload if self.guest.builtin else Path(self.guest.workload).stem
+
+    def user_workload(self) -> UserWorkload | None:
+        """The user's workload to build into the image, or None for a built-in one."""
+        if self.guest.builtin:
+            return None
+        return UserWorkload(
+            name=self.workload_name, path=self.resolve(self.guest.workload), args=self.guest.args
+        )
+
+    def crash_patterns_path(self) -> Path | None:
+        """The extra crash-pattern table, resolved, or None."""
+        if self.guest.crash_patterns is None:
+            return None
+        return self.resolve(self.guest.crash_patterns)
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        """The campaign as a campaign file's tables (no loader fields, no unset keys)."""
+        return self.model_dump(mode="json", exclude=set(_LOADER_FIELDS), exclude_none=True)
+
+    def to_json(self) -> str:
+        """The whole spec, loader fields included, as JSON text (see `from_json`)."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> CampaignSpec:
+        """Rebuild a spec from `to_json` text; UsageError (one line) if it is not valid."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as error:
+            raise _usage_error("stored campaign", error) from None
+
+
+def load_campaign(path: Path) -> CampaignSpec:
+    """Read and validate a campaign file; every problem is one UsageError line.
+
+    Checks that the workload and crash-pattern files exist (relative to the campaign file).
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise UsageError(
+            f"{path}: cannot read campaign file: {error.strerror or error}",
+            hint="check the path",
+        ) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"{path}: invalid TOML: not UTF-8 text (byte {error.start})",
+            hint="save the campaign file as UTF-8",
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(_toml_error_line(path, error), hint="see https://toml.io") from None
+    tables = {name for name in CampaignSpec.model_fields if name not in _LOADER_FIELDS}
+    for key in data:
+        if key not in tables:
+            raise UsageError(
+                f"{path}: {key}: unknown key (allowed: {', '.join(sorted(tables))})",
+                hint=_suggest(key, tables),
+            )
+    source = path.resolve()
+    try:
+        return CampaignSpec.model_validate(
+            {**data, "source": source, "file_sha256": hashlib.sha256(raw).hexdigest()},
+            context={_BASE_DIR: source.parent},
+        )
+    except ValidationError as error:
+        raise _usage_error(str(path), error) from None
+
+
+def campaign_json_schema() -> dict[str, Any]:
+    """The JSON schema of a campaign file (loader-set fields left out)."""
+    schema = CampaignSpec.model_json_schema()
+    properties = schema.get("properties", {})
+    for name in _LOADER_FIELDS:
+        properties.pop(name, None)
+    if "required" in schema:
+        schema["required"] = [name for name in schema["required"] if name not in _LOADER_FIELDS]
+    return schema
+
+
+def _toml_error_line(path: Path, error: tomllib.TOMLDecodeError) -> str:
+    text = str(error)
+    where = re.search(r"\s*\(at (line \d+, column \d+|end of document)\)\s*$", text)
+    if where is None:
+        return f"{path}: invalid TOML: {text}"
+    what = text[: where.start()]
+    return f"{path}: {where.group(1)}: invalid TOML: {what[:1].lower()}{what[1:]}"
+
+
+def _suggest(key: str, allowed: set[str] | list[str]) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    return f"did you mean {close[0]!r}?" if close else _SCHEMA_HINT
+
+
+_TYPE_WORDS = {
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "tuple_type": "expected an array",
+    "list_type": "expected an array",
+    "model_type": "expected a table",
+    "model_attributes_type": "expected a table",
+    "dict_type": "expected a table",
+    "path_type": "expected a path",
+}
+_RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, UnionType, tuple, list, Annotated):
+        for argument in get_args(annotation):
+            found = _nested_model(argument)
+            if found is not None:
+                return found
+    return None
+
+
+def _key_path(loc: tuple[str | int, ...]) -> tuple[str, type[BaseModel], str | None, int]:
+    """The dotted key path named by `loc`, the model and field at its end, and items used."""
+    model: type[BaseModel] | None = CampaignSpec
+    owner: type[BaseModel] = CampaignSpec
+    field: str | None = None
+    text = ""
+    used = 0
+    for item in loc:
+        if isinstance(item, int):
+            if not text:
+                break
+            text += f"[{item}]"
+        elif model is not None and item in model.model_fields:
+            text = f"{text}.{item}" if text else item
+            owner, field = model, item
+            model = _nested_model(model.model_fields[item].annotation)
+        else:
+            break
+        used += 1
+    return text, owner, field, used
+
+
+def _constraints(items: Iterable[Any]) -> Iterator[annotated_types.BaseMetadata]:
+    for item in items:
+        if isinstance(item, annotated_types.BaseMetadata):
+            yield item
+        elif isinstance(item, FieldInfo):
+            yield from _constraints(item.metadata)
+
+
+def _bounds(model: type[BaseModel], field: str) -> str:
+    """The range a numeric field allows, as `1 <= workers <= 64` or `budget > 1`."""
+    info = model.model_fields[field]
+    items: list[Any] = list(info.metadata)
+    for argument in get_args(info.annotation):
+        items.extend(getattr(argument, "__metadata__", ()))
+    low: tuple[str, object] | None = None
+    high: tuple[str, object] | None = None
+    for constraint in _constraints(items):
+        if isinstance(constraint, annotated_types.Ge):
+            low = ("<=", constraint.ge)
+        elif isinstance(constraint, annotated_types.Gt):
+            low = ("<", constraint.gt)
+        elif isinstance(constraint, annotated_types.Le):
+            high = ("<=", constraint.le)
+        elif isinstance(constraint, annotated_types.Lt):
+            high = ("<", constraint.lt)
+    if low is not None and high is not None:
+        return f"{low[1]} {low[0]} {field} {high[0]} {high[1]}"
+    if low is not None:
+        return f"{field} {low[0].replace('<', '>')} {low[1]}"
+    if high is not None:
+        return f"{field} {high[0]} {high[1]}"
+    return ""
+
+
+def _show(value: Any) -> str:
+    shown = json.dumps(value, default=str)
+    if len(shown) > _SHOWN_VALUE_MAX_CHARS:
+        shown = shown[: _SHOWN_VALUE_MAX_CHARS - 3] + "..."
+    return shown
+
+
+def _describe(error: ErrorDetails) -> tuple[str, str, str, str]:
+    """(key path, what is wrong, what is allowed, hint) for one pydantic error."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    loc = tuple(error["loc"])
+    if kind == _ERROR_KIND:
+        loc = loc + tuple(ctx.get("at", ()))
+    path, owner, field, used = _key_path(loc)
+    if kind == _ERROR_KIND:
+        message, hint = str(ctx["message"]), str(ctx.get("hint", ""))
+        allowed = ""
+        if hint.startswith("allowed: "):
+            allowed, hint = hint.removeprefix("allowed: "), _SCHEMA_HINT
+        return path, message, allowed, hint
+    if kind == "extra_forbidden":
+        key = str(loc[used]) if used < len(loc) else "?"
+        nested = _nested_model(owner.model_fields[field].annotation) if field else owner
+        fields = [name for name in (nested or owner).model_fields if name not in _LOADER_FIELDS]
+        full = f"{path}.{key}" if path else key
+        return full, "unknown key", ", ".join(fields), _suggest(key, fields)
+    if kind == "missing":
+        table = field is not None and _nested_model(owner.model_fields[field].annotation)
+        if table and path == "faults":
+            return (
+                path,
+                "missing required table [[faults]]",
+                "",
+                "add at least one [[faults]] table",
+            )
+        if table:
+            return path, f"missing required table [{path}]", "", _SCHEMA_HINT
+        return path, "missing required key", "", _SCHEMA_HINT
+    if kind in _RANGE_ERRORS and field is not None:
+        return path, "out of range", _bounds(owner, field), _SCHEMA_HINT
+    if kind in ("enum", "literal_error"):
+        expected = str(ctx.get("expected", "")).replace("'", "")
+        return path, "not an allowed value", expected.replace(" or ", ", "), _SCHEMA_HINT
+    if kind == "string_pattern_mismatch":
+        return path, "invalid name", "letters, digits, '_', '.' and '-'", _SCHEMA_HINT
+    if kind == "string_too_short":
+        return path, "must not be empty", "", _SCHEMA_HINT
+    if kind == "too_short" and path == "faults":
+        return path, "needs at least one [[faults]] table", "", "add a [[faults]] table"
+    if kind in ("tuple_type", "list_type") and path == "faults":
+        return path, "expected an array of tables", "", "write each fault family as [[faults]]"
+    what = _TYPE_WORDS.get(kind) or error["msg"][:1].lower() + error["msg"][1:]
+    return path, what, "", _SCHEMA_HINT
+
+
+def _offending_value(error: ErrorDetails) -> Any:
+    """The value an error is about, or None when it is about a whole table or a missing key."""
+    if error["type"] in ("missing", "extra_forbidden"):
+        return None
+    value: Any = error["input"]
+    if error["type"] == _ERROR_KIND:
+        for part in (error.get("ctx") or {}).get("at", ()):
+            try:
+                value = value[part]
+            except (KeyError, IndexError, TypeError):
+                return None
+    return None if isinstance(value, dict) else value
+
+
+def _usage_error(label: str, error: ValidationError) -> UsageError:
+    """One UsageError line for a ValidationError: its first problem, and how many more."""
+    every = error.errors()
+    # A table left empty by its own bad items also reports being too short: say it once.
+    details = [
+        detail
+        for detail in every
+        if not (
+            detail["type"] == "too_short"
+            and any(
+                len(other["loc"]) > len(detail["loc"])
+                and other["loc"][: len(detail["loc"])] == detail["loc"]
+                for other in every
+            )
+        )
+    ]
+    path, what, allowed, hint = _describe(details[0])
+    paths = {_describe(detail)[0] for detail in details[1:]} - {path}
+    extras: list[str] = []
+    got = _offending_value(details[0])
+    if got is not None and _show(got) not in what and repr(got) not in what:
+        extras.append(f"got {_show(got)}")
+    if allowed:
+        extras.append(f"allowed: {allowed}")
+    line = f"{label}: {path}: {what}" if path else f"{label}: {what}"
+    if extras:
+        line += f" ({'; '.join(extras)})"
+    if paths:
+        line += f" (and {len(paths)} more)"
+    return UsageError(line, hint=hint)

@@ -1,0 +1,153 @@
+"""A campaign worker: one long-lived machine that runs the experiments it is sent.
+
+Run as `python -m vmfault.campaign.worker` by the local executor, which talks to it over
+its stdin and stdout with length-prefixed pickles (both ends are this package; nothing
+else ever writes to those pipes). The worker is started tied to its coordinator
+(PR_SET_PDEATHSIG), and its QEMU is tied to it, so a `kill -9` of the coordinator
+leaves nothing running.
+
+If the machine dies during an experiment, that experiment is recorded as `vmm-error`
+and the worker boots a fresh machine before taking the next one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from vmfault.classify import Activation, CrashTable, Outcome
+from vmfault.errors import UsageError, VmfaultError
+from vmfault.experiment import Experimenter, ExperimentRecord, Golden, Injection
+from vmfault.faults import FaultSpec
+from vmfault.guest.image import load_image
+from vmfault.machine import Accel
+
+__all__ = ["WorkerSetup", "main", "read_message", "vmm_error_record", "write_message"]
+
+_LENGTH = struct.Struct("<I")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSetup:
+    """Everything a worker needs to build its experimenter."""
+
+    image_root: Path
+    argv: tuple[str, ...]
+    deterministic: bool = False
+    accel: Accel = Accel.TCG
+    budget_factor: float = 3.0
+    crash_patterns: Path | None = None
+    name: str = "worker"
+
+
+def write_message(stream: IO[bytes], message: Any) -> None:
+    """Send one message (a picklable object) and flush."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(data)) + data)
+    stream.flush()
+
+
+def read_message(stream: IO[bytes]) -> Any:
+    """Receive one message; EOFError at the end of the stream."""
+    header = stream.read(_LENGTH.size)
+    if len(header) < _LENGTH.size:
+        raise EOFError
+    (length,) = _LENGTH.unpack(header)
+    data = stream.read(length)
+    if len(data) < length:
+        raise EOFError
+    return pickle.loads(data)  # noqa: S301 (our own worker pipe)
+
+
+def vmm_error_record(spec: FaultSpec, *, seed: int, index: int, reason: str) -> ExperimentRecord:
+    """The record of an experiment during which the VMM itself failed."""
+    injection = Injection(
+        target=spec.target.spelling, location="", width=0, mask=0, mode=spec.bits.mode.value,
+        injected=False, reason=reason,
+    )  # fmt: skip
+    return ExperimentRecord(
+        index=index, seed=seed, spec=spec.to_json(), injection=injection,
+        outcome=Outcome.VMM_ERROR, reason=reason, cause=None, evidence="", latency=None,
+        activation=Activation.UNKNOWN, output="", stderr="", exit_status=None, signal=None,
+    )  # fmt: skip
+
+
+class _Worker:
+    def __init__(self, setup: WorkerSetup) -> None:
+        self.setup = setup
+        self.image = load_image(setup.image_root)
+        table = None
+        if setup.crash_patterns is not None:
+            table = CrashTable.default().extended(CrashTable.load(setup.crash_patterns))
+        self.table = table
+        self.experimenter: Experimenter | None = None
+
+    def boot(self) -> Golden:
+        self.close()
+        experimenter = Experimenter(
+            self.image, self.setup.argv, deterministic=self.setup.deterministic,
+            accel=self.setup.accel, budget_factor=self.setup.budget_factor,
+            crash_table=self.table,
+        )  # fmt: skip
+        golden = experimenter.start()
+        self.experimenter = experimenter
+        return golden
+
+    def run(self, spec: FaultSpec, seed: int, index: int) -> ExperimentRecord:
+        if self.experimenter is None or not self.experimenter.machine.alive:
+            self.boot()
+        assert self.experimenter is not None
+        try:
+            return self.experimenter.run(spec, seed=seed, index=index)
+        except UsageError:
+            raise
+        except VmfaultError as exc:  # the machine failed under us: replace it
+            reason = f"the VMM failed during the experiment: {exc.one_line()}"
+            self.close()
+            return vmm_error_record(spec, seed=seed, index=index, reason=reason)
+
+    def close(self) -> None:
+        if self.experimenter is not None:
+            self.experimenter.close()
+            self.experimenter = None
+
+
+def main() -> None:
+    """Serve experiments until stdin closes."""
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but messages may reach the pipe
+    setup: WorkerSetup = read_message(source)
+    worker = _Worker(setup)
+    try:
+        try:
+            golden = worker.boot()
+        except VmfaultError as exc:
+            write_message(sink, ("failed", exc.one_line()))
+            return
+        write_message(sink, ("ready", golden))
+        while True:
+            try:
+                message = read_message(source)
+            except EOFError:
+                return
+            _, experiment_id, spec, seed, index = message
+            started = time.time()
+            try:
+                record = worker.run(spec, seed, index)
+            except UsageError as exc:
+                write_message(sink, ("usage-error", experiment_id, exc.one_line()))
+                return
+            write_message(sink, ("done", experiment_id, record, started, time.time()))
+    except KeyboardInterrupt:
+        return
+    finally:
+        worker.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Campaign results: the `ResultStore` interface and its SQLite backend.
+
+`SQLiteStore.create(...)` makes (or reopens) a campaign database for the one writing
+process, `SQLiteStore.open_readonly(path)` reads it while a campaign runs, and
+`vmfault.store.export.export(store, path, format=...)` writes the analysis rows as CSV,
+JSON lines or Parquet.
+"""
+
+from vmfault.store.base import (
+    COLUMN_NAMES,
+    COLUMNS,
+    CampaignInfo,
+    Column,
+    ColumnKind,
+    DuplicateExperiment,
+    GoldenMismatchError,
+    GoldenRow,
+    ResultStore,
+    RowSource,
+    StoreError,
+)
+from vmfault.store.sqlite import SCHEMA_VERSION, SQLiteStore
+
+__all__ = [
+    "COLUMNS",
+    "COLUMN_NAMES",
+    "SCHEMA_VERSION",
+    "CampaignInfo",
+    "Column",
+    "ColumnKind",
+    "DuplicateExperiment",
+    "GoldenMismatchError",
+    "GoldenRow",
+    "ResultStore",
+    "RowSource",
+    "SQLiteStore",
+    "StoreError",
+]

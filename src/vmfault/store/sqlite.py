@@ -1,0 +1,949 @@
+"""The SQLite results store: one campaign per database file, one writer, any number of readers.
+
+The database runs in WAL mode with `synchronous=NORMAL`: every `record()` is one
+transaction, committed before it returns. A committed record survives the writing process
+being killed at any moment (SIGKILL included); an OS crash or power loss may lose the last
+few commits but never corrupts the file. Readers (`open_readonly`) see every committed record
+while the writer goes on writing, and never block it.
+
+Only one process may write a database: the writer holds an exclusive `flock` on
+`<db>-writer.lock` (removed on close; released by the kernel if the writer dies), and a
+second writer gets a UsageError.
+
+Integers up to 64 bits signed are INTEGER columns; addresses, masks and register values
+(up to 128 bits: xmm registers) are hex TEXT such as `0xdeadbeef`. The schema version is
+`PRAGMA user_version`; `PRAGMA application_id` marks the file as vmfault's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any, Literal, Self
+
+from vmfault.classify import Activation, Latency, LatencyUnit, Outcome
+from vmfault.errors import UsageError
+from vmfault.experiment import ExperimentRecord, Injection
+from vmfault.store.base import (
+    COLUMN_NAMES,
+    CampaignInfo,
+    DuplicateExperiment,
+    GoldenMismatchError,
+    GoldenRow,
+    StoreError,
+)
+
+__all__ = ["APPLICATION_ID", "BUSY_TIMEOUT_S", "SCHEMA_VERSION", "SQLiteStore"]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+SCHEMA_VERSION = 1
+"""`PRAGMA user_version` of the databases this code writes."""
+APPLICATION_ID = 0x564D4674
+"""`PRAGMA application_id` of a vmfault database (`VMFt`)."""
+BUSY_TIMEOUT_S = 10.0
+"""How long a connection waits for a lock before failing."""
+ROW_CHUNK = 500
+"""Rows fetched per query by `rows()`; no read transaction stays open between chunks."""
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_NOT_OURS_HINT = "give the database file a vmfault campaign created"
+
+_SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE campaign (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        name TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        spec_json TEXT NOT NULL,
+        file_sha256 TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        total_planned INTEGER NOT NULL
+    )""",
+    """CREATE TABLE provenance (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE golden (
+        argv_json TEXT PRIMARY KEY,
+        stdout BLOB NOT NULL,
+        stderr BLOB NOT NULL,
+        exit_status INTEGER,
+        signal TEXT,
+        duration_s REAL NOT NULL,
+        instructions INTEGER,
+        recorded_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE fault_spec (
+        spec_id INTEGER PRIMARY KEY,
+        spec_json TEXT NOT NULL UNIQUE
+    )""",
+    """CREATE TABLE experiment (
+        experiment_id INTEGER PRIMARY KEY,
+        stratum TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        spec_id INTEGER NOT NULL REFERENCES fault_spec (spec_id),
+        worker TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        duration_s REAL NOT NULL
+    )""",
+    "CREATE INDEX experiment_stratum ON experiment (stratum)",
+    """CREATE TABLE injection (
+        experiment_id INTEGER NOT NULL REFERENCES experiment (experiment_id),
+        ordinal INTEGER NOT NULL,
+        target TEXT NOT NULL,
+        location TEXT NOT NULL,
+        "register" TEXT,
+        address TEXT,
+        "virtual" TEXT,
+        width INTEGER NOT NULL,
+        mask TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        "before" TEXT,
+        "after" TEXT,
+        readback TEXT,
+        injected INTEGER NOT NULL CHECK (injected IN (0, 1)),
+        reason TEXT NOT NULL,
+        "trigger" TEXT NOT NULL,
+        time_s REAL,
+        instructions INTEGER,
+        rip TEXT,
+        user_mode INTEGER CHECK (user_mode IN (0, 1)),
+        PRIMARY KEY (experiment_id, ordinal)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE outcome (
+        experiment_id INTEGER PRIMARY KEY REFERENCES experiment (experiment_id),
+        class TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        cause TEXT,
+        evidence TEXT NOT NULL,
+        latency_value INTEGER,
+        latency_unit TEXT,
+        activation TEXT NOT NULL,
+        output TEXT NOT NULL,
+        stderr TEXT NOT NULL,
+        exit_status INTEGER,
+        signal TEXT,
+        phases_json TEXT NOT NULL,
+        CHECK ((latency_value IS NULL) = (latency_unit IS NULL))
+    )""",
+    "CREATE INDEX outcome_class ON outcome (class)",
+)
+
+_INSERT_INJECTION = """
+INSERT INTO injection (
+    experiment_id, ordinal, target, location, "register", address, "virtual", width, mask, mode,
+    "before", "after", readback, injected, reason, "trigger", time_s, instructions, rip, user_mode
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_SELECT_INJECTIONS = """
+SELECT target, location, "register", address, "virtual", width, mask, mode, "before", "after",
+       readback, injected, reason, "trigger", time_s, instructions, rip, user_mode
+FROM injection WHERE experiment_id = ? ORDER BY ordinal
+"""
+
+_ROWS_QUERY = """
+SELECT e.experiment_id, e.stratum, e.seed, e.idx,
+       o.class, o.reason, o.cause, o.evidence, o.activation, o.latency_value, o.latency_unit,
+       o.exit_status, o.signal,
+       i.injected,
+       (SELECT count(*) FROM injection AS c WHERE c.experiment_id = e.experiment_id),
+       i.target, i.location, i."register", i.address, i."virtual", i.width, i.mask, i.mode,
+       i."before", i."after", i.readback, i.reason, i."trigger", i.time_s, i.instructions,
+       i.rip, i.user_mode,
+       e.worker, e.started_at, e.finished_at, e.duration_s,
+       o.phases_json, o.output, o.stderr
+FROM experiment AS e
+JOIN outcome AS o ON o.experiment_id = e.experiment_id
+LEFT JOIN injection AS i ON i.experiment_id = e.experiment_id AND i.ordinal = 0
+WHERE e.experiment_id >= ?
+ORDER BY e.experiment_id
+LIMIT ?
+"""
+_BOOL_COLUMNS = frozenset({COLUMN_NAMES.index("injected"), COLUMN_NAMES.index("user_mode")})
+
+
+@dataclass(frozen=True)
+class _NewCampaign:
+    name: str
+    seed: int
+    spec_json: str
+    file_sha256: str
+    total_planned: int
+    provenance: Mapping[str, str]
+
+
+class _WriterLock:
+    """An exclusive `flock` on a lock file next to the database; the file goes on release."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.path = database.with_name(database.name + "-writer.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise UsageError naming the process that holds it."""
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot create the writer lock {self.path}: {exc.strerror}",
+                    hint="the database's directory must be writable by the campaign",
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                raise UsageError(
+                    f"{self.database} is already open for writing"
+                    + (f" (by process {holder})" if holder else ""),
+                    hint="one campaign process writes a database; read it with "
+                    "`vmfault campaign status`, or stop the other process",
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # Whoever held the lock before may have unlinked the file after we opened it:
+            # the lock only counts if it is on the file the path names now.
+            try:
+                current = self.path.stat()
+            except FileNotFoundError:
+                current = None
+            held = os.fstat(fd)
+            if current is not None and (current.st_dev, current.st_ino) == (
+                held.st_dev,
+                held.st_ino,
+            ):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock; idempotent."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+
+def _uri(path: Path, mode: Literal["ro", "rw", "rwc"]) -> str:
+    return f"file:{urllib.parse.quote(str(path.absolute()))}?mode={mode}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _hex(value: int | None) -> str | None:
+    return None if value is None else f"{value:#x}"
+
+
+def _unhex(text: str | None) -> int | None:
+    return None if text is None else int(text, 16)
+
+
+def _opt_bool(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _int64(name: str, value: int) -> int:
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise UsageError(
+            f"{name} {value} does not fit in 64 bits (signed)",
+            hint="choose a value between -2**63 and 2**63 - 1",
+        )
+    return value
+
+
+@contextlib.contextmanager
+def _translated(path: Path) -> Iterator[None]:
+    """sqlite3 errors as StoreError, the database named."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            raise StoreError(
+                f"{path} is damaged: {text}", hint="restore it from a copy, or start a new one"
+            ) from exc
+        raise StoreError(f"{path}: {text}") from exc
+
+
+class SQLiteStore:
+    """The results of one campaign in one SQLite file (see the module docstring).
+
+    `SQLiteStore(path)` opens an existing database for writing, `open_readonly(path)` for
+    reading, `create(path, ...)` makes a new one (or opens the same campaign again). A store
+    is a context manager; methods may be called from several threads.
+    """
+
+    path: Path
+    readonly: bool
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self._setup(Path(path), readonly=readonly, new=None)
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        *,
+        campaign_name: str,
+        seed: int,
+        spec_json: str,
+        file_sha256: str,
+        total_planned: int,
+        provenance: Mapping[str, str],
+    ) -> Self:
+        """A writer on a new database for this campaign, or on the existing one of it.
+
+        An existing file must hold the same campaign (name, seed, spec, file hash, planned
+        total) recorded with the same provenance values (new keys are added); anything else
+        is a UsageError. `spec_json` must be JSON text.
+        """
+        try:
+            json.loads(spec_json)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"spec_json is not JSON text: {exc}") from None
+        for key, value in provenance.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(f"provenance {key!r}: keys and values must be str")
+        new = _NewCampaign(
+            name=campaign_name,
+            seed=_int64("seed", seed),
+            spec_json=spec_json,
+            file_sha256=file_sha256,
+            total_planned=total_planned,
+            provenance=dict(provenance),
+        )
+        store = cls.__new__(cls)
+        store._setup(Path(path), readonly=False, new=new)
+        return store
+
+    @classmethod
+    def open(cls, path: Path) -> Self:
+        """A writer on an existing vmfault database; UsageError if it is none."""
+        return cls(path)
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Self:
+        """A reader on an existing vmfault database; works while another process writes."""
+        return cls(path, readonly=True)
+
+    def _setup(self, path: Path, *, readonly: bool, new: _NewCampaign | None) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._writer: _WriterLock | None = None
+        try:
+            if new is None and not path.is_file():
+                raise UsageError(
+                    f"{path} does not exist" if not path.exists() else f"{path} is not a file",
+                    hint="give the database file of a campaign",
+                )
+            if not path.parent.is_dir():
+                raise UsageError(
+                    f"cannot create {path}: {path.parent} is not a directory",
+                    hint="create the directory first",
+                )
+            if not readonly:
+                self._writer = _WriterLock(path)
+                self._writer.acquire()
+            mode: Literal["ro", "rw", "rwc"] = "ro" if readonly else "rw" if new is None else "rwc"
+            try:
+                self._conn = sqlite3.connect(
+                    _uri(path, mode),
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=BUSY_TIMEOUT_S,
+                )
+            except sqlite3.Error as exc:
+                raise UsageError(
+                    f"cannot open {path}: {exc}", hint="check the path and its permissions"
+                ) from None
+            empty = self._inspect()
+            if empty and new is None:
+                raise UsageError(
+                    f"{path} is not a vmfault campaign database (it is empty)",
+                    hint=_NOT_OURS_HINT,
+                )
+            self._configure()
+            if new is not None:
+                if empty:
+                    self._initialise(new)
+                else:
+                    self._check_campaign(new)
+        except BaseException:
+            self.close()
+            raise
+        logger.debug("opened %s (%s)", path, "read-only" if readonly else "writer")
+
+    def _inspect(self) -> bool:
+        """Check the file is a vmfault database of a known version; True if it is empty."""
+        conn = self._connection()
+        try:
+            app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            objects = int(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            raise UsageError(
+                f"cannot read {self.path}: {exc}",
+                hint="check the permissions of the file and of its directory",
+            ) from None
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(
+                f"{self.path} is not a vmfault campaign database ({exc})", hint=_NOT_OURS_HINT
+            ) from None
+        if app_id == 0 and version == 0 and objects == 0:
+            return True
+        if app_id != APPLICATION_ID:
+            raise UsageError(
+                f"{self.path} is an SQLite database of another application, "
+                "not a vmfault campaign database",
+                hint=_NOT_OURS_HINT,
+            )
+        if version > SCHEMA_VERSION:
+            raise UsageError(
+                f"{self.path} has schema version {version}, newer than this vmfault's "
+                f"({SCHEMA_VERSION})",
+                hint="upgrade vmfault to read it",
+            )
+        if version != SCHEMA_VERSION:
+            raise UsageError(
+                f"{self.path} has unknown schema version {version}", hint=_NOT_OURS_HINT
+            )
+        return False
+
+    def _configure(self) -> None:
+        conn = self._connection()
+        with _translated(self.path):
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if self.readonly:
+                conn.execute("PRAGMA query_only = ON")
+                return
+            mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            if mode.lower() != "wal":
+                raise UsageError(
+                    f"{self.path}: SQLite cannot use WAL mode here (journal mode {mode})",
+                    hint="put the database on a local filesystem",
+                )
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+
+    def _initialise(self, new: _NewCampaign) -> None:
+        with self._write() as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute(
+                "INSERT INTO campaign (id, name, seed, spec_json, file_sha256, created_at, "
+                "total_planned) VALUES (1, ?, ?, ?, ?, ?, ?)",
+                (new.name, new.seed, new.spec_json, new.file_sha256, _now(), new.total_planned),
+            )
+            conn.executemany(
+                "INSERT INTO provenance (key, value) VALUES (?, ?)",
+                sorted(new.provenance.items()),
+            )
+        logger.info("created campaign database %s for %r", self.path, new.name)
+
+    def _check_campaign(self, new: _NewCampaign) -> None:
+        stored = self.campaign_info()
+        differs = [
+            name
+            for name, old, now in (
+                ("name", stored.name, new.name),
+                ("seed", stored.seed, new.seed),
+                ("spec", stored.spec, json.loads(new.spec_json)),
+                ("campaign file sha256", stored.file_sha256, new.file_sha256),
+                ("planned total", stored.total_planned, new.total_planned),
+            )
+            if old != now
+        ]
+        if differs:
+            raise UsageError(
+                f"{self.path} holds campaign {stored.name!r} (seed {stored.seed}, campaign file "
+                f"sha256 {stored.file_sha256[:12]}), another campaign than this one: "
+                f"{', '.join(differs)} differ",
+                hint="give a new database path, or resume with the campaign file it was made with",
+            )
+        changed = [
+            f"{key} was {stored.provenance[key]!r}, now {value!r}"
+            for key, value in sorted(new.provenance.items())
+            if key in stored.provenance and stored.provenance[key] != value
+        ]
+        if changed:
+            raise UsageError(
+                f"{self.path} was made under different conditions: {'; '.join(changed)}",
+                hint="finish the campaign with the setup it started with, or use a new database",
+            )
+        added = {k: v for k, v in new.provenance.items() if k not in stored.provenance}
+        if added:
+            with self._write() as conn:
+                conn.executemany(
+                    "INSERT INTO provenance (key, value) VALUES (?, ?)", sorted(added.items())
+                )
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"the store of {self.path} is closed")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed on success and rolled back on any exception."""
+        if self.readonly:
+            raise StoreError(
+                f"{self.path} is open read-only", hint="open it with `SQLiteStore.open`"
+            )
+        with self._lock, _translated(self.path):
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every query inside sees the same committed state."""
+        with self._lock, _translated(self.path):
+            conn = self._connection()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ campaign
+
+    def campaign_info(self) -> CampaignInfo:
+        """The campaign row and its provenance."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT name, seed, spec_json, file_sha256, created_at, total_planned "
+                "FROM campaign WHERE id = 1"
+            ).fetchone()
+            provenance = dict(conn.execute("SELECT key, value FROM provenance ORDER BY key"))
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if row is None:
+            raise StoreError(f"{self.path} holds no campaign row", hint=_NOT_OURS_HINT)
+        name, seed, spec_json, file_sha256, created_at, total_planned = row
+        return CampaignInfo(
+            name=name,
+            seed=seed,
+            spec_json=spec_json,
+            file_sha256=file_sha256,
+            created_at=created_at,
+            total_planned=total_planned,
+            provenance=MappingProxyType(provenance),
+            schema_version=version,
+        )
+
+    # ------------------------------------------------------------------ golden runs
+
+    def save_golden(
+        self,
+        argv: Sequence[str],
+        *,
+        stdout: bytes,
+        stderr: bytes,
+        exit_status: int | None,
+        signal: str | None,
+        duration_s: float,
+        instructions: int | None,
+    ) -> GoldenRow:
+        """Store the golden run of `argv` once; returns the stored row.
+
+        The first golden run of an argv is kept: saving one with the same stdout, stderr,
+        exit status and signal again changes nothing; a different one raises GoldenMismatchError.
+        """
+        key = _argv_json(argv)
+        with self._write() as conn:
+            stored = _golden_row(conn, key)
+            if stored is not None:
+                differs = [
+                    name
+                    for name, old, now in (
+                        ("stdout", stored.stdout, bytes(stdout)),
+                        ("stderr", stored.stderr, bytes(stderr)),
+                        ("exit status", stored.exit_status, exit_status),
+                        ("signal", stored.signal, signal),
+                    )
+                    if old != now
+                ]
+                if differs:
+                    raise GoldenMismatchError(argv, differs)
+                return stored
+            conn.execute(
+                "INSERT INTO golden (argv_json, stdout, stderr, exit_status, signal, duration_s, "
+                "instructions, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    bytes(stdout),
+                    bytes(stderr),
+                    exit_status,
+                    signal,
+                    float(duration_s),
+                    instructions,
+                    _now(),
+                ),
+            )
+            row = _golden_row(conn, key)
+        assert row is not None
+        return row
+
+    def golden(self, argv: Sequence[str]) -> GoldenRow | None:
+        """The stored golden run of `argv`, or None."""
+        key = _argv_json(argv)
+        with self._read() as conn:
+            return _golden_row(conn, key)
+
+    # ------------------------------------------------------------------ experiments
+
+    def record(
+        self,
+        experiment_id: int,
+        stratum: str,
+        record: ExperimentRecord,
+        *,
+        worker: str,
+        started_at: float,
+        finished_at: float,
+        extra_injections: Sequence[Injection] = (),
+    ) -> None:
+        """Store one experiment whole (experiment, injections, outcome), committed on return.
+
+        `started_at` and `finished_at` are Unix times in seconds; `extra_injections` follow
+        `record.injection` as ordinals 1, 2, ... DuplicateExperiment if `experiment_id` is
+        already stored (the stored one is kept, nothing is written).
+        """
+        _int64("experiment id", experiment_id)
+        _int64("seed", record.seed)
+        spec_json = json.dumps(record.spec)
+        latency = record.latency
+        injections = [
+            _injection_params(experiment_id, ordinal, injection)
+            for ordinal, injection in enumerate((record.injection, *extra_injections))
+        ]
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO fault_spec (spec_json) VALUES (?)", (spec_json,))
+            spec_id = int(
+                conn.execute(
+                    "SELECT spec_id FROM fault_spec WHERE spec_json = ?", (spec_json,)
+                ).fetchone()[0]
+            )
+            try:
+                conn.execute(
+                    "INSERT INTO experiment (experiment_id, stratum, seed, idx, spec_id, worker, "
+                    "started_at, finished_at, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        experiment_id,
+                        stratum,
+                        record.seed,
+                        record.index,
+                        spec_id,
+                        worker,
+                        float(started_at),
+                        float(finished_at),
+                        float(finished_at) - float(started_at),
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                if "experiment.experiment_id" in str(exc):
+                    raise DuplicateExperiment(experiment_id) from None
+                raise
+            conn.executemany(_INSERT_INJECTION, injections)
+            conn.execute(
+                "INSERT INTO outcome (experiment_id, class, reason, cause, evidence, "
+                "latency_value, latency_unit, activation, output, stderr, exit_status, signal, "
+                "phases_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    experiment_id,
+                    record.outcome.value,
+                    record.reason,
+                    record.cause,
+                    record.evidence,
+                    None if latency is None else latency.value,
+                    None if latency is None else latency.unit.value,
+                    record.activation.value,
+                    record.output,
+                    record.stderr,
+                    record.exit_status,
+                    record.signal,
+                    json.dumps(record.phases_s),
+                ),
+            )
+
+    def has(self, experiment_id: int) -> bool:
+        """Whether `experiment_id` is recorded."""
+        with self._read() as conn:
+            found = conn.execute(
+                "SELECT 1 FROM experiment WHERE experiment_id = ?", (experiment_id,)
+            ).fetchone()
+        return found is not None
+
+    def done_ids(self) -> set[int]:
+        """The recorded experiment ids."""
+        with self._read() as conn:
+            return {int(row[0]) for row in conn.execute("SELECT experiment_id FROM experiment")}
+
+    def count(self) -> int:
+        """How many experiments are recorded (not-injected ones included)."""
+        with self._read() as conn:
+            return int(conn.execute("SELECT count(*) FROM experiment").fetchone()[0])
+
+    def outcome_counts(self, *, stratum: str | None = None) -> dict[str, int]:
+        """Experiments per outcome value, every Outcome present (zeros included), in enum order.
+
+        Only those of `stratum` if given.
+        """
+        query = (
+            "SELECT o.class, count(*) FROM outcome AS o "
+            "JOIN experiment AS e ON e.experiment_id = o.experiment_id"
+        )
+        params: tuple[str, ...] = ()
+        if stratum is not None:
+            query += " WHERE e.stratum = ?"
+            params = (stratum,)
+        with self._read() as conn:
+            found = {str(name): int(n) for name, n in conn.execute(query + " GROUP BY 1", params)}
+        return _with_zeros(found)
+
+    def counts_by_stratum(self) -> dict[str, dict[str, int]]:
+        """`outcome_counts` of every recorded stratum, strata sorted by name."""
+        found: dict[str, dict[str, int]] = {}
+        with self._read() as conn:
+            for stratum, name, n in conn.execute(
+                "SELECT e.stratum, o.class, count(*) FROM outcome AS o "
+                "JOIN experiment AS e ON e.experiment_id = o.experiment_id "
+                "GROUP BY 1, 2 ORDER BY 1"
+            ):
+                found.setdefault(str(stratum), {})[str(name)] = int(n)
+        return {stratum: _with_zeros(counts) for stratum, counts in found.items()}
+
+    def rows(self) -> Iterator[dict[str, object]]:
+        """One flat dict per experiment, keys `COLUMN_NAMES` in order, by experiment id.
+
+        Fetched in chunks of ROW_CHUNK rows, each a consistent snapshot; no transaction stays
+        open between chunks, so a slow consumer never holds up the writer. Experiments
+        committed during the iteration appear if they fall in a chunk fetched after the commit.
+        """
+        start = _INT64_MIN
+        while True:
+            with self._read() as conn:
+                chunk = conn.execute(_ROWS_QUERY, (start, ROW_CHUNK)).fetchall()
+            for values in chunk:
+                row: dict[str, object] = dict(zip(COLUMN_NAMES, values, strict=True))
+                for position in _BOOL_COLUMNS:
+                    row[COLUMN_NAMES[position]] = _opt_bool(values[position])
+                yield row
+            last = int(chunk[-1][0]) if chunk else _INT64_MAX
+            if len(chunk) < ROW_CHUNK or last == _INT64_MAX:
+                return
+            start = last + 1
+
+    def load(self, experiment_id: int) -> ExperimentRecord | None:
+        """The stored record rebuilt (with its first injection), or None if not recorded.
+
+        Equal to the record given to `record()`.
+        """
+        with self._read() as conn:
+            cursor = conn.cursor()
+            cursor.row_factory = sqlite3.Row
+            row = cursor.execute(
+                "SELECT e.idx, e.seed, s.spec_json, o.class, o.reason, o.cause, o.evidence, "
+                "o.latency_value, o.latency_unit, o.activation, o.output, o.stderr, "
+                "o.exit_status, o.signal, o.phases_json "
+                "FROM experiment AS e "
+                "JOIN fault_spec AS s ON s.spec_id = e.spec_id "
+                "JOIN outcome AS o ON o.experiment_id = e.experiment_id "
+                "WHERE e.experiment_id = ?",
+                (experiment_id,),
+            ).fetchone()
+            injections = _injections(conn, experiment_id)
+        if row is None or not injections:
+            return None
+        latency_value = row["latency_value"]
+        return ExperimentRecord(
+            index=row["idx"],
+            seed=row["seed"],
+            spec=json.loads(row["spec_json"]),
+            injection=injections[0],
+            outcome=Outcome(row["class"]),
+            reason=row["reason"],
+            cause=row["cause"],
+            evidence=row["evidence"],
+            latency=None
+            if latency_value is None
+            else Latency(latency_value, LatencyUnit(row["latency_unit"])),
+            activation=Activation(row["activation"]),
+            output=row["output"],
+            stderr=row["stderr"],
+            exit_status=row["exit_status"],
+            signal=row["signal"],
+            phases_s=json.loads(row["phases_json"]),
+        )
+
+    def injections(self, experiment_id: int) -> tuple[Injection, ...]:
+        """Every injection of the experiment in order (empty if not recorded)."""
+        with self._read() as conn:
+            return _injections(conn, experiment_id)
+
+    def record_json(self, experiment_id: int) -> dict[str, Any] | None:
+        """`load(experiment_id).to_json()` (the `vmfault inject --json` shape), or None.
+
+        With more than one injection, `extra_injections` lists the others'
+        `Injection.to_json()`.
+        """
+        with self._lock:
+            record = self.load(experiment_id)
+            extra = self.injections(experiment_id)[1:]
+        if record is None:
+            return None
+        data = record.to_json()
+        if extra:
+            data["extra_injections"] = [injection.to_json() for injection in extra]
+        return data
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Close the connection and release the writer lock; idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if self._writer is not None:
+                self._writer.release()
+                self._writer = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn is None else "read-only" if self.readonly else "writer"
+        return f"SQLiteStore({str(self.path)!r}, {state})"
+
+
+def _argv_json(argv: Sequence[str]) -> str:
+    if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
+        raise TypeError(f"argv must be a non-empty sequence of str, not {argv!r}")
+    return json.dumps(list(argv))
+
+
+def _golden_row(conn: sqlite3.Connection, key: str) -> GoldenRow | None:
+    row = conn.execute(
+        "SELECT stdout, stderr, exit_status, signal, duration_s, instructions, recorded_at "
+        "FROM golden WHERE argv_json = ?",
+        (key,),
+    ).fetchone()
+    if row is None:
+        return None
+    stdout, stderr, exit_status, signal, duration_s, instructions, recorded_at = row
+    return GoldenRow(
+        argv=tuple(json.loads(key)),
+        stdout=bytes(stdout),
+        stderr=bytes(stderr),
+        exit_status=exit_status,
+        signal=signal,
+        duration_s=duration_s,
+        instructions=instructions,
+        recorded_at=recorded_at,
+    )
+
+
+def _injection_params(experiment_id: int, ordinal: int, injection: Injection) -> tuple[object, ...]:
+    return (
+        experiment_id,
+        ordinal,
+        injection.target,
+        injection.location,
+        injection.register,
+        _hex(injection.address),
+        _hex(injection.virtual),
+        injection.width,
+        _hex(injection.mask),
+        injection.mode,
+        _hex(injection.before),
+        _hex(injection.after),
+        _hex(injection.readback),
+        int(injection.injected),
+        injection.reason,
+        injection.trigger,
+        injection.time_s,
+        injection.instructions,
+        _hex(injection.rip),
+        None if injection.user_mode is None else int(injection.user_mode),
+    )
+
+
+def _injections(conn: sqlite3.Connection, experiment_id: int) -> tuple[Injection, ...]:
+    cursor = conn.cursor()
+    cursor.row_factory = sqlite3.Row
+    return tuple(
+        Injection(
+            target=row["target"],
+            location=row["location"],
+            width=row["width"],
+            mask=int(row["mask"], 16),
+            mode=row["mode"],
+            injected=bool(row["injected"]),
+            reason=row["reason"],
+            register=row["register"],
+            address=_unhex(row["address"]),
+            virtual=_unhex(row["virtual"]),
+            before=_unhex(row["before"]),
+            after=_unhex(row["after"]),
+            readback=_unhex(row["readback"]),
+            trigger=row["trigger"],
+            time_s=row["time_s"],
+            instructions=row["instructions"],
+            rip=_unhex(row["rip"]),
+            user_mode=_opt_bool(row["user_mode"]),
+        )
+        for row in cursor.execute(_SELECT_INJECTIONS, (experiment_id,))
+    )
+
+
+def _with_zeros(found: Mapping[str, int]) -> dict[str, int]:
+    counts = {outcome.value: found.get(outcome.value, 0) for outcome in Outcome}
+    counts.update({name: n for name, n in found.items() if name not in counts})
+    return counts

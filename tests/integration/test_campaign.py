@@ -1,0 +1,233 @@
+"""Campaigns end to end: real workers and guests, a store that never loses or duplicates."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import leaked_qemu_processes
+from vmfault.guest.image import GuestImage
+
+pytestmark = pytest.mark.vm
+
+CAMPAIGN = """
+[campaign]
+name = "{name}"
+seed = 7
+experiments = {experiments}
+workers = 2
+
+[guest]
+workload = "checksum"
+
+[[faults]]
+name = "gpr"
+target = "register:gpr"
+context = "user"
+
+[[faults]]
+name = "ram"
+target = "memory:ram"
+"""
+
+
+def vmfault(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmfault", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def campaign_file(tmp_path: Path, name: str, experiments: int) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(CAMPAIGN.format(name=name, experiments=experiments))
+    return path
+
+
+def committed(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return int(conn.execute("SELECT count(*) FROM outcome").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def wait_for(predicate: object, timeout_s: float) -> bool:
+    assert callable(predicate)
+    for _ in range(int(timeout_s * 10)):
+        if predicate():
+            return True
+        select.select([], [], [], 0.1)
+    return bool(predicate())
+
+
+def exported_ids(db: Path, tmp_path: Path) -> list[int]:
+    out = tmp_path / "export.csv"
+    result = vmfault("campaign", "export", str(db), "--format", "csv", "-o", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with out.open() as stream:
+        return [int(row["experiment_id"]) for row in csv.DictReader(stream)]
+
+
+def status(db: Path, tmp_path: Path) -> dict[str, Any]:
+    result = vmfault("campaign", "status", str(db), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_small_campaign_end_to_end(image: GuestImage, tmp_path: Path) -> None:
+    file = campaign_file(tmp_path, "small", 20)
+    result = vmfault("campaign", "run", str(file), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    db = tmp_path / "small.db"
+    assert summary["total"] == 20 and summary["done"] == 20
+    assert sorted(exported_ids(db, tmp_path)) == list(range(20))
+    data = status(db, tmp_path)
+    assert data["outcomes"] == summary["outcomes"]
+    assert sum(data["outcomes"].values()) == 20
+    for name, (low, high) in data["intervals"].items():
+        assert 0.0 <= low <= data["rates"][name] <= high <= 1.0
+    assert set(data["strata"]) == {"gpr", "ram"}
+    assert data["method"] == "wilson"
+    for fmt in ("jsonl", "parquet"):
+        out = tmp_path / f"export.{fmt}"
+        done = vmfault("campaign", "export", str(db), "--format", fmt, "-o", str(out), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert out.stat().st_size > 0
+    again = vmfault("campaign", "run", str(file), cwd=tmp_path)
+    assert again.returncode == 2 and "campaign resume" in again.stderr
+
+
+def test_kill_9_mid_campaign_then_resume_runs_exactly_the_missing(
+    image: GuestImage, tmp_path: Path
+) -> None:
+    file = campaign_file(tmp_path, "killed", 60)
+    db = tmp_path / "killed.db"
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "vmfault", "campaign", "run", str(file)], cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: committed(db) >= 15, 240), "the campaign made no progress"
+    finally:
+        coordinator.send_signal(signal.SIGKILL)
+        coordinator.wait()
+    before = committed(db)
+    assert 15 <= before < 60
+    assert wait_for(lambda: not leaked_qemu_processes(), 30), leaked_qemu_processes()
+    result = vmfault("campaign", "resume", str(db), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ids = exported_ids(db, tmp_path)
+    assert len(ids) == 60 and len(set(ids)) == 60
+    data = status(db, tmp_path)
+    assert data["done"] == 60 and data["total"] == 60
+    assert not leaked_qemu_processes()
+
+
+def qemu_children_of(pids: set[int]) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid in pids and cmd.startswith(b"qemu-system"):
+            found.append(int(entry.name))
+    return found
+
+
+def worker_pids(coordinator: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{coordinator}/task/{coordinator}/children")
+            .read_text().split()}  # fmt: skip
+
+
+def test_a_worker_whose_qemu_is_killed_is_replaced(image: GuestImage, tmp_path: Path) -> None:
+    file = campaign_file(tmp_path, "qemu-killed", 40)
+    db = tmp_path / "qemu-killed.db"
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "vmfault", "campaign", "run", str(file), "--json"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert wait_for(lambda: committed(db) >= 5, 240)
+    victims = qemu_children_of(worker_pids(coordinator.pid))
+    assert victims, "no worker QEMU found"
+    os.kill(victims[0], signal.SIGKILL)
+    stdout, stderr = coordinator.communicate(timeout=600)
+    assert coordinator.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["done"] == 40
+    assert summary["outcomes"].get("vmm-error", 0) >= 1
+    ids = exported_ids(db, tmp_path)
+    assert sorted(ids) == list(range(40))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            '[campaign]\nname = "x"\nexperiments = 5\nwrokers = 2\n[guest]\nworkload = "checksum"\n'
+            '[[faults]]\ntarget = "register:rip"\n',
+            "wrokers",
+        ),
+        (
+            '[campaign]\nname = "x"\nexperiments = 5\nworkers = "two"\n[guest]\nworkload = '
+            '"checksum"\n[[faults]]\ntarget = "register:rip"\n',
+            "campaign.workers",
+        ),
+        (
+            '[campaign]\nname = "x"\nexperiments = 5\n[guest]\nworkload = "checksum"\n'
+            '[[faults]]\ntarget = "register:eflags"\nbits = "40"\n',
+            "bit 40 is out of range",
+        ),
+        (
+            '[campaign]\nname = "x"\nexperiments = 5\n[guest]\nworkload = "checksum"\n'
+            '[[faults]]\ntarget = "register:rzz"\n',
+            "unknown register",
+        ),
+        (
+            '[campaign]\nname = "x"\nexperiments = 5\n[guest]\nworkload = "nothere"\n'
+            '[[faults]]\ntarget = "register:rip"\n',
+            "nothere",
+        ),
+    ],
+    ids=["unknown-key", "wrong-type", "bit-out-of-range", "unknown-register", "missing-workload"],
+)
+def test_malformed_campaign_files_give_one_line(tmp_path: Path, body: str, message: str) -> None:
+    file = tmp_path / "bad.toml"
+    file.write_text(body)
+    result = vmfault("campaign", "run", str(file), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0] and "bad.toml" in lines[0]
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_campaign_schema_is_json_schema(tmp_path: Path) -> None:
+    result = vmfault("campaign", "schema", cwd=tmp_path)
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert "properties" in schema and "faults" in schema["properties"]

@@ -1,0 +1,37 @@
+"""Golden runs: every built-in workload is stable, and deterministic mode repeats exactly."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmfault.guest.image import GuestImage, builtin_workload_names
+from vmfault.session import golden_run
+
+pytestmark = pytest.mark.vm
+
+EXPECTED = {
+    "checksum": "checksum: 0x",
+    "crc32": "crc32: 0x",
+    "foo": "fmul output : 2.5937424601\nfadd output : 13.5937424601\n",
+    "matmul": "matmul: n=",
+}
+
+
+@pytest.mark.parametrize("name", builtin_workload_names())
+def test_every_builtin_workload_is_stable(image: GuestImage, name: str) -> None:
+    argv = [name, *image.workload(name).default_args]
+    first, second = golden_run(image, argv), golden_run(image, argv)
+    assert first.exit_status == 0 and second.exit_status == 0, first.stderr
+    assert first.output == second.output
+    assert first.output.startswith(EXPECTED[name])
+    assert first.duration_s > 0 and first.instructions is None
+
+
+def test_deterministic_transcripts_are_byte_identical(image: GuestImage) -> None:
+    first = golden_run(image, ["checksum"], deterministic=True)
+    second = golden_run(image, ["checksum"], deterministic=True)
+    assert first.console == second.console
+    assert "checksum: 0x" in first.console
+    assert first.instructions == second.instructions
+    assert first.instructions is not None and first.instructions > 1_000_000
+    assert first.duration_s == second.duration_s
