@@ -231,3 +231,59 @@ def test_campaign_schema_is_json_schema(tmp_path: Path) -> None:
     assert result.returncode == 0
     schema = json.loads(result.stdout)
     assert "properties" in schema and "faults" in schema["properties"]
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(image: GuestImage, tmp_path: Path) -> None:
+    file = campaign_file(tmp_path, "interrupted", 60)
+    db = tmp_path / "interrupted.db"
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "vmfault", "campaign", "run", str(file)], cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert wait_for(lambda: committed(db) >= 5, 240)
+    coordinator.send_signal(signal.SIGINT)
+    _, stderr = coordinator.communicate(timeout=60)
+    assert coordinator.returncode == 130, stderr
+    assert f"vmfault campaign resume {db.name}" in stderr.strip().splitlines()[-1]
+    assert wait_for(lambda: not leaked_qemu_processes(), 30), leaked_qemu_processes()
+    done = committed(db)
+    assert 5 <= done < 60
+    result = vmfault("campaign", "resume", str(db), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(exported_ids(db, tmp_path)) == list(range(60))
+
+
+DETERMINISTIC = """
+[campaign]
+name = "replayable"
+seed = 2
+experiments = 4
+workers = 1
+
+[guest]
+workload = "checksum"
+deterministic = true
+
+[[faults]]
+target = "register:gpr"
+trigger = "exec:main"
+"""
+
+
+def test_replay_of_a_deterministic_experiment_repeats_its_outcome(
+    image: GuestImage, tmp_path: Path
+) -> None:
+    file = tmp_path / "replayable.toml"
+    file.write_text(DETERMINISTIC)
+    assert vmfault("campaign", "run", str(file), cwd=tmp_path).returncode == 0
+    result = vmfault("replay", "replayable.db", "3", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["same_outcome"] is True
+    replayed, recorded = data["replayed"], data["recorded"]
+    assert replayed["outcome"] == recorded["outcome"]
+    assert replayed["fault"]["before"] == recorded["fault"]["before"]
+    assert replayed["fault"]["after"] == recorded["fault"]["after"]
+    assert replayed["output"] == recorded["output"]
+    missing = vmfault("replay", "replayable.db", "99", cwd=tmp_path)
+    assert missing.returncode == 2 and "99" in missing.stderr
