@@ -58,7 +58,7 @@ def assert_landed(record: ExperimentRecord) -> None:
 def test_pointer_flips_in_the_workload_crash_with_a_signal(
     checksum: Experimenter, register: str
 ) -> None:
-    fault = spec(f"register:{register}", "40", "time:60ms", Context.USER)
+    fault = spec(f"register:{register}", "40", "exec:fold#3", Context.USER)
     for record in run_until_injected(checksum, fault):
         assert_landed(record)
         assert record.injection.user_mode
@@ -68,7 +68,7 @@ def test_pointer_flips_in_the_workload_crash_with_a_signal(
 
 
 def test_a_flip_in_the_data_array_is_detected_by_the_self_check(checksum: Experimenter) -> None:
-    fault = spec("memory:@checksum_values", "k1,16-47", "time:65ms")
+    fault = spec("memory:@checksum_values", "k1,16-47", "exec:fold#3")
     for record in run_until_injected(checksum, fault):
         assert_landed(record)
         assert record.injection.location.startswith("checksum_values+")
@@ -79,22 +79,21 @@ def test_a_flip_in_the_data_array_is_detected_by_the_self_check(checksum: Experi
 
 def test_a_flip_in_the_data_array_without_self_check_is_sdc(image: GuestImage) -> None:
     with Experimenter(image, ["checksum"]) as experimenter:
-        fault = spec("memory:@checksum_values", "k1,16-47", "time")
-        records = run_until_injected(experimenter, fault, wanted=6)
+        fault = spec("memory:@checksum_values", "k1,16-47", "exec:fold#3")
+        records = run_until_injected(experimenter, fault, wanted=3)
+        assert experimenter.golden is not None
+        golden = experimenter.golden.result.stdout.decode()
     for record in records:
         assert_landed(record)
-        if record.activation is Activation.NOT_ACTIVATED:  # overwritten by the fill, or unread
-            assert record.outcome is Outcome.BENIGN, record.reason
-        else:
-            assert record.outcome is Outcome.SDC, record.reason
-            assert record.output.startswith("checksum: 0x")
-            assert "differs from the golden run" in record.reason
-    assert any(r.outcome is Outcome.SDC for r in records)
+        assert record.activation is Activation.MANIFESTED  # fold reads every element
+        assert record.outcome is Outcome.SDC, record.reason
+        assert record.output.startswith("checksum: 0x") and record.output != golden
+        assert "differs from the golden run" in record.reason
 
 
 def test_flips_in_unused_ram_are_benign(checksum: Experimenter) -> None:
     # The top of guest RAM: free pages the idle kernel and a short workload never touch.
-    fault = spec("memory:0x7f00000", None, "time:30ms")
+    fault = spec("memory:0x7f00000", None, "exec:fold#3")
     for record in run_until_injected(checksum, fault):
         assert_landed(record)
         assert record.injection.address == 0x7F00000
@@ -102,7 +101,7 @@ def test_flips_in_unused_ram_are_benign(checksum: Experimenter) -> None:
 
 
 def test_memory_process_flips_change_the_byte_they_name(checksum: Experimenter) -> None:
-    fault = spec("memory:process", "3", "time:50ms")
+    fault = spec("memory:process", "3", "exec:fold#3")
     for record in run_until_injected(checksum, fault):
         assert_landed(record)
         injection = record.injection
@@ -112,7 +111,7 @@ def test_memory_process_flips_change_the_byte_they_name(checksum: Experimenter) 
 
 
 def test_a_kernel_rip_flip_crashes_the_kernel_with_a_cause(checksum: Experimenter) -> None:
-    fault = spec("register:rip", "40", "time:40ms", Context.KERNEL)
+    fault = spec("register:rip", "40", "time:10ms", Context.KERNEL)
     record = run_until_injected(checksum, fault, wanted=1)[0]
     assert_landed(record)
     assert record.injection.user_mode is False
@@ -181,7 +180,7 @@ def test_inject_cli_json(image: GuestImage) -> None:
         "--bits",
         "40",
         "--trigger",
-        "time:60ms",
+        "exec:fold#3",
         "--context",
         "user",
         "--seed",
@@ -224,7 +223,7 @@ def test_bad_fault_input_is_one_line_exit_2(args: list[str], message: str) -> No
 
 
 def test_a_named_kernel_function_is_corrupted_in_place(checksum: Experimenter) -> None:
-    fault = spec("kernel-code:ksys_write", "k1", "time:20ms")
+    fault = spec("kernel-code:ksys_write", "k1", "time:5ms")
     record = run_until_injected(checksum, fault, wanted=1)[0]
     assert_landed(record)
     injection = record.injection

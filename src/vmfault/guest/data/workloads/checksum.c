@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define DEFAULT_ROUNDS 56
+#define DEFAULT_ROUNDS 16
 #define DEFAULT_SIZE 131072
 
 /* Static arrays, so fault targets can name them: memory:@checksum_values. Pages past the
@@ -41,7 +41,8 @@ static unsigned long parse_count(const char *text)
     return value;
 }
 
-static void fill(uint64_t *array, size_t size)
+/* Not inlined, so experiments can trigger on them: exec:fold#3 is the third round. */
+__attribute__((noinline)) void fill(uint64_t *array, size_t size)
 {
     uint64_t state = 0x853c49e6748fea9bULL;
     for (size_t i = 0; i < size; i++) {
@@ -50,7 +51,8 @@ static void fill(uint64_t *array, size_t size)
     }
 }
 
-static uint64_t fold(const uint64_t *array, size_t size, uint64_t sum, unsigned round)
+__attribute__((noinline)) uint64_t fold(const uint64_t *array, size_t size, uint64_t sum,
+                                       unsigned round)
 {
     for (size_t i = 0; i < size; i++) {
         uint64_t x = array[i] + round;
