@@ -41,7 +41,8 @@ from vmfault.campaign.summary import Summary, summarize
 from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment import Experimenter
-from vmfault.faults import BitModel, Context, FaultSpec, Target, Trigger
+from vmfault.faults import BitModel, Context, FaultSpec, Target, Trigger, parse_duration_s
+from vmfault.faults.schedule import RateModel, RateUnit, Schedule, parse_region
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
 from vmfault.machine import Accel, kvm_blocker, probe_boot
 from vmfault.session import GoldenRun, golden_run, machine_config, prepare_image
@@ -301,6 +302,107 @@ def inject(
         out.print(f"latency: {record.latency.value:,} {record.latency.unit.value}")
     if record.evidence:
         out.print(f"evidence: {record.evidence}", highlight=False, markup=False)
+
+
+class RateUnitOpt(enum.StrEnum):
+    """Units of --rate."""
+
+    FIT_PER_MBIT = "fit-per-mbit"
+    PER_GIB_MONTH = "per-gib-month"
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def storm(
+    workload: Annotated[
+        str | None,
+        typer.Option(
+            "--workload", "-w", help="Built-in name, C file or binary (omit with --idle)."
+        ),
+    ] = None,
+    flips: Annotated[int, typer.Option(min=1, help="Number of flips.")] = 10,
+    interval: Annotated[
+        str | None, typer.Option(help="10ms | 5ms..50ms | poisson:RATE (flips per guest second)")
+    ] = None,
+    region: Annotated[
+        str, typer.Option(help="ram | kernel-text | kernel-data | process | 0xSTART-0xEND[,...]")
+    ] = "ram",
+    rate: Annotated[
+        float | None, typer.Option(help="Physical upset rate (instead of --interval).")
+    ] = None,
+    rate_unit: Annotated[
+        RateUnitOpt, typer.Option(help="Unit of --rate.")
+    ] = RateUnitOpt.FIT_PER_MBIT,
+    compression: Annotated[float, typer.Option(help="Real-world seconds per guest second.")] = 1e9,
+    idle: Annotated[
+        str | None, typer.Option(help="No workload: the idle system for this long, e.g. 2s.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 1,
+    workload_args: Annotated[
+        list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
+    ] = None,
+    deterministic: Annotated[bool, typer.Option(help="icount mode: exact guest time.")] = False,
+    budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 3.0,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A storm of memory bit flips on a schedule in guest time, then the outcome."""
+    if (interval is None) == (rate is None):
+        raise UsageError(
+            "give exactly one of --interval and --rate",
+            hint="e.g. --interval 10ms, or --rate 1000 --rate-unit fit-per-mbit",
+        )
+    schedule = Schedule.parse(interval) if interval is not None else None
+    region_name, ranges = parse_region(region)
+    if idle is not None:
+        seconds = parse_duration_s(idle)
+        image = prepare_image(_spec(config, None, None, None), log=_progress)
+        argv = ["/bin/busybox", "sleep", f"{seconds:g}"]
+    else:
+        if workload is None:
+            raise UsageError("no workload given", hint="add --workload NAME, or --idle 2s")
+        name, extra = _user_workload(workload)
+        image_spec = _spec(config, None, None, None, extra)
+        _require_known(name, image_spec)
+        image = prepare_image(image_spec, log=_progress)
+        argv = [name, *(workload_args or image.workload(name).default_args)]
+    with Experimenter(
+        image, argv, deterministic=deterministic, budget_factor=budget
+    ) as experimenter:
+        model = None
+        if rate is not None:
+            memory = experimenter.machine.memory_map().ram_bytes
+            model = RateModel(rate, RateUnit(rate_unit.value), memory, compression)
+            schedule = model.schedule()
+        assert schedule is not None
+        record = experimenter.run_storm(
+            flips=flips,
+            schedule=schedule,
+            region=region_name,
+            ranges=ranges,
+            seed=seed,
+            rate_model=model,
+        )
+    if as_json:
+        out.print_json(json.dumps(record.to_json()))
+        return
+    for flip in record.flips:
+        where = "-" if flip.address is None else f"{flip.address:#x}"
+        out.print(
+            f"{flip.time_s * 1e3:9.3f} ms  {where:>12}  bit {flip.bit}  "
+            f"{flip.before if flip.before is None else hex(flip.before)} -> "
+            f"{flip.after if flip.after is None else hex(flip.after)}",
+            highlight=False,
+        )
+    out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
+    out.print(
+        f"timing: max error {record.max_error_s * 1e3:.3f} ms per gap "
+        f"({record.guest_time_unit})"
+        + (
+            ""
+            if record.real_world_s is None
+            else f", stands for {record.real_world_s:,.0f} s of real-world time"
+        )
+    )
 
 
 def _require_known(name: str, spec: ImageSpec) -> None:

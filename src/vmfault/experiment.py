@@ -44,6 +44,7 @@ from vmfault.faults.model import (
     TargetKind,
     TriggerKind,
 )
+from vmfault.faults.schedule import RateModel, Schedule
 from vmfault.faults.select import Plan, choose_in_ranges, plan, rng_for
 from vmfault.guest.elfsyms import lookup_symbol
 from vmfault.guest.image import GuestImage
@@ -55,7 +56,15 @@ from vmfault.machine.pagetable import PageMapping, translate, walk
 from vmfault.profile import KernelProfile, load_or_profile_kernel
 from vmfault.session import GuestSession, WorkloadResult, capture_kernel_symbols
 
-__all__ = ["DEFAULT_BUDGET_FACTOR", "ExperimentRecord", "Experimenter", "Golden", "Injection"]
+__all__ = [
+    "DEFAULT_BUDGET_FACTOR",
+    "ExperimentRecord",
+    "Experimenter",
+    "Flip",
+    "Golden",
+    "Injection",
+    "StormRecord",
+]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -67,6 +76,8 @@ CONTEXT_TRIES = 400
 CONTEXT_SLICE_S = 0.0002
 MAX_TRIGGER_STEPS = 200_000
 EXIT_REPORT_TIMEOUT_S = 10.0
+STORM_TOLERANCE_S = 0.0001
+"""A storm flip is placed once guest time is within this of its target."""
 SYMPTOM_FUNCTIONS = ("force_sig_fault", "oops_begin", "panic")
 """Kernel functions whose first call after an injection is the fault's first symptom."""
 
@@ -202,6 +213,69 @@ def _executable_range(binary: Path) -> tuple[int, int]:
             if seg["p_type"] == "PT_LOAD" and seg["p_flags"] & 1
         ]
     return min(s for s, _ in spans), max(e for _, e in spans)
+
+
+@dataclass(frozen=True)
+class Flip:
+    """One flip of a storm: when (guest seconds since the workload's start), where, what."""
+
+    time_s: float
+    scheduled_s: float
+    address: int | None
+    virtual: int | None
+    bit: int
+    before: int | None
+    after: int | None
+    readback: int | None
+    injected: bool
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data; addresses as hex strings."""
+        return {
+            "time_s": self.time_s, "scheduled_s": self.scheduled_s,
+            "address": _hex(self.address), "virtual": _hex(self.virtual), "bit": self.bit,
+            "before": _hex(self.before), "after": _hex(self.after),
+            "readback": _hex(self.readback), "injected": self.injected, "reason": self.reason,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StormRecord:
+    """A storm's flips, then its outcome; errors are |achieved - scheduled| guest seconds."""
+
+    seed: int
+    index: int
+    region: str
+    schedule: str
+    flips: tuple[Flip, ...]
+    outcome: Outcome
+    reason: str
+    cause: str | None
+    evidence: str
+    output: str
+    exit_status: int | None
+    guest_time_unit: str
+    max_error_s: float
+    mean_error_s: float
+    guest_s: float
+    real_world_s: float | None
+    phases_s: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `vmfault storm --json` object: `flips` first, then the outcome."""
+        return {
+            "flips": [f.to_json() for f in self.flips],
+            "outcome": self.outcome.value, "reason": self.reason, "cause": self.cause,
+            "evidence": self.evidence, "output": self.output, "exit_status": self.exit_status,
+            "region": self.region, "schedule": self.schedule, "seed": self.seed,
+            "timing": {
+                "guest_time": self.guest_time_unit, "max_error_s": self.max_error_s,
+                "mean_error_s": self.mean_error_s, "guest_s": self.guest_s,
+                "real_world_s": self.real_world_s,
+            },
+            "phases_s": self.phases_s,
+        }  # fmt: skip
 
 
 class Experimenter:
@@ -821,6 +895,169 @@ class Experimenter:
         if instructions is not None and injected_instructions is not None:
             return Latency(instructions - injected_instructions, LatencyUnit.INSTRUCTIONS)
         return Latency(round((at - injected_at) * 1e9), LatencyUnit.WALL_NS)
+
+    # ------------------------------------------------------------------ storms
+
+    def run_storm(
+        self,
+        *,
+        flips: int,
+        schedule: Schedule,
+        region: str,
+        ranges: Sequence[tuple[int, int]] = (),
+        seed: int,
+        index: int = 0,
+        rate_model: RateModel | None = None,
+    ) -> StormRecord:
+        """A storm: `flips` single-bit memory flips in `region`, spaced by `schedule` in
+        guest time from the workload's start, then the outcome as for one experiment.
+
+        Guest time is exact in deterministic mode (1 ns per instruction); otherwise it is
+        the host time the guest actually ran (QEMU's virtual clock runs only while it
+        does), measured around each run segment. Flips continue after the workload ends.
+        """
+        golden = self._require_golden()
+        vm = self.machine
+        gdb = vm.gdb
+        phases: dict[str, float] = {}
+        clock = time.perf_counter()
+        assert self._snapshot is not None
+        vm.restore_snapshot(self._snapshot)
+        event_mark = len(vm.events)
+        phases["restore"] = time.perf_counter() - clock
+        rng = rng_for(seed, index, "storm")
+        gaps = schedule.gaps(flips, rng)
+        start_instructions = vm.instruction_count()
+        # Guest seconds per host second while running: 1 under plain TCG (the virtual
+        # clock is the host clock); under icount it is the instruction rate, so aim a
+        # little short and close in rather than overshoot.
+        speed = 1.0
+        if start_instructions is not None and golden.instructions:
+            speed = golden.instructions / 1e9 / max(golden.wall_s, 1e-6) / 0.8
+        guest_s = 0.0
+        exited = panicked = False
+        done: list[Flip] = []
+        storm_started = time.perf_counter()
+        for number, gap in enumerate(gaps):
+            # Each flip is placed `gap` after the previous one as it actually happened, so a
+            # late halt delays the schedule but never distorts the spacing of the next gap.
+            target_s = (done[-1].time_s if done else 0.0) + gap
+            while target_s - guest_s > STORM_TOLERANCE_S and not panicked:
+                gdb.cont()
+                begun = time.perf_counter()
+                stop = gdb.wait_stop(timeout_s=(target_s - guest_s) / speed)
+                if stop is None:
+                    gdb.halt()
+                elapsed = time.perf_counter() - begun
+                now = vm.instruction_count()
+                if now is not None and start_instructions is not None:
+                    guest_s = (now - start_instructions) / 1e9
+                else:
+                    guest_s += elapsed
+                if stop is not None:
+                    rip = gdb.read_register("rip")
+                    exited = exited or rip == self.session.hooks.exited
+                    panicked = vm.qmp("query-status")["status"] == "guest-panicked"
+            if panicked:
+                break
+            done.append(self._storm_flip(number, target_s, guest_s, region, ranges, seed, index))
+        phases["storm"] = time.perf_counter() - storm_started
+        clock = time.perf_counter()
+        injection = Injection(
+            target=f"memory:{region}", location=f"{len(done)} flips", width=8, mask=0,
+            mode="flip", injected=any(f.injected for f in done),
+            reason="" if done else "no flip was made", trigger=schedule.describe(),
+        )  # fmt: skip
+        if exited or panicked:
+            observation = self._finish_after_storm(event_mark, exited=exited)
+        else:
+            observation, _, _ = self._observe(
+                injection, time.monotonic(), start_instructions, None, event_mark
+            )
+        phases["observe"] = time.perf_counter() - clock
+        verdict = classify(golden.reference, observation, table=self.crash_table)
+        errors = [abs(f.time_s - f.scheduled_s) for f in done]  # per gap, see the loop
+        real_world = None if rate_model is None else rate_model.real_world_s(guest_s)
+        return StormRecord(
+            seed=seed, index=index, region=region, schedule=schedule.describe(),
+            flips=tuple(done), outcome=verdict.outcome, reason=verdict.reason,
+            cause=verdict.cause, evidence=verdict.evidence,
+            output=observation.stdout.decode("utf-8", errors="replace"),
+            exit_status=None if observation.exit_code is None and observation.signal is None
+            else (observation.exit_code if observation.exit_code is not None
+                  else 128 + (observation.signal or 0)),
+            guest_time_unit="instructions" if start_instructions is not None else "running-time",
+            max_error_s=max(errors, default=0.0),
+            mean_error_s=sum(errors) / len(errors) if errors else 0.0,
+            guest_s=guest_s, real_world_s=real_world, phases_s=phases,
+        )  # fmt: skip
+
+    def _storm_ranges(
+        self, region: str, ranges: Sequence[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        if region == "custom":
+            return list(ranges)
+        if region == "ram":
+            return [(r.start, r.end) for r in self.machine.memory_map().ram()]
+        if region in ("kernel-text", "kernel-data"):
+            span = self.symbols.text() if region == "kernel-text" else self.symbols.data()
+            return [(span.physical_start, span.physical_start + span.size)]
+        raise UsageError(f"unknown storm region {region!r}")
+
+    def _storm_flip(
+        self,
+        number: int,
+        scheduled_s: float,
+        guest_s: float,
+        region: str,
+        ranges: Sequence[tuple[int, int]],
+        seed: int,
+        index: int,
+    ) -> Flip:
+        gdb = self.machine.gdb
+        rng = rng_for(seed, index, f"flip-{number}")
+        virtual = None
+        try:
+            if region == "process":
+                pages = self._process_pages()
+                virtual = choose_in_ranges(
+                    [(p.virtual, p.virtual_end) for p in pages], rng, align=1
+                )
+                page = next(p for p in pages if p.contains(virtual))
+                address = page.physical_of(virtual)
+            else:
+                address = choose_in_ranges(self._storm_ranges(region, ranges), rng, align=1)
+        except (VmfaultError, ValueError) as exc:
+            reason = exc.one_line() if isinstance(exc, VmfaultError) else str(exc)
+            return Flip(guest_s, scheduled_s, None, None, 0, None, None, None, False, reason)
+        bit = rng.randrange(8)
+        before = gdb.read_memory(address, 1, physical=True)[0]
+        after = before ^ (1 << bit)
+        gdb.write_memory(address, bytes([after]), physical=True)
+        readback = gdb.read_memory(address, 1, physical=True)[0]
+        held = readback == after
+        return Flip(guest_s, scheduled_s, address, virtual, bit, before, after, readback, held,
+                    "" if held else f"read back {readback:#x}")  # fmt: skip
+
+    def _finish_after_storm(self, event_mark: int, *, exited: bool) -> Observation:
+        """The observation when the workload ended (or the guest panicked) mid-storm."""
+        vm = self.machine
+        finished = False
+        if exited and vm.alive:
+            vm.cont()
+            finished = vm.channel.wait(FrameKind.EXIT, timeout_s=EXIT_REPORT_TIMEOUT_S) is not None
+        result = WorkloadResult.from_frames(vm.channel.frames) if finished else None
+        events = tuple(e.name for e in vm.events[event_mark:])
+        return Observation(
+            injected=True, finished=result is not None,
+            stdout=b"" if result is None else result.stdout,
+            stderr=b"" if result is None else result.stderr,
+            exit_code=None if result is None else result.exit_code,
+            signal=None if result is None else result.signal,
+            console=vm.console.transcript(), events=events,
+            guest_panicked="GUEST_PANICKED" in events or not exited,
+            qemu_alive=vm.alive, qemu_exit_code=vm.exit_code,
+        )  # fmt: skip
 
 
 def _reader(gdb: Any) -> Any:
