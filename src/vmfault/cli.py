@@ -470,6 +470,14 @@ def _summary_tables(summary: Summary) -> list[Table]:
     return [overall, strata]
 
 
+def _print_summary(summary: Summary, *, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(summary.to_json()))
+        return
+    for table in _summary_tables(summary):
+        out.print(table)
+
+
 def _summary(store: SQLiteStore, *, confidence: float, method: IntervalMethod) -> Summary:
     info = store.campaign_info()
     return summarize(
@@ -515,12 +523,7 @@ def _run(
             )
 
         run_campaign(prepared, workers=workers, on_record=on_record, log=_progress)
-    summary = _summary(store, confidence=confidence, method=method)
-    if as_json:
-        out.print_json(json.dumps(summary.to_json()))
-        return
-    for table in _summary_tables(summary):
-        out.print(table)
+    _print_summary(_summary(store, confidence=confidence, method=method), as_json=as_json)
 
 
 @campaign_app.command("run")
@@ -581,12 +584,7 @@ def campaign_status(
     """Counts and rates with intervals, for a running or finished campaign."""
     _require_db(db)
     with SQLiteStore.open_readonly(db) as store:
-        summary = _summary(store, confidence=confidence, method=method)
-    if as_json:
-        out.print_json(json.dumps(summary.to_json()))
-        return
-    for table in _summary_tables(summary):
-        out.print(table)
+        _print_summary(_summary(store, confidence=confidence, method=method), as_json=as_json)
 
 
 @campaign_app.command("export")
