@@ -45,6 +45,7 @@ from vmfault.faults import BitModel, Context, FaultSpec, Target, Trigger, parse_
 from vmfault.faults.schedule import RateModel, RateUnit, Schedule, parse_region
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
 from vmfault.machine import Accel, kvm_blocker, probe_boot
+from vmfault.report.command import report_command
 from vmfault.session import GoldenRun, golden_run, machine_config, prepare_image
 from vmfault.stats import IntervalMethod
 from vmfault.store import SQLiteStore
@@ -660,6 +661,19 @@ def replay(
         else "outcome differs from the record"
         + ("" if spec.guest.deterministic else " (not a deterministic campaign)")
     )
+
+
+@app.command()
+def report(
+    dbs: Annotated[list[Path], typer.Argument(help="A campaign database, or two to compare.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML file, or figures' stem.")],
+    fmt: Annotated[str, typer.Option("--format", help="html, png, svg or pdf.")] = "html",
+    confidence: ConfidenceOpt = 0.95,
+    method: MethodOpt = IntervalMethod.WILSON,
+) -> None:
+    """A self-contained HTML report of a campaign (two: side by side), or figures for papers."""
+    for path in report_command(dbs, output, fmt, confidence=confidence, method=method):
+        _progress(f"wrote {path}")
 
 
 def _check(table: Table, what: str, ok: bool, detail: str, fix: str = "") -> bool:

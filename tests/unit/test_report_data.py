@@ -1,0 +1,477 @@
+"""The report's data: every number from a store of hand-made records, and the same rates and
+intervals as `vmfault campaign status --json`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from vmfault.campaign.summary import summarize
+from vmfault.classify import Activation, Latency, LatencyUnit, Outcome
+from vmfault.experiment import ExperimentRecord, Injection
+from vmfault.report.data import (
+    COUNTED_OUTCOMES,
+    DYNAMIC_INDEX_COLUMN,
+    OP_COLUMN,
+    STORM_FLIPS_COLUMN,
+    STORM_TIME_COLUMN,
+    CampaignReport,
+    build_report,
+    replay_command,
+)
+from vmfault.stats import IntervalMethod
+from vmfault.store import CampaignInfo, GoldenRow, SQLiteStore
+
+SPEC = {
+    "campaign": {"name": "hand-made", "seed": 5, "experiments": 14, "budget": 3.0},
+    "guest": {
+        "workload": "checksum",
+        "args": ["--self-check"],
+        "deterministic": False,
+        "accel": "tcg",
+    },
+    "faults": [
+        {"name": "regs", "target": "register:all", "bits": None, "context": "user"},
+        {"name": "mem", "target": "memory:process", "bits": 1, "trigger": "time"},
+    ],
+    "source": "/campaigns/hand-made.toml",
+}
+PROVENANCE = {
+    "tool_version": "0.1.0",
+    "qemu_version": "QEMU emulator version 7.2.22",
+    "image_hash": "24b859ee6b8583b6",
+    "kernel_release": "6.1.0-56-amd64",
+    "campaign_file_sha256": "ab" * 32,
+    "host": "bench-1",
+    "python": "3.11.7",
+    "extra_key": "extra value",
+}
+HOSTILE = '<script>alert("x")</script> segfault at 0 ip 0 sp 0 http://evil.example/x'
+
+
+def register_fault(register: str, mask: int, width: int = 64) -> Injection:
+    return Injection(
+        target="register:all",
+        location=register,
+        width=width,
+        mask=mask,
+        mode="flip",
+        injected=True,
+        register=register,
+        before=0,
+        after=mask,
+        readback=mask,
+        trigger="time",
+        time_s=0.1,
+        user_mode=True,
+    )
+
+
+def memory_fault(bit: int) -> Injection:
+    return Injection(
+        target="memory:process",
+        location="0x10001000",
+        width=64,
+        mask=1 << bit,
+        mode="flip",
+        injected=True,
+        address=0x7000000,
+        virtual=0x10001000,
+        trigger="time",
+    )
+
+
+def not_placed(target: str, reason: str) -> Injection:
+    return Injection(
+        target=target, location="", width=64, mask=1, mode="flip", injected=False, reason=reason
+    )
+
+
+def record(
+    index: int,
+    injection: Injection,
+    outcome: Outcome,
+    *,
+    cause: str | None = None,
+    evidence: str = "",
+    latency: Latency | None = None,
+    activation: Activation | None = None,
+) -> ExperimentRecord:
+    if activation is None:
+        activation = (
+            Activation.NOT_ACTIVATED
+            if outcome is Outcome.NOT_INJECTED
+            else Activation.UNKNOWN
+            if outcome is Outcome.BENIGN
+            else Activation.MANIFESTED
+        )
+    return ExperimentRecord(
+        index=index,
+        seed=5,
+        spec={"target": injection.target},
+        injection=injection,
+        outcome=outcome,
+        reason=f"reason {index}",
+        cause=cause,
+        evidence=evidence,
+        latency=latency,
+        activation=activation,
+        output="checksum: 0x1\n",
+        stderr="",
+        exit_status=0,
+        signal=None,
+    )
+
+
+WALL = LatencyUnit.WALL_NS
+INSTR = LatencyUnit.INSTRUCTIONS
+EXPERIMENTS: list[tuple[str, ExperimentRecord]] = [
+    ("regs", record(0, register_fault("rax", 1 << 63), Outcome.CRASH, cause="SIGSEGV",
+                    evidence=HOSTILE, latency=Latency(1_500, INSTR))),
+    ("regs", record(1, register_fault("rax", 1 << 63), Outcome.BENIGN)),
+    ("regs", record(2, register_fault("rbx", 1), Outcome.SDC, evidence="checksum: 0x2")),
+    ("regs", record(3, register_fault("rbx", 0x21), Outcome.DETECTED,
+                    evidence="checksum: DETECTED", latency=Latency(700, WALL))),
+    ("regs", record(4, register_fault("xmm1", 1 << 127, 128), Outcome.CRASH, cause="page-fault",
+                    evidence="BUG: unable to handle page fault", latency=Latency(5_000_000, WALL))),
+    ("regs", record(5, register_fault("rip", 1 << 40), Outcome.CRASH, cause="page-fault",
+                    evidence="Oops", latency=Latency(2_500, INSTR))),
+    ("regs", record(6, register_fault("rcx", 1 << 3), Outcome.HANG)),
+    ("regs", record(7, register_fault("rcx", 1 << 3), Outcome.VMM_ERROR)),
+    ("regs", record(8, not_placed("register:all", "the workload exited before the trigger"),
+                    Outcome.NOT_INJECTED)),
+    ("mem", record(9, memory_fault(12), Outcome.BENIGN, activation=Activation.NOT_ACTIVATED)),
+    ("mem", record(10, memory_fault(12), Outcome.BENIGN, activation=Activation.MASKED)),
+    ("mem", record(11, memory_fault(12), Outcome.CRASH, cause="SIGSEGV")),
+    ("mem", record(12, not_placed("memory:process", "the workload process is not running"),
+                   Outcome.NOT_INJECTED)),
+    ("mem", record(13, not_placed("memory:process", "the workload process is not running"),
+                   Outcome.NOT_INJECTED)),
+]  # fmt: skip
+
+
+def make_store(path: Path, experiments: Sequence[tuple[str, ExperimentRecord]]) -> SQLiteStore:
+    store = SQLiteStore.create(
+        path,
+        campaign_name="hand-made",
+        seed=5,
+        spec_json=json.dumps(SPEC),
+        file_sha256="ab" * 32,
+        total_planned=20,
+        provenance=PROVENANCE,
+    )
+    store.save_golden(
+        ["checksum", "--self-check"],
+        stdout=b"checksum: 0x1\n",
+        stderr=b"",
+        exit_status=0,
+        signal=None,
+        duration_s=0.25,
+        instructions=None,
+    )
+    for experiment_id, (stratum, rec) in enumerate(experiments):
+        store.record(
+            experiment_id, stratum, rec, worker="w0", started_at=1.0e9, finished_at=1.0e9 + 1
+        )
+    return store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    with make_store(tmp_path / "my campaign.db", EXPERIMENTS) as opened:
+        yield opened
+
+
+@pytest.fixture
+def report(store: SQLiteStore) -> CampaignReport:
+    return build_report(store)
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+def test_summary_is_what_campaign_status_prints(store: SQLiteStore, report: CampaignReport) -> None:
+    expected = summarize("hand-made", 20, store.outcome_counts(), store.counts_by_stratum())
+    assert report.summary.to_json() == expected.to_json()
+
+
+@pytest.mark.parametrize("method", list(IntervalMethod))
+def test_every_outcome_class_has_the_store_count_and_summary_rate(
+    store: SQLiteStore, method: IntervalMethod
+) -> None:
+    report = build_report(store, confidence=0.9, method=method)
+    counts = store.outcome_counts()
+    assert [o.outcome for o in report.overall.outcomes] == [o.value for o in Outcome]
+    for o in report.overall.outcomes:
+        assert o.count == counts[o.outcome]
+        if o.outcome == Outcome.NOT_INJECTED.value:
+            assert o.rate is None
+        else:
+            assert o.rate == report.summary.rates[o.outcome]
+            assert o.rate is not None and o.rate.method is method and o.rate.confidence == 0.9
+    assert (report.overall.done, report.overall.counted) == (14, 11)
+    assert report.overall.failure.successes == 7  # 4 crashes, sdc, detected, hang
+    assert report.overall.failure.trials == 11
+
+
+def test_strata_match_the_store(store: SQLiteStore, report: CampaignReport) -> None:
+    by_stratum = store.counts_by_stratum()
+    assert [d.stratum for d in report.strata] == sorted(by_stratum)
+    for dist in report.strata:
+        assert dist.stratum is not None
+        assert {o.outcome: o.count for o in dist.outcomes} == by_stratum[dist.stratum]
+        _, _, rates = report.summary.strata[dist.stratum]
+        for name, rate in rates.items():
+            assert dist.rate(name) == rate
+    mem = next(d for d in report.strata if d.stratum == "mem")
+    assert (mem.done, mem.counted, mem.count("crash"), mem.failure.successes) == (5, 3, 1, 1)
+
+
+def test_not_injected_reasons_are_counted_most_frequent_first(report: CampaignReport) -> None:
+    assert report.not_injected == (
+        ("the workload process is not running", 2),
+        ("the workload exited before the trigger", 1),
+    )
+
+
+# ---------------------------------------------------------------------------- locations
+
+
+def test_registers_in_canonical_order_with_counts(report: CampaignReport) -> None:
+    assert [b.key for b in report.registers] == ["rax", "rbx", "rcx", "rip", "xmm1"]
+    rax = report.registers[0]
+    assert list(rax.counts) == list(COUNTED_OUTCOMES)
+    assert dict(rax.counts) == {"benign": 1, "sdc": 0, "detected": 0, "crash": 1, "hang": 0,
+                                "vmm-error": 0}  # fmt: skip
+    assert (rax.total, rax.failure.successes, rax.failure.trials) == (2, 1, 2)
+    rcx = report.registers[2]
+    assert (rcx.counts["hang"], rcx.counts["vmm-error"], rcx.failure.successes) == (1, 1, 1)
+
+
+def test_heatmap_rows_widths_and_cells(report: CampaignReport) -> None:
+    heat = report.heatmap
+    assert heat is not None
+    assert heat.rows == ("rax", "rbx", "rcx", "rip", "xmm1", "memory:process")
+    assert heat.widths == (64, 64, 64, 64, 128, 64)
+    assert heat.bits == 128
+    assert all(len(row) == 128 for row in heat.cells)
+    assert heat.multi_bit == 1
+    cell = heat.cell("rax", 63)
+    assert (cell.counts["benign"], cell.counts["crash"], cell.failure.rate) == (1, 1, 0.5)
+    assert heat.cell("rbx", 0).counts["sdc"] == 1
+    assert heat.cell("rbx", 0).counts["detected"] == 1
+    assert heat.cell("rbx", 5).counts["detected"] == 1
+    assert heat.cell("xmm1", 127).counts["crash"] == 1
+    memory = heat.cell("memory:process", 12)
+    assert (memory.total, memory.counts["benign"], memory.counts["crash"]) == (3, 2, 1)
+    assert heat.cell("rax", 0).total == 0
+
+
+def test_bit_positions_cover_the_widest_location(report: CampaignReport) -> None:
+    bits = report.bit_positions
+    assert [b.key for b in bits] == [str(i) for i in range(128)]
+    assert bits[0].counts["sdc"] == 1 and bits[0].counts["detected"] == 1
+    assert bits[12].total == 3
+    assert bits[63].total == 2
+    assert sum(b.total for b in bits) == 11 + 1  # one two-bit fault counts at both bits
+
+
+# ---------------------------------------------------------------------------- crashes
+
+
+def test_crash_causes_shares_and_first_examples(report: CampaignReport) -> None:
+    causes = report.crash_causes
+    assert [(c.cause, c.count, c.first_experiment) for c in causes] == [
+        ("SIGSEGV", 2, 0),
+        ("page-fault", 2, 4),
+    ]
+    assert all(c.share.trials == 4 and c.share.rate == 0.5 for c in causes)
+    assert dict(causes[0].by_stratum) == {"mem": 1, "regs": 1}
+    assert dict(causes[1].by_stratum) == {"regs": 2}
+
+
+def test_crash_latency_keeps_units_apart(report: CampaignReport) -> None:
+    by_unit = {h.unit: h for h in report.latency}
+    assert list(by_unit) == ["instructions", "wall-ns"]
+    instructions = by_unit["instructions"]
+    assert (instructions.count, instructions.minimum, instructions.maximum) == (2, 1_500, 2_500)
+    assert instructions.median == 2_000
+    assert instructions.buckets["<=2K"] == 1 and instructions.buckets["<=3K"] == 1
+    assert sum(instructions.buckets.values()) == 2
+    wall = by_unit["wall-ns"]
+    assert wall.count == 1 and wall.buckets["<=10M"] == 1  # the detected one is no crash
+    assert report.crashes_without_latency == 1
+
+
+def test_activation_only_where_a_watchpoint_told(report: CampaignReport) -> None:
+    rows = {row.stratum: row for row in report.activation}
+    assert rows["mem"].recorded and not rows["regs"].recorded
+    assert dict(rows["mem"].counts) == {
+        "not-activated": 1,
+        "masked": 1,
+        "manifested": 1,
+        "unknown": 0,
+    }
+    assert rows["regs"].total == 8  # the not-injected experiment is left out
+
+
+def test_examples_carry_evidence_verbatim_and_a_replay_command(
+    report: CampaignReport, store: SQLiteStore
+) -> None:
+    keys = [(e.outcome, e.cause, e.experiment_id) for e in report.examples]
+    assert keys == [
+        ("crash", "SIGSEGV", 0),
+        ("crash", "page-fault", 4),
+        ("sdc", None, 2),
+        ("detected", None, 3),
+        ("hang", None, 6),
+    ]
+    first = report.examples[0]
+    assert first.evidence == HOSTILE
+    assert (first.location, first.bits, first.stratum) == ("rax", (63,), "regs")
+    assert (first.latency_value, first.latency_unit) == (1_500, "instructions")
+    assert first.replay == f"vmfault replay '{store.path}' 0"
+    assert report.examples[3].bits == (0, 5)
+
+
+def test_replay_command_is_quoted_for_the_shell() -> None:
+    assert replay_command("results/demo.db", 42) == "vmfault replay results/demo.db 42"
+    assert replay_command("a b;rm x.db", 1) == "vmfault replay 'a b;rm x.db' 1"
+
+
+def test_db_label_replaces_the_path(store: SQLiteStore) -> None:
+    report = build_report(store, db="results/x.db")
+    assert report.db == "results/x.db"
+    assert all(e.replay.startswith("vmfault replay results/x.db ") for e in report.examples)
+
+
+# ---------------------------------------------------------------------------- provenance
+
+
+def test_provenance_and_golden_run(report: CampaignReport) -> None:
+    info = report.provenance
+    assert (info.campaign, info.seed, info.total_planned) == ("hand-made", 5, 20)
+    assert info.campaign_file == "/campaigns/hand-made.toml"
+    assert info.qemu_version == "QEMU emulator version 7.2.22"
+    assert (info.image_hash, info.kernel_release) == ("24b859ee6b8583b6", "6.1.0-56-amd64")
+    assert (info.workload, info.args, info.deterministic, info.budget) == (
+        "checksum",
+        ("--self-check",),
+        False,
+        3.0,
+    )
+    assert [(f.name, f.target, f.bits, f.trigger, f.context) for f in info.families] == [
+        ("regs", "register:all", "1", "time", "user"),
+        ("mem", "memory:process", "1", "time", "any"),
+    ]
+    assert info.other == (("extra_key", "extra value"),)
+    golden = report.golden
+    assert golden is not None
+    assert golden.argv == ("checksum", "--self-check")
+    assert (golden.stdout, golden.exit_status, golden.duration_s) == ("checksum: 0x1\n", 0, 0.25)
+
+
+def test_no_golden_run_stored_gives_none(tmp_path: Path) -> None:
+    with SQLiteStore.create(
+        tmp_path / "g.db",
+        campaign_name="g",
+        seed=1,
+        spec_json=json.dumps({"guest": {"workload": "checksum", "args": []}}),
+        file_sha256="00",
+        total_planned=1,
+        provenance={},
+    ) as store:
+        report = build_report(store)
+    assert report.golden is None
+    assert report.provenance.families == ()
+    assert report.provenance.tool_version == ""
+
+
+def test_an_empty_campaign_has_a_report(tmp_path: Path) -> None:
+    with make_store(tmp_path / "empty.db", []) as store:
+        report = build_report(store)
+    assert report.summary.done == 0
+    assert all(o.count == 0 for o in report.overall.outcomes)
+    assert report.overall.failure.trials == 0
+    assert report.strata == ()
+    assert report.heatmap is None and report.registers == () and report.bit_positions == ()
+    assert report.crash_causes == () and report.latency == () and report.examples == ()
+    assert report.activation == () and report.instructions is None and report.storms is None
+
+
+# ---------------------------------------------------------------------------- optional sections
+
+
+class WithColumns:
+    """A store whose rows carry extra analysis columns (as later schema versions will)."""
+
+    def __init__(self, store: SQLiteStore, extra: dict[int, dict[str, object]]) -> None:
+        self.store = store
+        self.extra = extra
+        self.path = store.path
+
+    def campaign_info(self) -> CampaignInfo:
+        return self.store.campaign_info()
+
+    def golden(self, argv: Sequence[str]) -> GoldenRow | None:
+        return self.store.golden(argv)
+
+    def outcome_counts(self, *, stratum: str | None = None) -> dict[str, int]:
+        return self.store.outcome_counts(stratum=stratum)
+
+    def counts_by_stratum(self) -> dict[str, dict[str, int]]:
+        return self.store.counts_by_stratum()
+
+    def rows(self) -> Iterator[dict[str, object]]:
+        for row in self.store.rows():
+            experiment_id = row["experiment_id"]
+            assert isinstance(experiment_id, int)
+            yield {**row, **self.extra.get(experiment_id, {})}
+
+
+def test_instruction_and_storm_sections_are_absent_without_their_columns(
+    report: CampaignReport,
+) -> None:
+    assert report.instructions is None
+    assert report.storms is None
+
+
+def test_instruction_faults_per_op_and_dynamic_index(tmp_path: Path) -> None:
+    many = [
+        ("ops", record(i, register_fault("rax", 1 << i % 64), Outcome.BENIGN)) for i in range(30)
+    ]
+    extra: dict[int, dict[str, object]] = {
+        i: {OP_COLUMN: "fadd" if i % 2 else "cmp", DYNAMIC_INDEX_COLUMN: 1 + 7 * i}
+        for i in range(30)
+    }
+    with make_store(tmp_path / "ops.db", many) as store:
+        report = build_report(WithColumns(store, extra))
+    data = report.instructions
+    assert data is not None
+    assert [(b.key, b.total) for b in data.by_op] == [("cmp", 15), ("fadd", 15)]
+    assert len(data.by_dynamic_index) == 10
+    assert [b.total for b in data.by_dynamic_index] == [3] * 10
+    assert [b.key for b in data.by_dynamic_index][:2] == ["1-21", "22-42"]
+    assert report.storms is None
+
+
+def test_few_distinct_dynamic_indices_get_one_bin_each(store: SQLiteStore) -> None:
+    extra: dict[int, dict[str, object]] = {i: {DYNAMIC_INDEX_COLUMN: i % 3 + 1} for i in range(14)}
+    data = build_report(WithColumns(store, extra)).instructions
+    assert data is not None and data.by_op == ()
+    assert [b.key for b in data.by_dynamic_index] == ["1", "2", "3"]
+
+
+def test_storms_per_number_of_flips_and_duration(store: SQLiteStore) -> None:
+    extra: dict[int, dict[str, object]] = {
+        i: {STORM_FLIPS_COLUMN: 1 + i % 4, STORM_TIME_COLUMN: 0.01 * i} for i in range(14)
+    }
+    storms = build_report(WithColumns(store, extra)).storms
+    assert storms is not None
+    assert [b.key for b in storms.by_flips] == ["1", "2", "3", "4"]
+    assert sum(b.total for b in storms.by_flips) == 11
+    assert sum(b.total for b in storms.by_time) == 11
+    assert all(b.failure.trials == b.total for b in storms.by_time)
