@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python bench/machine.py
 	$(BIN)/python bench/experiment.py
 	$(BIN)/python bench/campaign.py
+	$(BIN)/python bench/instructions.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 from vmfault._version import __version__
+from vmfault.binary import WorkloadBinary
 from vmfault.campaign.executor import Completed
 from vmfault.campaign.planner import plan_campaign
 from vmfault.campaign.runner import (
@@ -36,15 +39,25 @@ from vmfault.campaign.runner import (
     run_campaign,
     workload_argv,
 )
+from vmfault.campaign.sefi import parse_sefi_ini, sefi_campaign_toml
 from vmfault.campaign.spec import CampaignSpec, campaign_json_schema, load_campaign
 from vmfault.campaign.summary import Summary, summarize
 from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
-from vmfault.experiment import Experimenter
-from vmfault.faults import BitModel, Context, FaultSpec, Target, Trigger, parse_duration_s
+from vmfault.experiment import Experimenter, ExperimentRecord
+from vmfault.faults import (
+    BitModel,
+    Context,
+    FaultSpec,
+    InstructionFault,
+    Target,
+    Trigger,
+    parse_duration_s,
+)
 from vmfault.faults.schedule import RateModel, RateUnit, Schedule, parse_region
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
 from vmfault.machine import Accel, kvm_blocker, probe_boot
+from vmfault.opprofile import profile_instructions
 from vmfault.report.command import report_command
 from vmfault.session import GoldenRun, golden_run, machine_config, prepare_image
 from vmfault.stats import IntervalMethod
@@ -241,18 +254,48 @@ def inject(
         str, typer.Option("--workload", "-w", help="Built-in name, C file or binary.")
     ],
     target: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="register:rip, register:gpr, memory:ram, "
             "memory:process, memory:0xADDR, memory:@SYMBOL, "
-            "kernel-code:FUNCTION ..."
+            "kernel-code:FUNCTION ... (or --op for an instruction result)"
         ),
-    ],
+    ] = None,
     bits: Annotated[
         str | None,
         typer.Option(
-            help="59 | 3,7 | 52-62 | k2 | burst:4 | stuck1 | value:0x0 (default: one random bit)"
+            help="59 | 3,7 | 52-62 | k2 | burst:4 | stuck1 | value:0x0 (default: one random bit; "
+            "instruction results: one bit of the exponent, operand or flags)"
         ),
+    ] = None,
+    op: Annotated[
+        str | None,
+        typer.Option(
+            help="Instruction class whose result is corrupted: fadd fmul fsub fdiv cmp xor sar "
+            "idiv imul, or fp int-alu load store branch all."
+        ),
+    ] = None,
+    function: Annotated[
+        str | None,
+        typer.Option(help="With --op: the function (default: the whole executable)."),
+    ] = None,
+    instance: Annotated[
+        str,
+        typer.Option(help="With --op: the dynamic instance N (from 1), or random."),
+    ] = "random",
+    start_index: Annotated[
+        int, typer.Option(help="With --op: first instance a random choice may pick.")
+    ] = 1,
+    max_dic: Annotated[
+        int | None,
+        typer.Option(help="With --op: last instance a random choice may pick (default: all)."),
+    ] = None,
+    faults_per_run: Annotated[
+        int, typer.Option(help="With --op: instances corrupted in the run.")
+    ] = 1,
+    probability: Annotated[
+        float | None,
+        typer.Option(help="With --op: corrupt each instance with this probability instead."),
     ] = None,
     trigger: Annotated[
         str | None,
@@ -274,22 +317,53 @@ def inject(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run one experiment: inject one fault into WORKLOAD and classify what happens."""
-    spec = FaultSpec(Target.parse(target), BitModel.parse(bits), Trigger.parse(trigger), context)
+    """Run one experiment: inject one fault into WORKLOAD and classify what happens.
+
+    With --op, the fault goes into the result of a dynamic instance of an instruction class
+    (F-SEFI's fine-grained mode): the instance executes, then bits of its result flip.
+    """
+    if (target is None) == (op is None):
+        raise UsageError(
+            "give exactly one of --target and --op",
+            hint="--target register:rip for a register, --op fadd for an instruction result",
+        )
+    if op is not None and (trigger is not None or context is not Context.ANY):
+        raise UsageError(
+            "--trigger and --context do not apply to --op (the instance is the trigger)",
+            hint="choose the instance with --instance, --max-dic or --probability",
+        )
+    if op is not None:
+        fault = InstructionFault(
+            op, function, instance=_instance(instance), start_index=start_index,
+            max_dic=max_dic, faults_per_run=faults_per_run, probability=probability,
+        )  # fmt: skip
+        spec = FaultSpec.of_instruction(fault, BitModel.parse(bits))
+    else:
+        assert target is not None
+        spec = FaultSpec(
+            Target.parse(target), BitModel.parse(bits), Trigger.parse(trigger), context
+        )
     table = None
     if crash_patterns is not None:
         table = CrashTable.default().extended(CrashTable.load(crash_patterns))
     name, extra = _user_workload(workload)
     image_spec = _spec(config, None, None, None, extra)
     _require_known(name, image_spec)
+    if spec.instruction is not None:
+        _check_function(extra, spec.instruction.function)
     image = prepare_image(image_spec, log=_progress)
     argv = [name, *(workload_args or image.workload(name).default_args)]
+    if spec.instruction is not None:  # a bad function fails before any boot
+        WorkloadBinary(image.workload(name).host_binary).code_range(spec.instruction.function)
     with Experimenter(
         image, argv, deterministic=deterministic, budget_factor=budget, crash_table=table
     ) as experimenter:
         record = experimenter.run(spec, seed=seed, index=index)
     if as_json:
         out.print_json(json.dumps(record.to_json()))
+        return
+    if spec.instruction is not None:
+        _print_instruction_record(record)
         return
     fault = record.to_json()["fault"]
     out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
@@ -303,6 +377,88 @@ def inject(
         out.print(f"latency: {record.latency.value:,} {record.latency.unit.value}")
     if record.evidence:
         out.print(f"evidence: {record.evidence}", highlight=False, markup=False)
+
+
+def _check_function(user: tuple[UserWorkload, ...], function: str | None) -> None:
+    """A user's binary is checked for `function` before any image is built."""
+    if user and user[0].path.suffix != ".c":
+        WorkloadBinary(user[0].path).code_range(function)
+
+
+def _instance(text: str) -> int | None:
+    if text.strip().lower() == "random":
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise UsageError(
+            f"invalid instance {text!r}", hint="give a number from 1, or random"
+        ) from None
+
+
+def _print_instruction_record(record: ExperimentRecord) -> None:
+    out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
+    for injection in (record.injection, *record.extra_injections):
+        if injection.instance is not None:
+            out.print(injection.fsefi_line(), highlight=False, markup=False)
+    if record.output:
+        sys.stdout.write(record.output)
+        sys.stdout.flush()
+    if record.latency is not None:
+        out.print(f"latency: {record.latency.value:,} {record.latency.unit.value}")
+    if record.evidence:
+        out.print(f"evidence: {record.evidence}", highlight=False, markup=False)
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def profile(
+    workload: Annotated[
+        str, typer.Option("--workload", "-w", help="Built-in name, C file or binary.")
+    ],
+    function: Annotated[
+        str | None, typer.Option(help="The function (default: the whole executable).")
+    ] = None,
+    workload_args: Annotated[
+        list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
+    ] = None,
+    deterministic: Annotated[bool, typer.Option(help="icount mode: repeatable runs.")] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Count each instruction class executed inside FUNCTION by the workload process
+    (F-SEFI's profile): per class and per static instruction, from one golden run."""
+    name, extra = _user_workload(workload)
+    image_spec = _spec(config, None, None, None, extra)
+    _require_known(name, image_spec)
+    _check_function(extra, function)
+    image = prepare_image(image_spec, log=_progress)
+    WorkloadBinary(image.workload(name).host_binary).code_range(function)
+    argv = [name, *(workload_args or image.workload(name).default_args)]
+    result = profile_instructions(
+        image, argv, function=function, deterministic=deterministic, log=_progress
+    )
+    if as_json:
+        out.print_json(json.dumps(result.to_json()))
+        return
+    out.print(result.fsefi_line, highlight=False, markup=False)
+    classes = Table(title=f"{function or name}: dynamic instructions by class")
+    classes.add_column("class")
+    classes.add_column("count", justify="right")
+    for label, count in result.classes.items():
+        classes.add_row(label, f"{count:,}")
+    out.print(classes)
+    listing = Table(title="per static instruction")
+    for column in ("address", "count", "disassembly", "classes"):
+        listing.add_column(column, justify="right" if column == "count" else "left")
+    for insn in result.instructions:
+        where = insn.function if function is None else None
+        listing.add_row(
+            f"{insn.address:#x}" + (f" <{where}>" if where else ""),
+            f"{insn.count:,}",
+            insn.text,
+            " ".join(c for c in insn.classes if c != "all"),
+        )
+    out.print(listing)
 
 
 class RateUnitOpt(enum.StrEnum):
@@ -601,6 +757,50 @@ def campaign_export(
     with SQLiteStore.open_readonly(db) as store:
         rows = export(store, output, format=fmt.value)
     _progress(f"wrote {rows} rows to {output}")
+
+
+@campaign_app.command("import-sefi")
+def campaign_import_sefi(
+    ini: Annotated[Path, typer.Argument(help="An F-SEFI configuration (SEFI_conf.ini).")],
+    workload: Annotated[
+        str, typer.Option("--workload", "-w", help="The application (F-SEFI's -a).")
+    ],
+    function: Annotated[
+        str | None, typer.Option(help="The function (F-SEFI's -f; default: the whole executable).")
+    ] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Experiments per op (F-SEFI's -r).")] = 100,
+    faults_per_run: Annotated[
+        int, typer.Option(min=1, help="Faults per run without probability mode (F-SEFI's -n).")
+    ] = 1,
+    name: Annotated[str | None, typer.Option(help="Campaign name.")] = None,
+    seed: Annotated[int, typer.Option(help="Campaign seed.")] = 1,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Campaign file to write (default: print).")
+    ] = None,
+) -> None:
+    """Turn an F-SEFI configuration into a campaign file: one instruction fault family per
+    enabled op, with its bit range, bits to flip, probability, start index and max DIC."""
+    try:
+        text = ini.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {ini}: {exc.strerror}", hint="check the path") from None
+    config = parse_sefi_ini(text, source=ini.name)
+    if "/" in workload or workload.endswith(".c"):  # a file: relative to the campaign file
+        place = (output or Path("campaign.toml")).resolve().parent
+        workload = os.path.relpath(Path(workload).resolve(), place)
+    default = f"sefi-{Path(workload).stem}" + (f"-{function}" if function else "")
+    campaign_name = name or re.sub(r"[^A-Za-z0-9_.-]", "-", default)
+    toml = sefi_campaign_toml(
+        config, workload=workload, function=function, runs=runs,
+        faults_per_run=faults_per_run, name=campaign_name, seed=seed, source=ini.name,
+    )  # fmt: skip
+    if output is None:
+        CampaignSpec.model_validate(tomllib.loads(toml))
+        sys.stdout.write(toml)
+        return
+    output.write_text(toml)
+    load_campaign(output)
+    _progress(f"wrote {output}: {len(config.ops)} fault families ({', '.join(config.ops)})")
 
 
 @campaign_app.command("schema")

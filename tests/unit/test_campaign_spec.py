@@ -398,5 +398,13 @@ def test_json_schema_describes_the_file() -> None:
         "trigger",
         "context",
         "experiments",
+        "op",
+        "function",
+        "instance",
+        "start_index",
+        "max_dic",
+        "faults_per_run",
+        "bit_range",
+        "probability",
     }
     json.dumps(schema)

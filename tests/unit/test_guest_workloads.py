@@ -117,13 +117,14 @@ def test_static_binary_is_accepted(tmp_path: Path) -> None:
 
 
 @needs_gcc
-def test_dynamic_binary_is_rejected_with_a_static_hint(tmp_path: Path) -> None:
+def test_dynamic_binary_is_not_static_but_is_a_workload(tmp_path: Path) -> None:
     binary = _compile(tmp_path, "hello_dynamic")
     with pytest.raises(ImageError) as caught:
         check_static_elf(binary)
     assert "-static" in caught.value.hint
-    with pytest.raises(ImageError):
-        plan_workloads([UserWorkload("hello", binary)])
+    check_static_elf(binary, dynamic=True)
+    planned = plan_workloads([UserWorkload("hello", binary)])[-1]
+    assert planned.kind is SourceKind.BINARY
 
 
 def test_non_elf_files_are_rejected(tmp_path: Path) -> None:

@@ -194,6 +194,7 @@ def run_campaign(
             store.record(
                 done.job.experiment_id, done.job.stratum, done.record, worker=done.worker,
                 started_at=done.started_at, finished_at=done.finished_at,
+                extra_injections=done.record.extra_injections,
             )  # fmt: skip
             progress.done += 1
             name = done.record.outcome.value

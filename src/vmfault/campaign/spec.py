@@ -24,6 +24,8 @@ A campaign file is TOML with a `[campaign]` table, a `[guest]` table and one or 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -52,7 +54,16 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from vmfault.errors import UsageError
-from vmfault.faults.model import BitModel, Context, FaultSpec, Target, Trigger, TriggerKind
+from vmfault.faults.model import (
+    INSTRUCTION_OPS,
+    BitModel,
+    Context,
+    FaultSpec,
+    InstructionFault,
+    Target,
+    Trigger,
+    TriggerKind,
+)
 from vmfault.guest.workloads import (
     UserWorkload,
     builtin_workload_names,
@@ -75,6 +86,11 @@ _SCHEMA_HINT = "run `vmfault campaign schema` to see every key and its type"
 _ERROR_KIND = "vmfault"
 _BASE_DIR = "base_dir"
 _SHOWN_VALUE_MAX_CHARS = 60
+_INSTRUCTION = "instruction"
+_INSTRUCTION_KEYS = (
+    "op", "function", "instance", "start_index", "max_dic", "faults_per_run", "bit_range",
+    "probability",
+)  # fmt: skip
 
 
 def _error(message: str, *, hint: str = "", at: tuple[str | int, ...] = ()) -> PydanticCustomError:
@@ -210,6 +226,13 @@ class FaultFamily(BaseModel):
     `target`, `bits` and `trigger` use the spellings of `vmfault.faults.model`; `bits` as an
     int means that many random bits. `name` defaults to the target (`register:gpr`);
     `experiments` overrides the campaign's count for this stratum.
+
+    `target = "instruction"` corrupts instruction results (F-SEFI's `batch_run`): `op` (the
+    class), `function` (default: the whole executable), then `instance` (a fixed dynamic
+    instance) or `faults_per_run` instances drawn between `start_index` and `max_dic`, or
+    each instance with `probability`; `bits` is the number of bits (or the bits grammar)
+    and `bit_range` where they lie (`"52-62"`; default: the result's exponent, operand or
+    flags).
     """
 
     model_config = _MODEL_CONFIG
@@ -220,6 +243,14 @@ class FaultFamily(BaseModel):
     trigger: str | None = None
     context: Context = Context.ANY
     experiments: Annotated[StrictInt, Field(ge=1)] | None = None
+    op: str | None = Field(default=None, description="instruction class (target instruction)")
+    function: str | None = Field(default=None, description="function (target instruction)")
+    instance: Annotated[StrictInt, Field(ge=1)] | None = None
+    start_index: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_dic: Annotated[StrictInt, Field(ge=1)] | None = None
+    faults_per_run: Annotated[StrictInt, Field(ge=1)] | None = None
+    bit_range: str | None = Field(default=None, pattern=r"^\s*\d+\s*-\s*\d+\s*$")
+    probability: Annotated[float, Field(gt=0, le=1)] | None = None
 
     _spec: FaultSpec | None = PrivateAttr(default=None)
 
@@ -231,21 +262,95 @@ class FaultFamily(BaseModel):
             and data.get("name") is None
             and isinstance(data.get("target"), str)
         ):
-            try:
-                name = Target.parse(data["target"]).spelling
-            except UsageError:
-                name = data["target"]
+            name = data["target"]
+            if name.strip() == _INSTRUCTION and isinstance(data.get("op"), str):
+                name = f"{_INSTRUCTION}:{data['op']}"
+                if isinstance(data.get("function"), str):
+                    name += f"@{data['function']}"
+            with contextlib.suppress(UsageError):
+                name = Target.parse(name).spelling
             return {**data, "name": name}
         return data
 
     @field_validator("target")
     @classmethod
     def _valid_target(cls, value: str) -> str:
+        if value.strip() == _INSTRUCTION:
+            return _INSTRUCTION
         try:
             Target.parse(value)
         except UsageError as error:
             raise _from_usage(error) from None
         return value
+
+    def _instruction_fault(self) -> InstructionFault | None:
+        """The instruction fault of an `instruction` family; None for other targets."""
+        keys = {key: getattr(self, key) for key in _INSTRUCTION_KEYS}
+        if self.target != _INSTRUCTION and not self.target.startswith(f"{_INSTRUCTION}:"):
+            for key, value in keys.items():
+                if value is not None:
+                    raise _error(
+                        f'{key} applies only to target = "instruction"',
+                        hint=f'remove {key}, or set target = "instruction"',
+                        at=(key,),
+                    )
+            return None
+        op, function = self.op, self.function
+        if self.target != _INSTRUCTION:
+            named = Target.parse(self.target)
+            if (op is not None and op != named.op) or (
+                function is not None and function != named.function
+            ):
+                raise _error(
+                    f"op/function disagree with target {self.target!r}",
+                    hint="name them once: in the target or in op and function",
+                    at=("op",),
+                )
+            op, function = named.op, named.function
+        if op is None:
+            raise _error(
+                'missing op for target = "instruction"',
+                hint=f"set op to one of {', '.join(INSTRUCTION_OPS)}",
+                at=("op",),
+            )
+        for key in ("trigger",):
+            if getattr(self, key) is not None:
+                raise _error(
+                    f"{key} does not apply to instruction faults (the instance is the trigger)",
+                    hint=f"remove {key}",
+                    at=(key,),
+                )
+        try:
+            return InstructionFault(
+                op,
+                function,
+                instance=self.instance,
+                start_index=self.start_index or 1,
+                max_dic=self.max_dic,
+                faults_per_run=self.faults_per_run or 1,
+                probability=self.probability,
+            )
+        except UsageError as error:
+            raise _from_usage(error, at=("op",)) from None
+
+    def _instruction_bits(self) -> BitModel:
+        model = BitModel.parse(self.bits)
+        if self.bit_range is None:
+            return model
+        low, high = (int(v) for v in self.bit_range.split("-"))
+        if low > high:
+            raise _error(
+                f"bit range {self.bit_range!r} runs backwards",
+                hint='write it low-high, e.g. "52-62"',
+                at=("bit_range",),
+            )
+        if model.positions or model.low is not None or model.high is not None:
+            raise _error(
+                "bits names bit positions and bit_range a range",
+                hint="with bit_range, give bits as a number of bits",
+                at=("bit_range",),
+            )
+        return dataclasses.replace(model, low=low, high=high)
 
     @field_validator("bits", mode="before")
     @classmethod
@@ -273,7 +378,11 @@ class FaultFamily(BaseModel):
 
     @model_validator(mode="after")
     def _build_spec(self) -> Self:
+        fault = self._instruction_fault()
         try:
+            if fault is not None:
+                self._spec = FaultSpec.of_instruction(fault, self._instruction_bits())
+                return self
             self._spec = FaultSpec(
                 Target.parse(self.target),
                 BitModel.parse(self.bits),

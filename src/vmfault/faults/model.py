@@ -11,13 +11,17 @@ Users write faults as short strings, the same on the command line and in campaig
   (write a whole value); default: one random bit anywhere in the location;
 - trigger: `time` (uniform over the golden run), `time:20ms`, `exec:main` or
   `exec:0x10001234#5` (the 5th execution), `icount` / `icount:100000` (guest instructions
-  after the workload's start; deterministic mode only).
+  after the workload's start; deterministic mode only);
+- instruction results: `instruction:fadd@myaddfunc` (the result of a dynamic instance of an
+  instruction class inside a function; `instruction:fadd` anywhere in the application), with
+  the choice of instances in an `InstructionFault`.
 
 Parsing raises UsageError naming the bad text and what is allowed.
 """
 
 from __future__ import annotations
 
+import difflib
 import enum
 import re
 from dataclasses import asdict, dataclass, field
@@ -26,17 +30,22 @@ from typing import Any
 from vmfault.errors import UsageError
 
 __all__ = [
+    "INSTRUCTION_FAMILIES",
+    "INSTRUCTION_OPS",
     "MEMORY_REGIONS",
+    "OP_CLASSES",
     "REGISTER_GROUPS",
     "REGISTER_WIDTHS",
     "BitMode",
     "BitModel",
     "Context",
     "FaultSpec",
+    "InstructionFault",
     "Target",
     "TargetKind",
     "Trigger",
     "TriggerKind",
+    "canonical_op",
     "parse_duration_s",
 ]
 
@@ -68,6 +77,14 @@ READ_ONLY_REGISTERS = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer")
 MEMORY_REGIONS = ("ram", "kernel-text", "kernel-data", "process")
 MEMORY_CELL_BITS = 64
 """A memory fault targets one aligned 64-bit word; its bit i lives in byte i // 8."""
+OP_CLASSES: tuple[str, ...] = ("fadd", "fmul", "fsub", "fdiv", "cmp", "xor", "sar", "idiv", "imul")
+"""Instruction classes: F-SEFI's seven (fadd fmul cmp xor sar idiv imul) plus fsub and fdiv."""
+INSTRUCTION_FAMILIES: tuple[str, ...] = ("fp", "int-alu", "load", "store", "branch", "all")
+"""Wider instruction groups, counted and faulted like the classes."""
+INSTRUCTION_OPS: tuple[str, ...] = OP_CLASSES + INSTRUCTION_FAMILIES
+_OP_ALIASES = {"sarl": "sar", "idivl": "idiv", "imull": "imul", "xorl": "xor", "cmpl": "cmp"}
+MAX_RESULT_BITS = 128
+"""The widest instruction result a fault can flip (an XMM register)."""
 
 
 class TargetKind(enum.StrEnum):
@@ -76,6 +93,7 @@ class TargetKind(enum.StrEnum):
     REGISTER = "register"
     MEMORY = "memory"
     KERNEL_CODE = "kernel-code"
+    INSTRUCTION = "instruction"
 
 
 class Context(enum.StrEnum):
@@ -93,6 +111,22 @@ def _bad(what: str, text: str, allowed: str) -> UsageError:
     return UsageError(f"invalid {what} {text!r}", hint=f"allowed: {allowed}")
 
 
+def canonical_op(text: str) -> str:
+    """The instruction class or family named `text` (F-SEFI's `sarl`, `idivl` accepted);
+    UsageError naming the closest names otherwise."""
+    name = text.strip().lower()
+    name = _OP_ALIASES.get(name, name)
+    if name in INSTRUCTION_OPS:
+        return name
+    close = difflib.get_close_matches(name, INSTRUCTION_OPS, n=3)
+    raise UsageError(
+        f"unknown instruction class {text!r}",
+        hint=("did you mean " + " or ".join(close) + "? " if close else "")
+        + "allowed: "
+        + ", ".join(INSTRUCTION_OPS),
+    )
+
+
 @dataclass(frozen=True)
 class Target:
     """Where a fault goes: a kind and a name (register or group, region or address, function)."""
@@ -102,7 +136,7 @@ class Target:
 
     ALLOWED = (
         "register:NAME|gpr|pointer|flags|sse|x87|all, memory:ram|kernel-text|kernel-data|"
-        "process|0xADDRESS|@SYMBOL[+OFFSET], kernel-code:hot|FUNCTION"
+        "process|0xADDRESS|@SYMBOL[+OFFSET], kernel-code:hot|FUNCTION, instruction:OP[@FUNCTION]"
     )
 
     @classmethod
@@ -134,6 +168,9 @@ class Target:
                 int(name, 0)
             except ValueError:
                 raise _bad("memory target", text, cls.ALLOWED) from None
+        elif kind is TargetKind.INSTRUCTION:
+            op, _, function = name.partition("@")
+            name = canonical_op(op) + (f"@{function.strip()}" if function.strip() else "")
         return cls(kind, name)
 
     @property
@@ -155,6 +192,18 @@ class Target:
         if self.kind is not TargetKind.REGISTER:
             return ()
         return REGISTER_GROUPS.get(self.name, (self.name,))
+
+    @property
+    def op(self) -> str | None:
+        """The instruction class of an `instruction:` target."""
+        return self.name.partition("@")[0] if self.kind is TargetKind.INSTRUCTION else None
+
+    @property
+    def function(self) -> str | None:
+        """The function of an `instruction:OP@FUNCTION` target (None: the whole application)."""
+        if self.kind is not TargetKind.INSTRUCTION:
+            return None
+        return self.name.partition("@")[2] or None
 
 
 class BitMode(enum.StrEnum):
@@ -305,25 +354,126 @@ class Trigger:
 
 
 @dataclass(frozen=True)
+class InstructionFault:
+    """Which dynamic instances of an instruction class get their result corrupted.
+
+    Instances are counted from 1 in execution order, inside `function` (None: anywhere in
+    the application), in the workload process only. `instance` fixes one; otherwise
+    `faults_per_run` distinct instances are drawn between `start_index` and `max_dic`
+    (inclusive; None: the last instance of the golden run), or, with `probability`, each
+    instance in that span is faulted with that probability. F-SEFI's `batch_run -m -n`.
+    """
+
+    op: str
+    function: str | None = None
+    instance: int | None = None
+    start_index: int = 1
+    max_dic: int | None = None
+    faults_per_run: int = 1
+    probability: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "op", canonical_op(self.op))
+        if self.function is not None and not self.function.strip():
+            object.__setattr__(self, "function", None)
+        if self.instance is not None and self.instance < 1:
+            raise UsageError(
+                f"instance {self.instance} is not a dynamic instance",
+                hint="instances count from 1 (the first execution)",
+            )
+        if self.start_index < 1:
+            raise UsageError(
+                f"start index {self.start_index} is below 1",
+                hint="dynamic instances count from 1",
+            )
+        if self.max_dic is not None and self.max_dic < self.start_index:
+            raise UsageError(
+                f"maximum dynamic count {self.max_dic} is below the start index {self.start_index}",
+                hint="raise max_dic or lower start_index",
+            )
+        if self.faults_per_run < 1:
+            raise UsageError(
+                f"faults per run {self.faults_per_run} is below 1", hint="use 1 or more"
+            )
+        if self.probability is not None:
+            if not 0.0 < self.probability <= 1.0:
+                raise UsageError(
+                    f"probability {self.probability} is outside (0, 1]",
+                    hint="give the chance that each dynamic instance is faulted, e.g. 0.05",
+                )
+            if self.faults_per_run != 1 or self.instance is not None:
+                raise UsageError(
+                    "probability mode replaces a fixed number of faults per run",
+                    hint="give probability, or faults_per_run / instance, not both",
+                )
+        if self.instance is not None and self.faults_per_run != 1:
+            raise UsageError(
+                "a fixed instance is one fault per run",
+                hint="give instance, or faults_per_run with start_index and max_dic",
+            )
+
+    @property
+    def spelling(self) -> str:
+        """`OP@FUNCTION`, or `OP` for the whole application."""
+        return self.op + (f"@{self.function}" if self.function else "")
+
+    @property
+    def target(self) -> Target:
+        """The `instruction:` target this fault corrupts."""
+        return Target(TargetKind.INSTRUCTION, self.spelling)
+
+
+@dataclass(frozen=True)
 class FaultSpec:
-    """A fault family as the user gave it; random parts are resolved per experiment."""
+    """A fault family as the user gave it; random parts are resolved per experiment.
+
+    Instruction-result faults (`instruction:` targets) carry their instance choice in
+    `instruction`; their bits are positions in the result (checked against its width when
+    the instruction is known) and their trigger is the instance itself.
+    """
 
     target: Target
     bits: BitModel = field(default_factory=BitModel)
     trigger: Trigger = field(default_factory=Trigger)
     context: Context = Context.ANY
+    instruction: InstructionFault | None = None
 
     def __post_init__(self) -> None:
+        if self.target.kind is TargetKind.INSTRUCTION:
+            op, function = self.target.op, self.target.function
+            assert op is not None
+            if self.instruction is None:
+                object.__setattr__(self, "instruction", InstructionFault(op, function))
+            elif (self.instruction.op, self.instruction.function) != (op, function):
+                raise UsageError(
+                    f"target {self.target.spelling} does not match the instruction fault "
+                    f"{self.instruction.spelling}",
+                    hint="build the spec with FaultSpec.of_instruction",
+                )
+            self.bits.check_width(MAX_RESULT_BITS, "an instruction result")
+            return
+        if self.instruction is not None:
+            raise UsageError(
+                f"an instruction fault needs an instruction target, not {self.target.spelling}"
+            )
         for register in self.target.registers():
             self.bits.check_width(REGISTER_WIDTHS[register], f"register {register}")
         if self.target.kind is not TargetKind.REGISTER:
             self.bits.check_width(MEMORY_CELL_BITS, "a memory word")
 
+    @classmethod
+    def of_instruction(cls, fault: InstructionFault, bits: BitModel | None = None) -> FaultSpec:
+        """The spec of an instruction-result fault."""
+        return cls(fault.target, bits or BitModel(), instruction=fault)
+
     def to_json(self) -> dict[str, Any]:
         """Plain data for records and JSON output."""
-        return {
+        data: dict[str, Any] = {
             "target": self.target.spelling,
             "bits": asdict(self.bits) | {"mode": self.bits.mode.value},
             "trigger": asdict(self.trigger) | {"kind": self.trigger.kind.value},
             "context": self.context.value,
         }
+        if self.instruction is not None:
+            data["instruction"] = asdict(self.instruction)
+        return data

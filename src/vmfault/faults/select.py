@@ -96,7 +96,8 @@ class Plan:
 
     `register` is set for register faults; `width` is the location's width in bits; the
     trigger's time or instruction count is fixed here (drawn over the golden run when the
-    spec left it open). Memory addresses are chosen later, from the machine's memory.
+    spec left it open). Memory addresses are chosen later, from the machine's memory;
+    instruction-result bits once the instruction is known (width 0 and no bits here).
     """
 
     spec: FaultSpec
@@ -121,6 +122,11 @@ def plan(
     rng = rng_for(seed, index, "plan")
     register = None
     width = MEMORY_CELL_BITS
+    if spec.target.kind is TargetKind.INSTRUCTION:
+        # The result's width is known only once the faulted instruction is: its bits are
+        # drawn then (`vmfault.faults.instructions.choose_result_bits`).
+        empty = BitChoice(0, spec.bits.mode, 0, spec.bits.value)
+        return Plan(spec, seed, index, None, 0, empty, None, None)
     if spec.target.kind is TargetKind.REGISTER:
         register = rng.choice(spec.target.registers())
         width = REGISTER_WIDTHS[register]

@@ -35,6 +35,7 @@ from vmfault.guest.kernel import (
     sha256_file,
 )
 from vmfault.guest.protocol import HOOK_EXITED, HOOK_STARTED, encode_argv
+from vmfault.guest.runtime import RuntimeFile, runtime_files
 from vmfault.guest.workloads import (
     AGENT_CFLAGS,
     GUEST_WORKLOAD_DIR,
@@ -172,6 +173,8 @@ class ImageInputs:
     initrd: Path | None
     initrd_sha256: str
     disk: Path | None
+    runtime: tuple[tuple[str, str], ...] = ()
+    """(guest path, sha256) of each interpreter and library a dynamic workload needs."""
 
     def digest(self) -> str:
         """The image hash: the first 16 hex digits of a sha256 over every input."""
@@ -186,6 +189,8 @@ class ImageInputs:
             "initrd": self.initrd_sha256,
             "disk": None if self.disk is None else str(self.disk),
         }
+        if self.runtime:
+            described["runtime"] = [list(item) for item in self.runtime]
         text = json.dumps(described, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -250,7 +255,20 @@ def gather_inputs(
         initrd=initrd,
         initrd_sha256="" if initrd is None else sha256_file(initrd),
         disk=disk,
+        runtime=tuple(
+            (item.guest_path, sha256_file(item.host_path)) for item in _runtime(workloads)
+        ),
     )
+
+
+def _runtime(workloads: tuple[WorkloadInput, ...]) -> tuple[RuntimeFile, ...]:
+    """The interpreters and libraries the user's dynamically linked binaries need."""
+    found: dict[str, RuntimeFile] = {}
+    for item in workloads:
+        if item.kind is SourceKind.BINARY and item.origin is not None:
+            for runtime in runtime_files(item.origin):
+                found.setdefault(runtime.guest_path, runtime)
+    return tuple(found[path] for path in sorted(found))
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -288,7 +306,7 @@ def _build_workload(item: WorkloadInput, directory: Path) -> None:
         source.write_bytes(item.content)
         compile_c(source, binary, item.flags)
     binary.chmod(0o755)
-    check_static_elf(binary)
+    check_static_elf(binary, dynamic=item.kind is SourceKind.BINARY)
 
 
 def _workload_record(item: WorkloadInput) -> dict[str, Any]:
@@ -326,6 +344,7 @@ def _build(inputs: ImageInputs, kernel: KernelBuild, digest: str, staging: Path,
             busybox=inputs.busybox.read_bytes(),
             workloads=[(w.name, (workload_dir / w.name).read_bytes()) for w in inputs.workloads],
             modules=[(m.path.name, m.path.read_bytes()) for m in kernel.modules],
+            runtime=[(r.guest_path, r.host_path.read_bytes()) for r in _runtime(inputs.workloads)],
         )
     )
     with (staging / INITRD_NAME).open("wb") as stream:

@@ -179,11 +179,14 @@ def guest_entries(
     busybox: bytes,
     workloads: Iterable[tuple[str, bytes]],
     modules: Iterable[tuple[str, bytes]],
+    runtime: Iterable[tuple[str, bytes]] = (),
 ) -> list[CpioEntry]:
-    """The vmfault guest's root file system: agent as /init, busybox, workloads, modules.
+    """The vmfault guest's root file system: agent as /init, busybox, workloads, modules,
+    and the interpreters and libraries of dynamically linked workloads.
 
     `workloads` and `modules` are (file name, content) pairs; modules are listed in
-    /etc/vmfault/modules in the order given, which must be their load order.
+    /etc/vmfault/modules in the order given, which must be their load order. `runtime`
+    holds (absolute guest path, content) pairs.
     """
     entries = [
         regular_file("init", agent, 0o755),
@@ -201,4 +204,13 @@ def guest_entries(
         entries.append(regular_file(f"{MODULE_DIR}/{name}", data))
         module_paths.append(f"/{MODULE_DIR}/{name}")
     entries.append(regular_file(MODULE_LIST_PATH, "".join(p + "\n" for p in module_paths).encode()))
+    known = {entry.path for entry in entries}
+    for path, data in runtime:
+        relative = str(PurePosixPath(path).relative_to("/"))
+        parents = PurePosixPath(relative).parents
+        for parent in reversed(parents[:-1]):
+            if str(parent) not in known:
+                entries.append(directory(str(parent)))
+                known.add(str(parent))
+        entries.append(regular_file(relative, data, 0o755))
     return entries

@@ -1,7 +1,9 @@
 """Workloads: the programs the guest runs, built in or brought by the user, and their toolchain.
 
-Every workload is a static x86-64 executable linked at 0x10000000, away from busybox
-(0x400000) and the agent (0x30000000), so an address says which program it belongs to.
+Every workload compiled here is a static x86-64 executable linked at 0x10000000, away from
+busybox (0x400000) and the agent (0x30000000), so an address says which program it belongs
+to. A user's binary may also be a PIE or dynamically linked: its interpreter and libraries
+then go into the image (`vmfault.guest.runtime`).
 """
 
 from __future__ import annotations
@@ -201,8 +203,9 @@ def validate_workload_name(name: str) -> None:
         )
 
 
-def check_static_elf(path: Path) -> None:
-    """ImageError unless `path` is an x86-64 ELF executable without a program interpreter."""
+def check_static_elf(path: Path, *, dynamic: bool = False) -> None:
+    """ImageError unless `path` is an x86-64 ELF executable without a program interpreter
+    (with `dynamic`, one with an interpreter passes too: its runtime files go along)."""
     try:
         with path.open("rb") as stream:
             header = stream.read(64)
@@ -232,7 +235,7 @@ def check_static_elf(path: Path) -> None:
         raise ImageError(f"{path} has a truncated program header table")
     for index in range(phnum):
         (p_type,) = struct.unpack_from("<I", table, index * phentsize)
-        if p_type == _PT_INTERP:
+        if p_type == _PT_INTERP and not dynamic:
             raise ImageError(
                 f"{path} is dynamically linked; the guest has no shared libraries",
                 hint="link it with -static",
@@ -300,7 +303,7 @@ def _user_input(user: UserWorkload) -> WorkloadInput:
             description=f"user workload compiled from {path.name}",
             origin=path,
         )
-    check_static_elf(path)
+    check_static_elf(path, dynamic=True)
     return WorkloadInput(
         name=user.name,
         kind=SourceKind.BINARY,
