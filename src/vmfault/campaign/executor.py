@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import selectors
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 BOOT_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,15 @@ class _Process:
 
     def receive(self) -> Any:
         return read_message(self.stdout)
+
+    def stop(self, timeout_s: float) -> None:
+        """Ask the worker to finish (end of its input): it destroys its machine, reaps its
+        QEMU and removes its run directory. Killed if it does not exit within `timeout_s`."""
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=timeout_s)
+        self.kill()
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -214,8 +225,12 @@ class LocalExecutor:
         return Completed(job, record, proc.name, now, now)
 
     def close(self) -> None:
-        """Stop every worker; safe to call more than once."""
+        """Stop every worker, killing those that do not finish in time; safe to call more
+        than once. Their QEMUs are reaped by them, or die with them when killed."""
         for proc in self._procs:
-            proc.kill()
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        for proc in self._procs:
+            proc.stop(STOP_TIMEOUT_S)
         self._procs.clear()
         self._selector.close()
