@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python bench/experiment.py
 	$(BIN)/python bench/campaign.py
 	$(BIN)/python bench/instructions.py
+	$(BIN)/python bench/storm.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
