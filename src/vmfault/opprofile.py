@@ -12,12 +12,10 @@ function, for campaigns that need the golden count of a class (`load_or_profile`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +27,7 @@ from typing import Any
 from vmfault.binary import CodeRange, WorkloadBinary
 from vmfault.execlog import count_executions, parse_exec_log
 from vmfault.faults.instructions import class_counts
+from vmfault.files import write_atomically
 from vmfault.guest.image import GuestImage
 from vmfault.machine import Accel, Machine
 from vmfault.process import EXEC_FUNCTION, run_to_exec
@@ -282,12 +281,5 @@ def load_or_profile(
         image, argv, function=function, deterministic=deterministic, accel=accel
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        partial.write_text(json.dumps(profile.to_json(), indent=1) + "\n", encoding="utf-8")
-        partial.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
+    write_atomically(path, (json.dumps(profile.to_json(), indent=1) + "\n").encode("utf-8"))
     return profile

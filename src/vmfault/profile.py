@@ -14,12 +14,10 @@ campaign profiles once (`load_or_profile_kernel`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -29,6 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from vmfault.errors import MachineError, MachineTimeoutError, UsageError
+from vmfault.files import write_atomically
 from vmfault.guest.image import GuestImage
 from vmfault.guest.symbols import KERNEL_MAP_BASE, KernelSymbols
 from vmfault.machine import Machine
@@ -372,11 +371,4 @@ def _load(path: Path) -> KernelProfile | None:
 
 def _store(path: Path, profile: KernelProfile) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        partial.write_text(json.dumps(profile.to_json(), indent=1) + "\n", encoding="utf-8")
-        partial.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
+    write_atomically(path, (json.dumps(profile.to_json(), indent=1) + "\n").encode("utf-8"))

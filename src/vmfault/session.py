@@ -10,7 +10,6 @@ pair brackets the workload exactly, in guest instructions in deterministic mode.
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from types import TracebackType
 from typing import Self
 
 from vmfault.errors import ImageError, MachineError, MachineTimeoutError, UsageError
+from vmfault.files import write_atomically
 from vmfault.guest.image import GuestImage, ImageSpec, build_image
 from vmfault.guest.protocol import HOOK_EXITED, HOOK_STARTED, AgentMode, FrameKind, agent_params
 from vmfault.guest.symbols import KernelSymbols
@@ -278,7 +278,7 @@ def capture_kernel_symbols(image: GuestImage, *, timeout_s: float = 120.0) -> Ke
         return KernelSymbols.load(path)
     shared = image.root.parent.parent / "kallsyms" / image.symbols_key
     if shared.exists():  # captured before for another image with the same kernel
-        _store_atomically(path, shared.read_bytes())
+        write_atomically(path, shared.read_bytes())
         return KernelSymbols.load(path)
     with Machine(machine_config(image, mode=AgentMode.KALLSYMS), name="kallsyms") as vm:
         if vm.channel.wait(FrameKind.EXIT, timeout_s=timeout_s) is None:
@@ -289,15 +289,9 @@ def capture_kernel_symbols(image: GuestImage, *, timeout_s: float = 120.0) -> Ke
         text = b"".join(f.payload for f in vm.channel.frames if f.kind == FrameKind.KALLSYMS)
     symbols = KernelSymbols.parse(text.decode("ascii", errors="replace"))
     shared.parent.mkdir(parents=True, exist_ok=True)
-    _store_atomically(shared, text)
-    _store_atomically(path, text)
+    write_atomically(shared, text)
+    write_atomically(path, text)
     return symbols
-
-
-def _store_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    partial.replace(path)
 
 
 def prepare_image(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from vmfault.errors import UsageError
+from vmfault.files import write_atomically
 from vmfault.report.data import CampaignReport, build_report
 from vmfault.report.figures import FIGURE_FORMATS, write_figures
 from vmfault.report.html import render_html
@@ -73,9 +74,4 @@ def report_command(
 
 def _write_atomically(path: Path, text: str) -> None:
     """Write `text` as UTF-8 to `path` whole or not at all."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(text, encoding="utf-8", errors="replace")
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(path, text.encode("utf-8", errors="replace"))
