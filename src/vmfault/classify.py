@@ -18,7 +18,9 @@
    the cause is the signal's name (`SIGSEGV`, `SIGILL`, ...), the evidence the first user-scope
    console line (`segfault at ...`, `traps: NAME[PID] trap invalid opcode ...`), if any.
 5. **hang**: no completion: the hang budget ran out (`timed_out`), or the workload never
-   reported its exit and nothing above explains why.
+   reported its exit and nothing above explains why. Except that an experiment observed for
+   a fixed period (`period_s`, the failure-rate mode) whose workload still ran at the end
+   of the period is **benign**: nothing failed within the period.
 6. **detected**: the workload finished and reported the error itself: its exit code differs
    from the golden run's (a non-zero exit where the golden run exited 0, typically), or its
    stdout or stderr matches the detect pattern (default `DETECTED`, as in
@@ -307,6 +309,9 @@ class Observation:
     """Non-empty: the VMM itself misbehaved (a QMP command failed, isolation broke, ...)."""
     budget_s: float | None = None
     """The hang budget in seconds, for the reason of a HANG."""
+    period_s: float | None = None
+    """Set when a fixed observation period (guest seconds after the fault) ran out while
+    the workload still ran: nothing failed within it."""
 
 
 @dataclass(frozen=True)
@@ -367,6 +372,12 @@ def classify(
             Outcome.CRASH, f"killed by {name}", cause=name, evidence=user[1] if user else ""
         )
 
+    if obs.period_s is not None and not obs.finished and not obs.timed_out:
+        return Classification(
+            Outcome.BENIGN,
+            f"no failure within the {obs.period_s:g} s period after the fault "
+            "(the workload was still running)",
+        )
     if obs.timed_out or not obs.finished:
         return Classification(Outcome.HANG, _hang_reason(obs))
 

@@ -56,6 +56,7 @@ from vmfault.faults import (
 )
 from vmfault.faults.schedule import RateModel, RateUnit, Schedule, parse_region
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
+from vmfault.guest.workloads import idle_argv
 from vmfault.machine import Accel, kvm_blocker, probe_boot
 from vmfault.opprofile import profile_instructions
 from vmfault.report.command import report_command
@@ -304,6 +305,10 @@ def inject(
     context: Annotated[
         Context, typer.Option(help="Register faults: user, kernel or any.")
     ] = Context.ANY,
+    period: Annotated[
+        str | None,
+        typer.Option(help="Judge the system this long after the fault, e.g. 1s (guest time)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 1,
     index: Annotated[int, typer.Option(help="Experiment index under the seed.")] = 0,
     workload_args: Annotated[
@@ -327,9 +332,9 @@ def inject(
             "give exactly one of --target and --op",
             hint="--target register:rip for a register, --op fadd for an instruction result",
         )
-    if op is not None and (trigger is not None or context is not Context.ANY):
+    if op is not None and (trigger is not None or context is not Context.ANY or period):
         raise UsageError(
-            "--trigger and --context do not apply to --op (the instance is the trigger)",
+            "--trigger, --context and --period do not apply to --op (the instance is the trigger)",
             hint="choose the instance with --instance, --max-dic or --probability",
         )
     if op is not None:
@@ -341,8 +346,9 @@ def inject(
     else:
         assert target is not None
         spec = FaultSpec(
-            Target.parse(target), BitModel.parse(bits), Trigger.parse(trigger), context
-        )
+            Target.parse(target), BitModel.parse(bits), Trigger.parse(trigger), context,
+            period_s=None if period is None else _period_s(period),
+        )  # fmt: skip
     table = None
     if crash_patterns is not None:
         table = CrashTable.default().extended(CrashTable.load(crash_patterns))
@@ -493,6 +499,10 @@ def storm(
     idle: Annotated[
         str | None, typer.Option(help="No workload: the idle system for this long, e.g. 2s.")
     ] = None,
+    period: Annotated[
+        str | None,
+        typer.Option(help="Judge the system this long after the last flip (guest time)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 1,
     workload_args: Annotated[
         list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
@@ -510,10 +520,11 @@ def storm(
         )
     schedule = Schedule.parse(interval) if interval is not None else None
     region_name, ranges = parse_region(region)
+    period_s = None if period is None else _period_s(period)
     if idle is not None:
         seconds = parse_duration_s(idle)
         image = prepare_image(_spec(config, None, None, None), log=_progress)
-        argv = ["/bin/busybox", "sleep", f"{seconds:g}"]
+        argv = list(idle_argv(seconds))
     else:
         if workload is None:
             raise UsageError("no workload given", hint="add --workload NAME, or --idle 2s")
@@ -527,7 +538,7 @@ def storm(
     ) as experimenter:
         model = None
         if rate is not None:
-            memory = experimenter.machine.memory_map().ram_bytes
+            memory = experimenter.region_bytes(region_name, ranges)
             model = RateModel(rate, RateUnit(rate_unit.value), memory, compression)
             schedule = model.schedule()
         assert schedule is not None
@@ -538,6 +549,7 @@ def storm(
             ranges=ranges,
             seed=seed,
             rate_model=model,
+            period_s=period_s,
         )
     if as_json:
         out.print_json(json.dumps(record.to_json()))
@@ -560,6 +572,13 @@ def storm(
             else f", stands for {record.real_world_s:,.0f} s of real-world time"
         )
     )
+
+
+def _period_s(text: str) -> float:
+    seconds = parse_duration_s(text)
+    if seconds <= 0:
+        raise UsageError(f"invalid period {text!r}: not longer than 0", hint="e.g. --period 1s")
+    return seconds
 
 
 def _require_known(name: str, spec: ImageSpec) -> None:

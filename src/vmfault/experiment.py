@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ __all__ = [
     "Golden",
     "Injection",
     "StormRecord",
+    "StormSummary",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,14 @@ STORM_CONTEXT_TRIES = 25
 """Slices of CONTEXT_SLICE_S a process-region flip waits for the workload to run."""
 STORM_TOLERANCE_S = 0.0001
 """A storm flip is placed once guest time is within this of its target."""
+STORM_APPROACH = 0.8
+"""Deterministic storms: the fraction of the guest time left to a flip that one run aims at."""
+STORM_APPROACH_MIN_S = 0.0005
+"""Deterministic storms: below this much guest time left, a run aims at the flip itself."""
+STORM_SPIN_S = 0.002
+"""The last this-many host seconds before a storm flip are waited for by polling."""
+PERIOD_EPS_S = 0.0001
+"""A fixed observation period is over once less than this much guest time of it is left."""
 SYMPTOM_FUNCTIONS = ("force_sig_fault", "oops_begin", "panic")
 """Kernel functions whose first call after an injection is the fault's first symptom."""
 
@@ -219,6 +229,33 @@ class Injection:
 
 
 @dataclass(frozen=True)
+class StormSummary:
+    """What a storm adds to its experiment's record (its flips are the record's injections).
+
+    Times are guest seconds (`guest_time`: `running-time` under TCG, `instructions` in
+    deterministic mode, one instruction = 1 ns). Errors are |achieved - scheduled| over the
+    gaps between flips; the first flip's error, from the workload's start, is apart.
+    """
+
+    region: str
+    schedule: str
+    flips: int
+    """Flips made (each read back; see the injections for which held)."""
+    guest_s: float
+    """Guest seconds from the workload's start to the last flip."""
+    real_world_s: float | None
+    """Real-world seconds the storm stands for (rate-model storms), else None."""
+    max_error_s: float
+    mean_error_s: float
+    first_flip_error_s: float
+    guest_time: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class ExperimentRecord:
     """Everything one experiment produced, ready to store or print."""
 
@@ -238,7 +275,10 @@ class ExperimentRecord:
     signal: str | None
     phases_s: dict[str, float] = field(default_factory=dict)
     extra_injections: tuple[Injection, ...] = ()
-    """Further injections of the same run (several instruction faults per run)."""
+    """Further injections of the same run (several instruction faults per run, the flips
+    of a storm after the first)."""
+    storm: StormSummary | None = None
+    """Storm experiments: the schedule and its timing."""
 
     def to_json(self) -> dict[str, Any]:
         """The `vmfault inject --json` object (instruction faults add `instruction`, F-SEFI's
@@ -247,6 +287,9 @@ class ExperimentRecord:
         if self.injection.op is not None:
             data["instruction"] = self.injection.fsefi_json()
             data["extra_injections"] = [i.fsefi_json() for i in self.extra_injections]
+        if self.storm is not None:
+            data["storm"] = self.storm.to_json()
+            data["extra_injections"] = [i.to_json() for i in self.extra_injections]
         return data
 
     def _base_json(self) -> dict[str, Any]:
@@ -325,6 +368,16 @@ class Flip:
     injected: bool
     reason: str = ""
 
+    def injection(self, target: str, trigger: str) -> Injection:
+        """The flip as one injection of a record: a byte, its bit, the values."""
+        where = "" if self.address is None else f"{self.address:#x}"
+        return Injection(
+            target=target, location=where, width=8, mask=1 << self.bit, mode="flip",
+            injected=self.injected, reason=self.reason, address=self.address,
+            virtual=self.virtual, before=self.before, after=self.after, readback=self.readback,
+            trigger=trigger, time_s=self.time_s,
+        )  # fmt: skip
+
     def to_json(self) -> dict[str, Any]:
         """Plain data; addresses as hex strings."""
         return {
@@ -358,6 +411,35 @@ class StormRecord:
     guest_s: float
     real_world_s: float | None
     phases_s: dict[str, float] = field(default_factory=dict)
+    stderr: str = ""
+    signal: str | None = None
+
+    def summary(self) -> StormSummary:
+        """The storm's schedule and timing, as an experiment record keeps them."""
+        last = self.flips[-1].time_s if self.flips else 0.0
+        return StormSummary(
+            region=self.region, schedule=self.schedule, flips=len(self.flips), guest_s=last,
+            real_world_s=self.real_world_s, max_error_s=self.max_error_s,
+            mean_error_s=self.mean_error_s, first_flip_error_s=self.first_flip_error_s,
+            guest_time=self.guest_time_unit,
+        )  # fmt: skip
+
+    def experiment_record(self, spec: FaultSpec) -> ExperimentRecord:
+        """The storm as a campaign's experiment record: the flips are its injections."""
+        trigger = f"storm:{self.schedule}"
+        injections = [flip.injection(spec.target.spelling, trigger) for flip in self.flips]
+        first = injections[0] if injections else Injection(
+            target=spec.target.spelling, location="", width=8, mask=0, mode="flip",
+            injected=False, reason=self.reason or "no flip was made", trigger=trigger,
+        )  # fmt: skip
+        return ExperimentRecord(
+            index=self.index, seed=self.seed, spec=spec.to_json(), injection=first,
+            outcome=self.outcome, reason=self.reason, cause=self.cause, evidence=self.evidence,
+            latency=None, activation=Activation.UNKNOWN, output=self.output,
+            stderr=self.stderr, exit_status=self.exit_status, signal=self.signal,
+            phases_s=self.phases_s, extra_injections=tuple(injections[1:]),
+            storm=self.summary(),
+        )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         """The `vmfault storm --json` object: `flips` first, then the outcome."""
@@ -385,6 +467,23 @@ class _Resume:
     symptom: tuple[float, int | None] | None = None
     at_exit: bool = False
     timed_out: bool = False
+
+
+@dataclass
+class _Period:
+    """A fixed period of guest time being run: guest seconds, counted as instructions in
+    deterministic mode (from `start_instructions`), else as the time the guest ran."""
+
+    period_s: float
+    start_instructions: int | None
+    ran_s: float = 0.0
+
+    def left_s(self, machine: Machine) -> float:
+        """Guest seconds of the period still to run (<= 0: over)."""
+        now = machine.instruction_count() if self.start_instructions is not None else None
+        if now is not None and self.start_instructions is not None:
+            return self.period_s - (now - self.start_instructions) / 1e9
+        return self.period_s - self.ran_s
 
 
 class Experimenter:
@@ -523,6 +622,8 @@ class Experimenter:
         every time. Raises MachineError only if the machine cannot be restored at all."""
         if spec.instruction is not None:
             return self._run_instruction(spec, seed=seed, index=index)
+        if spec.storm is not None:
+            return self._run_storm_spec(spec, seed=seed, index=index)
         golden = self._require_golden()
         vm = self.machine
         phases: dict[str, float] = {}
@@ -560,7 +661,7 @@ class Experimenter:
         )
         lap("inject")
         observation, read_first, symptom = self._observe(
-            injection, started, start_instructions, watch, event_mark
+            injection, started, start_instructions, watch, event_mark, period_s=spec.period_s
         )
         lap("observe")
         verdict = classify(golden.reference, observation, table=self.crash_table)
@@ -814,6 +915,9 @@ class Experimenter:
         explicit = target.address
         if explicit is not None:
             return explicit & ~7, None, f"{explicit & ~7:#x}", 8
+        if target.ranges:
+            physical = choose_in_ranges(list(target.ranges), rng, align=8)
+            return physical, None, f"{physical:#x}", 8
         if target.name.startswith("@"):
             return self._symbol_word(target.name[1:], rng)
         if target.name == "ram":
@@ -922,20 +1026,27 @@ class Experimenter:
         watch: int | None,
         event_mark: int,
         resume: _Resume | None = None,
+        *,
+        period_s: float | None = None,
     ) -> tuple[Observation, bool | None, tuple[float, int | None] | None]:
         """Run until the outcome is certain. Returns the observation, whether the faulted
         word was read before being overwritten (None: not watched or never touched), and
         the symptom's host time and instruction count. `resume` carries on a run that
-        went on after the injection (instruction faults count instances after it)."""
+        went on after the injection (instruction faults count instances after it).
+
+        With `period_s`, the run also ends once the guest has run that long after the
+        injection (guest seconds; instructions in deterministic mode), unless a symptom
+        was seen, in which case it runs on until its outcome is certain."""
         vm = self.machine
         golden = self._require_golden()
         read_first: bool | None = None
         symptom: tuple[float, int | None] | None = None
         console_mark = vm.console.mark()
         deadline = started + self._budget_s()
-        timed_out = finished = False
+        timed_out = finished = period_over = False
         if not injection.injected:
             return Observation(injected=False, finished=False), None, None
+        period = None if period_s is None else _Period(period_s, vm.instruction_count())
         if resume is not None:
             console_mark, symptom, timed_out = resume.console_mark, resume.symptom, resume.timed_out
             if resume.at_exit and vm.alive:
@@ -946,12 +1057,23 @@ class Experimenter:
         while resume is None or not (resume.at_exit or resume.timed_out):
             if not vm.alive:
                 break
+            limit = deadline - time.monotonic()
+            if period is not None and symptom is None:
+                limit = min(limit, period.left_s(vm) * self._host_per_guest_s())
             vm.cont()
-            stop = vm.wait_stop(timeout_s=max(0.0, deadline - time.monotonic()))
+            begun = time.monotonic()
+            stop = vm.wait_stop(timeout_s=max(0.0, limit))
+            if period is not None:
+                period.ran_s += time.monotonic() - begun
             if stop is None:
                 if not vm.alive:
                     break
                 vm.halt()
+                if period is not None and symptom is None and period.left_s(vm) <= PERIOD_EPS_S:
+                    period_over = True
+                    break
+                if time.monotonic() < deadline:
+                    continue  # stopped to look at the period, which runs on
                 if self._within_instruction_budget(start_instructions, golden):
                     deadline = time.monotonic() + self._budget_s()
                     continue
@@ -997,8 +1119,17 @@ class Experimenter:
             qemu_alive=vm.alive,
             qemu_exit_code=vm.exit_code,
             timed_out=timed_out,
+            period_s=period_s if period_over else None,
         )
         return observation, read_first, symptom
+
+    def _host_per_guest_s(self) -> float:
+        """Host seconds per guest second while the guest runs: 1 under plain TCG (guest time
+        is the time it runs), the golden run's pace in deterministic mode."""
+        golden = self._require_golden()
+        if not self.deterministic or not golden.instructions:
+            return 1.0
+        return golden.wall_s / (golden.instructions / 1e9)
 
     def _set_symptom_breakpoints(self) -> tuple[int, ...]:
         """Breakpoints on the kernel's first reactions to a fault (a fatal signal for a user
@@ -1282,9 +1413,11 @@ class Experimenter:
         seed: int,
         index: int = 0,
         rate_model: RateModel | None = None,
+        period_s: float | None = None,
     ) -> StormRecord:
         """A storm: `flips` single-bit memory flips in `region`, spaced by `schedule` in
-        guest time from the workload's start, then the outcome as for one experiment.
+        guest time from the workload's start, then the outcome as for one experiment
+        (observed for `period_s` guest seconds after the last flip, if given).
 
         Guest time is exact in deterministic mode (1 ns per instruction); otherwise it is
         the host time the guest actually ran (QEMU's virtual clock runs only while it
@@ -1303,11 +1436,14 @@ class Experimenter:
         gaps = schedule.gaps(flips, rng)
         start_instructions = vm.instruction_count()
         # Guest seconds per host second while running: 1 under plain TCG (the virtual
-        # clock is the host clock); under icount it is the instruction rate, so aim a
-        # little short and close in rather than overshoot.
+        # clock is the host clock). Under icount it is the instruction rate, which varies
+        # (code being translated runs slower than code already translated): the fastest
+        # rate seen so far converts, and long hops aim at most STORM_APPROACH of the way,
+        # so the guest closes in on a flip from below instead of overshooting it.
+        counted = start_instructions is not None
         speed = 1.0
-        if start_instructions is not None and golden.instructions:
-            speed = golden.instructions / 1e9 / max(golden.wall_s, 1e-6) / 0.8
+        if counted and golden.instructions:
+            speed = golden.instructions / 1e9 / max(golden.wall_s, 1e-6)
         guest_s = self._storm_warm_up(start_instructions)
         exited = panicked = False
         done: list[Flip] = []
@@ -1317,15 +1453,20 @@ class Experimenter:
             # late halt delays the schedule but never distorts the spacing of the next gap.
             target_s = (done[-1].time_s if done else 0.0) + gap
             while target_s - guest_s > STORM_TOLERANCE_S and not panicked:
+                left = target_s - guest_s
+                if counted and left > STORM_APPROACH_MIN_S:
+                    left *= STORM_APPROACH
                 gdb.cont()
                 begun = time.perf_counter()
-                stop = gdb.wait_stop(timeout_s=(target_s - guest_s) / speed)
+                stop = _run_for(gdb, begun, left / speed)
                 if stop is None:
                     gdb.halt()
                 elapsed = time.perf_counter() - begun
                 now = vm.instruction_count()
                 if now is not None and start_instructions is not None:
-                    guest_s = (now - start_instructions) / 1e9
+                    before_s, guest_s = guest_s, (now - start_instructions) / 1e9
+                    if stop is None and elapsed > 0:
+                        speed = max(speed, (guest_s - before_s) / elapsed)
                 else:
                     guest_s += elapsed
                 if stop is not None:
@@ -1347,8 +1488,9 @@ class Experimenter:
             observation = self._finish_after_storm(event_mark, exited=exited)
         else:
             observation, _, _ = self._observe(
-                injection, time.monotonic(), start_instructions, None, event_mark
-            )
+                injection, time.monotonic(), start_instructions, None, event_mark,
+                period_s=period_s,
+            )  # fmt: skip
         phases["observe"] = time.perf_counter() - clock
         verdict = classify(golden.reference, observation, table=self.crash_table)
         # Per gap between flips (see the loop); the first flip's own error is kept apart,
@@ -1368,7 +1510,35 @@ class Experimenter:
             max_error_s=max(errors, default=0.0), first_flip_error_s=first_error,
             mean_error_s=sum(errors) / len(errors) if errors else 0.0,
             guest_s=guest_s, real_world_s=real_world, phases_s=phases,
+            stderr=observation.stderr.decode("utf-8", errors="replace"),
+            signal=_signal_name(observation.signal),
         )  # fmt: skip
+
+    def _run_storm_spec(self, spec: FaultSpec, *, seed: int, index: int) -> ExperimentRecord:
+        """A storm family's experiment (`spec.storm`) as an experiment record."""
+        storm = spec.storm
+        assert storm is not None
+        ranges = spec.target.ranges
+        region = "custom" if ranges else spec.target.name
+        memory = 0
+        if storm.rate is not None:
+            memory = self.region_bytes(region, ranges)
+        schedule, model = storm.resolve(memory)
+        record = self.run_storm(
+            flips=storm.flips, schedule=schedule, region=region, ranges=ranges, seed=seed,
+            index=index, rate_model=model, period_s=spec.period_s,
+        )  # fmt: skip
+        return record.experiment_record(spec)
+
+    def region_bytes(self, region: str, ranges: Sequence[tuple[int, int]] = ()) -> int:
+        """The size in bytes of a storm region (what a physical upset rate applies to)."""
+        if region == "process":
+            raise UsageError(
+                "a physical rate needs a region of fixed size, and memory:process changes "
+                "as the workload runs",
+                hint="use an interval with memory:process, or a rate with another region",
+            )
+        return sum(end - start for start, end in self._storm_ranges(region, ranges))
 
     def _storm_warm_up(self, start_instructions: int | None) -> float:
         """Run the restored guest for an instant; returns the guest seconds it ran.
@@ -1467,6 +1637,35 @@ class Experimenter:
             guest_panicked="GUEST_PANICKED" in events or not exited,
             qemu_alive=vm.alive, qemu_exit_code=vm.exit_code,
         )  # fmt: skip
+
+
+def _run_for(gdb: Any, begun: float, seconds: float) -> Any:
+    """Let the running guest run until `seconds` after `begun` (perf_counter) or until it
+    stops; its stop reply, or None with the guest still running at the deadline.
+
+    Sleeps until STORM_SPIN_S before the deadline, then polls: a sleeping thread can wake
+    milliseconds late on a busy or virtualised host, a polling one is on time.
+    """
+    deadline = begun + seconds
+    nap = deadline - STORM_SPIN_S - time.perf_counter()
+    if nap > 0:
+        stop = gdb.wait_stop(timeout_s=nap)
+        if stop is not None:
+            return stop
+    while time.perf_counter() < deadline:
+        stop = gdb.poll_stop()
+        if stop is not None:
+            return stop
+    return None
+
+
+def _signal_name(number: int | None) -> str | None:
+    if number is None:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
 
 
 def _reader(gdb: Any) -> Any:

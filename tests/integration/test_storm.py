@@ -6,13 +6,16 @@ import itertools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from vmfault.classify import Outcome
+from vmfault.errors import UsageError
 from vmfault.experiment import Experimenter
 from vmfault.faults.schedule import Schedule
 from vmfault.guest.image import GuestImage
+from vmfault.store import SQLiteStore
 
 pytestmark = pytest.mark.vm
 
@@ -71,6 +74,7 @@ def test_idle_system_storm(image: GuestImage) -> None:
         (["--interval", "50ms..5ms"], "invalid interval"),
         (["--interval", "10ms", "--region", "heap"], "invalid region"),
         ([], "exactly one of --interval and --rate"),
+        (["--interval", "10ms", "--period", "0s"], "invalid period"),
     ],
 )
 def test_bad_storm_input_is_one_line(args: list[str], message: str) -> None:
@@ -78,3 +82,96 @@ def test_bad_storm_input_is_one_line(args: list[str], message: str) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+STORM_CAMPAIGN = """
+[campaign]
+name = "storms"
+seed = 4
+experiments = 6
+workers = 1
+
+[guest]
+{guest}
+
+[[faults]]
+target = "memory:kernel-data"
+flips = 5
+interval = "4ms"
+{storm_extra}
+
+[[faults]]
+target = "memory"
+trigger = "time:5ms"
+period = "20ms"
+"""
+
+
+def run_campaign(tmp_path: Path, guest: str, storm_extra: str = "") -> Path:
+    file = tmp_path / "storms.toml"
+    file.write_text(STORM_CAMPAIGN.format(guest=guest, storm_extra=storm_extra))
+    result = subprocess.run(
+        [sys.executable, "-m", "vmfault", "campaign", "run", str(file), "--json"],
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["done"] == 6
+    return tmp_path / "storms.db"
+
+
+def test_storm_and_failure_rate_campaign_end_to_end(image: GuestImage, tmp_path: Path) -> None:
+    db = run_campaign(tmp_path, 'workload = "checksum"')
+    with SQLiteStore.open_readonly(db) as store:
+        rows = list(store.rows())
+        assert [row["stratum"] for row in rows] == ["storm:kernel-data"] * 3 + ["memory:ram"] * 3
+        for row in rows[:3]:
+            assert row["flips"] == 5 and row["injections"] == 5
+            assert isinstance(row["storm_s"], float) and 0.015 <= row["storm_s"] <= 0.05
+            assert row["real_world_s"] is None
+            flips = store.injections(int(str(row["experiment_id"])))
+            assert len(flips) == 5
+            for flip in flips:
+                assert flip.injected and flip.before != flip.after
+                assert flip.readback == flip.after and flip.mask.bit_count() == 1
+            times = [flip.time_s for flip in flips]
+            assert all(isinstance(t, float) for t in times) and times == sorted(times)  # type: ignore[type-var]
+            record = store.load(int(str(row["experiment_id"])))
+            assert record is not None and record.storm is not None
+            assert record.storm.schedule == "4ms" and record.storm.flips == 5
+        for row in rows[3:]:
+            assert row["flips"] is None and row["injections"] == 1
+            assert row["outcome"] in {o.value for o in Outcome}
+            if row["outcome"] == "benign":
+                # The period (20 ms after a flip at 5 ms) ends before the workload does.
+                assert "period" in str(row["reason"]) or "identical" in str(row["reason"])
+    report = tmp_path / "report.html"
+    result = subprocess.run(
+        [sys.executable, "-m", "vmfault", "report", str(db), "-o", str(report)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Fault storms" in report.read_text()
+
+
+def test_idle_system_failure_rate_campaign(image: GuestImage, tmp_path: Path) -> None:
+    db = run_campaign(tmp_path, 'idle = "0.15s"', storm_extra='period = "30ms"')
+    with SQLiteStore.open_readonly(db) as store:
+        counts = store.outcome_counts()
+        assert sum(counts.values()) == 6
+        # The idle system has no output to corrupt: it fails by panic, oops or hang only.
+        assert counts["sdc"] == counts["detected"] == counts["vmm-error"] == 0
+        golden = store.golden(["/bin/busybox", "sleep", "0.15"])
+        assert golden is not None and golden.exit_status == 0
+        storms = [row for row in store.rows() if row["flips"] is not None]
+        assert len(storms) == 3 and all(row["flips"] == 5 for row in storms)
+
+
+def test_storm_rate_uses_the_region_size(image: GuestImage) -> None:
+    with Experimenter(image, ["checksum"]) as experimenter:
+        text = experimenter.symbols.text()
+        assert experimenter.region_bytes("kernel-text") == text.size
+        assert experimenter.region_bytes("custom", [(0x100000, 0x200000)]) == 0x100000
+        ram = experimenter.machine.memory_map().ram_bytes
+        assert experimenter.region_bytes("ram") == ram
+        with pytest.raises(UsageError, match="fixed size"):
+            experimenter.region_bytes("process")

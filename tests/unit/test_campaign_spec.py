@@ -406,5 +406,75 @@ def test_json_schema_describes_the_file() -> None:
         "faults_per_run",
         "bit_range",
         "probability",
+        "flips",
+        "interval",
+        "rate",
+        "rate_unit",
+        "compression",
+        "period",
     }
     json.dumps(schema)
+
+
+STORMS = """\
+[campaign]
+name = "storms"
+experiments = 6
+
+[guest]
+idle = "0.5s"
+
+[[faults]]
+target = "memory:kernel-data"
+flips = 10
+interval = "10ms"
+period = "0.2s"
+
+[[faults]]
+target = "memory:0x1000000-0x1100000"
+flips = 3
+rate = 1000
+rate_unit = "per-gib-month"
+compression = 1e9
+
+[[faults]]
+target = "memory"
+period = "1s"
+"""
+
+
+def test_storm_period_and_idle_families(tmp_path: Path) -> None:
+    spec = load_campaign(write(tmp_path, STORMS))
+    assert spec.guest.idle_s == 0.5 and spec.workload_name == "idle"
+    assert spec.user_workload() is None
+    storm, rated, period = (family.fault_spec() for family in spec.faults)
+    assert [family.name for family in spec.faults] == [
+        "storm:kernel-data", "storm:0x1000000-0x1100000", "memory:ram",
+    ]  # fmt: skip
+    assert storm.storm is not None and storm.storm.flips == 10 and storm.period_s == 0.2
+    assert rated.storm is not None and rated.storm.compression == 1e9
+    assert period.storm is None and period.period_s == 1.0
+    assert CampaignSpec.from_json(spec.to_json()) == spec
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("flips = 10\n", ""), "faults[0].flips: missing flips for a storm"),
+        (('interval = "10ms"\n', ""), "faults[0].flips: flips needs interval or rate"),
+        (('interval = "10ms"', 'interval = "soon"'), "faults[0].interval: invalid interval"),
+        (('period = "0.2s"', 'period = "0s"'), "faults[0].period: a period must be longer"),
+        (("compression = 1e9\n", ""), "faults[1].compression: missing compression"),
+        (('interval = "10ms"', 'interval = "10ms"\nbits = 2'), "faults[0].bits: bits does not"),
+        (('idle = "0.5s"', 'idle = "0.5s"\nworkload = "checksum"'), "give workload or idle"),
+        (('idle = "0.5s"', "deterministic = false"), "guest.workload: missing workload"),
+        (('idle = "0.5s"', 'idle = "never"'), "guest.idle: invalid duration"),
+    ],
+)
+def test_bad_storm_families_are_one_line(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    old, new = change
+    assert old in STORMS
+    error = load_error(tmp_path, STORMS.replace(old, new, 1))
+    assert message in error.message, error.message

@@ -709,3 +709,20 @@ def test_latency_value() -> None:
 )
 def test_activation_of(outcome: Outcome, read: bool | None, activation: Activation) -> None:
     assert activation_of(outcome, read_before_overwrite=read) is activation
+
+
+# ---- fixed observation periods (failure rate per flip) --------------------------------------
+
+
+def test_a_period_that_ends_with_the_workload_running_is_benign() -> None:
+    verdict = classify(GOLDEN, stuck(period_s=0.5))
+    assert verdict.outcome is Outcome.BENIGN
+    assert "0.5 s period" in verdict.reason
+
+
+def test_failures_within_the_period_still_count() -> None:
+    assert classify(GOLDEN, stuck(GP_OOPS, period_s=0.5)).outcome is Outcome.CRASH
+    assert classify(GOLDEN, stuck(guest_panicked=True, period_s=0.5)).outcome is Outcome.CRASH
+    assert classify(GOLDEN, stuck(timed_out=True, period_s=0.5)).outcome is Outcome.HANG
+    wrong = dataclasses.replace(finished(b"checksum: 0x1\n"), period_s=0.5)
+    assert classify(GOLDEN, wrong).outcome is Outcome.SDC

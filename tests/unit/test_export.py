@@ -14,21 +14,26 @@ import pytest
 
 import vmfault.store.export as export_module
 import vmfault.store.sqlite as sqlite_backend
-from tests.unit.test_store import create_store, record
+from tests.unit.test_store import create_store, record, record_storm
 from vmfault.errors import UsageError
 from vmfault.store import COLUMN_NAMES, COLUMNS, SQLiteStore
 from vmfault.store.export import FORMATS, ExportFormat, export
 
-IDS = [0, 1, 2, 3, 4, 5, 6, 7, 10, 42, 43]
+IDS = [0, 1, 2, 3, 4, 5, 6, 7, 10, 20, 21, 42, 43]
+STORM_IDS = frozenset({20, 21})
+"""Storm experiments: 20 with real_world_s, 21 without."""
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    """A store with experiments of every kind (128-bit values, None and empty fields)."""
+    """A store with experiments of every kind (128-bit values, None and empty fields, storms)."""
     (tmp_path / "db").mkdir()
     with create_store(tmp_path / "db" / "campaign.db") as opened:
         for i in reversed(IDS):
-            record(opened, i)
+            if i in STORM_IDS:
+                record_storm(opened, i)
+            else:
+                record(opened, i)
         yield opened
 
 
@@ -92,6 +97,11 @@ def test_each_format_reads_back_as_the_rows(
     assert all(tuple(row) == COLUMN_NAMES for row in got)
     assert got == expected
     assert got[0]["mask"] == "0x80000000000000000000000000000001"
+    storms = [row for row in got if row["experiment_id"] in STORM_IDS]
+    assert [row["flips"] for row in storms] == [3, 3]
+    assert storms[0]["real_world_s"] == 3600.0 * 21 / 7
+    assert storms[1]["real_world_s"] is None
+    assert all(row["flips"] is None for row in got if row["experiment_id"] not in STORM_IDS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db", target.name]
 
 

@@ -21,6 +21,7 @@ from vmfault.faults import (
     plan,
     rng_for,
 )
+from vmfault.faults.schedule import Schedule, Storm
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,8 @@ from vmfault.faults import (
         ("memory:ram", TargetKind.MEMORY, "ram"),
         ("memory:process", TargetKind.MEMORY, "process"),
         ("memory:0x1234000", TargetKind.MEMORY, "0x1234000"),
+        ("memory", TargetKind.MEMORY, "ram"),
+        ("memory:0x1000-0x2000, 0x3000-0x4000", TargetKind.MEMORY, "0x1000-0x2000,0x3000-0x4000"),
         ("memory:@checksum_values+0x10", TargetKind.MEMORY, "@checksum_values+0x10"),
         ("kernel-code:hot", TargetKind.KERNEL_CODE, "hot"),
         ("kernel-code:ksys_write", TargetKind.KERNEL_CODE, "ksys_write"),
@@ -49,6 +52,8 @@ def test_target_spellings(text: str, kind: TargetKind, name: str) -> None:
         ("register:rzz", "unknown register 'rzz'"),
         ("register:cr3", "read-only"),
         ("memory:heap", "invalid memory target"),
+        ("memory:0x2000-0x1000", "invalid memory target"),
+        ("memory:0x1000-", "invalid memory target"),
         ("cache:l1", "invalid target"),
         ("register:", "invalid target"),
     ],
@@ -57,6 +62,32 @@ def test_bad_targets_name_the_problem(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message) as caught:
         Target.parse(text)
     assert caught.value.hint
+
+
+def test_memory_ranges() -> None:
+    target = Target.parse("memory:0x1000000-0x1100000")
+    assert target.ranges == ((0x1000000, 0x1100000),)
+    assert target.address is None
+    assert Target.parse("memory:kernel-text").ranges == ()
+    assert Target.parse("memory:0x1000").ranges == ()
+
+
+def test_storm_and_period_specs() -> None:
+    storm = Storm(10, Schedule.parse("10ms"))
+    spec = FaultSpec(Target.parse("memory:kernel-data"), storm=storm, period_s=0.5)
+    data = spec.to_json()
+    assert data["storm"]["interval"] == "10ms" and data["period_s"] == 0.5
+    for target in ("register:rax", "memory:@checksum_values", "memory:0x1000"):
+        with pytest.raises(UsageError, match="a storm needs a memory region"):
+            FaultSpec(Target.parse(target), storm=storm)
+    with pytest.raises(UsageError, match="one random bit"):
+        FaultSpec(Target.parse("memory:ram"), BitModel.parse(2), storm=storm)
+    with pytest.raises(UsageError, match="schedule is its trigger"):
+        FaultSpec(Target.parse("memory:ram"), trigger=Trigger.parse("time:1ms"), storm=storm)
+    with pytest.raises(UsageError, match="not positive"):
+        FaultSpec(Target.parse("memory:ram"), period_s=0.0)
+    with pytest.raises(UsageError, match="period does not apply"):
+        FaultSpec(Target.parse("instruction:fadd"), period_s=1.0)
 
 
 def test_groups_expand() -> None:

@@ -7,7 +7,14 @@ import statistics
 import pytest
 
 from vmfault.errors import UsageError
-from vmfault.faults.schedule import RateModel, RateUnit, Schedule, ScheduleKind, parse_region
+from vmfault.faults.schedule import (
+    RateModel,
+    RateUnit,
+    Schedule,
+    ScheduleKind,
+    Storm,
+    parse_region,
+)
 from vmfault.faults.select import rng_for
 
 
@@ -58,3 +65,30 @@ def test_rate_model_per_gib_month() -> None:
     assert model.upsets_per_real_second() == pytest.approx(2.0 / (30 * 24 * 3600))
     with pytest.raises(UsageError, match="zero"):
         RateModel(0.0, RateUnit.PER_GIB_MONTH, 2**30, compression=1.0).schedule()
+
+
+def test_storm_schedule_from_an_interval_or_a_rate() -> None:
+    fixed = Storm(5, Schedule.parse("10ms"))
+    assert fixed.resolve(2**20) == (Schedule.parse("10ms"), None)
+    assert fixed.describe() == "5 x 10ms"
+    rated = Storm(3, rate=1000.0, rate_unit=RateUnit.FIT_PER_MBIT, compression=1e9)
+    schedule, model = rated.resolve(128 * 2**20)
+    assert model == RateModel(1000.0, RateUnit.FIT_PER_MBIT, 128 * 2**20, 1e9)
+    assert schedule == model.schedule()
+    assert rated.to_json()["compression"] == 1e9
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one of interval and rate"),
+        ({"schedule": Schedule.parse("1ms"), "rate": 5.0, "compression": 1.0}, "exactly one"),
+        ({"rate": 5.0}, "positive compression"),
+        ({"rate": -5.0, "compression": 1.0}, "not positive"),
+    ],
+)
+def test_bad_storms(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        Storm(4, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="at least one flip"):
+        Storm(0, Schedule.parse("1ms"))

@@ -20,7 +20,7 @@ import pytest
 import vmfault.store.sqlite as sqlite_backend
 from vmfault.classify import Activation, Latency, LatencyUnit, Outcome
 from vmfault.errors import UsageError, VmfaultError
-from vmfault.experiment import ExperimentRecord, Injection
+from vmfault.experiment import ExperimentRecord, Injection, StormSummary
 from vmfault.store import (
     COLUMN_NAMES,
     SCHEMA_VERSION,
@@ -163,6 +163,83 @@ def record(store: ResultStore, i: int, stratum: str | None = None) -> Experiment
     return rec
 
 
+STORM_SPEC = {"target": "storm", "region": "process", "schedule": "rate"}
+STORM_COLUMNS = ("flips", "storm_s", "real_world_s")
+
+
+def make_storm_record(i: int) -> ExperimentRecord:
+    """Storm experiment `i`: three process-memory flips (the first `injection`, the second
+    not held), rate-model timing (real_world_s set) for even ids, fixed gaps (None) for odd."""
+    flips = tuple(
+        Injection(
+            target="memory",
+            location="process",
+            width=8,
+            mask=1 << bit,
+            mode="flip",
+            injected=n != 1,
+            reason="" if n != 1 else "read back 0x0, wrote 0x20",
+            address=0x1234_5000 + 64 * n + i,
+            virtual=0x7FFF_F000_0000 + 64 * n + i,
+            before=0x00,
+            after=1 << bit,
+            readback=0x00 if n == 1 else 1 << bit,
+            trigger=f"storm:{n}",
+            time_s=0.001 * (n + 1) + i / 1e6,
+            instructions=1_000_000 * (n + 1),
+            rip=0x4010_00 + n,
+            user_mode=True,
+        )
+        for n, bit in enumerate((3, 5, 7))
+    )
+    rate = i % 2 == 0
+    storm = StormSummary(
+        region="process",
+        schedule="rate:1e-6/bit/h" if rate else "gaps:0.001",
+        flips=len(flips),
+        guest_s=0.003 + i / 1e6,
+        real_world_s=3600.0 * (i + 1) / 7 if rate else None,
+        max_error_s=1.25e-5,
+        mean_error_s=1e-5 / 3,
+        first_flip_error_s=2e-7,
+        guest_time="instructions" if rate else "running-time",
+    )
+    return ExperimentRecord(
+        index=i,
+        seed=20240501 + i,
+        spec=STORM_SPEC,
+        injection=flips[0],
+        outcome=Outcome.CRASH,
+        reason=f"storm {i}: SIGSEGV",
+        cause="SIGSEGV",
+        evidence="checksum: killed by SIGSEGV",
+        latency=Latency(5000 + i, LatencyUnit.GUEST_NS),
+        activation=Activation.MANIFESTED,
+        output="",
+        stderr="",
+        exit_status=None,
+        signal="SIGSEGV",
+        phases_s={"restore": 0.01, "storm": 0.5, "observe": 1 / 3},
+        extra_injections=flips[1:],
+        storm=storm,
+    )
+
+
+def record_storm(store: ResultStore, i: int) -> ExperimentRecord:
+    """Record storm experiment `i` (stratum `storm`) as the campaign runner does."""
+    rec = make_storm_record(i)
+    store.record(
+        i,
+        "storm",
+        rec,
+        worker="worker-storm",
+        started_at=1_714_560_000.0 + i,
+        finished_at=1_714_560_001.0 + i,
+        extra_injections=rec.extra_injections,
+    )
+    return rec
+
+
 def _created(path: Path) -> SQLiteStore:
     return create_store(path)
 
@@ -234,6 +311,63 @@ def test_several_injections_keep_their_order(store: ResultStore) -> None:
     row = next(store.rows())
     assert row["injections"] == 3
     assert row["location"] == "xmm0"
+
+
+def test_a_storm_round_trips(store: ResultStore) -> None:
+    storms = {i: record_storm(store, i) for i in (20, 21)}
+    others = {i: record(store, i) for i in (0, 1)}
+    for i, rec in storms.items():
+        assert rec.storm is not None
+        loaded = store.load(i)
+        assert loaded is not None
+        assert loaded == rec
+        assert loaded.injection == rec.injection  # the first flip
+        assert store.injections(i) == (rec.injection, *rec.extra_injections)
+        assert len(store.injections(i)) == rec.storm.flips == 3
+        assert store.record_json(i) == rec.to_json()
+    fixed = store.load(21)
+    assert fixed is not None and fixed.storm is not None
+    assert fixed.storm.real_world_s is None
+    for i, rec in others.items():
+        loaded = store.load(i)
+        assert loaded is not None
+        assert loaded == rec
+        assert loaded.storm is None and loaded.extra_injections == ()
+    assert COLUMN_NAMES[-3:] == STORM_COLUMNS
+    rows = {row["experiment_id"]: row for row in store.rows()}
+    for i, rec in storms.items():
+        assert rec.storm is not None
+        assert rows[i]["injections"] == 3
+        assert rows[i]["location"] == "process"
+        assert [rows[i][name] for name in STORM_COLUMNS] == [
+            3,
+            rec.storm.guest_s,
+            rec.storm.real_world_s,
+        ]
+    assert rows[20]["real_world_s"] == 3600.0 * 21 / 7
+    for i in others:
+        assert [rows[i][name] for name in STORM_COLUMNS] == [None, None, None]
+
+
+def test_a_failed_storm_record_leaves_nothing(store: ResultStore) -> None:
+    rec = make_storm_record(20)
+    assert rec.storm is not None
+    nameless = dataclasses.replace(rec.storm, region=None)  # type: ignore[arg-type]
+    bad = dataclasses.replace(rec, storm=nameless)
+    with pytest.raises(StoreError, match="NOT NULL"):
+        store.record(
+            20,
+            "storm",
+            bad,
+            worker="w",
+            started_at=0.0,
+            finished_at=1.0,
+            extra_injections=bad.extra_injections,
+        )
+    assert not store.has(20)
+    assert store.injections(20) == ()
+    record_storm(store, 20)
+    assert store.load(20) == rec
 
 
 def test_duplicate_id_raises_and_keeps_the_first(store: ResultStore) -> None:
@@ -336,11 +470,15 @@ def test_rows_are_flat_ordered_and_complete(
         "phases_json": json.dumps(rec.phases_s),
         "output": rec.output,
         "stderr": rec.stderr,
+        "flips": None,
+        "storm_s": None,
+        "real_world_s": None,
     }
     not_injected = rows[2]
     assert (not_injected["outcome"], not_injected["injected"]) == ("not-injected", False)
     assert not_injected["user_mode"] is None
     assert not_injected["injection_reason"] == "the workload exited before the trigger"
+    assert all(row[name] is None for row in rows for name in STORM_COLUMNS)
     assert rows[1]["address"] == f"{KERNEL_ADDRESS + 1:#x}"
     assert rows[1]["user_mode"] is True
 
@@ -731,3 +869,108 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         with pytest.raises(UsageError, match="newer") as caught:
             opener(path)
         assert "upgrade" in caught.value.hint
+
+
+@pytest.mark.parametrize("version", [0, -1])
+def test_unknown_schema_version_is_refused(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "c.db"
+    create_store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+    for opener in OPENERS.values():
+        with pytest.raises(UsageError, match="unknown schema version"):
+            opener(path)
+
+
+# --------------------------------------------------------------------- schema version 1
+
+V1_IDS = (0, 1, 2, 3)
+
+
+def make_version_1(path: Path) -> None:
+    """A version-1 database (no storm table, user_version 1) holding experiments V1_IDS."""
+    with create_store(path) as store:
+        for i in V1_IDS:
+            record(store, i)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("DROP TABLE storm")
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    finally:
+        conn.close()
+    assert schema_of(path) == (1, False)
+
+
+def schema_of(path: Path) -> tuple[int, bool]:
+    """The file's user_version, and whether it has a storm table."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+    return version, "storm" in tables
+
+
+def test_a_version_1_database_is_read_without_writing(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    make_version_1(path)
+    content = path.read_bytes()
+    with SQLiteStore.open_readonly(path) as reader:
+        assert reader.campaign_info().schema_version == 1
+        assert reader.done_ids() == set(V1_IDS)
+        assert all(reader.load(i) == make_record(i) for i in V1_IDS)
+        assert reader.injections(0) == (make_record(0).injection,)
+        rows = list(reader.rows())
+        assert [row["experiment_id"] for row in rows] == list(V1_IDS)
+        assert all(tuple(row) == COLUMN_NAMES for row in rows)
+        assert all(row[name] is None for row in rows for name in STORM_COLUMNS)
+        with pytest.raises(StoreError, match="read-only"):
+            record_storm(reader, 20)
+    assert path.read_bytes() == content
+    assert schema_of(path) == (1, False)
+
+
+@pytest.mark.parametrize("opener", [SQLiteStore.open, create_store], ids=["open", "create"])
+def test_a_writer_migrates_a_version_1_database(
+    tmp_path: Path, opener: Callable[[Path], SQLiteStore]
+) -> None:
+    path = tmp_path / "c.db"
+    make_version_1(path)
+    with SQLiteStore.open_readonly(path) as reader:
+        assert reader.campaign_info().schema_version == 1
+        with opener(path) as writer:
+            assert schema_of(path) == (SCHEMA_VERSION, True)
+            assert writer.campaign_info().schema_version == SCHEMA_VERSION
+            assert all(writer.load(i) == make_record(i) for i in V1_IDS)
+            storm = record_storm(writer, 20)
+            assert writer.load(20) == storm
+        # The reader opened on version 1 sees the migration and the storm recorded since.
+        assert reader.campaign_info().schema_version == SCHEMA_VERSION
+        assert reader.load(20) == storm
+        rows = {row["experiment_id"]: row for row in reader.rows()}
+        assert rows[20]["flips"] == 3
+        assert all(rows[i]["flips"] is None for i in V1_IDS)
+    with SQLiteStore.open(path) as again:  # a migrated database opens as it is
+        assert again.count() == len(V1_IDS) + 1
+    assert schema_of(path) == (SCHEMA_VERSION, True)
+
+
+def test_a_failed_migration_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.db"
+    make_version_1(path)
+    failing = (*sqlite_backend._MIGRATIONS[1], "CREATE TABLE storm (x)")
+    monkeypatch.setattr(sqlite_backend, "_MIGRATIONS", {1: failing})
+    with pytest.raises(StoreError, match="already exists"):
+        SQLiteStore.open(path)
+    assert schema_of(path) == (1, False)
+    assert not (tmp_path / "c.db-writer.lock").exists()
+    monkeypatch.undo()
+    with SQLiteStore.open(path) as writer:
+        assert writer.done_ids() == set(V1_IDS)
+    assert schema_of(path) == (SCHEMA_VERSION, True)

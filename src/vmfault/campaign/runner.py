@@ -25,6 +25,7 @@ from vmfault.campaign.worker import WorkerSetup
 from vmfault.errors import MachineError, VmfaultError
 from vmfault.experiment import Golden
 from vmfault.guest.image import GuestImage, ImageSpec
+from vmfault.guest.workloads import idle_argv
 from vmfault.machine import Accel
 from vmfault.session import prepare_image
 from vmfault.store import SQLiteStore
@@ -72,6 +73,9 @@ def campaign_image(spec: CampaignSpec, *, log: Callable[[str], None] | None = No
 
 def workload_argv(spec: CampaignSpec, image: GuestImage) -> tuple[str, ...]:
     """The workload command line of the campaign (default arguments when none are given)."""
+    idle = spec.guest.idle_s
+    if idle is not None:
+        return idle_argv(idle)
     name = spec.workload_name
     args = tuple(spec.guest.args) or image.workload(name).default_args
     return (name, *args)

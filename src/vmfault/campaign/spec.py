@@ -63,7 +63,9 @@ from vmfault.faults.model import (
     Target,
     Trigger,
     TriggerKind,
+    parse_duration_s,
 )
+from vmfault.faults.schedule import RateUnit, Schedule, Storm
 from vmfault.guest.workloads import (
     UserWorkload,
     builtin_workload_names,
@@ -91,6 +93,8 @@ _INSTRUCTION_KEYS = (
     "op", "function", "instance", "start_index", "max_dic", "faults_per_run", "bit_range",
     "probability",
 )  # fmt: skip
+_STORM = "storm"
+_RATE_KEYS = ("rate_unit", "compression")
 
 
 def _error(message: str, *, hint: str = "", at: tuple[str | int, ...] = ()) -> PydanticCustomError:
@@ -167,12 +171,17 @@ class GuestSection(BaseModel):
 
     `workload` is a built-in name or a path (a `.c` file or a static binary) relative to the
     campaign file; the file's stem names the workload and must not be a built-in name.
+    Instead of a workload, `idle = "2s"` runs the idle system for that long (only the kernel
+    and its idle tasks; failures are panics, oopses and hangs).
     `crash_patterns` is a TOML crash-pattern table, relative to the campaign file.
     """
 
     model_config = _MODEL_CONFIG
 
-    workload: str
+    workload: str | None = None
+    idle: str | None = Field(
+        default=None, description="no workload: the idle system for this long, e.g. 2s"
+    )
     args: tuple[str, ...] = ()
     deterministic: StrictBool = False
     accel: Accel = Accel.TCG
@@ -180,12 +189,44 @@ class GuestSection(BaseModel):
 
     @property
     def builtin(self) -> bool:
-        """Whether the workload is a built-in one."""
-        return self.workload in builtin_workload_names()
+        """Whether the workload is a built-in one (the idle system counts as one)."""
+        return self.workload is None or self.workload in builtin_workload_names()
+
+    @property
+    def idle_s(self) -> float | None:
+        """Seconds of the idle system, or None with a workload."""
+        return None if self.idle is None else parse_duration_s(self.idle)
+
+    @field_validator("idle")
+    @classmethod
+    def _valid_idle(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                if parse_duration_s(value) <= 0:
+                    raise UsageError("the idle time must be longer than 0", hint='e.g. "2s"')
+            except UsageError as error:
+                raise _from_usage(error) from None
+        return value
+
+    @model_validator(mode="after")
+    def _workload_or_idle(self) -> Self:
+        if (self.workload is None) == (self.idle is None):
+            raise _error(
+                "give workload or idle, not both"
+                if self.idle is not None
+                else "missing workload (or idle)",
+                hint='workload = "checksum" (a built-in name or a file), or idle = "2s"',
+                at=("idle" if self.idle is not None else "workload",),
+            )
+        if self.idle is not None and self.args:
+            raise _error("args do not apply to the idle system", hint="remove args", at=("args",))
+        return self
 
     @field_validator("workload")
     @classmethod
-    def _known_workload(cls, value: str, info: ValidationInfo) -> str:
+    def _known_workload(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
         builtins = builtin_workload_names()
         if value in builtins:
             return value
@@ -233,6 +274,12 @@ class FaultFamily(BaseModel):
     each instance with `probability`; `bits` is the number of bits (or the bits grammar)
     and `bit_range` where they lie (`"52-62"`; default: the result's exponent, operand or
     flags).
+
+    A memory family with `flips` and `interval` (or `rate`, `rate_unit` and `compression`)
+    is a storm: each experiment makes `flips` single-bit flips on that schedule in guest
+    time (default name `storm:REGION`). `period` (`"1s"`) ends each experiment that much
+    guest time after its (last) flip, so the outcome is a failure rate per flip over a fixed
+    period; a workload still running then counts as benign.
     """
 
     model_config = _MODEL_CONFIG
@@ -251,6 +298,22 @@ class FaultFamily(BaseModel):
     faults_per_run: Annotated[StrictInt, Field(ge=1)] | None = None
     bit_range: str | None = Field(default=None, pattern=r"^\s*\d+\s*-\s*\d+\s*$")
     probability: Annotated[float, Field(gt=0, le=1)] | None = None
+    flips: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        default=None, description="storm: flips per experiment"
+    )
+    interval: str | None = Field(
+        default=None, description="storm: gaps in guest time, 10ms | 5ms..50ms | poisson:RATE"
+    )
+    rate: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="storm: physical upset rate in rate_unit (instead of interval)"
+    )
+    rate_unit: RateUnit | None = Field(default=None, description="storm: unit of rate")
+    compression: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="storm: real-world seconds per guest second"
+    )
+    period: str | None = Field(
+        default=None, description="guest time run after the (last) flip, then judged: 1s"
+    )
 
     _spec: FaultSpec | None = PrivateAttr(default=None)
 
@@ -269,8 +332,88 @@ class FaultFamily(BaseModel):
                     name += f"@{data['function']}"
             with contextlib.suppress(UsageError):
                 name = Target.parse(name).spelling
+                if data.get("interval") is not None or data.get("rate") is not None:
+                    name = f"{_STORM}:{Target.parse(name).name}"
             return {**data, "name": name}
         return data
+
+    @field_validator("interval")
+    @classmethod
+    def _valid_interval(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                Schedule.parse(value)
+            except UsageError as error:
+                raise _from_usage(error) from None
+        return value
+
+    @field_validator("period")
+    @classmethod
+    def _valid_period(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                if parse_duration_s(value) <= 0:
+                    raise UsageError("a period must be longer than 0", hint="e.g. period = 1s")
+            except UsageError as error:
+                raise _from_usage(error) from None
+        return value
+
+    def _storm(self) -> Storm | None:
+        """The storm of a storm family; None for other families."""
+        if self.interval is None and self.rate is None:
+            if self.flips is not None:
+                raise _error(
+                    "flips needs interval or rate",
+                    hint='set interval = "10ms" (or rate, rate_unit, compression)',
+                    at=("flips",),
+                )
+            for key in _RATE_KEYS:
+                if getattr(self, key) is not None:
+                    raise _error(
+                        f"{key} applies only with rate",
+                        hint=f"remove {key}, or set rate",
+                        at=(key,),
+                    )
+            return None
+        if self.flips is None:
+            raise _error(
+                "missing flips for a storm",
+                hint="set flips = N, the number of flips per experiment",
+                at=("flips",),
+            )
+        if self.rate is None:
+            for key in _RATE_KEYS:
+                if getattr(self, key) is not None:
+                    raise _error(f"{key} applies only with rate", hint=f"remove {key}", at=(key,))
+        elif self.interval is not None:
+            raise _error(
+                "give interval or rate, not both",
+                hint="a fixed schedule, or one derived from a physical rate",
+                at=("rate",),
+            )
+        elif self.compression is None:
+            raise _error(
+                "missing compression for rate",
+                hint="set compression = real-world seconds per guest second, e.g. 1e9",
+                at=("compression",),
+            )
+        for key, default in (("bits", None), ("trigger", None), ("context", Context.ANY)):
+            if getattr(self, key) != default:
+                raise _error(
+                    f"{key} does not apply to a storm (one random bit per flip, on its schedule)",
+                    hint=f"remove {key}",
+                    at=(key,),
+                )
+        try:
+            return Storm(
+                self.flips,
+                schedule=None if self.interval is None else Schedule.parse(self.interval),
+                rate=self.rate,
+                rate_unit=self.rate_unit or RateUnit.FIT_PER_MBIT,
+                compression=self.compression,
+            )
+        except UsageError as error:
+            raise _from_usage(error, at=("interval",)) from None
 
     @field_validator("target")
     @classmethod
@@ -379,6 +522,14 @@ class FaultFamily(BaseModel):
     @model_validator(mode="after")
     def _build_spec(self) -> Self:
         fault = self._instruction_fault()
+        storm = self._storm()
+        period = None if self.period is None else parse_duration_s(self.period)
+        if fault is not None and (storm is not None or period is not None):
+            raise _error(
+                "interval, rate and period do not apply to instruction faults",
+                hint='use them with a memory target, e.g. target = "memory:ram"',
+                at=("interval" if storm is not None else "period",),
+            )
         try:
             if fault is not None:
                 self._spec = FaultSpec.of_instruction(fault, self._instruction_bits())
@@ -388,9 +539,11 @@ class FaultFamily(BaseModel):
                 BitModel.parse(self.bits),
                 Trigger.parse(self.trigger),
                 self.context,
+                storm=storm,
+                period_s=period,
             )
         except UsageError as error:
-            raise _from_usage(error, at=("bits",)) from None
+            raise _from_usage(error, at=("target" if storm is not None else "bits",)) from None
         return self
 
     def fault_spec(self) -> FaultSpec:
@@ -457,12 +610,16 @@ class CampaignSpec(BaseModel):
 
     @property
     def workload_name(self) -> str:
-        """The workload's name in the guest: the built-in name, or the file's stem."""
-        return self.guest.workload if self.guest.builtin else Path(self.guest.workload).stem
+        """The workload's name in the guest: the built-in name, or the file's stem (`idle`
+        for the idle system)."""
+        workload = self.guest.workload
+        if workload is None:
+            return "idle"
+        return workload if self.guest.builtin else Path(workload).stem
 
     def user_workload(self) -> UserWorkload | None:
         """The user's workload to build into the image, or None for a built-in one."""
-        if self.guest.builtin:
+        if self.guest.builtin or self.guest.workload is None:
             return None
         return UserWorkload(
             name=self.workload_name, path=self.resolve(self.guest.workload), args=self.guest.args

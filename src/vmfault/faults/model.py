@@ -4,7 +4,8 @@ Users write faults as short strings, the same on the command line and in campaig
 
 - target: `register:rip`, `register:gpr`, `memory:ram`, `memory:process`, `memory:@data`
   (a symbol of the workload, translated through its page tables at the trigger),
-  `memory:0x1234000`, `kernel-code:hot`, `kernel-code:ksys_write`;
+  `memory:0x1234000`, `memory:0x1000000-0x2000000` (physical ranges, end exclusive; `memory`
+  alone is `memory:ram`), `kernel-code:hot`, `kernel-code:ksys_write`;
 - bits: comma-separated terms: `59` (that bit), `3,7` (those bits), `52-62` (a bit range),
   `k2` (two random bits), `burst:4` (4 adjacent bits), `stuck0`/`stuck1` (force the chosen
   bits, optionally held for a number of instructions: `stuck1:100i`), `value:0x0`
@@ -25,9 +26,12 @@ import difflib
 import enum
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmfault.errors import UsageError
+
+if TYPE_CHECKING:
+    from vmfault.faults.schedule import Storm
 
 __all__ = [
     "INSTRUCTION_FAMILIES",
@@ -47,6 +51,7 @@ __all__ = [
     "TriggerKind",
     "canonical_op",
     "parse_duration_s",
+    "parse_ranges",
 ]
 
 _GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
@@ -136,13 +141,16 @@ class Target:
 
     ALLOWED = (
         "register:NAME|gpr|pointer|flags|sse|x87|all, memory:ram|kernel-text|kernel-data|"
-        "process|0xADDRESS|@SYMBOL[+OFFSET], kernel-code:hot|FUNCTION, instruction:OP[@FUNCTION]"
+        "process|0xADDRESS|0xSTART-0xEND[,...]|@SYMBOL[+OFFSET], kernel-code:hot|FUNCTION, "
+        "instruction:OP[@FUNCTION]"
     )
 
     @classmethod
     def parse(cls, text: str) -> Target:
         """Parse `kind:name`; UsageError for unknown kinds, registers or regions."""
         kind_text, _, name = text.strip().partition(":")
+        if kind_text.strip() == TargetKind.MEMORY.value and not name.strip():
+            name = "ram"  # `memory` alone: anywhere in RAM
         try:
             kind = TargetKind(kind_text)
         except ValueError:
@@ -165,7 +173,10 @@ class Target:
                 )
         elif kind is TargetKind.MEMORY and name not in MEMORY_REGIONS and not name.startswith("@"):
             try:
-                int(name, 0)
+                if "-" in name:
+                    name = ",".join(f"{a:#x}-{b:#x}" for a, b in parse_ranges(name))
+                else:
+                    int(name, 0)
             except ValueError:
                 raise _bad("memory target", text, cls.ALLOWED) from None
         elif kind is TargetKind.INSTRUCTION:
@@ -182,10 +193,18 @@ class Target:
     def address(self) -> int | None:
         """The explicit physical address of a `memory:0x...` target."""
         if self.kind is TargetKind.MEMORY and self.name not in MEMORY_REGIONS:
-            if self.name.startswith("@"):
+            if self.name.startswith("@") or "-" in self.name:
                 return None
             return int(self.name, 0)
         return None
+
+    @property
+    def ranges(self) -> tuple[tuple[int, int], ...]:
+        """The physical ranges (start, end exclusive) of a `memory:0xA-0xB[,...]` target."""
+        name = self.name
+        if self.kind is TargetKind.MEMORY and name not in MEMORY_REGIONS and name[:1] != "@":
+            return parse_ranges(name) if "-" in name else ()
+        return ()
 
     def registers(self) -> tuple[str, ...]:
         """The candidate registers of a register target (a group expands to its members)."""
@@ -232,6 +251,20 @@ def parse_duration_s(text: str) -> float:
     if value < 0:
         raise _bad("duration", text, "a non-negative duration")
     return value
+
+
+def parse_ranges(text: str) -> tuple[tuple[int, int], ...]:
+    """`0xSTART-0xEND[,...]` (end exclusive, start < end) -> ranges; ValueError otherwise."""
+    ranges = []
+    for part in text.split(","):
+        start_text, separator, end_text = part.partition("-")
+        if not separator:
+            raise ValueError(f"not a range: {part!r}")
+        start, end = int(start_text.strip(), 0), int(end_text.strip(), 0)
+        if not 0 <= start < end:
+            raise ValueError(f"empty or negative range: {part!r}")
+        ranges.append((start, end))
+    return tuple(ranges)
 
 
 @dataclass(frozen=True)
@@ -437,9 +470,24 @@ class FaultSpec:
     trigger: Trigger = field(default_factory=Trigger)
     context: Context = Context.ANY
     instruction: InstructionFault | None = None
+    storm: Storm | None = None
+    """A storm of single-bit flips on a schedule instead of one fault (memory regions only)."""
+    period_s: float | None = None
+    """Guest seconds the system runs after the (last) flip before it is judged; None: until
+    the workload ends or the hang budget runs out."""
 
     def __post_init__(self) -> None:
+        if self.period_s is not None and self.period_s <= 0:
+            raise UsageError(f"period {self.period_s} s is not positive", hint="e.g. period 1s")
+        if self.storm is not None:
+            self._check_storm()
+            return
         if self.target.kind is TargetKind.INSTRUCTION:
+            if self.period_s is not None:
+                raise UsageError(
+                    "a period does not apply to instruction faults",
+                    hint="use a period with register or memory faults",
+                )
             op, function = self.target.op, self.target.function
             assert op is not None
             if self.instruction is None:
@@ -461,6 +509,30 @@ class FaultSpec:
         if self.target.kind is not TargetKind.REGISTER:
             self.bits.check_width(MEMORY_CELL_BITS, "a memory word")
 
+    def _check_storm(self) -> None:
+        target = self.target
+        if target.kind is not TargetKind.MEMORY or target.name.startswith("@") or (
+            target.address is not None
+        ):  # fmt: skip
+            raise UsageError(
+                f"a storm needs a memory region, not {target.spelling}",
+                hint="use memory:ram, memory:kernel-text, memory:kernel-data, memory:process "
+                "or memory:0xSTART-0xEND",
+            )
+        if self.bits != BitModel():
+            raise UsageError(
+                "a storm flips one random bit per flip: bits do not apply", hint="remove bits"
+            )
+        if self.trigger != Trigger():
+            raise UsageError(
+                "a storm's schedule is its trigger", hint="remove trigger; set interval or rate"
+            )
+        if self.context is not Context.ANY:
+            raise UsageError(
+                "a storm's flips do not wait for a context",
+                hint="remove context; memory:process flips wait for the workload itself",
+            )
+
     @classmethod
     def of_instruction(cls, fault: InstructionFault, bits: BitModel | None = None) -> FaultSpec:
         """The spec of an instruction-result fault."""
@@ -476,4 +548,8 @@ class FaultSpec:
         }
         if self.instruction is not None:
             data["instruction"] = asdict(self.instruction)
+        if self.storm is not None:
+            data["storm"] = self.storm.to_json()
+        if self.period_s is not None:
+            data["period_s"] = self.period_s
         return data

@@ -12,11 +12,12 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from vmfault.errors import UsageError
-from vmfault.faults.model import parse_duration_s
+from vmfault.faults.model import parse_duration_s, parse_ranges
 
-__all__ = ["RateModel", "RateUnit", "Schedule", "ScheduleKind", "parse_region"]
+__all__ = ["RateModel", "RateUnit", "Schedule", "ScheduleKind", "Storm", "parse_region"]
 
 _SECONDS_PER_HOUR = 3600.0
 _SECONDS_PER_MONTH = 30.0 * 24 * 3600
@@ -133,23 +134,74 @@ class RateModel:
         return guest_s * self.compression
 
 
+@dataclass(frozen=True)
+class Storm:
+    """A storm's size and pace: `flips` flips spaced by `schedule`, or by the Poisson
+    schedule a physical `rate` (in `rate_unit`, over the region's bytes) gives when sped up
+    by `compression` (real-world seconds per guest second). Exactly one of the two is set.
+    """
+
+    flips: int
+    schedule: Schedule | None = None
+    rate: float | None = None
+    rate_unit: RateUnit = RateUnit.FIT_PER_MBIT
+    compression: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.flips < 1:
+            raise UsageError(f"a storm needs at least one flip, not {self.flips}")
+        if (self.schedule is None) == (self.rate is None):
+            raise UsageError(
+                "give a storm exactly one of interval and rate",
+                hint="e.g. interval 10ms, or rate 1000 with rate_unit and compression",
+            )
+        if self.rate is not None:
+            if self.rate <= 0:
+                raise UsageError(f"rate {self.rate:g} is not positive", hint="give upsets > 0")
+            if self.compression is None or self.compression <= 0:
+                raise UsageError(
+                    "a rate needs a positive compression",
+                    hint="set compression: real-world seconds per guest second, e.g. 1e9",
+                )
+
+    def resolve(self, memory_bytes: int) -> tuple[Schedule, RateModel | None]:
+        """The schedule in guest time, and the rate model behind it (None: a given interval).
+
+        `memory_bytes` is the size of the region the flips fall in.
+        """
+        if self.schedule is not None:
+            return self.schedule, None
+        assert self.rate is not None and self.compression is not None
+        model = RateModel(self.rate, self.rate_unit, memory_bytes, self.compression)
+        return model.schedule(), model
+
+    def describe(self) -> str:
+        """`10 x 10ms` or `10 x 1000 fit-per-mbit x1e+09`."""
+        if self.schedule is not None:
+            return f"{self.flips} x {self.schedule.describe()}"
+        return f"{self.flips} x {self.rate:g} {self.rate_unit.value} x{self.compression:g}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data."""
+        return {
+            "flips": self.flips,
+            "interval": None if self.schedule is None else self.schedule.describe(),
+            "rate": self.rate,
+            "rate_unit": self.rate_unit.value,
+            "compression": self.compression,
+        }
+
+
 def parse_region(text: str) -> tuple[str, tuple[tuple[int, int], ...]]:
     """A storm region: `ram`, `kernel-text`, `kernel-data`, `process`, or custom physical
     ranges `0xSTART-0xEND[,...]` (end exclusive). Returns (name, ranges)."""
     text = text.strip()
     if text in ("ram", "kernel-text", "kernel-data", "process"):
         return text, ()
-    ranges = []
     try:
-        for part in text.split(","):
-            start_text, end_text = part.split("-", 1)
-            start, end = int(start_text, 0), int(end_text, 0)
-            if not 0 <= start < end:
-                raise ValueError
-            ranges.append((start, end))
+        return "custom", parse_ranges(text)
     except ValueError:
         raise UsageError(
             f"invalid region {text!r}",
             hint="allowed: ram, kernel-text, kernel-data, process, or 0xSTART-0xEND[,...]",
         ) from None
-    return "custom", tuple(ranges)

@@ -38,6 +38,7 @@ __all__ = [
     "check_static_elf",
     "compile_c",
     "gcc_version",
+    "idle_argv",
     "plan_workloads",
     "validate_workload_name",
 ]
@@ -166,6 +167,12 @@ class WorkloadInput:
             digest.update(part.encode() + b"\0")
         digest.update(hashlib.sha256(self.content).digest())
         return digest.hexdigest()
+
+
+def idle_argv(seconds: float) -> tuple[str, ...]:
+    """The command line of the idle system: nothing but a sleep of `seconds` (the kernel and
+    its idle tasks run; a fault in them shows as a panic, an oops or a sleep that never ends)."""
+    return ("/bin/busybox", "sleep", f"{seconds:g}")
 
 
 def builtin_workload_names() -> tuple[str, ...]:

@@ -15,6 +15,7 @@ denominator, as in the outcome rates). Latencies keep the unit they were recorde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import statistics
@@ -27,8 +28,10 @@ from typing import Any, Protocol
 
 from vmfault.campaign.summary import Summary, summarize
 from vmfault.classify import Activation, LatencyUnit, Outcome, latency_histogram
+from vmfault.errors import UsageError
 from vmfault.faults import REGISTER_GROUPS
-from vmfault.guest.workloads import BUILTIN_WORKLOADS
+from vmfault.faults.model import parse_duration_s
+from vmfault.guest.workloads import BUILTIN_WORKLOADS, idle_argv
 from vmfault.stats import IntervalMethod, Rate, rate
 from vmfault.store import CampaignInfo, GoldenRow
 
@@ -493,7 +496,8 @@ def _provenance(info: CampaignInfo, spec: Mapping[str, Any]) -> Provenance:
         kernel_release=given.get("kernel_release", ""),
         host=given.get("host", ""),
         python=given.get("python", ""),
-        workload=_text(guest.get("workload")),
+        workload=_text(guest.get("workload"))
+        or (f"idle system for {_text(guest.get('idle'))}" if guest.get("idle") else ""),
         args=tuple(str(a) for a in args) if isinstance(args, list) else (),
         deterministic=bool(guest.get("deterministic", False)),
         accel=_text(guest.get("accel")),
@@ -508,6 +512,10 @@ def _golden_argvs(spec: Mapping[str, Any]) -> list[tuple[str, ...]]:
     """The command lines the campaign's golden run may be stored under, most likely first."""
     guest = _section(spec, "guest")
     workload = _text(guest.get("workload"))
+    idle = _text(guest.get("idle"))
+    if idle:
+        with contextlib.suppress(UsageError):
+            return [idle_argv(parse_duration_s(idle))]
     if not workload:
         return []
     name = workload if workload in BUILTIN_WORKLOADS else PurePosixPath(workload).stem

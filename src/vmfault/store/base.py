@@ -161,6 +161,17 @@ COLUMNS: tuple[Column, ...] = (
     Column("phases_json", "str", "host seconds per phase, as a JSON object"),
     Column("output", "str", "the workload's stdout (decoded, invalid bytes replaced)"),
     Column("stderr", "str", "the workload's stderr (decoded, invalid bytes replaced)"),
+    Column("flips", "int", "storm experiments: the flips made; None for other experiments"),
+    Column(
+        "storm_s",
+        "float",
+        "storm experiments: guest seconds from the workload's start to the last flip",
+    ),
+    Column(
+        "real_world_s",
+        "float",
+        "storm experiments: the real-world seconds a rate-model storm stands for",
+    ),
 )
 """The analysis row of one experiment, in column order."""
 
@@ -248,7 +259,11 @@ class ResultStore(RowSource, Protocol):
         ...
 
     def load(self, experiment_id: int) -> ExperimentRecord | None:
-        """The stored record rebuilt (the first injection), or None if not recorded."""
+        """The stored record rebuilt, or None if not recorded.
+
+        `injection` is the first injection; `extra_injections` holds the others for a storm
+        experiment (with its `storm` summary), and is empty for any other experiment.
+        """
         ...
 
     def injections(self, experiment_id: int) -> tuple[Injection, ...]:

@@ -13,6 +13,10 @@ second writer gets a UsageError.
 Integers up to 64 bits signed are INTEGER columns; addresses, masks and register values
 (up to 128 bits: xmm registers) are hex TEXT such as `0xdeadbeef`. The schema version is
 `PRAGMA user_version`; `PRAGMA application_id` marks the file as vmfault's.
+
+Schema versions: 1 has no `storm` table; 2 (the current one) adds it. A writer migrates a
+version-1 database to version 2 when it opens it, in one transaction; a reader reads a
+version-1 database as it is, its storm columns None, and never writes.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any, Literal, Self
 
 from vmfault.classify import Activation, Latency, LatencyUnit, Outcome
 from vmfault.errors import UsageError
-from vmfault.experiment import ExperimentRecord, Injection
+from vmfault.experiment import ExperimentRecord, Injection, StormSummary
 from vmfault.store.base import (
     COLUMN_NAMES,
     CampaignInfo,
@@ -49,8 +53,10 @@ __all__ = ["APPLICATION_ID", "BUSY_TIMEOUT_S", "SCHEMA_VERSION", "SQLiteStore"]
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """`PRAGMA user_version` of the databases this code writes."""
+_OLDEST_VERSION = 1
+"""The oldest schema version this code reads (and migrates when opened for writing)."""
 APPLICATION_ID = 0x564D4674
 """`PRAGMA application_id` of a vmfault database (`VMFt`)."""
 BUSY_TIMEOUT_S = 10.0
@@ -61,7 +67,7 @@ ROW_CHUNK = 500
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NOT_OURS_HINT = "give the database file a vmfault campaign created"
 
-_SCHEMA: tuple[str, ...] = (
+_SCHEMA_V1: tuple[str, ...] = (
     """CREATE TABLE campaign (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         name TEXT NOT NULL,
@@ -142,6 +148,29 @@ _SCHEMA: tuple[str, ...] = (
     )""",
     "CREATE INDEX outcome_class ON outcome (class)",
 )
+"""Schema version 1."""
+
+_STORM_SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE storm (
+        experiment_id INTEGER PRIMARY KEY REFERENCES experiment (experiment_id),
+        region TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        flips INTEGER NOT NULL,
+        guest_s REAL NOT NULL,
+        real_world_s REAL,
+        max_error_s REAL NOT NULL,
+        mean_error_s REAL NOT NULL,
+        first_flip_error_s REAL NOT NULL,
+        guest_time TEXT NOT NULL
+    )""",
+)
+"""What schema version 2 adds to version 1."""
+
+_SCHEMA: tuple[str, ...] = _SCHEMA_V1 + _STORM_SCHEMA
+"""The current schema (SCHEMA_VERSION)."""
+
+_MIGRATIONS: Mapping[int, tuple[str, ...]] = MappingProxyType({1: _STORM_SCHEMA})
+"""Statements taking a database from schema version `key` to `key + 1`."""
 
 _INSERT_INJECTION = """
 INSERT INTO injection (
@@ -155,7 +184,7 @@ SELECT target, location, "register", address, "virtual", width, mask, mode, "bef
 FROM injection WHERE experiment_id = ? ORDER BY ordinal
 """
 
-_ROWS_QUERY = """
+_ROWS_QUERY_TEMPLATE = """
 SELECT e.experiment_id, e.stratum, e.seed, e.idx,
        o.class, o.reason, o.cause, o.evidence, o.activation, o.latency_value, o.latency_unit,
        o.exit_status, o.signal,
@@ -165,13 +194,26 @@ SELECT e.experiment_id, e.stratum, e.seed, e.idx,
        i."before", i."after", i.readback, i.reason, i."trigger", i.time_s, i.instructions,
        i.rip, i.user_mode,
        e.worker, e.started_at, e.finished_at, e.duration_s,
-       o.phases_json, o.output, o.stderr
+       o.phases_json, o.output, o.stderr,
+       {storm_columns}
 FROM experiment AS e
 JOIN outcome AS o ON o.experiment_id = e.experiment_id
 LEFT JOIN injection AS i ON i.experiment_id = e.experiment_id AND i.ordinal = 0
+{storm_join}
 WHERE e.experiment_id >= ?
 ORDER BY e.experiment_id
 LIMIT ?
+"""
+_ROWS_QUERY = _ROWS_QUERY_TEMPLATE.format(
+    storm_columns="st.flips, st.guest_s, st.real_world_s",
+    storm_join="LEFT JOIN storm AS st ON st.experiment_id = e.experiment_id",
+)
+_ROWS_QUERY_V1 = _ROWS_QUERY_TEMPLATE.format(storm_columns="NULL, NULL, NULL", storm_join="")
+"""The rows of a version-1 database (read-only): no storm table, the storm columns None."""
+_SELECT_STORM = """
+SELECT region, schedule, flips, guest_s, real_world_s, max_error_s, mean_error_s,
+       first_flip_error_s, guest_time
+FROM storm WHERE experiment_id = ?
 """
 _BOOL_COLUMNS = frozenset({COLUMN_NAMES.index("injected"), COLUMN_NAMES.index("user_mode")})
 
@@ -357,6 +399,7 @@ class SQLiteStore:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._writer: _WriterLock | None = None
+        self._version = SCHEMA_VERSION
         try:
             if new is None and not path.is_file():
                 raise UsageError(
@@ -391,6 +434,8 @@ class SQLiteStore:
                     hint=_NOT_OURS_HINT,
                 )
             self._configure()
+            if not empty and not readonly and self._version < SCHEMA_VERSION:
+                self._migrate()
             if new is not None:
                 if empty:
                     self._initialise(new)
@@ -402,7 +447,10 @@ class SQLiteStore:
         logger.debug("opened %s (%s)", path, "read-only" if readonly else "writer")
 
     def _inspect(self) -> bool:
-        """Check the file is a vmfault database of a known version; True if it is empty."""
+        """Check the file is a vmfault database of a known version; True if it is empty.
+
+        Sets the store's view of the schema version (unchanged if the file is empty).
+        """
         conn = self._connection()
         try:
             app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
@@ -431,10 +479,11 @@ class SQLiteStore:
                 f"({SCHEMA_VERSION})",
                 hint="upgrade vmfault to read it",
             )
-        if version != SCHEMA_VERSION:
+        if version < _OLDEST_VERSION:
             raise UsageError(
                 f"{self.path} has unknown schema version {version}", hint=_NOT_OURS_HINT
             )
+        self._version = version
         return False
 
     def _configure(self) -> None:
@@ -469,6 +518,19 @@ class SQLiteStore:
                 sorted(new.provenance.items()),
             )
         logger.info("created campaign database %s for %r", self.path, new.name)
+
+    def _migrate(self) -> None:
+        """Bring the database to SCHEMA_VERSION in one transaction (all of it or nothing)."""
+        with self._write() as conn:
+            found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            for version in range(found, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        logger.info(
+            "migrated %s from schema version %d to %d", self.path, self._version, SCHEMA_VERSION
+        )
+        self._version = SCHEMA_VERSION
 
     def _check_campaign(self, new: _NewCampaign) -> None:
         stored = self.campaign_info()
@@ -534,11 +596,17 @@ class SQLiteStore:
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """One read transaction: every query inside sees the same committed state."""
+        """One read transaction: every query inside sees the same committed state.
+
+        A reader of an older schema version looks again at the version first, in the same
+        transaction: a writer may have migrated the database since.
+        """
         with self._lock, _translated(self.path):
             conn = self._connection()
             conn.execute("BEGIN")
             try:
+                if self._version < SCHEMA_VERSION:
+                    self._version = int(conn.execute("PRAGMA user_version").fetchone()[0])
                 yield conn
             finally:
                 if conn.in_transaction:
@@ -644,8 +712,10 @@ class SQLiteStore:
         """Store one experiment whole (experiment, injections, outcome), committed on return.
 
         `started_at` and `finished_at` are Unix times in seconds; `extra_injections` follow
-        `record.injection` as ordinals 1, 2, ... DuplicateExperiment if `experiment_id` is
-        already stored (the stored one is kept, nothing is written).
+        `record.injection` as ordinals 1, 2, ... (a storm's flips after the first: pass
+        `record.extra_injections`); `record.storm`, if set, is stored in the same transaction.
+        DuplicateExperiment if `experiment_id` is already stored (the stored one is kept,
+        nothing is written).
         """
         _int64("experiment id", experiment_id)
         _int64("seed", record.seed)
@@ -703,6 +773,25 @@ class SQLiteStore:
                     json.dumps(record.phases_s),
                 ),
             )
+            storm = record.storm
+            if storm is not None:
+                conn.execute(
+                    "INSERT INTO storm (experiment_id, region, schedule, flips, guest_s, "
+                    "real_world_s, max_error_s, mean_error_s, first_flip_error_s, guest_time) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        experiment_id,
+                        storm.region,
+                        storm.schedule,
+                        storm.flips,
+                        storm.guest_s,
+                        storm.real_world_s,
+                        storm.max_error_s,
+                        storm.mean_error_s,
+                        storm.first_flip_error_s,
+                        storm.guest_time,
+                    ),
+                )
 
     def has(self, experiment_id: int) -> bool:
         """Whether `experiment_id` is recorded."""
@@ -757,11 +846,13 @@ class SQLiteStore:
         Fetched in chunks of ROW_CHUNK rows, each a consistent snapshot; no transaction stays
         open between chunks, so a slow consumer never holds up the writer. Experiments
         committed during the iteration appear if they fall in a chunk fetched after the commit.
+        `flips`, `storm_s` and `real_world_s` are None except for storm experiments.
         """
         start = _INT64_MIN
         while True:
             with self._read() as conn:
-                chunk = conn.execute(_ROWS_QUERY, (start, ROW_CHUNK)).fetchall()
+                query = _ROWS_QUERY if self._version >= SCHEMA_VERSION else _ROWS_QUERY_V1
+                chunk = conn.execute(query, (start, ROW_CHUNK)).fetchall()
             for values in chunk:
                 row: dict[str, object] = dict(zip(COLUMN_NAMES, values, strict=True))
                 for position in _BOOL_COLUMNS:
@@ -773,9 +864,13 @@ class SQLiteStore:
             start = last + 1
 
     def load(self, experiment_id: int) -> ExperimentRecord | None:
-        """The stored record rebuilt (with its first injection), or None if not recorded.
+        """The stored record rebuilt, or None if not recorded.
 
-        Equal to the record given to `record()`.
+        `injection` is the first injection. A storm experiment comes back with its `storm`
+        summary and its other flips as `extra_injections`; any other experiment with empty
+        `extra_injections` (`injections()` lists them all). So it equals the record given to
+        `record()` for a storm stored with `extra_injections=record.extra_injections` (as the
+        campaign runner does), and for any other experiment without extra injections.
         """
         with self._read() as conn:
             cursor = conn.cursor()
@@ -791,6 +886,7 @@ class SQLiteStore:
                 (experiment_id,),
             ).fetchone()
             injections = _injections(conn, experiment_id)
+            storm = _storm(conn, experiment_id) if self._version >= SCHEMA_VERSION else None
         if row is None or not injections:
             return None
         latency_value = row["latency_value"]
@@ -812,6 +908,8 @@ class SQLiteStore:
             exit_status=row["exit_status"],
             signal=row["signal"],
             phases_s=json.loads(row["phases_json"]),
+            extra_injections=() if storm is None else injections[1:],
+            storm=storm,
         )
 
     def injections(self, experiment_id: int) -> tuple[Injection, ...]:
@@ -940,6 +1038,24 @@ def _injections(conn: sqlite3.Connection, experiment_id: int) -> tuple[Injection
             user_mode=_opt_bool(row["user_mode"]),
         )
         for row in cursor.execute(_SELECT_INJECTIONS, (experiment_id,))
+    )
+
+
+def _storm(conn: sqlite3.Connection, experiment_id: int) -> StormSummary | None:
+    row = conn.execute(_SELECT_STORM, (experiment_id,)).fetchone()
+    if row is None:
+        return None
+    region, schedule, flips, guest_s, real_world_s, max_error_s, mean_error_s, first, unit = row
+    return StormSummary(
+        region=region,
+        schedule=schedule,
+        flips=flips,
+        guest_s=guest_s,
+        real_world_s=real_world_s,
+        max_error_s=max_error_s,
+        mean_error_s=mean_error_s,
+        first_flip_error_s=first,
+        guest_time=unit,
     )
 
 
