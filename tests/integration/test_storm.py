@@ -41,6 +41,7 @@ def test_ten_flips_ten_ms_apart_in_guest_time(image: GuestImage) -> None:
     assert 0.008 <= flips[0]["time_s"] <= 0.015
     assert data["outcome"] in {o.value for o in Outcome}
     assert data["timing"]["max_error_s"] <= 0.002
+    assert 1 <= data["timing"]["attempts"] <= 3
 
 
 def test_storms_in_every_region_verify_each_flip(image: GuestImage) -> None:
