@@ -12,7 +12,7 @@ import pytest
 
 from vmfault.classify import Outcome
 from vmfault.errors import UsageError
-from vmfault.experiment import Experimenter
+from vmfault.experiment import Experimenter, Flip
 from vmfault.faults.schedule import Schedule
 from vmfault.guest.image import GuestImage
 from vmfault.store import SQLiteStore
@@ -47,9 +47,17 @@ def test_ten_flips_ten_ms_apart_in_guest_time(image: GuestImage) -> None:
 def test_storms_in_every_region_verify_each_flip(image: GuestImage) -> None:
     with Experimenter(image, ["checksum"]) as experimenter:
         for region in ("kernel-text", "kernel-data", "process"):
-            record = experimenter.run_storm(flips=3, schedule=Schedule.parse("12ms"),
-                                            region=region, seed=1)  # fmt: skip
-            made = [f for f in record.flips if f.injected]
+            made: list[Flip] = []
+            # A process flip waits for the workload to run in user mode; under a loaded
+            # host a whole storm can miss it (each miss is recorded with its reason).
+            for index in range(3):
+                record = experimenter.run_storm(flips=3, schedule=Schedule.parse("12ms"),
+                                                region=region, seed=1, index=index)  # fmt: skip
+                made = [f for f in record.flips if f.injected]
+                missed = [f.reason for f in record.flips if not f.injected]
+                assert all("user mode" in reason for reason in missed), missed
+                if made:
+                    break
             assert made, region
             for flip in made:
                 assert flip.before is not None and flip.after is not None
