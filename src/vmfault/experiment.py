@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -1136,7 +1135,7 @@ class Experimenter:
         golden = self._require_golden()
         if not self.deterministic or not golden.instructions:
             return 1.0
-        return golden.wall_s / (golden.instructions / 1e9)
+        return max(golden.wall_s, 1e-6) / (golden.instructions / 1e9)
 
     def _set_symptom_breakpoints(self) -> tuple[int, ...]:
         """Breakpoints on the kernel's first reactions to a fault (a fatal signal for a user
@@ -1443,7 +1442,7 @@ class Experimenter:
             event_mark = len(vm.events)
             phases["restore"] += time.perf_counter() - clock
             start_instructions, done, guest_s, exited, panicked = self._storm_flips(
-                golden, gaps, region, ranges, seed, index, last=attempt == STORM_ATTEMPTS
+                gaps, region, ranges, seed, index, last=attempt == STORM_ATTEMPTS
             )
             if done is not None:
                 break
@@ -1469,20 +1468,19 @@ class Experimenter:
         errors = [abs(f.time_s - f.scheduled_s) for f in done[1:]]
         first_error = abs(done[0].time_s - done[0].scheduled_s) if done else 0.0
         real_world = None if rate_model is None else rate_model.real_world_s(guest_s)
+        result = WorkloadResult.from_frames(vm.channel.frames) if observation.finished else None
         return StormRecord(
             seed=seed, index=index, region=region, schedule=schedule.describe(),
             flips=tuple(done), outcome=verdict.outcome, reason=verdict.reason,
             cause=verdict.cause, evidence=verdict.evidence,
             output=observation.stdout.decode("utf-8", errors="replace"),
-            exit_status=None if observation.exit_code is None and observation.signal is None
-            else (observation.exit_code if observation.exit_code is not None
-                  else 128 + (observation.signal or 0)),
+            exit_status=None if result is None else result.exit_status,
             guest_time_unit="instructions" if start_instructions is not None else "running-time",
             max_error_s=max(errors, default=0.0), first_flip_error_s=first_error,
             mean_error_s=sum(errors) / len(errors) if errors else 0.0,
             guest_s=guest_s, real_world_s=real_world, phases_s=phases,
             stderr=observation.stderr.decode("utf-8", errors="replace"),
-            signal=_signal_name(observation.signal), attempts=attempt,
+            signal=None if result is None else result.signal_name, attempts=attempt,
         )  # fmt: skip
 
     def _run_storm_spec(self, spec: FaultSpec, *, seed: int, index: int) -> ExperimentRecord:
@@ -1513,7 +1511,6 @@ class Experimenter:
 
     def _storm_flips(
         self,
-        golden: Golden,
         gaps: Sequence[float],
         region: str,
         ranges: Sequence[tuple[int, int]],
@@ -1535,9 +1532,7 @@ class Experimenter:
         # rate seen so far converts, and long hops aim at most STORM_APPROACH of the way,
         # so the guest closes in on a flip from below instead of overshooting it.
         counted = start_instructions is not None
-        speed = 1.0
-        if counted and golden.instructions:
-            speed = golden.instructions / 1e9 / max(golden.wall_s, 1e-6)
+        speed = 1.0 / self._host_per_guest_s()
         guest_s = self._storm_warm_up(start_instructions)
         exited = panicked = False
         done: list[Flip] = []
@@ -1695,15 +1690,6 @@ def _run_for(gdb: Any, begun: float, seconds: float) -> Any:
         if stop is not None:
             return stop
     return None
-
-
-def _signal_name(number: int | None) -> str | None:
-    if number is None:
-        return None
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"SIG{number}"
 
 
 def _reader(gdb: Any) -> Any:

@@ -108,6 +108,17 @@ def _from_usage(error: UsageError, *, at: tuple[str | int, ...] = ()) -> Pydanti
     return _error(error.message, hint=error.hint, at=at)
 
 
+def _positive_duration(value: str | None, what: str, hint: str) -> str | None:
+    """`value` unchanged if it is None or a duration longer than 0; else a validation error."""
+    if value is not None:
+        try:
+            if parse_duration_s(value) <= 0:
+                raise UsageError(f"{what} must be longer than 0", hint=hint)
+        except UsageError as error:
+            raise _from_usage(error) from None
+    return value
+
+
 def _base_dir(info: ValidationInfo) -> Path | None:
     """The campaign file's directory, when the loader validates a file (paths are then checked)."""
     context = info.context
@@ -200,13 +211,7 @@ class GuestSection(BaseModel):
     @field_validator("idle")
     @classmethod
     def _valid_idle(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                if parse_duration_s(value) <= 0:
-                    raise UsageError("the idle time must be longer than 0", hint='e.g. "2s"')
-            except UsageError as error:
-                raise _from_usage(error) from None
-        return value
+        return _positive_duration(value, "the idle time", 'e.g. "2s"')
 
     @model_validator(mode="after")
     def _workload_or_idle(self) -> Self:
@@ -350,13 +355,7 @@ class FaultFamily(BaseModel):
     @field_validator("period")
     @classmethod
     def _valid_period(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                if parse_duration_s(value) <= 0:
-                    raise UsageError("a period must be longer than 0", hint="e.g. period = 1s")
-            except UsageError as error:
-                raise _from_usage(error) from None
-        return value
+        return _positive_duration(value, "a period", "e.g. period = 1s")
 
     def _storm(self) -> Storm | None:
         """The storm of a storm family; None for other families."""
