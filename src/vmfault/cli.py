@@ -27,7 +27,6 @@ from rich.progress import (
 from rich.table import Table
 
 from vmfault._version import __version__
-from vmfault.binary import WorkloadBinary
 from vmfault.campaign.executor import Completed
 from vmfault.campaign.planner import plan_campaign
 from vmfault.campaign.runner import (
@@ -41,7 +40,6 @@ from vmfault.campaign.runner import (
 )
 from vmfault.campaign.sefi import parse_sefi_ini, sefi_campaign_toml
 from vmfault.campaign.spec import CampaignSpec, campaign_json_schema, load_campaign
-from vmfault.campaign.summary import Summary, summarize
 from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment import Experimenter, ExperimentRecord
@@ -55,11 +53,13 @@ from vmfault.faults import (
     parse_duration_s,
 )
 from vmfault.faults.schedule import RateModel, RateUnit, Schedule, parse_region
+from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
 from vmfault.guest.workloads import idle_argv
 from vmfault.machine import Accel, kvm_blocker, probe_boot
-from vmfault.opprofile import profile_instructions
+from vmfault.profile.instructions import profile_instructions
 from vmfault.report.command import report_command
+from vmfault.report.summary import Summary, store_summary, summary_tables
 from vmfault.session import GoldenRun, golden_run, machine_config, prepare_image
 from vmfault.stats import IntervalMethod
 from vmfault.store import SQLiteStore
@@ -619,51 +619,12 @@ MethodOpt = Annotated[IntervalMethod, typer.Option(help="Interval method for eve
 ConfidenceOpt = Annotated[float, typer.Option(min=0.5, max=0.9999, help="Interval confidence.")]
 
 
-def _summary_tables(summary: Summary) -> list[Table]:
-    method = f"{summary.method.value}, {summary.confidence:.0%}"
-    overall = Table(title=f"{summary.name}: {summary.done} of {summary.total} experiments")
-    for column in ("outcome", "count", "rate", f"interval ({method})"):
-        overall.add_column(column, justify="right" if column != "outcome" else "left")
-    for name, count in summary.outcomes.items():
-        rate = summary.rates.get(name)
-        overall.add_row(
-            name,
-            str(count),
-            "-" if rate is None else f"{rate.rate:.1%}",
-            "-" if rate is None else f"[{rate.low:.1%}, {rate.high:.1%}]",
-        )
-    strata = Table(title=f"per stratum ({method})")
-    strata.add_column("stratum")
-    strata.add_column("done", justify="right")
-    strata.add_column("outcomes (rate \\[interval])")
-    for name, (done, counts, rates) in summary.strata.items():
-        cells = []
-        for outcome, count in counts.items():
-            rate = rates.get(outcome)
-            interval = "" if rate is None else f" {rate.rate:.0%} [{rate.low:.0%}, {rate.high:.0%}]"
-            cells.append(f"{outcome} {count}{interval}")
-        strata.add_row(name, str(done), "; ".join(cells))
-    return [overall, strata]
-
-
 def _print_summary(summary: Summary, *, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
         return
-    for table in _summary_tables(summary):
+    for table in summary_tables(summary):
         out.print(table)
-
-
-def _summary(store: SQLiteStore, *, confidence: float, method: IntervalMethod) -> Summary:
-    info = store.campaign_info()
-    return summarize(
-        info.name,
-        info.total_planned,
-        store.outcome_counts(),
-        store.counts_by_stratum(),
-        confidence=confidence,
-        method=method,
-    )
 
 
 def _run(
@@ -699,7 +660,7 @@ def _run(
             )
 
         run_campaign(prepared, workers=workers, on_record=on_record, log=_progress)
-    _print_summary(_summary(store, confidence=confidence, method=method), as_json=as_json)
+    _print_summary(store_summary(store, confidence=confidence, method=method), as_json=as_json)
 
 
 @campaign_app.command("run")
@@ -760,7 +721,7 @@ def campaign_status(
     """Counts and rates with intervals, for a running or finished campaign."""
     _require_db(db)
     with SQLiteStore.open_readonly(db) as store:
-        _print_summary(_summary(store, confidence=confidence, method=method), as_json=as_json)
+        _print_summary(store_summary(store, confidence=confidence, method=method), as_json=as_json)
 
 
 @campaign_app.command("export")

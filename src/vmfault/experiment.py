@@ -25,7 +25,6 @@ from typing import Any, Self
 
 from elftools.elf.elffile import ELFFile
 
-from vmfault.binary import WorkloadBinary
 from vmfault.classify import (
     Activation,
     Classification,
@@ -57,6 +56,7 @@ from vmfault.faults.model import (
 )
 from vmfault.faults.schedule import RateModel, Schedule
 from vmfault.faults.select import Plan, choose_in_ranges, plan, rng_for
+from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.elfsyms import lookup_symbol
 from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import FrameKind
@@ -72,10 +72,10 @@ from vmfault.opinject import (
     read_result,
     write_result,
 )
-from vmfault.opprofile import load_or_profile
-from vmfault.process import EXEC_FUNCTION, run_to_exec
-from vmfault.profile import KernelProfile, load_or_profile_kernel
+from vmfault.profile.instructions import load_or_profile
+from vmfault.profile.kernel import KernelProfile, load_or_profile_kernel
 from vmfault.session import GuestSession, WorkloadResult, capture_kernel_symbols
+from vmfault.session.process import EXEC_FUNCTION, run_to_exec
 
 __all__ = [
     "DEFAULT_BUDGET_FACTOR",
@@ -593,7 +593,7 @@ class Experimenter:
 
         The process keeps its page tables for life, so memory faults aimed at the process
         can be placed from any context, through this root. A PIE's entry point moves with
-        its load base: it is found at its exec instead (`vmfault.process`).
+        its load base: it is found at its exec instead (`vmfault.session.process`).
         """
         if self._binary is None:
             return None

@@ -18,7 +18,7 @@ from vmfault.errors import MachineError
 from vmfault.faults.instructions import Destination, DestinationKind, Flow, Instruction
 from vmfault.machine import Machine
 from vmfault.machine.gdbstub import GdbStub
-from vmfault.process import WorkloadProcess
+from vmfault.session.process import WorkloadProcess
 
 __all__ = [
     "REPEAT_STEPS_MAX",

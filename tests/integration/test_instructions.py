@@ -17,7 +17,7 @@ from vmfault.classify import Outcome
 from vmfault.experiment import Experimenter
 from vmfault.faults import BitModel, FaultSpec, InstructionFault
 from vmfault.guest.image import GuestImage, ImageSpec, UserWorkload
-from vmfault.opprofile import profile_instructions
+from vmfault.profile.instructions import profile_instructions
 from vmfault.session import prepare_image
 
 pytestmark = pytest.mark.vm

@@ -8,7 +8,7 @@ import pytest
 
 from vmfault.guest.image import GuestImage
 from vmfault.guest.symbols import KERNEL_MAP_BASE, KernelSymbols
-from vmfault.profile import KernelProfile, profile_kernel
+from vmfault.profile.kernel import KernelProfile, profile_kernel
 
 pytestmark = pytest.mark.vm
 

@@ -6,13 +6,9 @@ import io
 
 import pytest
 
-from vmfault.execlog import (
-    TraceEntry,
-    count_executions,
-    page_table_key,
-    parse_exec_log,
-)
 from vmfault.faults.instructions import Instruction, decode
+from vmfault.machine.pagetable import page_table_key
+from vmfault.profile.execlog import TraceEntry, count_executions, parse_exec_log
 
 # 0x1000 mov eax, 1 / 0x1005 add eax, 1 / 0x1008 cmp eax, 10 / 0x100b jne 0x1005 / 0x100d ret
 LOOP = bytes.fromhex("b80100000083c00183f80a75f8c3")

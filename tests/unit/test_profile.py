@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import vmfault.profile as profile_module
+import vmfault.profile.kernel as profile_module
 from vmfault.errors import UsageError
 from vmfault.guest.image import GuestImage
 from vmfault.guest.symbols import KernelSymbols
-from vmfault.profile import KernelProfile, load_or_profile_kernel, profile_path
+from vmfault.profile.kernel import KernelProfile, load_or_profile_kernel, profile_path
 
 SAMPLES = {"do_idle": 2, "asm_exc_page_fault": 5, "clear_page_erms": 5, "x64_sys_call": 8}
 

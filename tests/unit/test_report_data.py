@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from vmfault.campaign.summary import summarize
 from vmfault.classify import Activation, Latency, LatencyUnit, Outcome
 from vmfault.experiment import ExperimentRecord, Injection
 from vmfault.report.data import (
@@ -22,6 +21,7 @@ from vmfault.report.data import (
     build_report,
     replay_command,
 )
+from vmfault.report.summary import summarize
 from vmfault.stats import IntervalMethod
 from vmfault.store import CampaignInfo, GoldenRow, SQLiteStore
 

@@ -13,7 +13,7 @@ from vmfault.campaign.sefi import parse_sefi_ini, sefi_campaign_toml
 from vmfault.campaign.spec import CampaignSpec, load_campaign
 from vmfault.errors import UsageError
 from vmfault.faults import BitMode, InstructionFault
-from vmfault.process import AT_BASE, AT_ENTRY, parse_auxv
+from vmfault.session.process import AT_BASE, AT_ENTRY, parse_auxv
 
 REFERENCE = """
 [general]

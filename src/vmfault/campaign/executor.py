@@ -22,7 +22,7 @@ from vmfault.campaign.worker import WorkerSetup, read_message, vmm_error_record,
 from vmfault.errors import MachineError, UsageError
 from vmfault.experiment import ExperimentRecord, Golden
 from vmfault.faults import FaultSpec
-from vmfault.machine.process import spawn_tied
+from vmfault.machine.spawn import spawn_tied
 
 __all__ = ["Completed", "Executor", "Job", "LocalExecutor"]
 

@@ -54,8 +54,8 @@ from vmfault.machine.config import (
 from vmfault.machine.console import Console
 from vmfault.machine.gdbstub import GdbStub, StopReply
 from vmfault.machine.memmap import MemoryMap, parse_mtree
-from vmfault.machine.process import spawn_tied
 from vmfault.machine.rundir import RunDir
+from vmfault.machine.spawn import spawn_tied
 
 __all__ = [
     "Machine",

@@ -23,11 +23,13 @@ from vmfault.errors import MachineError
 from vmfault.machine.gdbstub import GdbStub
 
 __all__ = [
+    "CR3_MASK",
     "PAGE_SIZE_1G",
     "PAGE_SIZE_2M",
     "PAGE_SIZE_4K",
     "PageMapping",
     "PhysicalReader",
+    "page_table_key",
     "process_pages",
     "translate",
     "walk",
@@ -35,6 +37,19 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
+
+CR3_MASK = ((1 << 52) - 1) & ~0xFFF
+"""CR3 bits that name an address space: the page-table base, without the PCID bits.
+
+Under KPTI a process has two roots (kernel and user, bit 12 apart); code at user addresses
+runs on the user one, which is what a process is compared by. Bit 12 is kept: without
+KPTI two processes' roots may be neighbouring pages."""
+
+
+def page_table_key(cr3: int) -> int:
+    """The address space CR3 names (see CR3_MASK)."""
+    return cr3 & CR3_MASK
+
 
 PhysicalReader = Callable[[int, int], bytes]
 """Reads `size` bytes of guest-physical memory at `address`."""

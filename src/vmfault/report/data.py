@@ -3,7 +3,7 @@ beyond reading the store).
 
 `build_report(store)` reads the store once (campaign info, golden run, outcome counts, one
 pass over the analysis rows) and returns a `CampaignReport` of frozen dataclasses. Rates and
-intervals come from `vmfault.campaign.summary.summarize`, the function behind
+intervals come from `vmfault.report.summary.summarize`, the function behind
 `vmfault campaign status`, fed the same store counts: the report's numbers are those of
 `vmfault campaign status --json` for the same confidence and method.
 
@@ -26,12 +26,12 @@ from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from vmfault.campaign.summary import Summary, summarize
 from vmfault.classify import Activation, LatencyUnit, Outcome, latency_histogram
 from vmfault.errors import UsageError
 from vmfault.faults import REGISTER_GROUPS
 from vmfault.faults.model import parse_duration_s
 from vmfault.guest.workloads import BUILTIN_WORKLOADS, idle_argv
+from vmfault.report.summary import Summary, summarize
 from vmfault.stats import IntervalMethod, Rate, rate
 from vmfault.store import CampaignInfo, GoldenRow
 

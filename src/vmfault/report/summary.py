@@ -1,15 +1,22 @@
-"""What a campaign found so far: counts and rates with intervals, overall and per stratum."""
+"""What a campaign found so far: counts and rates with intervals, overall and per stratum.
+
+`store_summary` reads them from a store, `Summary.to_json` is `vmfault campaign status
+--json`, and `summary_tables` are the tables `campaign status` prints.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from rich.table import Table
 
 from vmfault.classify import Outcome
 from vmfault.stats import IntervalMethod, Rate, outcome_rates
+from vmfault.store.base import CampaignInfo
 
-__all__ = ["Summary", "summarize"]
+__all__ = ["CountSource", "Summary", "store_summary", "summarize", "summary_tables"]
 
 _ORDER = [o.value for o in Outcome]
 
@@ -90,3 +97,60 @@ def summarize(
         method=method,
         confidence=confidence,
     )
+
+
+class CountSource(Protocol):
+    """What a summary reads from a store."""
+
+    def campaign_info(self) -> CampaignInfo:
+        """The campaign row."""
+        ...
+
+    def outcome_counts(self) -> dict[str, int]:
+        """Experiments per outcome value."""
+        ...
+
+    def counts_by_stratum(self) -> dict[str, dict[str, int]]:
+        """Outcome counts per stratum."""
+        ...
+
+
+def store_summary(store: CountSource, *, confidence: float, method: IntervalMethod) -> Summary:
+    """The summary of everything `store` holds so far."""
+    info = store.campaign_info()
+    return summarize(
+        info.name,
+        info.total_planned,
+        store.outcome_counts(),
+        store.counts_by_stratum(),
+        confidence=confidence,
+        method=method,
+    )
+
+
+def summary_tables(summary: Summary) -> list[Table]:
+    """The tables `vmfault campaign status` prints: overall, then per stratum."""
+    method = f"{summary.method.value}, {summary.confidence:.0%}"
+    overall = Table(title=f"{summary.name}: {summary.done} of {summary.total} experiments")
+    for column in ("outcome", "count", "rate", f"interval ({method})"):
+        overall.add_column(column, justify="right" if column != "outcome" else "left")
+    for name, count in summary.outcomes.items():
+        rate = summary.rates.get(name)
+        overall.add_row(
+            name,
+            str(count),
+            "-" if rate is None else f"{rate.rate:.1%}",
+            "-" if rate is None else f"[{rate.low:.1%}, {rate.high:.1%}]",
+        )
+    strata = Table(title=f"per stratum ({method})")
+    strata.add_column("stratum")
+    strata.add_column("done", justify="right")
+    strata.add_column("outcomes (rate \\[interval])")
+    for name, (done, counts, rates) in summary.strata.items():
+        cells = []
+        for outcome, count in counts.items():
+            rate = rates.get(outcome)
+            interval = "" if rate is None else f" {rate.rate:.0%} [{rate.low:.0%}, {rate.high:.0%}]"
+            cells.append(f"{outcome} {count}{interval}")
+        strata.add_row(name, str(done), "; ".join(cells))
+    return [overall, strata]

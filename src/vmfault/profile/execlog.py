@@ -28,31 +28,18 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from vmfault.faults.instructions import Flow, Instruction
+from vmfault.machine.pagetable import page_table_key
 
 __all__ = [
-    "CR3_MASK",
     "CodeIndex",
     "TraceEntry",
     "count_executions",
-    "page_table_key",
     "parse_exec_log",
 ]
-
-CR3_MASK = ((1 << 52) - 1) & ~0xFFF
-"""CR3 bits that name an address space: the page-table base, without the PCID bits.
-
-Under KPTI a process has two roots (kernel and user, bit 12 apart); code at user addresses
-runs on the user one, which is what a process is compared by. Bit 12 is kept: without
-KPTI two processes' roots may be neighbouring pages."""
 
 _TRACE = b"Trace "
 _STOPPED = b"Stopped execution of TB chain before "
 _READ_BYTES = 1 << 24
-
-
-def page_table_key(cr3: int) -> int:
-    """The address space CR3 names (see CR3_MASK)."""
-    return cr3 & CR3_MASK
 
 
 @dataclass(frozen=True)

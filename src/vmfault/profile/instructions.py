@@ -3,7 +3,7 @@
 One golden run in a machine that logs every translation block started inside the function
 (QEMU's `-d exec,cpu,nochain` with `-dfilter` on the function's addresses) gives exact
 execution counts per static instruction, for the workload process only (each logged block
-carries CR3); `vmfault.execlog` turns the log into counts. No breakpoint stops the run, so
+carries CR3); `vmfault.profile.execlog` turns the log into counts. No breakpoint stops the run, so
 a function executing a million instructions profiles in seconds.
 
 Profiles are cached beside the image (`image.root / "profiles"`), keyed by argv and
@@ -24,14 +24,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from vmfault.binary import CodeRange, WorkloadBinary
-from vmfault.execlog import count_executions, parse_exec_log
 from vmfault.faults.instructions import class_counts
 from vmfault.files import write_atomically
+from vmfault.guest.binary import CodeRange, WorkloadBinary
 from vmfault.guest.image import GuestImage
 from vmfault.machine import Accel, Machine
-from vmfault.process import EXEC_FUNCTION, run_to_exec
+from vmfault.profile.execlog import count_executions, parse_exec_log
 from vmfault.session import GuestSession, capture_kernel_symbols
+from vmfault.session.process import EXEC_FUNCTION, run_to_exec
 
 __all__ = [
     "PROFILE_FORMAT",

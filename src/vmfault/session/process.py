@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmfault.errors import GdbError, MachineError
-from vmfault.execlog import page_table_key
 from vmfault.machine import Machine
 from vmfault.machine.gdbstub import GdbStub
+from vmfault.machine.pagetable import page_table_key
 
 __all__ = [
     "AT_BASE",

@@ -12,17 +12,15 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from vmfault.errors import ImageError, MachineError, MachineTimeoutError, UsageError
-from vmfault.files import write_atomically
-from vmfault.guest.image import GuestImage, ImageSpec, build_image
+from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import HOOK_EXITED, HOOK_STARTED, AgentMode, FrameKind, agent_params
-from vmfault.guest.symbols import KernelSymbols
 from vmfault.machine import Accel, Frame, Machine, MachineConfig, StopReply
 
 __all__ = [
@@ -30,10 +28,8 @@ __all__ = [
     "GoldenRun",
     "GuestSession",
     "WorkloadResult",
-    "capture_kernel_symbols",
     "golden_run",
     "machine_config",
-    "prepare_image",
 ]
 
 READY_TIMEOUT_S = 60.0
@@ -266,44 +262,6 @@ class GuestSession:
         if instructions is not None and self.start_instructions is not None:
             counted = instructions - self.start_instructions
         return result, wall_s, counted
-
-
-def capture_kernel_symbols(image: GuestImage, *, timeout_s: float = 120.0) -> KernelSymbols:
-    """Boot `image` once in kallsyms mode and store /proc/kallsyms beside it (atomically).
-
-    Returns the stored table; later calls read the file without booting.
-    """
-    path = image.kallsyms_path
-    if path.exists():
-        return KernelSymbols.load(path)
-    shared = image.root.parent.parent / "kallsyms" / image.symbols_key
-    if shared.exists():  # captured before for another image with the same kernel
-        write_atomically(path, shared.read_bytes())
-        return KernelSymbols.load(path)
-    with Machine(machine_config(image, mode=AgentMode.KALLSYMS), name="kallsyms") as vm:
-        if vm.channel.wait(FrameKind.EXIT, timeout_s=timeout_s) is None:
-            raise ImageError(
-                "the guest did not list its kernel symbols",
-                hint=f"see the console: {vm.console.transcript()[-300:]!r}",
-            )
-        text = b"".join(f.payload for f in vm.channel.frames if f.kind == FrameKind.KALLSYMS)
-    symbols = KernelSymbols.parse(text.decode("ascii", errors="replace"))
-    shared.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(shared, text)
-    write_atomically(path, text)
-    return symbols
-
-
-def prepare_image(
-    spec: ImageSpec | None = None, *, log: Callable[[str], None] | None = None
-) -> GuestImage:
-    """Build (or find in the cache) the image for `spec`, with its kernel symbols captured."""
-    image = build_image(spec or ImageSpec(), log=log)
-    if not image.kallsyms_path.exists():
-        if log is not None:
-            log("capturing kernel symbols (one boot)")
-        capture_kernel_symbols(image)
-    return image
 
 
 def golden_run(

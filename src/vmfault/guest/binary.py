@@ -116,7 +116,7 @@ class WorkloadBinary:
         return tuple(found)
 
     def loaded(self, base: int) -> LoadedCode:
-        """The code as loaded at `base` (a `vmfault.execlog.CodeIndex`)."""
+        """The code as loaded at `base` (a `vmfault.profile.execlog.CodeIndex`)."""
         return LoadedCode(self, base)
 
 

@@ -1,0 +1,27 @@
+"""Guest sessions: a machine booted from a vmfault image whose agent runs one workload.
+
+`GuestSession` boots and halts at the workload's start (the agent's start hook) and runs
+it to its exit hook; `vmfault.session.process` finds the workload process at its exec;
+`vmfault.session.symbols` captures the kernel's symbols once per kernel.
+"""
+
+from vmfault.session.guest import (
+    AgentHooks,
+    GoldenRun,
+    GuestSession,
+    WorkloadResult,
+    golden_run,
+    machine_config,
+)
+from vmfault.session.symbols import capture_kernel_symbols, prepare_image
+
+__all__ = [
+    "AgentHooks",
+    "GoldenRun",
+    "GuestSession",
+    "WorkloadResult",
+    "capture_kernel_symbols",
+    "golden_run",
+    "machine_config",
+    "prepare_image",
+]

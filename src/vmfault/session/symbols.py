@@ -1,0 +1,53 @@
+"""The guest kernel's symbols, captured once per kernel, and images ready to run experiments."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from vmfault.errors import ImageError
+from vmfault.files import write_atomically
+from vmfault.guest.image import GuestImage, ImageSpec, build_image
+from vmfault.guest.protocol import AgentMode, FrameKind
+from vmfault.guest.symbols import KernelSymbols
+from vmfault.machine import Machine
+from vmfault.session.guest import machine_config
+
+__all__ = ["capture_kernel_symbols", "prepare_image"]
+
+
+def capture_kernel_symbols(image: GuestImage, *, timeout_s: float = 120.0) -> KernelSymbols:
+    """Boot `image` once in kallsyms mode and store /proc/kallsyms beside it (atomically).
+
+    Returns the stored table; later calls read the file without booting.
+    """
+    path = image.kallsyms_path
+    if path.exists():
+        return KernelSymbols.load(path)
+    shared = image.root.parent.parent / "kallsyms" / image.symbols_key
+    if shared.exists():  # captured before for another image with the same kernel
+        write_atomically(path, shared.read_bytes())
+        return KernelSymbols.load(path)
+    with Machine(machine_config(image, mode=AgentMode.KALLSYMS), name="kallsyms") as vm:
+        if vm.channel.wait(FrameKind.EXIT, timeout_s=timeout_s) is None:
+            raise ImageError(
+                "the guest did not list its kernel symbols",
+                hint=f"see the console: {vm.console.transcript()[-300:]!r}",
+            )
+        text = b"".join(f.payload for f in vm.channel.frames if f.kind == FrameKind.KALLSYMS)
+    symbols = KernelSymbols.parse(text.decode("ascii", errors="replace"))
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(shared, text)
+    write_atomically(path, text)
+    return symbols
+
+
+def prepare_image(
+    spec: ImageSpec | None = None, *, log: Callable[[str], None] | None = None
+) -> GuestImage:
+    """Build (or find in the cache) the image for `spec`, with its kernel symbols captured."""
+    image = build_image(spec or ImageSpec(), log=log)
+    if not image.kallsyms_path.exists():
+        if log is not None:
+            log("capturing kernel symbols (one boot)")
+        capture_kernel_symbols(image)
+    return image
