@@ -10,6 +10,7 @@ from vmfault.machine.console import Console, ConsoleMatch
 from vmfault.machine.gdbstub import GdbStub, StopReply
 from vmfault.machine.machine import Machine, QMPEvent, Runstate, Snapshot, SnapshotKind
 from vmfault.machine.memmap import MemoryMap, MemoryRegion
+from vmfault.machine.run import Run, RunEnd
 
 __all__ = [
     "Accel",
@@ -24,6 +25,8 @@ __all__ = [
     "MemoryMap",
     "MemoryRegion",
     "QMPEvent",
+    "Run",
+    "RunEnd",
     "Runstate",
     "Snapshot",
     "SnapshotKind",

@@ -50,6 +50,7 @@ import select
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
@@ -134,8 +135,8 @@ class GdbStub:
         self._p_packets: dict[str, bytes] = {}
         self._g_layout: tuple[RegisterInfo, ...] = ()
         self._pc_name: str | None = None
-        self._sw_breakpoints: set[int] = set()
-        self._hw_breakpoints: set[int] = set()
+        self._sw_breakpoints: Counter[int] = Counter()
+        self._hw_breakpoints: Counter[int] = Counter()
         self._watchpoints: set[tuple[int, int, WatchKind]] = set()
         self.architecture: str | None = None
         """The target description's architecture (``i386:x86-64``), set by `handshake`."""
@@ -146,6 +147,17 @@ class GdbStub:
     def running(self) -> bool:
         """True while the VM runs on this client's behalf (after `cont`, before a stop)."""
         return self._state is _State.RUNNING
+
+    @property
+    def pc_name(self) -> str:
+        """The name of the program counter register (``rip``), known after `handshake`."""
+        if self._pc_name is None:
+            raise StateError(
+                "the gdbstub has no program counter before its handshake",
+                state=self._state.value,
+                required="halted",
+            )
+        return self._pc_name
 
     @property
     def last_stop(self) -> StopReply | None:
@@ -516,17 +528,31 @@ class GdbStub:
     def set_breakpoint(self, address: int, *, hardware: bool = False) -> None:
         """Insert a software (``Z0``) or hardware (``Z1``) breakpoint at a virtual address.
 
-        Under TCG both kinds behave alike and live inside QEMU, not in guest memory.
+        Under TCG both kinds behave alike and live inside QEMU, not in guest memory. A
+        breakpoint is counted: setting one that is set already only counts it (no packet),
+        and it stays until removed as many times. Each insertion or removal under TCG
+        flushes all translated code, so users of the same address share one.
         """
-        kind = BreakpointKind.HARDWARE if hardware else BreakpointKind.SOFTWARE
-        self._point(b"Z", kind.z_type, address, 1)
-        (self._hw_breakpoints if hardware else self._sw_breakpoints).add(address)
+        points = self._hw_breakpoints if hardware else self._sw_breakpoints
+        if not points[address]:
+            kind = BreakpointKind.HARDWARE if hardware else BreakpointKind.SOFTWARE
+            self._point(b"Z", kind.z_type, address, 1)
+        points[address] += 1
 
     def remove_breakpoint(self, address: int, *, hardware: bool = False) -> None:
-        """Remove a breakpoint set with the same address and kind."""
+        """Remove one count of a breakpoint set with the same address and kind; the
+        breakpoint goes when its last count does."""
+        points = self._hw_breakpoints if hardware else self._sw_breakpoints
+        if points[address] > 1:
+            points[address] -= 1
+            return
         kind = BreakpointKind.HARDWARE if hardware else BreakpointKind.SOFTWARE
         self._point(b"z", kind.z_type, address, 1)
-        (self._hw_breakpoints if hardware else self._sw_breakpoints).discard(address)
+        points.pop(address, None)
+
+    def has_breakpoint(self, address: int) -> bool:
+        """Whether a breakpoint of this client is set at `address`."""
+        return bool(self._sw_breakpoints[address] or self._hw_breakpoints[address])
 
     def set_watchpoint(self, address: int, length: int, *, kind: WatchKind) -> None:
         """Insert a watchpoint on `length` bytes at a virtual address.

@@ -41,6 +41,7 @@ from vmfault.errors import (
     SnapshotError,
     StateError,
 )
+from vmfault.machine import run
 from vmfault.machine.accel import resolve_accel
 from vmfault.machine.channel import Channel
 from vmfault.machine.config import (
@@ -54,6 +55,7 @@ from vmfault.machine.config import (
 from vmfault.machine.console import Console
 from vmfault.machine.gdbstub import GdbStub, StopReply
 from vmfault.machine.memmap import MemoryMap, parse_mtree
+from vmfault.machine.run import Run
 from vmfault.machine.rundir import RunDir
 from vmfault.machine.spawn import spawn_tied
 
@@ -542,6 +544,40 @@ class Machine:
                 self.stops.append(stop)
                 return stop
         return self.gdb.halt()
+
+    def run_for(self, seconds: float, *, precise: bool = False) -> Run:
+        """Let the guest run `seconds` of host time or until it stops (`run.run_for`)."""
+        self._require(Runstate.RUNNING, Runstate.DEAD)
+        return run.run_for(self, seconds, precise=precise)
+
+    def await_stop(
+        self, timeout_s: float | None, *, goal: int | None = None, halt: bool = True
+    ) -> Run | None:
+        """Wait for the running guest to stop (`run.await_stop`)."""
+        self._require(Runstate.RUNNING, Runstate.DEAD)
+        return run.await_stop(self, timeout_s, goal=goal, halt=halt)
+
+    def run_to(self, address: int, *, timeout_s: float | None) -> Run:
+        """Run until the vCPU reaches virtual `address`, at most `timeout_s` (`run.run_to`)."""
+        self._require(Runstate.RUNNING, Runstate.DEAD)
+        return run.run_to(self, address, timeout_s=timeout_s)
+
+    def run_until(
+        self,
+        condition: Callable[[], bool],
+        *,
+        timeout_s: float,
+        slice_s: float,
+        slices: int | None = None,
+    ) -> Run:
+        """Run in slices until `condition()` holds (`run.run_until`)."""
+        self._require(Runstate.RUNNING, Runstate.DEAD)
+        return run.run_until(self, condition, timeout_s=timeout_s, slice_s=slice_s, slices=slices)
+
+    def step_until(self, condition: Callable[[], bool], *, steps: int) -> Run:
+        """Single-step until `condition()` holds, at most `steps` (`run.step_until`)."""
+        self._require(Runstate.RUNNING)
+        return run.step_until(self, condition, steps=steps)
 
     def qmp(
         self,
