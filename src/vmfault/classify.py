@@ -49,12 +49,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from vmfault.errors import UsageError
-
-if TYPE_CHECKING:
-    from vmfault.session import WorkloadResult
 
 __all__ = [
     "DEFAULT_DETECT_REGEX",
@@ -75,6 +72,7 @@ __all__ = [
     "classify",
     "latency_bucket",
     "latency_histogram",
+    "signal_name",
 ]
 
 DEFAULT_DETECT_REGEX = r"DETECTED"
@@ -108,6 +106,23 @@ class Outcome(StrEnum):
     def counts(self) -> bool:
         """Whether the outcome counts in statistics: false only for NOT_INJECTED."""
         return self is not Outcome.NOT_INJECTED
+
+    @property
+    def severity(self) -> int:
+        """How bad the outcome is, for judging several machines by the worst: benign 0,
+        detected, sdc, hang, crash, vmm-error 5 (not-injected: -1, no outcome)."""
+        return _SEVERITY[self]
+
+
+_SEVERITY = {
+    Outcome.NOT_INJECTED: -1,
+    Outcome.BENIGN: 0,
+    Outcome.DETECTED: 1,
+    Outcome.SDC: 2,
+    Outcome.HANG: 3,
+    Outcome.CRASH: 4,
+    Outcome.VMM_ERROR: 5,
+}
 
 
 class Activation(StrEnum):
@@ -269,18 +284,23 @@ def _line_of(console: str, found: re.Match[str]) -> str:
     return line[offset : offset + EVIDENCE_MAX_CHARS]
 
 
-@dataclass(frozen=True)
-class Reference:
-    """The golden run, as far as classification needs it."""
+class Reference(Protocol):
+    """The golden run, as far as classification needs it (`GoldenRun` is one)."""
 
-    stdout: bytes
-    exit_code: int | None
-    signal: int | None
+    @property
+    def stdout(self) -> bytes:
+        """The golden run's stdout."""
+        ...
 
-    @classmethod
-    def from_result(cls, result: WorkloadResult) -> Reference:
-        """The reference of a golden run's exact workload result."""
-        return cls(stdout=result.stdout, exit_code=result.exit_code, signal=result.signal)
+    @property
+    def exit_code(self) -> int | None:
+        """Its exit code, if it exited normally."""
+        ...
+
+    @property
+    def signal(self) -> str | None:
+        """The name of the signal that killed it, if one did."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -294,7 +314,8 @@ class Observation:
     stdout: bytes = b""
     stderr: bytes = b""
     exit_code: int | None = None
-    signal: int | None = None
+    signal: str | None = None
+    """The name of the signal that killed the workload (`SIGSEGV`), if one did."""
     console: str = ""
     """Console text from the injection on; may be garbled (faults corrupt it)."""
     events: tuple[str, ...] = ()
@@ -366,7 +387,7 @@ def classify(
         )
 
     if obs.finished and obs.signal is not None and obs.signal != reference.signal:
-        name = _signal_name(obs.signal)
+        name = obs.signal
         user = crashes.match(obs.console, scope=CrashScope.USER)
         return Classification(
             Outcome.CRASH, f"killed by {name}", cause=name, evidence=user[1] if user else ""
@@ -430,11 +451,12 @@ def _qemu_death(exit_code: int | None) -> str:
     if exit_code is None:
         return "QEMU died without a guest-caused reason"
     if exit_code < 0:
-        return f"QEMU was killed by {_signal_name(-exit_code)} without a guest-caused reason"
+        return f"QEMU was killed by {signal_name(-exit_code)} without a guest-caused reason"
     return f"QEMU exited with status {exit_code} without a guest-caused reason"
 
 
-def _signal_name(number: int) -> str:
+def signal_name(number: int) -> str:
+    """The name of signal `number` (`SIGSEGV`), or `SIG<number>` for one without a name."""
     try:
         return signal_module.Signals(number).name
     except ValueError:
@@ -449,11 +471,11 @@ def _hang_reason(obs: Observation) -> str:
     return f"no completion within the budget of {obs.budget_s:g} s"
 
 
-def _exit_text(exit_code: int | None, signal: int | None) -> str:
+def _exit_text(exit_code: int | None, signal: str | None) -> str:
     if exit_code is not None:
         return f"exit status {exit_code}"
     if signal is not None:
-        return f"killed by {_signal_name(signal)}"
+        return f"killed by {signal}"
     return "no exit status"
 
 

@@ -34,6 +34,7 @@ from vmfault.campaign.runner import (
     CampaignProgress,
     Prepared,
     campaign_image,
+    campaign_machines,
     prepare_campaign,
     run_campaign,
     workload_argv,
@@ -42,17 +43,10 @@ from vmfault.campaign.sefi import parse_sefi_ini, sefi_campaign_toml
 from vmfault.campaign.spec import CampaignSpec, campaign_json_schema, load_campaign
 from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
-from vmfault.experiment import Experimenter, ExperimentRecord
-from vmfault.faults import (
-    BitModel,
-    Context,
-    FaultSpec,
-    InstructionFault,
-    Target,
-    Trigger,
-    parse_duration_s,
-)
-from vmfault.faults.schedule import RateModel, RateUnit, Schedule, parse_region
+from vmfault.experiment.pipeline import Experimenter
+from vmfault.experiment.records import ExperimentRecord, GoldenRun, InstructionInjection, fsefi_line
+from vmfault.experiment.testbed import Testbed, golden_run
+from vmfault.faults import Context, FaultSpec, parse_duration_s
 from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
 from vmfault.guest.workloads import idle_argv
@@ -60,7 +54,7 @@ from vmfault.machine import Accel, kvm_blocker, probe_boot
 from vmfault.profile.instructions import profile_instructions
 from vmfault.report.command import report_command
 from vmfault.report.summary import Summary, store_summary, summary_tables
-from vmfault.session import GoldenRun, golden_run, machine_config, prepare_image
+from vmfault.session import machine_config, prepare_image
 from vmfault.stats import IntervalMethod
 from vmfault.store import SQLiteStore
 from vmfault.store.export import export
@@ -182,16 +176,16 @@ def _user_workload(workload: str) -> tuple[str, tuple[UserWorkload, ...]]:
 
 def _golden_table(runs: list[GoldenRun]) -> Table:
     table = Table(title="golden runs")
-    for column in ("workload", "exit", "duration s", "wall s", "instructions", "boot s", "output"):
+    for column in ("workload", "exit", "guest s", "host s", "instructions", "boot s", "output"):
         table.add_column(column, overflow="fold")
     for run in runs:
         table.add_row(
             " ".join(run.argv),
             str(run.exit_status) + (f" ({run.signal})" if run.signal else ""),
-            f"{run.duration_s:.3f}",
-            f"{run.wall_s:.3f}",
+            f"{run.guest_s:.3f}",
+            f"{run.host_s:.3f}",
             "-" if run.instructions is None else f"{run.instructions:,}",
-            f"{run.boot_s:.2f}",
+            "-" if run.boot_s is None else f"{run.boot_s:.2f}",
             run.output.strip(),
         )
     return table
@@ -230,18 +224,16 @@ def run(
         argv += list(image.workload(name).default_args)
     result = golden_run(image, argv, deterministic=deterministic, accel=accel, timeout_s=timeout)
     if as_json:
-        data = result.to_json()
-        data.pop("console")
-        out.print_json(json.dumps(data))
+        out.print_json(json.dumps(result.to_json()))
     else:
         sys.stdout.write(result.output)
         sys.stdout.flush()
         if result.stderr:
-            sys.stderr.write(result.stderr)
+            sys.stderr.write(result.stderr.decode("utf-8", errors="replace"))
         _progress(
             f"exit status {result.exit_status}"
             + (f" ({result.signal})" if result.signal else "")
-            + f", {result.duration_s:.3f} s guest time"
+            + f", {result.guest_s:.3f} s guest time"
             + ("" if result.instructions is None else f", {result.instructions:,} instructions")
             + f", {result.accel}"
         )
@@ -285,15 +277,16 @@ def inject(
         typer.Option(help="With --op: the dynamic instance N (from 1), or random."),
     ] = "random",
     start_index: Annotated[
-        int, typer.Option(help="With --op: first instance a random choice may pick.")
-    ] = 1,
+        int | None,
+        typer.Option(help="With --op: first instance a random choice may pick (default 1)."),
+    ] = None,
     max_dic: Annotated[
         int | None,
         typer.Option(help="With --op: last instance a random choice may pick (default: all)."),
     ] = None,
     faults_per_run: Annotated[
-        int, typer.Option(help="With --op: instances corrupted in the run.")
-    ] = 1,
+        int | None, typer.Option(help="With --op: instances corrupted in the run (default 1).")
+    ] = None,
     probability: Annotated[
         float | None,
         typer.Option(help="With --op: corrupt each instance with this probability instead."),
@@ -327,28 +320,13 @@ def inject(
     With --op, the fault goes into the result of a dynamic instance of an instruction class
     (F-SEFI's fine-grained mode): the instance executes, then bits of its result flip.
     """
-    if (target is None) == (op is None):
-        raise UsageError(
-            "give exactly one of --target and --op",
-            hint="--target register:rip for a register, --op fadd for an instruction result",
-        )
-    if op is not None and (trigger is not None or context is not Context.ANY or period):
-        raise UsageError(
-            "--trigger, --context and --period do not apply to --op (the instance is the trigger)",
-            hint="choose the instance with --instance, --max-dic or --probability",
-        )
-    if op is not None:
-        fault = InstructionFault(
-            op, function, instance=_instance(instance), start_index=start_index,
-            max_dic=max_dic, faults_per_run=faults_per_run, probability=probability,
-        )  # fmt: skip
-        spec = FaultSpec.of_instruction(fault, BitModel.parse(bits))
-    else:
-        assert target is not None
-        spec = FaultSpec(
-            Target.parse(target), BitModel.parse(bits), Trigger.parse(trigger), context,
-            period_s=None if period is None else _period_s(period),
-        )  # fmt: skip
+    spec = FaultSpec.from_options(
+        target=target, bits=bits, trigger=trigger,
+        context=None if context is Context.ANY else context, op=op, function=function,
+        instance=_instance(instance), start_index=start_index, max_dic=max_dic,
+        faults_per_run=faults_per_run, probability=probability, period=period,
+        spell=_option_name,
+    )  # fmt: skip
     table = None
     if crash_patterns is not None:
         table = CrashTable.default().extended(CrashTable.load(crash_patterns))
@@ -361,7 +339,7 @@ def inject(
     argv = [name, *(workload_args or image.workload(name).default_args)]
     if spec.instruction is not None:  # a bad function fails before any boot
         WorkloadBinary(image.workload(name).host_binary).code_range(spec.instruction.function)
-    with Experimenter(
+    with Experimenter.single(
         image, argv, deterministic=deterministic, budget_factor=budget, crash_table=table
     ) as experimenter:
         record = experimenter.run(spec, seed=seed, index=index)
@@ -391,6 +369,11 @@ def _check_function(user: tuple[UserWorkload, ...], function: str | None) -> Non
         WorkloadBinary(user[0].path).code_range(function)
 
 
+def _option_name(key: str) -> str:
+    """A fault option's command-line spelling (`--rate-unit`)."""
+    return "--" + key.replace("_", "-")
+
+
 def _instance(text: str) -> int | None:
     if text.strip().lower() == "random":
         return None
@@ -404,9 +387,9 @@ def _instance(text: str) -> int | None:
 
 def _print_instruction_record(record: ExperimentRecord) -> None:
     out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
-    for injection in (record.injection, *record.extra_injections):
-        if injection.instance is not None:
-            out.print(injection.fsefi_line(), highlight=False, markup=False)
+    for injection in record.injections:
+        if isinstance(injection, InstructionInjection) and injection.instance is not None:
+            out.print(fsefi_line(injection), highlight=False, markup=False)
     if record.output:
         sys.stdout.write(record.output)
         sys.stdout.flush()
@@ -513,18 +496,15 @@ def storm(
     as_json: JsonOpt = False,
 ) -> None:
     """A storm of memory bit flips on a schedule in guest time, then the outcome."""
-    if (interval is None) == (rate is None):
-        raise UsageError(
-            "give exactly one of --interval and --rate",
-            hint="e.g. --interval 10ms, or --rate 1000 --rate-unit fit-per-mbit",
-        )
-    schedule = Schedule.parse(interval) if interval is not None else None
-    region_name, ranges = parse_region(region)
-    period_s = None if period is None else _period_s(period)
+    spec = FaultSpec.from_options(
+        target=f"memory:{region}", flips=flips, interval=interval, rate=rate,
+        rate_unit=None if rate is None else rate_unit.value,
+        compression=None if rate is None else compression, period=period,
+        spell=lambda key: "--region" if key == "target" else _option_name(key),
+    )  # fmt: skip
     if idle is not None:
-        seconds = parse_duration_s(idle)
         image = prepare_image(_spec(config, None, None, None), log=_progress)
-        argv = list(idle_argv(seconds))
+        argv = list(idle_argv(parse_duration_s(idle)))
     else:
         if workload is None:
             raise UsageError("no workload given", hint="add --workload NAME, or --idle 2s")
@@ -533,52 +513,32 @@ def storm(
         _require_known(name, image_spec)
         image = prepare_image(image_spec, log=_progress)
         argv = [name, *(workload_args or image.workload(name).default_args)]
-    with Experimenter(
+    with Experimenter.single(
         image, argv, deterministic=deterministic, budget_factor=budget
     ) as experimenter:
-        model = None
-        if rate is not None:
-            memory = experimenter.region_bytes(region_name, ranges)
-            model = RateModel(rate, RateUnit(rate_unit.value), memory, compression)
-            schedule = model.schedule()
-        assert schedule is not None
-        record = experimenter.run_storm(
-            flips=flips,
-            schedule=schedule,
-            region=region_name,
-            ranges=ranges,
-            seed=seed,
-            rate_model=model,
-            period_s=period_s,
-        )
+        record = experimenter.run(spec, seed=seed)
     if as_json:
-        out.print_json(json.dumps(record.to_json()))
+        out.print_json(json.dumps(record.storm_json()))
         return
-    for flip in record.flips:
-        where = "-" if flip.address is None else f"{flip.address:#x}"
+    data = record.storm_json()
+    for flip in data["flips"]:
+        where = "-" if flip["address"] is None else flip["address"]
         out.print(
-            f"{flip.time_s * 1e3:9.3f} ms  {where:>12}  bit {flip.bit}  "
-            f"{flip.before if flip.before is None else hex(flip.before)} -> "
-            f"{flip.after if flip.after is None else hex(flip.after)}",
+            f"{flip['time_s'] * 1e3:9.3f} ms  {where:>12}  bit {flip['bit']}  "
+            f"{flip['before']} -> {flip['after']}",
             highlight=False,
         )
     out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
-    out.print(
-        f"timing: max error {record.max_error_s * 1e3:.3f} ms per gap "
-        f"({record.guest_time_unit})"
-        + (
-            ""
-            if record.real_world_s is None
-            else f", stands for {record.real_world_s:,.0f} s of real-world time"
+    storm = record.storm
+    if storm is not None:
+        out.print(
+            f"timing: max error {storm.max_error_s * 1e3:.3f} ms per gap ({storm.guest_time})"
+            + (
+                ""
+                if storm.real_world_s is None
+                else f", stands for {storm.real_world_s:,.0f} s of real-world time"
+            )
         )
-    )
-
-
-def _period_s(text: str) -> float:
-    seconds = parse_duration_s(text)
-    if seconds <= 0:
-        raise UsageError(f"invalid period {text!r}: not longer than 0", hint="e.g. --period 1s")
-    return seconds
 
 
 def _require_known(name: str, spec: ImageSpec) -> None:
@@ -809,9 +769,8 @@ def replay(
     planned = plan.experiment(experiment_id)
     image = campaign_image(spec, log=_progress)
     argv = workload_argv(spec, image)
-    with Experimenter(
-        image, argv, deterministic=spec.guest.deterministic, budget_factor=spec.campaign.budget
-    ) as experimenter:
+    testbed = Testbed(image, campaign_machines(spec, argv))
+    with Experimenter(testbed, budget_factor=spec.campaign.budget) as experimenter:
         mark = experimenter.machine.console.mark()
         record = experimenter.run(planned.spec, seed=planned.seed, index=planned.index)
         console = experimenter.machine.console.transcript(mark)

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from vmfault.campaign.worker import WorkerSetup, read_message, vmm_error_record, write_message
+from vmfault.campaign.worker import Goldens, WorkerSetup, read_message, write_message
 from vmfault.errors import MachineError, UsageError
-from vmfault.experiment import ExperimentRecord, Golden
+from vmfault.experiment.pipeline import vmm_error_record
+from vmfault.experiment.records import ExperimentRecord
 from vmfault.faults import FaultSpec
 from vmfault.machine.spawn import spawn_tied
 
@@ -58,7 +59,8 @@ class Completed:
 class Executor(Protocol):
     """Runs jobs and yields their results as they complete, in any order."""
 
-    goldens: list[Golden]
+    goldens: list[Goldens]
+    """Each worker's golden runs, by machine name, as its testbed started."""
 
     def run(self, jobs: Iterable[Job]) -> Iterator[Completed]: ...
 
@@ -117,7 +119,7 @@ class LocalExecutor:
         self.workers = workers
         self.log = log
         self.job_timeout_s = job_timeout_s
-        self.goldens: list[Golden] = []
+        self.goldens: list[Goldens] = []
         self._procs: list[_Process] = []
         self._spawned = 0
         self._selector = selectors.DefaultSelector()
@@ -138,7 +140,7 @@ class LocalExecutor:
         self._selector.register(proc.stdout, selectors.EVENT_READ, proc)
         return proc
 
-    def _await_ready(self, proc: _Process) -> Golden:
+    def _await_ready(self, proc: _Process) -> Goldens:
         with selectors.DefaultSelector() as one:
             one.register(proc.stdout, selectors.EVENT_READ)
             if not one.select(BOOT_TIMEOUT_S):
@@ -154,7 +156,7 @@ class LocalExecutor:
         if kind != "ready":
             proc.kill()
             raise MachineError(f"{proc.name} could not start: {payload}")
-        assert isinstance(payload, Golden)
+        assert isinstance(payload, dict)
         return payload
 
     def start(self) -> None:

@@ -21,9 +21,10 @@ from vmfault._version import __version__
 from vmfault.campaign.executor import Completed, Executor, Job, LocalExecutor
 from vmfault.campaign.planner import CampaignPlan, plan_campaign, should_stop
 from vmfault.campaign.spec import CampaignSpec
-from vmfault.campaign.worker import WorkerSetup
+from vmfault.campaign.worker import Goldens, WorkerSetup
 from vmfault.errors import MachineError, VmfaultError
-from vmfault.experiment import Golden
+from vmfault.experiment.records import DEFAULT_MACHINE
+from vmfault.experiment.testbed import MachineSpec
 from vmfault.guest.image import GuestImage, ImageSpec
 from vmfault.guest.workloads import idle_argv
 from vmfault.machine import Accel
@@ -35,6 +36,7 @@ __all__ = [
     "CampaignProgress",
     "Prepared",
     "campaign_image",
+    "campaign_machines",
     "prepare_campaign",
     "run_campaign",
     "workload_argv",
@@ -81,6 +83,12 @@ def workload_argv(spec: CampaignSpec, image: GuestImage) -> tuple[str, ...]:
     return (name, *args)
 
 
+def campaign_machines(spec: CampaignSpec, argv: tuple[str, ...]) -> tuple[MachineSpec, ...]:
+    """The testbed of the campaign: the one machine of `[guest]`, running `argv`."""
+    guest = spec.guest
+    return (MachineSpec(DEFAULT_MACHINE, argv, guest.deterministic, Accel(guest.accel)),)
+
+
 def _qemu_version() -> str:
     try:
         result = subprocess.run(
@@ -94,13 +102,14 @@ def _qemu_version() -> str:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A campaign ready to run: its plan, store, image and workload."""
+    """A campaign ready to run: its plan, store, image, workload and machines."""
 
     spec: CampaignSpec
     plan: CampaignPlan
     store: SQLiteStore
     image: GuestImage
     argv: tuple[str, ...]
+    machines: tuple[MachineSpec, ...]
 
 
 def prepare_campaign(
@@ -127,30 +136,31 @@ def prepare_campaign(
             spec_json=spec.to_json(), file_sha256=spec.file_sha256,
             total_planned=plan.total, provenance=provenance,
         )  # fmt: skip
-    return Prepared(spec, plan, store, image, argv)
+    return Prepared(spec, plan, store, image, argv, campaign_machines(spec, argv))
 
 
-def _check_goldens(goldens: list[Golden], prepared: Prepared) -> None:
-    first = goldens[0].result
-    for other in goldens[1:]:
-        if (other.result.stdout, other.result.exit_status) != (first.stdout, first.exit_status):
+def _check_goldens(goldens: list[Goldens], prepared: Prepared) -> None:
+    """Every worker's golden runs agree machine by machine, and with those stored (the
+    first campaign run stores them)."""
+    for machine in prepared.machines:
+        first = goldens[0][machine.name]
+        for other in goldens[1:]:
+            if (other[machine.name].stdout, other[machine.name].exit_status) != (
+                first.stdout,
+                first.exit_status,
+            ):
+                raise MachineError(
+                    "the workload's golden runs differ between workers",
+                    hint="the workload must be deterministic, or use `deterministic = true`",
+                )
+        stored = prepared.store.golden(list(machine.argv), machine=machine.name)
+        if stored is None:
+            prepared.store.save_golden(first)
+        elif (stored.stdout, stored.exit_status) != (first.stdout, first.exit_status):
             raise MachineError(
-                "the workload's golden runs differ between workers",
-                hint="the workload must be deterministic, or use `deterministic = true`",
+                "the golden run differs from the one stored in the campaign database",
+                hint="resume with the same image and workload",
             )
-    stored = prepared.store.golden(list(prepared.argv))
-    if stored is None:
-        golden = goldens[0]
-        prepared.store.save_golden(
-            list(prepared.argv), stdout=first.stdout, stderr=first.stderr,
-            exit_status=first.exit_status, signal=first.signal_name,
-            duration_s=golden.wall_s, instructions=golden.instructions,
-        )  # fmt: skip
-    elif (stored.stdout, stored.exit_status) != (first.stdout, first.exit_status):
-        raise MachineError(
-            "the golden run differs from the one stored in the campaign database",
-            hint="resume with the same image and workload",
-        )
 
 
 def run_campaign(
@@ -173,10 +183,8 @@ def run_campaign(
         return progress
     count = min(workers or spec.campaign.workers, len(missing))
     setup = WorkerSetup(
-        image_root=prepared.image.root, argv=prepared.argv,
-        deterministic=spec.guest.deterministic, accel=Accel(spec.guest.accel),
-        budget_factor=spec.campaign.budget,
-        crash_patterns=spec.crash_patterns_path(),
+        image_root=prepared.image.root, machines=prepared.machines,
+        budget_factor=spec.campaign.budget, crash_patterns=spec.crash_patterns_path(),
     )  # fmt: skip
     own = executor is None
     log_path = Path(f"{store.path}.log")
@@ -198,7 +206,6 @@ def run_campaign(
             store.record(
                 done.job.experiment_id, done.job.stratum, done.record, worker=done.worker,
                 started_at=done.started_at, finished_at=done.finished_at,
-                extra_injections=done.record.extra_injections,
             )  # fmt: skip
             progress.done += 1
             name = done.record.outcome.value
@@ -223,8 +230,8 @@ def run_campaign(
     return progress
 
 
-def _job_timeout(goldens: list[Golden], budget: float) -> float:
-    longest = max(g.wall_s for g in goldens)
+def _job_timeout(goldens: list[Goldens], budget: float) -> float:
+    longest = max(golden.host_s for runs in goldens for golden in runs.values())
     return max(JOB_TIMEOUT_MIN_S, 20 * budget * longest)
 
 

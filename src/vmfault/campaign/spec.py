@@ -25,7 +25,6 @@ A campaign file is TOML with a `[campaign]` table, a `[guest]` table and one or 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
 import hashlib
 import json
@@ -55,17 +54,16 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from vmfault.errors import UsageError
 from vmfault.faults.model import (
-    INSTRUCTION_OPS,
     BitModel,
     Context,
     FaultSpec,
-    InstructionFault,
+    OptionError,
     Target,
     Trigger,
     TriggerKind,
     parse_duration_s,
 )
-from vmfault.faults.schedule import RateUnit, Schedule, Storm
+from vmfault.faults.schedule import RateUnit, Schedule
 from vmfault.guest.workloads import (
     UserWorkload,
     builtin_workload_names,
@@ -89,12 +87,9 @@ _ERROR_KIND = "vmfault"
 _BASE_DIR = "base_dir"
 _SHOWN_VALUE_MAX_CHARS = 60
 _INSTRUCTION = "instruction"
-_INSTRUCTION_KEYS = (
-    "op", "function", "instance", "start_index", "max_dic", "faults_per_run", "bit_range",
-    "probability",
-)  # fmt: skip
 _STORM = "storm"
-_RATE_KEYS = ("rate_unit", "compression")
+_STRATUM_KEYS = frozenset({"name", "experiments"})
+"""The keys of a `[[faults]]` table about the stratum; the others are fault options."""
 
 
 def _error(message: str, *, hint: str = "", at: tuple[str | int, ...] = ()) -> PydanticCustomError:
@@ -357,63 +352,6 @@ class FaultFamily(BaseModel):
     def _valid_period(cls, value: str | None) -> str | None:
         return _positive_duration(value, "a period", "e.g. period = 1s")
 
-    def _storm(self) -> Storm | None:
-        """The storm of a storm family; None for other families."""
-        if self.interval is None and self.rate is None:
-            if self.flips is not None:
-                raise _error(
-                    "flips needs interval or rate",
-                    hint='set interval = "10ms" (or rate, rate_unit, compression)',
-                    at=("flips",),
-                )
-            for key in _RATE_KEYS:
-                if getattr(self, key) is not None:
-                    raise _error(
-                        f"{key} applies only with rate",
-                        hint=f"remove {key}, or set rate",
-                        at=(key,),
-                    )
-            return None
-        if self.flips is None:
-            raise _error(
-                "missing flips for a storm",
-                hint="set flips = N, the number of flips per experiment",
-                at=("flips",),
-            )
-        if self.rate is None:
-            for key in _RATE_KEYS:
-                if getattr(self, key) is not None:
-                    raise _error(f"{key} applies only with rate", hint=f"remove {key}", at=(key,))
-        elif self.interval is not None:
-            raise _error(
-                "give interval or rate, not both",
-                hint="a fixed schedule, or one derived from a physical rate",
-                at=("rate",),
-            )
-        elif self.compression is None:
-            raise _error(
-                "missing compression for rate",
-                hint="set compression = real-world seconds per guest second, e.g. 1e9",
-                at=("compression",),
-            )
-        for key, default in (("bits", None), ("trigger", None), ("context", Context.ANY)):
-            if getattr(self, key) != default:
-                raise _error(
-                    f"{key} does not apply to a storm (one random bit per flip, on its schedule)",
-                    hint=f"remove {key}",
-                    at=(key,),
-                )
-        try:
-            return Storm(
-                self.flips,
-                schedule=None if self.interval is None else Schedule.parse(self.interval),
-                rate=self.rate,
-                rate_unit=self.rate_unit or RateUnit.FIT_PER_MBIT,
-                compression=self.compression,
-            )
-        except UsageError as error:
-            raise _from_usage(error, at=("interval",)) from None
-
     @field_validator("target")
     @classmethod
     def _valid_target(cls, value: str) -> str:
@@ -424,75 +362,6 @@ class FaultFamily(BaseModel):
         except UsageError as error:
             raise _from_usage(error) from None
         return value
-
-    def _instruction_fault(self) -> InstructionFault | None:
-        """The instruction fault of an `instruction` family; None for other targets."""
-        keys = {key: getattr(self, key) for key in _INSTRUCTION_KEYS}
-        if self.target != _INSTRUCTION and not self.target.startswith(f"{_INSTRUCTION}:"):
-            for key, value in keys.items():
-                if value is not None:
-                    raise _error(
-                        f'{key} applies only to target = "instruction"',
-                        hint=f'remove {key}, or set target = "instruction"',
-                        at=(key,),
-                    )
-            return None
-        op, function = self.op, self.function
-        if self.target != _INSTRUCTION:
-            named = Target.parse(self.target)
-            if (op is not None and op != named.op) or (
-                function is not None and function != named.function
-            ):
-                raise _error(
-                    f"op/function disagree with target {self.target!r}",
-                    hint="name them once: in the target or in op and function",
-                    at=("op",),
-                )
-            op, function = named.op, named.function
-        if op is None:
-            raise _error(
-                'missing op for target = "instruction"',
-                hint=f"set op to one of {', '.join(INSTRUCTION_OPS)}",
-                at=("op",),
-            )
-        for key in ("trigger",):
-            if getattr(self, key) is not None:
-                raise _error(
-                    f"{key} does not apply to instruction faults (the instance is the trigger)",
-                    hint=f"remove {key}",
-                    at=(key,),
-                )
-        try:
-            return InstructionFault(
-                op,
-                function,
-                instance=self.instance,
-                start_index=self.start_index or 1,
-                max_dic=self.max_dic,
-                faults_per_run=self.faults_per_run or 1,
-                probability=self.probability,
-            )
-        except UsageError as error:
-            raise _from_usage(error, at=("op",)) from None
-
-    def _instruction_bits(self) -> BitModel:
-        model = BitModel.parse(self.bits)
-        if self.bit_range is None:
-            return model
-        low, high = (int(v) for v in self.bit_range.split("-"))
-        if low > high:
-            raise _error(
-                f"bit range {self.bit_range!r} runs backwards",
-                hint='write it low-high, e.g. "52-62"',
-                at=("bit_range",),
-            )
-        if model.positions or model.low is not None or model.high is not None:
-            raise _error(
-                "bits names bit positions and bit_range a range",
-                hint="with bit_range, give bits as a number of bits",
-                at=("bit_range",),
-            )
-        return dataclasses.replace(model, low=low, high=high)
 
     @field_validator("bits", mode="before")
     @classmethod
@@ -520,29 +389,13 @@ class FaultFamily(BaseModel):
 
     @model_validator(mode="after")
     def _build_spec(self) -> Self:
-        fault = self._instruction_fault()
-        storm = self._storm()
-        period = None if self.period is None else parse_duration_s(self.period)
-        if fault is not None and (storm is not None or period is not None):
-            raise _error(
-                "interval, rate and period do not apply to instruction faults",
-                hint='use them with a memory target, e.g. target = "memory:ram"',
-                at=("interval" if storm is not None else "period",),
-            )
+        options = {
+            key: getattr(self, key) for key in type(self).model_fields if key not in _STRATUM_KEYS
+        }
         try:
-            if fault is not None:
-                self._spec = FaultSpec.of_instruction(fault, self._instruction_bits())
-                return self
-            self._spec = FaultSpec(
-                Target.parse(self.target),
-                BitModel.parse(self.bits),
-                Trigger.parse(self.trigger),
-                self.context,
-                storm=storm,
-                period_s=period,
-            )
-        except UsageError as error:
-            raise _from_usage(error, at=("target" if storm is not None else "bits",)) from None
+            self._spec = FaultSpec.from_options(**options)
+        except OptionError as error:
+            raise _from_usage(error, at=(error.key,)) from None
         return self
 
     def fault_spec(self) -> FaultSpec:

@@ -1,4 +1,4 @@
-"""A campaign worker: one long-lived machine that runs the experiments it is sent.
+"""A campaign worker: one long-lived testbed that runs the experiments it is sent.
 
 Run as `python -m vmfault.campaign.worker` by the local executor, which talks to it over
 its stdin and stdout with length-prefixed pickles (both ends are this package; nothing
@@ -6,8 +6,8 @@ else ever writes to those pipes). The worker is started tied to its coordinator
 (PR_SET_PDEATHSIG), and its QEMU is tied to it, so a `kill -9` of the coordinator
 leaves nothing running.
 
-If the machine dies during an experiment, that experiment is recorded as `vmm-error`
-and the worker boots a fresh machine before taking the next one.
+If a machine dies during an experiment, that experiment is recorded as `vmm-error` and
+the worker boots a fresh testbed before taking the next one.
 """
 
 from __future__ import annotations
@@ -17,30 +17,35 @@ import pickle
 import struct
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from vmfault.classify import Activation, CrashTable, Outcome
+from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
-from vmfault.experiment import Experimenter, ExperimentRecord, Golden, Injection
+from vmfault.experiment.pipeline import Experimenter, vmm_error_record
+from vmfault.experiment.records import ExperimentRecord, GoldenRun
+from vmfault.experiment.testbed import DEFAULT_BUDGET_FACTOR, MachineSpec, Testbed
 from vmfault.faults import FaultSpec
 from vmfault.guest.image import load_image
-from vmfault.machine import Accel
 
-__all__ = ["WorkerSetup", "main", "read_message", "vmm_error_record", "write_message"]
+__all__ = ["Goldens", "WorkerSetup", "main", "read_message", "write_message"]
 
 _LENGTH = struct.Struct("<I")
 
 
+Goldens = Mapping[str, GoldenRun]
+"""A worker's golden runs, by machine name."""
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerSetup:
-    """Everything a worker needs to build its experimenter."""
+    """Everything a worker needs to build its testbed and experimenter."""
 
     image_root: Path
-    argv: tuple[str, ...]
-    deterministic: bool = False
-    accel: Accel = Accel.TCG
-    budget_factor: float = 3.0
+    machines: tuple[MachineSpec, ...]
+    judge: str | None = None
+    budget_factor: float = DEFAULT_BUDGET_FACTOR
     crash_patterns: Path | None = None
     name: str = "worker"
 
@@ -64,19 +69,6 @@ def read_message(stream: IO[bytes]) -> Any:
     return pickle.loads(data)  # noqa: S301 (our own worker pipe)
 
 
-def vmm_error_record(spec: FaultSpec, *, seed: int, index: int, reason: str) -> ExperimentRecord:
-    """The record of an experiment during which the VMM itself failed."""
-    injection = Injection(
-        target=spec.target.spelling, location="", width=0, mask=0, mode=spec.bits.mode.value,
-        injected=False, reason=reason,
-    )  # fmt: skip
-    return ExperimentRecord(
-        index=index, seed=seed, spec=spec.to_json(), injection=injection,
-        outcome=Outcome.VMM_ERROR, reason=reason, cause=None, evidence="", latency=None,
-        activation=Activation.UNKNOWN, output="", stderr="", exit_status=None, signal=None,
-    )  # fmt: skip
-
-
 class _Worker:
     def __init__(self, setup: WorkerSetup) -> None:
         self.setup = setup
@@ -87,19 +79,17 @@ class _Worker:
         self.table = table
         self.experimenter: Experimenter | None = None
 
-    def boot(self) -> Golden:
+    def boot(self) -> Goldens:
         self.close()
+        testbed = Testbed(self.image, self.setup.machines, judge=self.setup.judge)
         experimenter = Experimenter(
-            self.image, self.setup.argv, deterministic=self.setup.deterministic,
-            accel=self.setup.accel, budget_factor=self.setup.budget_factor,
-            crash_table=self.table,
-        )  # fmt: skip
-        golden = experimenter.start()
+            testbed, budget_factor=self.setup.budget_factor, crash_table=self.table
+        )
         self.experimenter = experimenter
-        return golden
+        return dict(experimenter.start())
 
     def run(self, spec: FaultSpec, seed: int, index: int) -> ExperimentRecord:
-        if self.experimenter is None or not self.experimenter.machine.alive:
+        if self.experimenter is None or not self.experimenter.testbed.alive:
             self.boot()
         assert self.experimenter is not None
         try:

@@ -17,21 +17,26 @@ Users write faults as short strings, the same on the command line and in campaig
   instruction class inside a function; `instruction:fadd` anywhere in the application), with
   the choice of instances in an `InstructionFault`.
 
-Parsing raises UsageError naming the bad text and what is allowed.
+Parsing raises UsageError naming the bad text and what is allowed. `FaultSpec.from_options`
+builds a spec from the raw options of a campaign `[[faults]]` table or the command line and
+owns the rules of which options combine; it raises `OptionError` naming the option at fault.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import difflib
 import enum
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vmfault.errors import UsageError
 
 if TYPE_CHECKING:
-    from vmfault.faults.schedule import Storm
+    from vmfault.faults.schedule import RateUnit, Storm
 
 __all__ = [
     "INSTRUCTION_FAMILIES",
@@ -45,6 +50,7 @@ __all__ = [
     "Context",
     "FaultSpec",
     "InstructionFault",
+    "OptionError",
     "Target",
     "TargetKind",
     "Trigger",
@@ -114,6 +120,33 @@ class Context(enum.StrEnum):
 
 def _bad(what: str, text: str, allowed: str) -> UsageError:
     return UsageError(f"invalid {what} {text!r}", hint=f"allowed: {allowed}")
+
+
+class OptionError(UsageError):
+    """A fault option that is invalid or does not combine with the others.
+
+    `key` is the option at fault, as `FaultSpec.from_options` names it (`rate_unit`), so that
+    a caller can point at its own spelling of it.
+    """
+
+    def __init__(self, message: str, *, key: str, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.key = key
+
+
+def _same(key: str) -> str:
+    return key
+
+
+@contextlib.contextmanager
+def _option(key: str) -> Iterator[None]:
+    """Turn a UsageError raised inside into an OptionError about `key`."""
+    try:
+        yield
+    except OptionError:
+        raise
+    except UsageError as error:
+        raise OptionError(error.message, key=key, hint=error.hint) from None
 
 
 def canonical_op(text: str) -> str:
@@ -386,6 +419,62 @@ class Trigger:
             raise _bad("trigger", text, cls.ALLOWED) from None
 
 
+def _check_instances(
+    instance: int | None,
+    start_index: int,
+    max_dic: int | None,
+    faults_per_run: int,
+    probability: float | None,
+    spell: Callable[[str], str] = _same,
+) -> None:
+    """OptionError unless these choose dynamic instances (see InstructionFault)."""
+    if instance is not None and instance < 1:
+        raise OptionError(
+            f"instance {instance} is not a dynamic instance",
+            key="instance",
+            hint="instances count from 1 (the first execution)",
+        )
+    if start_index < 1:
+        raise OptionError(
+            f"start index {start_index} is below 1",
+            key="start_index",
+            hint="dynamic instances count from 1",
+        )
+    if max_dic is not None and max_dic < start_index:
+        raise OptionError(
+            f"maximum dynamic count {max_dic} is below the start index {start_index}",
+            key="max_dic",
+            hint=f"raise {spell('max_dic')} or lower {spell('start_index')}",
+        )
+    if faults_per_run < 1:
+        raise OptionError(
+            f"faults per run {faults_per_run} is below 1",
+            key="faults_per_run",
+            hint="use 1 or more",
+        )
+    if probability is not None:
+        if not 0.0 < probability <= 1.0:
+            raise OptionError(
+                f"probability {probability} is outside (0, 1]",
+                key="probability",
+                hint="give the chance that each dynamic instance is faulted, e.g. 0.05",
+            )
+        if faults_per_run != 1 or instance is not None:
+            raise OptionError(
+                "probability mode replaces a fixed number of faults per run",
+                key="probability",
+                hint=f"give {spell('probability')}, or {spell('faults_per_run')} / "
+                f"{spell('instance')}, not both",
+            )
+    if instance is not None and faults_per_run != 1:
+        raise OptionError(
+            "a fixed instance is one fault per run",
+            key="faults_per_run",
+            hint=f"give {spell('instance')}, or {spell('faults_per_run')} with "
+            f"{spell('start_index')} and {spell('max_dic')}",
+        )
+
+
 @dataclass(frozen=True)
 class InstructionFault:
     """Which dynamic instances of an instruction class get their result corrupted.
@@ -409,41 +498,9 @@ class InstructionFault:
         object.__setattr__(self, "op", canonical_op(self.op))
         if self.function is not None and not self.function.strip():
             object.__setattr__(self, "function", None)
-        if self.instance is not None and self.instance < 1:
-            raise UsageError(
-                f"instance {self.instance} is not a dynamic instance",
-                hint="instances count from 1 (the first execution)",
-            )
-        if self.start_index < 1:
-            raise UsageError(
-                f"start index {self.start_index} is below 1",
-                hint="dynamic instances count from 1",
-            )
-        if self.max_dic is not None and self.max_dic < self.start_index:
-            raise UsageError(
-                f"maximum dynamic count {self.max_dic} is below the start index {self.start_index}",
-                hint="raise max_dic or lower start_index",
-            )
-        if self.faults_per_run < 1:
-            raise UsageError(
-                f"faults per run {self.faults_per_run} is below 1", hint="use 1 or more"
-            )
-        if self.probability is not None:
-            if not 0.0 < self.probability <= 1.0:
-                raise UsageError(
-                    f"probability {self.probability} is outside (0, 1]",
-                    hint="give the chance that each dynamic instance is faulted, e.g. 0.05",
-                )
-            if self.faults_per_run != 1 or self.instance is not None:
-                raise UsageError(
-                    "probability mode replaces a fixed number of faults per run",
-                    hint="give probability, or faults_per_run / instance, not both",
-                )
-        if self.instance is not None and self.faults_per_run != 1:
-            raise UsageError(
-                "a fixed instance is one fault per run",
-                hint="give instance, or faults_per_run with start_index and max_dic",
-            )
+        _check_instances(
+            self.instance, self.start_index, self.max_dic, self.faults_per_run, self.probability
+        )
 
     @property
     def spelling(self) -> str:
@@ -475,6 +532,8 @@ class FaultSpec:
     period_s: float | None = None
     """Guest seconds the system runs after the (last) flip before it is judged; None: until
     the workload ends or the hang budget runs out."""
+    machine: str | None = None
+    """The machine of the experiment's testbed the fault goes to; None: its default machine."""
 
     def __post_init__(self) -> None:
         if self.period_s is not None and self.period_s <= 0:
@@ -538,6 +597,94 @@ class FaultSpec:
         """The spec of an instruction-result fault."""
         return cls(fault.target, bits or BitModel(), instruction=fault)
 
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        target: str | None = None,
+        bits: int | str | None = None,
+        trigger: str | None = None,
+        context: Context | str | None = None,
+        machine: str | None = None,
+        op: str | None = None,
+        function: str | None = None,
+        instance: int | None = None,
+        start_index: int | None = None,
+        max_dic: int | None = None,
+        faults_per_run: int | None = None,
+        bit_range: str | None = None,
+        probability: float | None = None,
+        flips: int | None = None,
+        interval: str | None = None,
+        rate: float | None = None,
+        rate_unit: RateUnit | str | None = None,
+        compression: float | None = None,
+        period: str | None = None,
+        spell: Callable[[str], str] = _same,
+    ) -> FaultSpec:
+        """The spec that a campaign `[[faults]]` table or the command line describes.
+
+        Options are the user's raw values; None means not given (pass None, not a default,
+        for an option the user left out; `context` "any" also counts as not given). The
+        target is `target`, or `instruction:OP[@FUNCTION]` from `op` and `function` when
+        `target` is None or `"instruction"`. `flips` with `interval` or `rate` (and
+        `compression`) makes a storm on a memory region. OptionError names the first option
+        that is invalid or does not combine; messages spell option names with `spell`.
+        """
+        named = None
+        if target is not None and target.strip() != TargetKind.INSTRUCTION.value:
+            with _option("target"):
+                named = Target.parse(target)
+        if target is None and op is None:
+            raise OptionError(
+                f"give exactly one of {spell('target')} and {spell('op')}",
+                key="target",
+                hint=f"{spell('target')} register:rip for a register, {spell('op')} fadd for an "
+                "instruction result",
+            )
+        where = Context.ANY if context is None else _context(context, spell)
+        fault = None
+        if named is None or named.kind is TargetKind.INSTRUCTION:
+            fault = _instruction_fault(
+                named, op, function, instance, start_index, max_dic, faults_per_run,
+                probability, trigger, where, spell,
+            )  # fmt: skip
+        else:
+            given = {
+                "op": op, "function": function, "instance": instance,
+                "start_index": start_index, "max_dic": max_dic, "faults_per_run": faults_per_run,
+                "bit_range": bit_range, "probability": probability,
+            }  # fmt: skip
+            instruction_target = f'{spell("target")} = "{TargetKind.INSTRUCTION.value}"'
+            for key, value in given.items():
+                if value is not None:
+                    raise OptionError(
+                        f"{spell(key)} applies only to {instruction_target}",
+                        key=key,
+                        hint=f"remove {spell(key)}, or set {instruction_target}",
+                    )
+        storm = _storm(flips, interval, rate, rate_unit, compression, bits, trigger, where, spell)
+        period_s = _period_s(period, spell)
+        if fault is not None:
+            if storm is not None or period_s is not None:
+                at = "period" if storm is None else "interval" if interval is not None else "rate"
+                raise OptionError(
+                    f"{spell('interval')}, {spell('rate')} and {spell('period')} do not apply to "
+                    "instruction faults",
+                    key=at,
+                    hint=f'use them with a memory target, e.g. {spell("target")} = "memory:ram"',
+                )
+            model = _instruction_bits(bits, bit_range, spell)
+            with _option("bits" if bit_range is None else "bit_range"):
+                return cls(fault.target, model, instruction=fault, machine=machine)
+        assert named is not None
+        with _option("bits"):
+            model = BitModel.parse(bits)
+        with _option("trigger"):
+            when = Trigger.parse(trigger)
+        with _option("bits" if storm is None else "target"):
+            return cls(named, model, when, where, storm=storm, period_s=period_s, machine=machine)
+
     def to_json(self) -> dict[str, Any]:
         """Plain data for records and JSON output."""
         data: dict[str, Any] = {
@@ -552,4 +699,210 @@ class FaultSpec:
             data["storm"] = self.storm.to_json()
         if self.period_s is not None:
             data["period_s"] = self.period_s
+        if self.machine is not None:
+            data["machine"] = self.machine
         return data
+
+
+def _context(value: Context | str, spell: Callable[[str], str]) -> Context:
+    try:
+        return Context(value.strip().lower())
+    except ValueError:
+        raise OptionError(
+            f"invalid {spell('context')} {value!r}",
+            key="context",
+            hint="allowed: " + ", ".join(Context),
+        ) from None
+
+
+def _instruction_fault(
+    named: Target | None,
+    op: str | None,
+    function: str | None,
+    instance: int | None,
+    start_index: int | None,
+    max_dic: int | None,
+    faults_per_run: int | None,
+    probability: float | None,
+    trigger: str | None,
+    context: Context,
+    spell: Callable[[str], str],
+) -> InstructionFault:
+    """The instance choice of an instruction target (`named`, or None for bare `instruction`)."""
+    if named is not None:
+        with _option("op"):
+            disagree = op is not None and canonical_op(op) != named.op
+        if disagree or (function is not None and (function.strip() or None) != named.function):
+            raise OptionError(
+                f"{spell('op')}/{spell('function')} disagree with {spell('target')} "
+                f"{named.spelling!r}",
+                key="op",
+                hint=f"name them once: in the {spell('target')} or in {spell('op')} and "
+                f"{spell('function')}",
+            )
+        op, function = named.op, named.function
+    if op is None:
+        raise OptionError(
+            f'missing {spell("op")} for {spell("target")} = "{TargetKind.INSTRUCTION.value}"',
+            key="op",
+            hint=f"set {spell('op')} to one of {', '.join(INSTRUCTION_OPS)}",
+        )
+    for key, given in (("trigger", trigger is not None), ("context", context is not Context.ANY)):
+        if given:
+            raise OptionError(
+                f"{spell(key)} does not apply to instruction faults (the instance is the trigger)",
+                key=key,
+                hint=f"remove {spell(key)}",
+            )
+    start = 1 if start_index is None else start_index
+    count = 1 if faults_per_run is None else faults_per_run
+    _check_instances(instance, start, max_dic, count, probability, spell)
+    with _option("op"):
+        return InstructionFault(op, function, instance, start, max_dic, count, probability)
+
+
+def _instruction_bits(
+    bits: int | str | None, bit_range: str | None, spell: Callable[[str], str]
+) -> BitModel:
+    """The bits of an instruction result: `bits`, drawn from `bit_range` when it is given."""
+    with _option("bits"):
+        model = BitModel.parse(bits)
+    if bit_range is None:
+        return model
+    found = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", bit_range)
+    if found is None:
+        raise OptionError(
+            f"invalid {spell('bit_range')} {bit_range!r}",
+            key="bit_range",
+            hint='write it low-high, e.g. "52-62"',
+        )
+    low, high = int(found.group(1)), int(found.group(2))
+    if low > high:
+        raise OptionError(
+            f"bit range {bit_range!r} runs backwards",
+            key="bit_range",
+            hint='write it low-high, e.g. "52-62"',
+        )
+    if model.positions or model.low is not None or model.high is not None:
+        raise OptionError(
+            f"{spell('bits')} names bit positions and {spell('bit_range')} a range",
+            key="bit_range",
+            hint=f"with {spell('bit_range')}, give {spell('bits')} as a number of bits",
+        )
+    return dataclasses.replace(model, low=low, high=high)
+
+
+def _storm(
+    flips: int | None,
+    interval: str | None,
+    rate: float | None,
+    rate_unit: RateUnit | str | None,
+    compression: float | None,
+    bits: int | str | None,
+    trigger: str | None,
+    context: Context,
+    spell: Callable[[str], str],
+) -> Storm | None:
+    """The storm that the storm options describe; None when none of them is given."""
+    from vmfault.faults.schedule import RateUnit, Schedule, Storm  # noqa: PLC0415 (a cycle)
+
+    rate_keys = {"rate_unit": rate_unit, "compression": compression}
+    if interval is None and rate is None:
+        if flips is not None:
+            raise OptionError(
+                f"{spell('flips')} needs {spell('interval')} or {spell('rate')}",
+                key="flips",
+                hint=f'set {spell("interval")} = "10ms" (or {spell("rate")}, '
+                f"{spell('rate_unit')}, {spell('compression')})",
+            )
+        for key, value in rate_keys.items():
+            if value is not None:
+                raise OptionError(
+                    f"{spell(key)} applies only with {spell('rate')}",
+                    key=key,
+                    hint=f"remove {spell(key)}, or set {spell('rate')}",
+                )
+        return None
+    if flips is None:
+        raise OptionError(
+            f"missing {spell('flips')} for a storm",
+            key="flips",
+            hint=f"set {spell('flips')} = N, the number of flips per experiment",
+        )
+    if rate is None:
+        for key, value in rate_keys.items():
+            if value is not None:
+                raise OptionError(
+                    f"{spell(key)} applies only with {spell('rate')}",
+                    key=key,
+                    hint=f"remove {spell(key)}",
+                )
+    elif interval is not None:
+        raise OptionError(
+            f"give {spell('interval')} or {spell('rate')}, not both",
+            key="rate",
+            hint="a fixed schedule, or one derived from a physical rate",
+        )
+    elif compression is None:
+        raise OptionError(
+            f"missing {spell('compression')} for {spell('rate')}",
+            key="compression",
+            hint=f"set {spell('compression')} = real-world seconds per guest second, e.g. 1e9",
+        )
+    given = {
+        "bits": bits is not None,
+        "trigger": trigger is not None,
+        "context": context is not Context.ANY,
+    }
+    for key, present in given.items():
+        if present:
+            raise OptionError(
+                f"{spell(key)} does not apply to a storm "
+                "(one random bit per flip, on its schedule)",
+                key=key,
+                hint=f"remove {spell(key)}",
+            )
+    if flips < 1:
+        raise OptionError(
+            f"a storm needs at least one flip, not {flips}",
+            key="flips",
+            hint=f"set {spell('flips')} to 1 or more",
+        )
+    for key, value in (("rate", rate), ("compression", compression)):
+        if value is not None and value <= 0:
+            raise OptionError(
+                f"{spell(key)} {value:g} is not positive",
+                key=key,
+                hint="give upsets > 0" if key == "rate" else "real-world seconds per guest second",
+            )
+    schedule = None
+    if interval is not None:
+        with _option("interval"):
+            schedule = Schedule.parse(interval)
+    unit = RateUnit.FIT_PER_MBIT
+    if rate_unit is not None:
+        try:
+            unit = RateUnit(rate_unit.strip().lower())
+        except ValueError:
+            raise OptionError(
+                f"invalid {spell('rate_unit')} {rate_unit!r}",
+                key="rate_unit",
+                hint="allowed: " + ", ".join(RateUnit),
+            ) from None
+    with _option("interval" if interval is not None else "rate"):
+        return Storm(flips, schedule, rate, unit, compression)
+
+
+def _period_s(period: str | None, spell: Callable[[str], str]) -> float | None:
+    """Seconds of the `period` option (longer than 0), or None."""
+    if period is None:
+        return None
+    with _option("period"):
+        seconds = parse_duration_s(period)
+    if seconds <= 0:
+        raise OptionError(
+            f"invalid {spell('period')} {period!r}: not longer than 0",
+            key="period",
+            hint=f"e.g. {spell('period')} 1s",
+        )
+    return seconds

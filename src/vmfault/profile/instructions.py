@@ -13,8 +13,6 @@ function, for campaigns that need the golden count of a class (`load_or_profile`
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import tempfile
 import time
@@ -25,7 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from vmfault.faults.instructions import class_counts
-from vmfault.files import write_atomically
+from vmfault.files import cache_path, cached_json
 from vmfault.guest.binary import CodeRange, WorkloadBinary
 from vmfault.guest.image import GuestImage
 from vmfault.machine import Accel, Machine
@@ -205,7 +203,7 @@ def profile_instructions(
             process = run_to_exec(vm, exec_address, binary.entry, timeout_s)
             begun = time.monotonic()
             vm.hmp("log exec,cpu,nochain")
-            result, _, _ = session.finish(timeout_s=timeout_s)
+            result = session.finish(timeout_s=timeout_s).result
             vm.hmp("log none")
             wall_s = time.monotonic() - begun
         log_bytes = log_path.stat().st_size if log_path.exists() else 0
@@ -254,9 +252,7 @@ def profile_instructions(
 
 def profile_path(image: GuestImage, argv: Sequence[str], function: str | None) -> Path:
     """Where the cached instruction profile of `function` under `argv` lives."""
-    text = json.dumps([list(argv), function])
-    key = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    return image.root / "profiles" / f"insn-{key}.json"
+    return cache_path(image.root / "profiles", "insn", [list(argv), function])
 
 
 def load_or_profile(
@@ -268,18 +264,14 @@ def load_or_profile(
     accel: Accel = Accel.TCG,
 ) -> InstructionProfile:
     """The cached profile of `function` under `argv`, or a new one, stored atomically."""
-    path = profile_path(image, argv, function)
-    try:
-        cached = InstructionProfile.from_json(json.loads(path.read_text(encoding="utf-8")))
-        if cached.argv == tuple(argv) and cached.function == function:
-            return cached
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as exc:
-        logger.warning("ignoring the unreadable instruction profile %s: %s", path, exc)
-    profile = profile_instructions(
-        image, argv, function=function, deterministic=deterministic, accel=accel
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, (json.dumps(profile.to_json(), indent=1) + "\n").encode("utf-8"))
-    return profile
+
+    def make() -> InstructionProfile:
+        return profile_instructions(
+            image, argv, function=function, deterministic=deterministic, accel=accel
+        )
+
+    return cached_json(
+        profile_path(image, argv, function), make, decode=InstructionProfile.from_json,
+        encode=InstructionProfile.to_json,
+        accept=lambda cached: cached.argv == tuple(argv) and cached.function == function,
+    )  # fmt: skip

@@ -14,8 +14,6 @@ campaign profiles once (`load_or_profile_kernel`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import random
@@ -27,11 +25,10 @@ from pathlib import Path
 from types import MappingProxyType
 
 from vmfault.errors import MachineError, MachineTimeoutError, UsageError
-from vmfault.files import write_atomically
+from vmfault.files import cache_path, cached_json
 from vmfault.guest.image import GuestImage
 from vmfault.guest.symbols import KERNEL_MAP_BASE, KernelSymbols
-from vmfault.machine import Machine
-from vmfault.machine.gdbproto import StopReason
+from vmfault.machine import Machine, RunEnd
 from vmfault.session import GuestSession
 
 __all__ = [
@@ -278,20 +275,19 @@ def _sample_run(
                 f"the workload did not reach its exit hook within {timeout_s:g} s of sampling",
                 timeout_s=timeout_s,
             )
-        vm.cont()
-        resumed = time.perf_counter()
-        vm.wait(lambda: not gdb.running or not vm.alive, timeout_s=slice_s)
-        if not vm.alive:
+        run = vm.run_for(slice_s)
+        if run.end is RunEnd.EXITED:
             raise MachineError(f"QEMU exited (status {vm.exit_code}) while profiling")
-        stop = vm.halt()
-        tally.running_s += time.perf_counter() - resumed
+        tally.running_s += run.ran_s
         tally.slices += 1
         rip = gdb.read_register(_PC)
         if rip == exited:
             return
-        if stop.reason is not StopReason.INTERRUPT:
+        if run.end is not RunEnd.TIME:
+            reason = run.stop.reason.value if run.stop is not None else run.end.value
+            raw = run.stop.raw if run.stop is not None else ""
             raise MachineError(
-                f"the guest stopped at {rip:#x} ({stop.reason.value}, {stop.raw}) "
+                f"the guest stopped at {rip:#x} ({reason}, {raw}) "
                 f"while profiling; console tail: {vm.console.transcript()[-300:]!r}"
             )
         if rip >= KERNEL_MAP_BASE:
@@ -304,8 +300,7 @@ def _sample_run(
 
 def profile_path(image: GuestImage, argv: Sequence[str]) -> Path:
     """Where the cached profile of `argv` on `image` lives."""
-    key = hashlib.sha256(json.dumps(list(argv)).encode("utf-8")).hexdigest()[:16]
-    return image.root / "profiles" / f"{key}.json"
+    return cache_path(image.root / "profiles", "kernel", list(argv))
 
 
 def load_or_profile_kernel(
@@ -326,49 +321,21 @@ def load_or_profile_kernel(
     `min_samples` kernel samples, or took at least `max_runs` runs; `refresh` ignores it.
     An unreadable cache file is replaced.
     """
-    path = profile_path(image, argv)
-    if not refresh:
-        cached = _load(path)
-        if (
-            cached is not None
-            and cached.argv == tuple(argv)
+
+    def usable(cached: KernelProfile) -> bool:
+        return (
+            cached.argv == tuple(argv)
             and cached.interval_s == interval_s
             and (cached.kernel_samples >= min_samples or cached.runs >= max_runs)
-        ):
-            logger.debug("using the cached kernel profile %s", path)
-            return cached
-    profile = profile_kernel(
-        image,
-        argv,
-        symbols=symbols,
-        interval_s=interval_s,
-        timeout_s=timeout_s,
-        min_samples=min_samples,
-        max_runs=max_runs,
-        seed=seed,
-    )
-    _store(path, profile)
-    return profile
+        )
 
+    def make() -> KernelProfile:
+        return profile_kernel(
+            image, argv, symbols=symbols, interval_s=interval_s, timeout_s=timeout_s,
+            min_samples=min_samples, max_runs=max_runs, seed=seed,
+        )  # fmt: skip
 
-def _load(path: Path) -> KernelProfile | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        logger.warning("ignoring the unreadable kernel profile %s: %s", path, exc)
-        return None
-    if not isinstance(data, dict):
-        logger.warning("ignoring the malformed kernel profile %s", path)
-        return None
-    try:
-        return KernelProfile.from_json(data)
-    except UsageError as exc:
-        logger.warning("ignoring the kernel profile %s: %s", path, exc.message)
-        return None
-
-
-def _store(path: Path, profile: KernelProfile) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, (json.dumps(profile.to_json(), indent=1) + "\n").encode("utf-8"))
+    return cached_json(
+        profile_path(image, argv), make, decode=KernelProfile.from_json,
+        encode=KernelProfile.to_json, accept=usable, refresh=refresh,
+    )  # fmt: skip

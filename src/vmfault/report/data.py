@@ -28,12 +28,13 @@ from typing import Any, Protocol
 
 from vmfault.classify import Activation, LatencyUnit, Outcome, latency_histogram
 from vmfault.errors import UsageError
+from vmfault.experiment.records import GoldenRun
 from vmfault.faults import REGISTER_GROUPS
 from vmfault.faults.model import parse_duration_s
 from vmfault.guest.workloads import BUILTIN_WORKLOADS, idle_argv
 from vmfault.report.summary import Summary, summarize
 from vmfault.stats import IntervalMethod, Rate, rate
-from vmfault.store import CampaignInfo, GoldenRow
+from vmfault.store import CampaignInfo
 
 __all__ = [
     "COUNTED_OUTCOMES",
@@ -49,7 +50,6 @@ __all__ = [
     "Distribution",
     "Example",
     "Family",
-    "Golden",
     "HeatMap",
     "InstructionFaults",
     "LatencyHistogram",
@@ -58,6 +58,7 @@ __all__ = [
     "ReportSource",
     "Storms",
     "build_report",
+    "golden_text",
     "replay_command",
 ]
 
@@ -98,8 +99,8 @@ class ReportSource(Protocol):
         """The campaign row and its provenance."""
         ...
 
-    def golden(self, argv: Sequence[str]) -> GoldenRow | None:
-        """The stored golden run of `argv`, or None."""
+    def golden(self, argv: Sequence[str]) -> GoldenRun | None:
+        """The stored golden run of `argv` (on the campaign's one machine), or None."""
         ...
 
     def outcome_counts(self, *, stratum: str | None = None) -> dict[str, int]:
@@ -157,25 +158,6 @@ class Provenance:
     families: tuple[Family, ...]
     other: tuple[tuple[str, str], ...]
     """Provenance entries not named above, sorted by key."""
-
-
-@dataclass(frozen=True)
-class Golden:
-    """The stored fault-free run of the campaign's workload command line."""
-
-    argv: tuple[str, ...]
-    exit_status: int | None
-    signal: str | None
-    duration_s: float
-    """Host seconds from the workload's start to its exit."""
-    instructions: int | None
-    """Guest instructions (deterministic campaigns), else None."""
-    stdout: str
-    """Decoded (invalid bytes replaced), cut to GOLDEN_TEXT_MAX_CHARS."""
-    stderr: str
-    stdout_bytes: int
-    stderr_bytes: int
-    recorded_at: str
 
 
 @dataclass(frozen=True)
@@ -342,7 +324,7 @@ class CampaignReport:
     db: str
     """The database path as given."""
     provenance: Provenance
-    golden: Golden | None
+    golden: GoldenRun | None
     summary: Summary
     """What `vmfault campaign status --json` prints (`summary.to_json()`)."""
     overall: Distribution
@@ -528,34 +510,21 @@ def _golden_argvs(spec: Mapping[str, Any]) -> list[tuple[str, ...]]:
     return list(dict.fromkeys(candidates))
 
 
-def _golden(store: ReportSource, spec: Mapping[str, Any]) -> Golden | None:
+def _golden(store: ReportSource, spec: Mapping[str, Any]) -> GoldenRun | None:
     for argv in _golden_argvs(spec):
-        row = store.golden(list(argv))
-        if row is not None:
-            return _golden_of(row)
+        golden = store.golden(list(argv))
+        if golden is not None:
+            return golden
     return None
 
 
-def _cut(data: bytes) -> str:
+def golden_text(data: bytes) -> str:
+    """Golden stdout or stderr for display: decoded (invalid bytes replaced), cut to
+    GOLDEN_TEXT_MAX_CHARS and marked."""
     text = data.decode("utf-8", errors="replace")
     if len(text) <= GOLDEN_TEXT_MAX_CHARS:
         return text
     return text[:GOLDEN_TEXT_MAX_CHARS] + f"\n... ({len(text) - GOLDEN_TEXT_MAX_CHARS} more)"
-
-
-def _golden_of(row: GoldenRow) -> Golden:
-    return Golden(
-        argv=row.argv,
-        exit_status=row.exit_status,
-        signal=row.signal,
-        duration_s=row.duration_s,
-        instructions=row.instructions,
-        stdout=_cut(row.stdout),
-        stderr=_cut(row.stderr),
-        stdout_bytes=len(row.stdout),
-        stderr_bytes=len(row.stderr),
-        recorded_at=row.recorded_at,
-    )
 
 
 def _distribution(

@@ -24,6 +24,7 @@ from vmfault.report.data import (
     Example,
     HeatMap,
     LatencyHistogram,
+    golden_text,
 )
 from vmfault.report.svg import (
     ACTIVATION_COLORS,
@@ -462,16 +463,17 @@ def _golden(report: CampaignReport) -> str:
     facts = [
         ("command", " ".join(golden.argv)),
         ("exit status", status),
-        ("duration", f"{golden.duration_s:.3f} s (host)"),
+        ("duration", f"{golden.host_s:.3f} s (host)"),
     ]
     if golden.instructions is not None:
         facts.append(("instructions", f"{golden.instructions:,}"))
-    facts.append(("recorded", golden.recorded_at))
+    facts.append(("recorded", golden.recorded_at or "-"))
     out = '<dl class="facts">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
     out += "</dl>"
-    out += f"<h4>stdout ({golden.stdout_bytes} bytes)</h4><pre>{esc(golden.stdout)}</pre>"
-    if golden.stderr_bytes:
-        out += f"<h4>stderr ({golden.stderr_bytes} bytes)</h4><pre>{esc(golden.stderr)}</pre>"
+    stdout, stderr = golden_text(golden.stdout), golden_text(golden.stderr)
+    out += f"<h4>stdout ({len(golden.stdout)} bytes)</h4><pre>{esc(stdout)}</pre>"
+    if golden.stderr:
+        out += f"<h4>stderr ({len(golden.stderr)} bytes)</h4><pre>{esc(stderr)}</pre>"
     return out
 
 
@@ -926,7 +928,7 @@ def _compare_provenance(a: CampaignReport, b: CampaignReport, names: tuple[str, 
     for report in (a, b):
         g = report.golden
         golden.append(
-            "-" if g is None else f"{' '.join(g.argv)}: exit {g.exit_status}, {g.duration_s:.3f} s"
+            "-" if g is None else f"{' '.join(g.argv)}: exit {g.exit_status}, {g.host_s:.3f} s"
         )
     rows.append(["golden run", esc(golden[0]), esc(golden[1])])
     attrs.append(' class="differs"' if golden[0] != golden[1] else "")

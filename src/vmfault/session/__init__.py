@@ -7,21 +7,19 @@ it to its exit hook; `vmfault.session.process` finds the workload process at its
 
 from vmfault.session.guest import (
     AgentHooks,
-    GoldenRun,
+    Finished,
     GuestSession,
     WorkloadResult,
-    golden_run,
     machine_config,
 )
 from vmfault.session.symbols import capture_kernel_symbols, prepare_image
 
 __all__ = [
     "AgentHooks",
-    "GoldenRun",
+    "Finished",
     "GuestSession",
     "WorkloadResult",
     "capture_kernel_symbols",
-    "golden_run",
     "machine_config",
     "prepare_image",
 ]

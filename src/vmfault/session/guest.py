@@ -1,4 +1,4 @@
-"""A guest booted from a vmfault image, its agent running one workload: the golden run.
+"""A guest booted from a vmfault image, its agent running one workload.
 
 The agent (the guest's /init) reports over the debugcon channel and calls two hook
 functions that the host breaks on: `vmfault_hook_started` right after the workload is
@@ -9,8 +9,6 @@ pair brackets the workload exactly, in guest instructions in deterministic mode.
 
 from __future__ import annotations
 
-import dataclasses
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,22 +16,25 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from vmfault.errors import ImageError, MachineError, MachineTimeoutError, UsageError
+from vmfault.classify import signal_name
+from vmfault.errors import ImageError, MachineError, UsageError
 from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import HOOK_EXITED, HOOK_STARTED, AgentMode, FrameKind, agent_params
-from vmfault.machine import Accel, Frame, Machine, MachineConfig, StopReply
+from vmfault.machine import Accel, Frame, Machine, MachineConfig
 
 __all__ = [
+    "EXIT_REPORT_TIMEOUT_S",
+    "READY_TIMEOUT_S",
     "AgentHooks",
-    "GoldenRun",
     "GuestSession",
     "WorkloadResult",
-    "golden_run",
     "machine_config",
 ]
 
 READY_TIMEOUT_S = 60.0
 """Boot to the workload's start: generous, a loaded CI machine under TCG is slow."""
+EXIT_REPORT_TIMEOUT_S = 10.0
+"""From the exit hook to the agent's exit report on the channel."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,10 @@ class WorkloadResult:
     stderr: bytes
     exit_code: int | None
     """The exit code if the workload exited normally."""
-    signal: int | None
-    """The signal number if a signal killed it."""
+    signal: str | None
+    """The name of the signal that killed it (`SIGSEGV`), if one did."""
+    signal_number: int | None
+    """That signal's number."""
     guest_duration_s: float
     """Guest CLOCK_MONOTONIC from fork to reap."""
     pid: int | None
@@ -74,17 +77,7 @@ class WorkloadResult:
         """Shell convention: the exit code, or 128 + the signal number."""
         if self.exit_code is not None:
             return self.exit_code
-        return 128 + (self.signal or 0)
-
-    @property
-    def signal_name(self) -> str | None:
-        """`SIGSEGV` and so on, if a signal ended the workload."""
-        if self.signal is None:
-            return None
-        try:
-            return signal.Signals(self.signal).name
-        except ValueError:
-            return f"SIG{self.signal}"
+        return 128 + (self.signal_number or 0)
 
     @classmethod
     def from_frames(cls, frames: Sequence[Frame]) -> WorkloadResult | None:
@@ -95,11 +88,13 @@ class WorkloadResult:
         parts = exit_frame.text.split()
         how, number, duration_ns = parts[0], int(parts[1]), int(parts[2])
         start = next((f for f in frames if f.kind == FrameKind.START), None)
+        signaled = how == "signaled"
         return cls(
             stdout=b"".join(f.payload for f in frames if f.kind == FrameKind.OUT),
             stderr=b"".join(f.payload for f in frames if f.kind == FrameKind.ERR),
-            exit_code=number if how == "exited" else None,
-            signal=number if how == "signaled" else None,
+            exit_code=None if signaled else number,
+            signal=signal_name(number) if signaled else None,
+            signal_number=number if signaled else None,
             guest_duration_s=duration_ns / 1e9,
             pid=int(start.text) if start is not None else None,
         )
@@ -130,30 +125,14 @@ def machine_config(
 
 
 @dataclass(frozen=True)
-class GoldenRun:
-    """A fault-free run of a workload: the reference every experiment is compared with."""
+class Finished:
+    """A workload run from its start hook to its exit: the agent's report and the timing."""
 
-    workload: str
-    argv: tuple[str, ...]
-    output: str
-    stderr: str
-    exit_status: int
-    signal: str | None
-    duration_s: float
-    """Guest time from fork to reap, in seconds."""
-    wall_s: float
-    """Host time from the start hook to the exit hook, in seconds."""
+    result: WorkloadResult
+    host_s: float
+    """Host seconds between the start hook and the exit hook."""
     instructions: int | None
-    """Guest instructions from start hook to exit hook (deterministic mode only)."""
-    boot_s: float
-    """Host time from launching QEMU to the workload's start, in seconds."""
-    accel: str
-    deterministic: bool
-    console: str
-
-    def to_json(self) -> dict[str, object]:
-        """A JSON-ready dict (the `vmfault run --json` object)."""
-        return dataclasses.asdict(self) | {"argv": list(self.argv)}
+    """Guest instructions between them (deterministic mode)."""
 
 
 class GuestSession:
@@ -172,6 +151,7 @@ class GuestSession:
         accel: Accel = Accel.TCG,
         ram_mib: int = 128,
         console_log: Path | None = None,
+        name: str | None = None,
     ) -> None:
         if not argv:
             raise UsageError("no workload given", hint="name a workload, e.g. `checksum`")
@@ -180,17 +160,15 @@ class GuestSession:
         self.image = image
         self.argv = tuple(argv)
         self.hooks = AgentHooks.of(image)
-        self.machine = Machine(
-            machine_config(
-                image,
-                argv,
-                deterministic=deterministic,
-                accel=accel,
-                ram_mib=ram_mib,
-                console_log=console_log,
-            ),
-            name=argv[0],
+        config = machine_config(
+            image,
+            argv,
+            deterministic=deterministic,
+            accel=accel,
+            ram_mib=ram_mib,
+            console_log=console_log,
         )
+        self.machine = Machine(config, name=name or argv[0])
         self.launched_at = 0.0
         self.started_at = 0.0
         self.start_instructions: int | None = None
@@ -210,88 +188,63 @@ class GuestSession:
         """Destroy the machine (always safe)."""
         self.machine.close()
 
-    def _run_to(self, address: int, timeout_s: float, what: str) -> StopReply:
-        vm = self.machine
-        vm.cont()
-        stop = vm.wait_stop(timeout_s=timeout_s)
-        if stop is None:
-            if not vm.alive:
-                raise MachineError(f"QEMU exited (status {vm.exit_code}) before {what}")
-            vm.halt()
-            raise MachineTimeoutError(
-                f"guest did not reach {what} within {timeout_s:g} s", timeout_s=timeout_s
-            )
-        rip = vm.gdb.read_register("rip")
-        if rip != address:
-            raise MachineError(
-                f"guest stopped at {rip:#x} ({stop.reason.name}) before {what}; "
-                f"console tail: {vm.console.transcript()[-300:]!r}"
-            )
-        return stop
+    @property
+    def boot_s(self) -> float:
+        """Host seconds from launching QEMU to the workload's start."""
+        return self.started_at - self.launched_at
 
     def start(self, *, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Boot and halt at the workload's start hook (workload forked, not yet running)."""
         vm = self.machine
         self.launched_at = time.monotonic()
         vm.launch(start=False)
-        vm.gdb.set_breakpoint(self.hooks.started)
-        self._run_to(self.hooks.started, timeout_s, "the workload's start")
-        vm.gdb.remove_breakpoint(self.hooks.started)
+        vm.run_to(self.hooks.started, timeout_s=timeout_s).require(
+            "the workload's start", vm, timeout_s=timeout_s
+        )
         self.started_at = time.monotonic()
         self.start_instructions = vm.instruction_count()
 
-    def finish(self, *, timeout_s: float) -> tuple[WorkloadResult, float, int | None]:
-        """Run from the start hook to the exit hook and to the agent's exit report.
+    def begin(self) -> float:
+        """Let the guest, halted at its start hook, run on toward its exit hook (which gets
+        a breakpoint); returns the host monotonic time it resumed. See `wait_exit`."""
+        self.machine.gdb.set_breakpoint(self.hooks.exited)
+        self.machine.cont()
+        return time.monotonic()
 
-        Returns the result, host seconds between the hooks, and guest instructions between
-        them (deterministic mode). Raises MachineTimeoutError if the workload does not finish.
+    def wait_exit(
+        self, begun: float, *, timeout_s: float, poll_s: float | None = None
+    ) -> Finished | None:
+        """Wait for a guest that `begin` resumed at `begun` to reach its exit hook, then for
+        the agent's exit report.
+
+        With `poll_s`, waits at most that long and returns None if the guest still runs
+        (so several machines can be waited for in turn); otherwise up to `timeout_s` from
+        `begun`. Raises MachineTimeoutError if the workload does not finish in `timeout_s`,
+        MachineError if the guest stops elsewhere or QEMU exits.
         """
         vm = self.machine
-        vm.gdb.set_breakpoint(self.hooks.exited)
-        begun = time.monotonic()
-        self._run_to(self.hooks.exited, timeout_s, "the workload's exit")
-        wall_s = time.monotonic() - begun
+        exited = self.hooks.exited
+        left = max(0.0, begun + timeout_s - time.monotonic())
+        run = vm.await_stop(left if poll_s is None else min(poll_s, left), goal=exited,
+                            halt=poll_s is None or poll_s >= left)  # fmt: skip
+        if run is None:
+            return None
+        run.require("the workload's exit", vm, timeout_s=timeout_s)
+        host_s = time.monotonic() - begun
         instructions = vm.instruction_count()
-        vm.gdb.remove_breakpoint(self.hooks.exited)
+        vm.gdb.remove_breakpoint(exited)
         vm.cont()
-        frame = vm.channel.wait(FrameKind.EXIT, timeout_s=timeout_s)
+        frame = vm.channel.wait(FrameKind.EXIT, timeout_s=EXIT_REPORT_TIMEOUT_S)
         result = WorkloadResult.from_frames(vm.channel.frames)
         if frame is None or result is None:
             raise MachineError("the agent did not report the workload's exit")
         counted = None
         if instructions is not None and self.start_instructions is not None:
             counted = instructions - self.start_instructions
-        return result, wall_s, counted
+        return Finished(result, host_s, counted)
 
-
-def golden_run(
-    image: GuestImage,
-    argv: Sequence[str],
-    *,
-    deterministic: bool = False,
-    accel: Accel = Accel.TCG,
-    timeout_s: float = 300.0,
-    console_log: Path | None = None,
-) -> GoldenRun:
-    """Boot `image`, run `argv` fault-free to completion and return what it did."""
-    with GuestSession(
-        image, argv, deterministic=deterministic, accel=accel, console_log=console_log
-    ) as session:
-        session.start()
-        result, wall_s, instructions = session.finish(timeout_s=timeout_s)
-        vm = session.machine
-        return GoldenRun(
-            workload=argv[0],
-            argv=tuple(argv),
-            output=result.stdout.decode("utf-8", errors="replace"),
-            stderr=result.stderr.decode("utf-8", errors="replace"),
-            exit_status=result.exit_status,
-            signal=result.signal_name,
-            duration_s=result.guest_duration_s,
-            wall_s=wall_s,
-            instructions=instructions,
-            boot_s=session.started_at - session.launched_at,
-            accel=(vm.accel or accel).value,
-            deterministic=deterministic,
-            console=vm.console.transcript(),
-        )
+    def finish(self, *, timeout_s: float) -> Finished:
+        """Run from the start hook to the exit hook and to the agent's exit report."""
+        finished = self.wait_exit(self.begin(), timeout_s=timeout_s)
+        assert finished is not None  # no poll: it finished or raised
+        return finished

@@ -138,28 +138,14 @@ def run_to_exec(
     Leaves the VM halted at that first instruction with no breakpoint of its own set.
     Raises MachineError if either point is not reached within `timeout_s` seconds.
     """
-    _run_to(vm, exec_address, timeout_s, "the workload's exec")
+    vm.run_to(exec_address, timeout_s=timeout_s).require(
+        "the workload's exec", vm, timeout_s=timeout_s
+    )
     process = read_process_at_exec(vm.gdb, link_entry=link_entry)
-    _run_to(vm, process.first_pc, timeout_s, "the workload's first instruction")
+    vm.run_to(process.first_pc, timeout_s=timeout_s).require(
+        "the workload's first instruction", vm, timeout_s=timeout_s
+    )
     state = vm.gdb.read_registers(["cr3", "cs"])
     if state["cs"] & 3 != 3:
         raise MachineError("the workload's first instruction ran in kernel mode")
     return dataclasses.replace(process, page_tables=page_table_key(state["cr3"]))
-
-
-def _run_to(vm: Machine, address: int, timeout_s: float, what: str) -> None:
-    vm.gdb.set_breakpoint(address)
-    try:
-        vm.cont()
-        stop = vm.wait_stop(timeout_s=timeout_s)
-        if stop is None:
-            if vm.alive:
-                vm.halt()
-            raise MachineError(f"{what} was not reached within {timeout_s:g} s")
-        rip = vm.gdb.read_register("rip")
-        if rip != address:
-            raise MachineError(f"the guest stopped at {rip:#x} before {what}")
-    finally:
-        if vm.alive:
-            vm.halt()
-            vm.gdb.remove_breakpoint(address)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vmfault.errors import ImageError
-from vmfault.files import write_atomically
+from vmfault.files import cached_bytes
 from vmfault.guest.image import GuestImage, ImageSpec, build_image
 from vmfault.guest.protocol import AgentMode, FrameKind
 from vmfault.guest.symbols import KernelSymbols
@@ -16,29 +16,25 @@ __all__ = ["capture_kernel_symbols", "prepare_image"]
 
 
 def capture_kernel_symbols(image: GuestImage, *, timeout_s: float = 120.0) -> KernelSymbols:
-    """Boot `image` once in kallsyms mode and store /proc/kallsyms beside it (atomically).
+    """The kernel's symbols: /proc/kallsyms of one boot in kallsyms mode, kept beside the
+    image and, for other images of the same kernel, beside the images (atomically).
 
-    Returns the stored table; later calls read the file without booting.
+    Later calls read the file without booting.
     """
-    path = image.kallsyms_path
-    if path.exists():
-        return KernelSymbols.load(path)
     shared = image.root.parent.parent / "kallsyms" / image.symbols_key
-    if shared.exists():  # captured before for another image with the same kernel
-        write_atomically(path, shared.read_bytes())
-        return KernelSymbols.load(path)
-    with Machine(machine_config(image, mode=AgentMode.KALLSYMS), name="kallsyms") as vm:
-        if vm.channel.wait(FrameKind.EXIT, timeout_s=timeout_s) is None:
-            raise ImageError(
-                "the guest did not list its kernel symbols",
-                hint=f"see the console: {vm.console.transcript()[-300:]!r}",
-            )
-        text = b"".join(f.payload for f in vm.channel.frames if f.kind == FrameKind.KALLSYMS)
-    symbols = KernelSymbols.parse(text.decode("ascii", errors="replace"))
-    shared.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(shared, text)
-    write_atomically(path, text)
-    return symbols
+
+    def capture() -> bytes:
+        with Machine(machine_config(image, mode=AgentMode.KALLSYMS), name="kallsyms") as vm:
+            if vm.channel.wait(FrameKind.EXIT, timeout_s=timeout_s) is None:
+                raise ImageError(
+                    "the guest did not list its kernel symbols",
+                    hint=f"see the console: {vm.console.transcript()[-300:]!r}",
+                )
+            frames = vm.channel.frames
+            return b"".join(f.payload for f in frames if f.kind == FrameKind.KALLSYMS)
+
+    text = cached_bytes(image.kallsyms_path, lambda: cached_bytes(shared, capture))
+    return KernelSymbols.parse(text.decode("ascii", errors="replace"))
 
 
 def prepare_image(

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
 from vmfault.errors import VmfaultError
-from vmfault.experiment import ExperimentRecord, Injection
+from vmfault.experiment.records import DEFAULT_MACHINE, ExperimentRecord, GoldenRun, Injection
 
 __all__ = [
     "COLUMNS",
@@ -26,7 +26,6 @@ __all__ = [
     "ColumnKind",
     "DuplicateExperiment",
     "GoldenMismatchError",
-    "GoldenRow",
     "ResultStore",
     "RowSource",
     "StoreError",
@@ -85,24 +84,6 @@ class CampaignInfo:
     def spec(self) -> Any:
         """The campaign spec, parsed from `spec_json`."""
         return json.loads(self.spec_json)
-
-
-@dataclass(frozen=True)
-class GoldenRow:
-    """The stored golden run of one workload command line."""
-
-    argv: tuple[str, ...]
-    stdout: bytes
-    stderr: bytes
-    exit_status: int | None
-    signal: str | None
-    """Name of the signal that ended the workload (`SIGSEGV`), if one did."""
-    duration_s: float
-    """Host seconds from the workload's start to its exit."""
-    instructions: int | None
-    """Guest instructions from start to exit (deterministic mode), else None."""
-    recorded_at: str
-    """UTC, ISO 8601 with offset."""
 
 
 ColumnKind = Literal["int", "float", "str", "bool"]
@@ -196,26 +177,18 @@ class ResultStore(RowSource, Protocol):
         """The campaign row and its provenance."""
         ...
 
-    def save_golden(
-        self,
-        argv: Sequence[str],
-        *,
-        stdout: bytes,
-        stderr: bytes,
-        exit_status: int | None,
-        signal: str | None,
-        duration_s: float,
-        instructions: int | None,
-    ) -> GoldenRow:
-        """Store the golden run of `argv` once; returns the stored row.
+    def save_golden(self, golden: GoldenRun) -> GoldenRun:
+        """Store the golden run of its machine and argv once; returns the stored run (with
+        `recorded_at`).
 
-        The first golden run of an argv is kept: saving one with the same stdout, stderr,
-        exit status and signal again changes nothing; a different one raises GoldenMismatchError.
+        The first golden run of a machine and argv is kept: saving one with the same stdout,
+        stderr, exit status and signal again changes nothing; a different one raises
+        GoldenMismatchError.
         """
         ...
 
-    def golden(self, argv: Sequence[str]) -> GoldenRow | None:
-        """The stored golden run of `argv`, or None."""
+    def golden(self, argv: Sequence[str], *, machine: str = DEFAULT_MACHINE) -> GoldenRun | None:
+        """The stored golden run of `machine` running `argv`, or None."""
         ...
 
     def record(
@@ -227,7 +200,6 @@ class ResultStore(RowSource, Protocol):
         worker: str,
         started_at: float,
         finished_at: float,
-        extra_injections: Sequence[Injection] = (),
     ) -> None:
         """Store one experiment whole, committed before returning.
 
@@ -259,11 +231,7 @@ class ResultStore(RowSource, Protocol):
         ...
 
     def load(self, experiment_id: int) -> ExperimentRecord | None:
-        """The stored record rebuilt, or None if not recorded.
-
-        `injection` is the first injection; `extra_injections` holds the others for a storm
-        experiment (with its `storm` summary), and is empty for any other experiment.
-        """
+        """The stored record rebuilt (equal to the one recorded), or None if not recorded."""
         ...
 
     def injections(self, experiment_id: int) -> tuple[Injection, ...]:
@@ -271,7 +239,7 @@ class ResultStore(RowSource, Protocol):
         ...
 
     def record_json(self, experiment_id: int) -> dict[str, Any] | None:
-        """`load(experiment_id).to_json()`, plus `extra_injections` if there are any."""
+        """`load(experiment_id).to_json()`, or None."""
         ...
 
     def close(self) -> None:

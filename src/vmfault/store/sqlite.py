@@ -14,9 +14,12 @@ Integers up to 64 bits signed are INTEGER columns; addresses, masks and register
 (up to 128 bits: xmm registers) are hex TEXT such as `0xdeadbeef`. The schema version is
 `PRAGMA user_version`; `PRAGMA application_id` marks the file as vmfault's.
 
-Schema versions: 1 has no `storm` table; 2 (the current one) adds it. A writer migrates a
-version-1 database to version 2 when it opens it, in one transaction; a reader reads a
-version-1 database as it is, its storm columns None, and never writes.
+Schema versions: 1 has no `storm` table; 2 adds it; 3 (the current one) names machines:
+each injection says which machine it went to, its kind and its kind's own fields
+(`detail_json`), the outcome says which machine was judged, `machine_run` holds what the
+other machines of the testbed did, and golden runs are kept per machine with host and
+guest seconds. A writer migrates an older database when it opens it, in one transaction;
+a reader reads it as it is (one machine, `guest`; the newer fields None) and never writes.
 """
 
 from __future__ import annotations
@@ -38,13 +41,20 @@ from typing import Any, Literal, Self
 
 from vmfault.classify import Activation, Latency, LatencyUnit, Outcome
 from vmfault.errors import UsageError
-from vmfault.experiment import ExperimentRecord, Injection, StormSummary
+from vmfault.experiment.records import (
+    DEFAULT_MACHINE,
+    ExperimentRecord,
+    GoldenRun,
+    Injection,
+    MachineRun,
+    StormSummary,
+    injection_from_fields,
+)
 from vmfault.store.base import (
     COLUMN_NAMES,
     CampaignInfo,
     DuplicateExperiment,
     GoldenMismatchError,
-    GoldenRow,
     StoreError,
 )
 
@@ -53,10 +63,14 @@ __all__ = ["APPLICATION_ID", "BUSY_TIMEOUT_S", "SCHEMA_VERSION", "SQLiteStore"]
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """`PRAGMA user_version` of the databases this code writes."""
 _OLDEST_VERSION = 1
 """The oldest schema version this code reads (and migrates when opened for writing)."""
+_STORM_VERSION = 2
+"""The first schema version with the storm table."""
+_MACHINES_VERSION = 3
+"""The first schema version that names machines and kinds."""
 APPLICATION_ID = 0x564D4674
 """`PRAGMA application_id` of a vmfault database (`VMFt`)."""
 BUSY_TIMEOUT_S = 10.0
@@ -166,23 +180,76 @@ _STORM_SCHEMA: tuple[str, ...] = (
 )
 """What schema version 2 adds to version 1."""
 
-_SCHEMA: tuple[str, ...] = _SCHEMA_V1 + _STORM_SCHEMA
-"""The current schema (SCHEMA_VERSION)."""
+_MACHINE_SCHEMA: tuple[str, ...] = (
+    f"ALTER TABLE injection ADD COLUMN machine TEXT NOT NULL DEFAULT '{DEFAULT_MACHINE}'",
+    "ALTER TABLE injection ADD COLUMN kind TEXT",
+    "ALTER TABLE injection ADD COLUMN detail_json TEXT",
+    f"ALTER TABLE outcome ADD COLUMN machine TEXT NOT NULL DEFAULT '{DEFAULT_MACHINE}'",
+    "ALTER TABLE storm ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
+    """CREATE TABLE machine_run (
+        experiment_id INTEGER NOT NULL REFERENCES experiment (experiment_id),
+        machine TEXT NOT NULL,
+        class TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        cause TEXT,
+        evidence TEXT NOT NULL,
+        exit_status INTEGER,
+        signal TEXT,
+        output TEXT NOT NULL,
+        stderr TEXT NOT NULL,
+        PRIMARY KEY (experiment_id, machine)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE golden_by_machine (
+        machine TEXT NOT NULL,
+        argv_json TEXT NOT NULL,
+        stdout BLOB NOT NULL,
+        stderr BLOB NOT NULL,
+        exit_status INTEGER,
+        signal TEXT,
+        host_s REAL NOT NULL,
+        guest_s REAL,
+        instructions INTEGER,
+        pid INTEGER,
+        recorded_at TEXT NOT NULL,
+        PRIMARY KEY (machine, argv_json)
+    )""",
+    f"""INSERT INTO golden_by_machine (machine, argv_json, stdout, stderr, exit_status, signal,
+        host_s, instructions, recorded_at)
+        SELECT '{DEFAULT_MACHINE}', argv_json, stdout, stderr, exit_status, signal, duration_s,
+        instructions, recorded_at FROM golden""",  # noqa: S608 (constants only)
+    "DROP TABLE golden",
+    "ALTER TABLE golden_by_machine RENAME TO golden",
+)
+"""What schema version 3 adds to version 2 (machines, kinds, per-machine golden runs)."""
 
-_MIGRATIONS: Mapping[int, tuple[str, ...]] = MappingProxyType({1: _STORM_SCHEMA})
+_SCHEMA: tuple[str, ...] = _SCHEMA_V1 + _STORM_SCHEMA + _MACHINE_SCHEMA
+"""The current schema (SCHEMA_VERSION), built as its migrations build it."""
+
+_MIGRATIONS: Mapping[int, tuple[str, ...]] = MappingProxyType(
+    {1: _STORM_SCHEMA, 2: _MACHINE_SCHEMA}
+)
 """Statements taking a database from schema version `key` to `key + 1`."""
 
 _INSERT_INJECTION = """
 INSERT INTO injection (
     experiment_id, ordinal, target, location, "register", address, "virtual", width, mask, mode,
-    "before", "after", readback, injected, reason, "trigger", time_s, instructions, rip, user_mode
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    "before", "after", readback, injected, reason, "trigger", time_s, instructions, rip, user_mode,
+    machine, kind, detail_json
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _SELECT_INJECTIONS = """
 SELECT target, location, "register", address, "virtual", width, mask, mode, "before", "after",
-       readback, injected, reason, "trigger", time_s, instructions, rip, user_mode
+       readback, injected, reason, "trigger", time_s, instructions, rip, user_mode,
+       {machine_columns}
 FROM injection WHERE experiment_id = ? ORDER BY ordinal
 """
+_INJECTION_COLUMNS = frozenset({
+    "target", "location", "register", "address", "virtual", "width", "mask", "mode", "before",
+    "after", "readback", "injected", "reason", "trigger", "time_s", "instructions", "rip",
+    "user_mode", "machine",
+})  # fmt: skip
+"""Injection fields with a column of their own; a kind's other fields go to detail_json."""
+_HEX_COLUMNS = frozenset({"mask", "address", "virtual", "before", "after", "readback", "rip"})
 
 _ROWS_QUERY_TEMPLATE = """
 SELECT e.experiment_id, e.stratum, e.seed, e.idx,
@@ -212,9 +279,21 @@ _ROWS_QUERY_V1 = _ROWS_QUERY_TEMPLATE.format(storm_columns="NULL, NULL, NULL", s
 """The rows of a version-1 database (read-only): no storm table, the storm columns None."""
 _SELECT_STORM = """
 SELECT region, schedule, flips, guest_s, real_world_s, max_error_s, mean_error_s,
-       first_flip_error_s, guest_time
+       first_flip_error_s, guest_time, {attempts}
 FROM storm WHERE experiment_id = ?
 """
+_LOAD_QUERY_TEMPLATE = """
+SELECT e.idx, e.seed, s.spec_json, o.class, o.reason, o.cause, o.evidence, o.latency_value,
+       o.latency_unit, o.activation, o.output, o.stderr, o.exit_status, o.signal, o.phases_json,
+       {judged} AS judged
+FROM experiment AS e
+JOIN fault_spec AS s ON s.spec_id = e.spec_id
+JOIN outcome AS o ON o.experiment_id = e.experiment_id
+WHERE e.experiment_id = ?
+"""
+_LOAD_QUERY = _LOAD_QUERY_TEMPLATE.format(judged="o.machine")
+_LOAD_QUERY_OLD = _LOAD_QUERY_TEMPLATE.format(judged=f"'{DEFAULT_MACHINE}'")
+"""A record of schema 1 or 2: the judged machine is the one machine."""
 _BOOL_COLUMNS = frozenset({COLUMN_NAMES.index("injected"), COLUMN_NAMES.index("user_mode")})
 
 
@@ -639,62 +718,49 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ golden runs
 
-    def save_golden(
-        self,
-        argv: Sequence[str],
-        *,
-        stdout: bytes,
-        stderr: bytes,
-        exit_status: int | None,
-        signal: str | None,
-        duration_s: float,
-        instructions: int | None,
-    ) -> GoldenRow:
-        """Store the golden run of `argv` once; returns the stored row.
+    def save_golden(self, golden: GoldenRun) -> GoldenRun:
+        """Store the golden run of its machine and argv once; returns the stored run.
 
-        The first golden run of an argv is kept: saving one with the same stdout, stderr,
-        exit status and signal again changes nothing; a different one raises GoldenMismatchError.
+        The first golden run of a machine and argv is kept: saving one with the same
+        stdout, stderr, exit status and signal again changes nothing; a different one
+        raises GoldenMismatchError.
         """
-        key = _argv_json(argv)
+        key = _argv_json(golden.argv)
         with self._write() as conn:
-            stored = _golden_row(conn, key)
+            stored = _golden_row(conn, golden.machine, key, self._version)
             if stored is not None:
                 differs = [
                     name
                     for name, old, now in (
-                        ("stdout", stored.stdout, bytes(stdout)),
-                        ("stderr", stored.stderr, bytes(stderr)),
-                        ("exit status", stored.exit_status, exit_status),
-                        ("signal", stored.signal, signal),
+                        ("stdout", stored.stdout, bytes(golden.stdout)),
+                        ("stderr", stored.stderr, bytes(golden.stderr)),
+                        ("exit status", stored.exit_status, golden.exit_status),
+                        ("signal", stored.signal, golden.signal),
                     )
                     if old != now
                 ]
                 if differs:
-                    raise GoldenMismatchError(argv, differs)
+                    raise GoldenMismatchError(golden.argv, differs)
                 return stored
             conn.execute(
-                "INSERT INTO golden (argv_json, stdout, stderr, exit_status, signal, duration_s, "
-                "instructions, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO golden (machine, argv_json, stdout, stderr, exit_status, signal, "
+                "host_s, guest_s, instructions, pid, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    key,
-                    bytes(stdout),
-                    bytes(stderr),
-                    exit_status,
-                    signal,
-                    float(duration_s),
-                    instructions,
-                    _now(),
+                    golden.machine, key, bytes(golden.stdout), bytes(golden.stderr),
+                    golden.exit_status, golden.signal, float(golden.host_s),
+                    float(golden.guest_s), golden.instructions, golden.pid, _now(),
                 ),
-            )
-            row = _golden_row(conn, key)
+            )  # fmt: skip
+            row = _golden_row(conn, golden.machine, key, self._version)
         assert row is not None
         return row
 
-    def golden(self, argv: Sequence[str]) -> GoldenRow | None:
-        """The stored golden run of `argv`, or None."""
+    def golden(self, argv: Sequence[str], *, machine: str = DEFAULT_MACHINE) -> GoldenRun | None:
+        """The stored golden run of `machine` running `argv`, or None."""
         key = _argv_json(argv)
         with self._read() as conn:
-            return _golden_row(conn, key)
+            return _golden_row(conn, machine, key, self._version)
 
     # ------------------------------------------------------------------ experiments
 
@@ -707,15 +773,12 @@ class SQLiteStore:
         worker: str,
         started_at: float,
         finished_at: float,
-        extra_injections: Sequence[Injection] = (),
     ) -> None:
-        """Store one experiment whole (experiment, injections, outcome), committed on return.
+        """Store one experiment whole (experiment, injections, outcome, the other machines'
+        runs, the storm), committed on return.
 
-        `started_at` and `finished_at` are Unix times in seconds; `extra_injections` follow
-        `record.injection` as ordinals 1, 2, ... (a storm's flips after the first: pass
-        `record.extra_injections`); `record.storm`, if set, is stored in the same transaction.
-        DuplicateExperiment if `experiment_id` is already stored (the stored one is kept,
-        nothing is written).
+        `started_at` and `finished_at` are Unix times in seconds. DuplicateExperiment if
+        `experiment_id` is already stored (the stored one is kept, nothing is written).
         """
         _int64("experiment id", experiment_id)
         _int64("seed", record.seed)
@@ -723,8 +786,9 @@ class SQLiteStore:
         latency = record.latency
         injections = [
             _injection_params(experiment_id, ordinal, injection)
-            for ordinal, injection in enumerate((record.injection, *extra_injections))
+            for ordinal, injection in enumerate(record.injections)
         ]
+        judged = record.result
         with self._write() as conn:
             conn.execute("INSERT OR IGNORE INTO fault_spec (spec_json) VALUES (?)", (spec_json,))
             spec_id = int(
@@ -737,17 +801,11 @@ class SQLiteStore:
                     "INSERT INTO experiment (experiment_id, stratum, seed, idx, spec_id, worker, "
                     "started_at, finished_at, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        experiment_id,
-                        stratum,
-                        record.seed,
-                        record.index,
-                        spec_id,
-                        worker,
-                        float(started_at),
-                        float(finished_at),
+                        experiment_id, stratum, record.seed, record.index, spec_id, worker,
+                        float(started_at), float(finished_at),
                         float(finished_at) - float(started_at),
                     ),
-                )
+                )  # fmt: skip
             except sqlite3.IntegrityError as exc:
                 if "experiment.experiment_id" in str(exc):
                     raise DuplicateExperiment(experiment_id) from None
@@ -756,42 +814,40 @@ class SQLiteStore:
             conn.execute(
                 "INSERT INTO outcome (experiment_id, class, reason, cause, evidence, "
                 "latency_value, latency_unit, activation, output, stderr, exit_status, signal, "
-                "phases_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "phases_json, machine) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    experiment_id,
-                    record.outcome.value,
-                    record.reason,
-                    record.cause,
-                    record.evidence,
-                    None if latency is None else latency.value,
-                    None if latency is None else latency.unit.value,
-                    record.activation.value,
-                    record.output,
-                    record.stderr,
-                    record.exit_status,
-                    record.signal,
-                    json.dumps(record.phases_s),
+                    experiment_id, judged.outcome.value, judged.reason, judged.cause,
+                    judged.evidence, None if latency is None else latency.value,
+                    None if latency is None else latency.unit.value, record.activation.value,
+                    judged.output, judged.stderr, judged.exit_status, judged.signal,
+                    json.dumps(dict(record.phases_s)), judged.machine,
                 ),
-            )
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT INTO machine_run (experiment_id, machine, class, reason, cause, "
+                "evidence, exit_status, signal, output, stderr) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        experiment_id, run.machine, run.outcome.value, run.reason, run.cause,
+                        run.evidence, run.exit_status, run.signal, run.output, run.stderr,
+                    )
+                    for run in record.machines
+                    if run.machine != judged.machine
+                ],
+            )  # fmt: skip
             storm = record.storm
             if storm is not None:
                 conn.execute(
                     "INSERT INTO storm (experiment_id, region, schedule, flips, guest_s, "
-                    "real_world_s, max_error_s, mean_error_s, first_flip_error_s, guest_time) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "real_world_s, max_error_s, mean_error_s, first_flip_error_s, guest_time, "
+                    "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        experiment_id,
-                        storm.region,
-                        storm.schedule,
-                        storm.flips,
-                        storm.guest_s,
-                        storm.real_world_s,
-                        storm.max_error_s,
-                        storm.mean_error_s,
-                        storm.first_flip_error_s,
-                        storm.guest_time,
+                        experiment_id, storm.region, storm.schedule, storm.flips, storm.guest_s,
+                        storm.real_world_s, storm.max_error_s, storm.mean_error_s,
+                        storm.first_flip_error_s, storm.guest_time, storm.attempts,
                     ),
-                )
+                )  # fmt: skip
 
     def has(self, experiment_id: int) -> bool:
         """Whether `experiment_id` is recorded."""
@@ -851,7 +907,7 @@ class SQLiteStore:
         start = _INT64_MIN
         while True:
             with self._read() as conn:
-                query = _ROWS_QUERY if self._version >= SCHEMA_VERSION else _ROWS_QUERY_V1
+                query = _ROWS_QUERY if self._version >= _STORM_VERSION else _ROWS_QUERY_V1
                 chunk = conn.execute(query, (start, ROW_CHUNK)).fetchall()
             for values in chunk:
                 row: dict[str, object] = dict(zip(COLUMN_NAMES, values, strict=True))
@@ -864,74 +920,48 @@ class SQLiteStore:
             start = last + 1
 
     def load(self, experiment_id: int) -> ExperimentRecord | None:
-        """The stored record rebuilt, or None if not recorded.
-
-        `injection` is the first injection. A storm experiment comes back with its `storm`
-        summary and its other flips as `extra_injections`; any other experiment with empty
-        `extra_injections` (`injections()` lists them all). So it equals the record given to
-        `record()` for a storm stored with `extra_injections=record.extra_injections` (as the
-        campaign runner does), and for any other experiment without extra injections.
-        """
+        """The stored record rebuilt (every injection, every machine's run, the storm), or
+        None if not recorded. It equals the record given to `record()`."""
         with self._read() as conn:
             cursor = conn.cursor()
             cursor.row_factory = sqlite3.Row
-            row = cursor.execute(
-                "SELECT e.idx, e.seed, s.spec_json, o.class, o.reason, o.cause, o.evidence, "
-                "o.latency_value, o.latency_unit, o.activation, o.output, o.stderr, "
-                "o.exit_status, o.signal, o.phases_json "
-                "FROM experiment AS e "
-                "JOIN fault_spec AS s ON s.spec_id = e.spec_id "
-                "JOIN outcome AS o ON o.experiment_id = e.experiment_id "
-                "WHERE e.experiment_id = ?",
-                (experiment_id,),
-            ).fetchone()
-            injections = _injections(conn, experiment_id)
-            storm = _storm(conn, experiment_id) if self._version >= SCHEMA_VERSION else None
+            query = _LOAD_QUERY if self._version >= _MACHINES_VERSION else _LOAD_QUERY_OLD
+            row = cursor.execute(query, (experiment_id,)).fetchone()
+            injections = _injections(conn, experiment_id, self._version)
+            storm = _storm(conn, experiment_id, self._version)
+            others = _machine_runs(conn, experiment_id, self._version)
         if row is None or not injections:
             return None
         latency_value = row["latency_value"]
+        judged_run = MachineRun(
+            machine=row["judged"], outcome=Outcome(row["class"]), reason=row["reason"],
+            cause=row["cause"], evidence=row["evidence"], output=row["output"],
+            stderr=row["stderr"], exit_status=row["exit_status"], signal=row["signal"],
+        )  # fmt: skip
         return ExperimentRecord(
             index=row["idx"],
             seed=row["seed"],
             spec=json.loads(row["spec_json"]),
-            injection=injections[0],
-            outcome=Outcome(row["class"]),
-            reason=row["reason"],
-            cause=row["cause"],
-            evidence=row["evidence"],
+            injections=injections,
+            machines=tuple(sorted((judged_run, *others), key=lambda run: run.machine)),
+            judged=judged_run.machine,
             latency=None
             if latency_value is None
             else Latency(latency_value, LatencyUnit(row["latency_unit"])),
             activation=Activation(row["activation"]),
-            output=row["output"],
-            stderr=row["stderr"],
-            exit_status=row["exit_status"],
-            signal=row["signal"],
             phases_s=json.loads(row["phases_json"]),
-            extra_injections=() if storm is None else injections[1:],
             storm=storm,
         )
 
     def injections(self, experiment_id: int) -> tuple[Injection, ...]:
         """Every injection of the experiment in order (empty if not recorded)."""
         with self._read() as conn:
-            return _injections(conn, experiment_id)
+            return _injections(conn, experiment_id, self._version)
 
     def record_json(self, experiment_id: int) -> dict[str, Any] | None:
-        """`load(experiment_id).to_json()` (the `vmfault inject --json` shape), or None.
-
-        With more than one injection, `extra_injections` lists the others'
-        `Injection.to_json()`.
-        """
-        with self._lock:
-            record = self.load(experiment_id)
-            extra = self.injections(experiment_id)[1:]
-        if record is None:
-            return None
-        data = record.to_json()
-        if extra:
-            data["extra_injections"] = [injection.to_json() for injection in extra]
-        return data
+        """`load(experiment_id).to_json()` (the `vmfault inject --json` shape), or None."""
+        record = self.load(experiment_id)
+        return None if record is None else record.to_json()
 
     # ------------------------------------------------------------------ lifetime
 
@@ -967,96 +997,130 @@ def _argv_json(argv: Sequence[str]) -> str:
     return json.dumps(list(argv))
 
 
-def _golden_row(conn: sqlite3.Connection, key: str) -> GoldenRow | None:
-    row = conn.execute(
-        "SELECT stdout, stderr, exit_status, signal, duration_s, instructions, recorded_at "
-        "FROM golden WHERE argv_json = ?",
-        (key,),
-    ).fetchone()
+def _golden_row(conn: sqlite3.Connection, machine: str, key: str, version: int) -> GoldenRun | None:
+    if version >= _MACHINES_VERSION:
+        row = conn.execute(
+            "SELECT stdout, stderr, exit_status, signal, host_s, guest_s, instructions, pid, "
+            "recorded_at FROM golden WHERE machine = ? AND argv_json = ?",
+            (machine, key),
+        ).fetchone()
+    elif machine == DEFAULT_MACHINE:
+        row = conn.execute(
+            "SELECT stdout, stderr, exit_status, signal, duration_s, NULL, instructions, NULL, "
+            "recorded_at FROM golden WHERE argv_json = ?",
+            (key,),
+        ).fetchone()
+    else:
+        row = None
     if row is None:
         return None
-    stdout, stderr, exit_status, signal, duration_s, instructions, recorded_at = row
-    return GoldenRow(
-        argv=tuple(json.loads(key)),
-        stdout=bytes(stdout),
-        stderr=bytes(stderr),
-        exit_status=exit_status,
-        signal=signal,
-        duration_s=duration_s,
-        instructions=instructions,
-        recorded_at=recorded_at,
-    )
+    stdout, stderr, exit_status, signal, host_s, guest_s, instructions, pid, recorded_at = row
+    return GoldenRun(
+        machine=machine, argv=tuple(json.loads(key)), stdout=bytes(stdout),
+        stderr=bytes(stderr), exit_code=exit_status if signal is None else None,
+        signal=signal, guest_s=0.0 if guest_s is None else float(guest_s),
+        host_s=float(host_s), instructions=instructions, pid=pid, recorded_at=recorded_at,
+    )  # fmt: skip
 
 
 def _injection_params(experiment_id: int, ordinal: int, injection: Injection) -> tuple[object, ...]:
+    fields = injection.fields()
+    detail = {k: v for k, v in fields.items() if k not in _INJECTION_COLUMNS}
+    for name in _HEX_COLUMNS:
+        fields[name] = _hex(fields.get(name))
+    user_mode = fields["user_mode"]
     return (
-        experiment_id,
-        ordinal,
-        injection.target,
-        injection.location,
-        injection.register,
-        _hex(injection.address),
-        _hex(injection.virtual),
-        injection.width,
-        _hex(injection.mask),
-        injection.mode,
-        _hex(injection.before),
-        _hex(injection.after),
-        _hex(injection.readback),
-        int(injection.injected),
-        injection.reason,
-        injection.trigger,
-        injection.time_s,
-        injection.instructions,
-        _hex(injection.rip),
-        None if injection.user_mode is None else int(injection.user_mode),
+        experiment_id, ordinal, injection.target, injection.location, fields.get("register"),
+        fields["address"], fields["virtual"], injection.width, fields["mask"], injection.mode,
+        fields["before"], fields["after"], fields["readback"], int(injection.injected),
+        injection.reason, fields["trigger"], fields["time_s"], fields["instructions"],
+        fields["rip"], None if user_mode is None else int(user_mode), injection.machine,
+        injection.kind, json.dumps(detail) if detail else None,
+    )  # fmt: skip
+
+
+def _old_kind(values: Mapping[str, Any]) -> str:
+    """The kind of an injection stored before kinds were (schema 1 and 2)."""
+    target = str(values["target"])
+    if str(values["trigger"]).startswith("storm:"):
+        return "flip"
+    if target.startswith("instruction:"):
+        return "instruction"
+    if target.startswith("register:") and values["register"] is not None:
+        return "register"
+    if target.startswith(("memory", "kernel-code:")) and values["address"] is not None:
+        return "memory"
+    return "fault"
+
+
+def _injections(
+    conn: sqlite3.Connection, experiment_id: int, version: int
+) -> tuple[Injection, ...]:
+    machines = version >= _MACHINES_VERSION
+    query = _SELECT_INJECTIONS.format(
+        machine_columns="machine, kind, detail_json"
+        if machines
+        else f"'{DEFAULT_MACHINE}' AS machine, NULL AS kind, NULL AS detail_json"
     )
-
-
-def _injections(conn: sqlite3.Connection, experiment_id: int) -> tuple[Injection, ...]:
     cursor = conn.cursor()
     cursor.row_factory = sqlite3.Row
+    found = []
+    for row in cursor.execute(query, (experiment_id,)):
+        values: dict[str, Any] = {key: row[key] for key in row.keys()}  # noqa: SIM118
+        for name in _HEX_COLUMNS:
+            values[name] = _unhex(values[name])
+        values["injected"] = bool(values["injected"])
+        values["user_mode"] = _opt_bool(values["user_mode"])
+        detail = values.pop("detail_json")
+        if detail:
+            values.update(json.loads(detail))
+        kind = values.pop("kind") or _old_kind(values)
+        if kind == "instruction" and "op" not in values:  # schema 1 and 2 kept no detail
+            values["op"] = str(values["target"]).partition(":")[2].partition("@")[0]
+        found.append(injection_from_fields(kind, values))
+    return tuple(found)
+
+
+def _machine_runs(
+    conn: sqlite3.Connection, experiment_id: int, version: int
+) -> tuple[MachineRun, ...]:
+    if version < _MACHINES_VERSION:
+        return ()
+    rows = conn.execute(
+        "SELECT machine, class, reason, cause, evidence, exit_status, signal, output, stderr "
+        "FROM machine_run WHERE experiment_id = ? ORDER BY machine",
+        (experiment_id,),
+    ).fetchall()
     return tuple(
-        Injection(
-            target=row["target"],
-            location=row["location"],
-            width=row["width"],
-            mask=int(row["mask"], 16),
-            mode=row["mode"],
-            injected=bool(row["injected"]),
-            reason=row["reason"],
-            register=row["register"],
-            address=_unhex(row["address"]),
-            virtual=_unhex(row["virtual"]),
-            before=_unhex(row["before"]),
-            after=_unhex(row["after"]),
-            readback=_unhex(row["readback"]),
-            trigger=row["trigger"],
-            time_s=row["time_s"],
-            instructions=row["instructions"],
-            rip=_unhex(row["rip"]),
-            user_mode=_opt_bool(row["user_mode"]),
+        MachineRun(
+            machine=row[0],
+            outcome=Outcome(row[1]),
+            reason=row[2],
+            cause=row[3],
+            evidence=row[4],
+            exit_status=row[5],
+            signal=row[6],
+            output=row[7],
+            stderr=row[8],
         )
-        for row in cursor.execute(_SELECT_INJECTIONS, (experiment_id,))
+        for row in rows
     )
 
 
-def _storm(conn: sqlite3.Connection, experiment_id: int) -> StormSummary | None:
-    row = conn.execute(_SELECT_STORM, (experiment_id,)).fetchone()
+def _storm(conn: sqlite3.Connection, experiment_id: int, version: int) -> StormSummary | None:
+    if version < _STORM_VERSION:
+        return None
+    query = _SELECT_STORM.format(attempts="attempts" if version >= _MACHINES_VERSION else "1")
+    row = conn.execute(query, (experiment_id,)).fetchone()
     if row is None:
         return None
-    region, schedule, flips, guest_s, real_world_s, max_error_s, mean_error_s, first, unit = row
+    (region, schedule, flips, guest_s, real_world_s, max_error_s, mean_error_s, first, unit,
+     attempts) = row  # fmt: skip
     return StormSummary(
-        region=region,
-        schedule=schedule,
-        flips=flips,
-        guest_s=guest_s,
-        real_world_s=real_world_s,
-        max_error_s=max_error_s,
-        mean_error_s=mean_error_s,
-        first_flip_error_s=first,
-        guest_time=unit,
-    )
+        region=region, schedule=schedule, flips=flips, guest_s=guest_s,
+        real_world_s=real_world_s, max_error_s=max_error_s, mean_error_s=mean_error_s,
+        first_flip_error_s=first, guest_time=unit, attempts=attempts,
+    )  # fmt: skip
 
 
 def _with_zeros(found: Mapping[str, int]) -> dict[str, int]:

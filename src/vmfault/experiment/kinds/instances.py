@@ -1,4 +1,4 @@
-"""Let one dynamic instance of an instruction execute, then corrupt its result (on a halted vCPU).
+"""Let dynamic instances of an instruction execute, then corrupt their results (halted vCPU).
 
 The primitives behind instruction-result faults: the address of a memory result (taken
 before the instruction runs, from its operand registers), executing exactly that
@@ -15,17 +15,18 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from vmfault.errors import MachineError
+from vmfault.experiment.state import Symptom
 from vmfault.faults.instructions import Destination, DestinationKind, Flow, Instruction
-from vmfault.machine import Machine
+from vmfault.machine import Machine, RunEnd
 from vmfault.machine.gdbstub import GdbStub
 from vmfault.session.process import WorkloadProcess
 
 __all__ = [
     "REPEAT_STEPS_MAX",
     "STOP_ALLOWANCE_S",
+    "CountEnd",
     "Counting",
     "ResultLocation",
-    "RunEnd",
     "StepOutcome",
     "count_instances",
     "execute_instruction",
@@ -128,7 +129,7 @@ def write_result(gdb: GdbStub, location: ResultLocation, value: int) -> None:
     gdb.write_register(register, (whole & ~mask) | (value & mask))
 
 
-class RunEnd(enum.Enum):
+class CountEnd(enum.Enum):
     """Why counting instances stopped."""
 
     DONE = "done"
@@ -149,10 +150,10 @@ class Counting:
     seconds the stops were allowed, and the first symptom after an injection if one was
     hit (monotonic host seconds, guest instructions in deterministic mode)."""
 
-    end: RunEnd
+    end: CountEnd
     counted: int
     allowance_s: float
-    symptom: tuple[float, int | None] | None = None
+    symptom: Symptom | None = None
 
 
 OnInstance = Callable[[Instruction, int, ResultLocation], None]
@@ -184,30 +185,28 @@ def count_instances(
     counted = 0
     allowance = 0.0
     retries: dict[int, int] = {}
-    symptom: tuple[float, int | None] | None = None
+    symptom: Symptom | None = None
     injected = False
     at_site = False
     while pending:
         if not at_site:
             if not vm.alive:
-                return Counting(RunEnd.GONE, counted, allowance, symptom)
-            vm.cont()
-            stop = vm.wait_stop(timeout_s=max(0.0, deadline + allowance - time.monotonic()))
-            if stop is None:
-                if not vm.alive:
-                    return Counting(RunEnd.GONE, counted, allowance, symptom)
-                vm.halt()
-                return Counting(RunEnd.TIMED_OUT, counted, allowance, symptom)
+                return Counting(CountEnd.GONE, counted, allowance, symptom)
+            run = vm.run_for(max(0.0, deadline + allowance - time.monotonic()))
+            if run.end is RunEnd.EXITED:
+                return Counting(CountEnd.GONE, counted, allowance, symptom)
+            if run.end is RunEnd.TIME:
+                return Counting(CountEnd.TIMED_OUT, counted, allowance, symptom)
             allowance += STOP_ALLOWANCE_S
-            rip = gdb.read_register("rip")
+            rip = run.pc
             if rip in sentinels:
                 if symptom is None and injected:
-                    symptom = (time.monotonic(), vm.instruction_count())
+                    symptom = Symptom.now(vm)
                 continue
             if rip == exit_hook:
-                return Counting(RunEnd.EXITED, counted, allowance, symptom)
+                return Counting(CountEnd.EXITED, counted, allowance, symptom)
             if rip not in sites:
-                return Counting(RunEnd.STOPPED, counted, allowance, symptom)
+                return Counting(CountEnd.STOPPED, counted, allowance, symptom)
         handled = time.monotonic()
         state = gdb.read_registers(["rip", "cs", "cr3"])
         insn = sites.get(state["rip"])
@@ -229,4 +228,4 @@ def count_instances(
             injected = True
         at_site = gdb.read_register("rip") in sites
         allowance += time.monotonic() - handled
-    return Counting(RunEnd.DONE, counted, allowance, symptom)
+    return Counting(CountEnd.DONE, counted, allowance, symptom)

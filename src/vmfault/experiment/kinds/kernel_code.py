@@ -1,0 +1,54 @@
+"""Kernel-code faults (Gigan): a bit of one byte of a kernel function's instructions.
+
+`kernel-code:FUNCTION` draws the byte uniformly in that function; `kernel-code:hot` first
+draws the function, weighted by how often the golden run executed it (a sampled kernel
+profile, `vmfault.profile.kernel`, taken once and cached). Bytes are written through the
+gdbstub, which makes QEMU drop the stale translations of the code it changes.
+"""
+
+from __future__ import annotations
+
+import random
+
+from vmfault.errors import UsageError
+from vmfault.experiment.kinds.memory import Cell, MemoryKind
+from vmfault.experiment.state import Experiment
+from vmfault.faults.model import FaultSpec
+from vmfault.guest.symbols import KERNEL_MAP_BASE
+from vmfault.profile.kernel import KernelProfile, load_or_profile_kernel
+
+__all__ = ["KernelCodeKind"]
+
+
+class KernelCodeKind(MemoryKind):
+    """Faults in the bytes of kernel functions."""
+
+    _profile: KernelProfile | None = None
+
+    def prepare(self, spec: FaultSpec) -> None:
+        """`kernel-code:hot` needs the kernel profile of the workload (taken once)."""
+        if spec.target.name == "hot":
+            self.profile()
+
+    def profile(self) -> KernelProfile:
+        """Where the kernel spends its time under this machine's workload (cached)."""
+        if self._profile is None:
+            machine = self.machine
+            self._profile = load_or_profile_kernel(
+                machine.image, machine.argv, symbols=machine.symbols
+            )
+        return self._profile
+
+    def choose(self, experiment: Experiment, rng: random.Random) -> Cell:
+        """A byte of the function (drawn by its profile weight for `hot`)."""
+        symbols = self.machine.symbols
+        name = experiment.spec.target.name
+        if name == "hot":
+            names, weights = zip(*self.profile().weights(), strict=True)
+            name = rng.choices(names, weights=weights)[0]
+        symbol = symbols.get(name)
+        if symbol is None or not symbol.is_function:
+            raise UsageError(f"no kernel function {name!r}", hint="give a kernel function name")
+        offset = rng.randrange(max(1, symbols.size_of(symbol)))
+        virtual = symbol.address + offset
+        return Cell(virtual - KERNEL_MAP_BASE, virtual, f"{name}+{offset:#x}", 1)

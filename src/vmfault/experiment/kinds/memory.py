@@ -1,0 +1,188 @@
+"""Memory faults: a 64-bit word of guest RAM, of a region, of the workload process or of one
+of its symbols, at the trigger; and the regions and pages storms draw from.
+
+Physical targets (`memory:ram`, `kernel-text`, `kernel-data`, `0xADDRESS`, ranges) are
+chosen from QEMU's own memory map and the kernel's symbols. Process targets
+(`memory:process`, `memory:@SYMBOL[+OFFSET]`) are chosen among the pages the workload maps
+at the trigger, read from its page tables through the CR3 of the workload running in user
+mode. A word reached by a virtual address is watched for its first access (activation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from vmfault.errors import MachineError, UsageError, VmfaultError
+from vmfault.experiment.kinds.base import FaultKind, Injected
+from vmfault.experiment.records import MemoryInjection, TriggerPoint
+from vmfault.experiment.state import Experiment, Watch
+from vmfault.experiment.testbed import GuestMachine
+from vmfault.experiment.triggers import reach_trigger, trigger_text
+from vmfault.faults.model import BitMode, Context
+from vmfault.faults.select import choose_in_ranges
+from vmfault.guest.elfsyms import lookup_symbol
+from vmfault.machine import Machine
+from vmfault.machine.gdbstub import GdbStub
+from vmfault.machine.pagetable import PageMapping, PhysicalReader, walk
+
+__all__ = ["Cell", "MemoryKind", "physical_reader", "process_pages", "region_ranges"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The memory a fault goes to: guest-physical address, virtual address (None for a
+    physical target), the location as text, its size in bytes."""
+
+    physical: int
+    virtual: int | None
+    location: str
+    size: int
+
+
+def physical_reader(gdb: GdbStub) -> PhysicalReader:
+    """Reads guest-physical memory of a halted vCPU (for page-table walks)."""
+
+    def read(address: int, size: int) -> bytes:
+        return bytes(gdb.read_memory(address, size, physical=True))
+
+    return read
+
+
+def process_pages(machine: GuestMachine) -> list[PageMapping]:
+    """The user pages the workload maps now, from the page tables its CR3 names.
+
+    The CR3 is read while the workload itself runs in user mode: its root page differs from
+    run to run, and a stale root still decodes as page tables, so no remembered value is
+    trusted. MachineError if the workload is not running in user mode.
+    """
+    if not machine.in_context(Context.USER):
+        raise MachineError("the workload is not running in user mode at the trigger")
+    gdb = machine.vm.gdb
+    root = int(gdb.read_register("cr3"))
+    return [page for page in walk(root, physical_reader(gdb)) if page.user]
+
+
+def region_ranges(
+    machine: GuestMachine, region: str, ranges: Sequence[tuple[int, int]] = ()
+) -> list[tuple[int, int]]:
+    """The guest-physical [start, end) ranges of a fixed region: `ram` (QEMU's memory map),
+    `kernel-text`, `kernel-data`, or `custom` (the given `ranges`)."""
+    if region == "custom":
+        return list(ranges)
+    if region == "ram":
+        return [(r.start, r.end) for r in machine.vm.memory_map().ram()]
+    if region in ("kernel-text", "kernel-data"):
+        symbols = machine.symbols
+        span = symbols.text() if region == "kernel-text" else symbols.data()
+        return [(span.physical_start, span.physical_start + span.size)]
+    raise UsageError(f"unknown memory region {region!r}")
+
+
+class MemoryKind(FaultKind):
+    """Faults in a word of guest memory."""
+
+    def __init__(self, machine: GuestMachine) -> None:
+        self.machine = machine
+
+    def trigger(self, experiment: Experiment) -> str:
+        """Time, exec or icount trigger, then the context (user mode for process targets)."""
+        return reach_trigger(experiment)
+
+    def choose(self, experiment: Experiment, rng: random.Random) -> Cell:
+        """Where the fault goes, drawn with `rng` (the vCPU halted at the trigger)."""
+        target = experiment.spec.target
+        explicit = target.address
+        if explicit is not None:
+            return Cell(explicit & ~7, None, f"{explicit & ~7:#x}", 8)
+        if target.name.startswith("@"):
+            return self._symbol_word(target.name[1:], rng)
+        if target.name == "process":
+            pages = process_pages(self.machine)
+            if not pages:
+                raise MachineError("the workload process maps no user pages at the trigger")
+            spans = [(p.virtual, p.virtual_end) for p in pages]
+            virtual = choose_in_ranges(spans, rng, align=8)
+            page = next(p for p in pages if p.contains(virtual))
+            return Cell(page.physical_of(virtual), virtual, f"{virtual:#x}", 8)
+        region = "custom" if target.ranges else target.name
+        physical = choose_in_ranges(region_ranges(self.machine, region, target.ranges), rng,
+                                    align=8)  # fmt: skip
+        return Cell(physical, None, f"{physical:#x}", 8)
+
+    def _symbol_word(self, text: str, rng: random.Random) -> Cell:
+        """A word of the workload symbol `NAME[+OFFSET]`: at the offset, or uniformly among
+        the symbol's bytes that are mapped at the trigger."""
+        name, _, offset_text = text.partition("+")
+        if self.machine.code is None:
+            raise UsageError("memory:@SYMBOL needs a workload with an ELF symbol table")
+        symbol = lookup_symbol(self.machine.code.path, name)
+        end = symbol.address + max(symbol.size, 1)
+        pages = process_pages(self.machine)
+        if offset_text:
+            virtual = (symbol.address + int(offset_text, 0)) & ~7
+        else:
+            spans = [
+                (max(p.virtual, symbol.address), min(p.virtual_end, end))
+                for p in pages
+                if p.virtual < end and p.virtual_end > symbol.address
+            ]
+            if not spans:
+                raise MachineError(f"no page of {name} is mapped at the trigger")
+            virtual = choose_in_ranges(spans, rng, align=8)
+        page = next((p for p in pages if p.contains(virtual)), None)
+        where = f"{name}+{virtual - symbol.address:#x}"
+        if page is None:
+            raise MachineError(f"{where} is not mapped at the trigger")
+        return Cell(page.physical_of(virtual), virtual, where, 8)
+
+    def inject(self, experiment: Experiment) -> Injected:
+        """Change the chosen word (or byte), read it back, watch it if it has a virtual
+        address."""
+        plan = experiment.plan
+        vm = experiment.vm
+        gdb = vm.gdb
+        point = experiment.trigger_point(trigger_text(plan))
+        cell = self.choose(experiment, experiment.rng("location"))
+        bits = plan.bits
+        if cell.size != bits.width // 8:
+            width = cell.size * 8
+            bits = dataclasses.replace(bits, width=width, mask=bits.mask & ((1 << width) - 1))
+        before = int.from_bytes(gdb.read_memory(cell.physical, cell.size, physical=True), "little")
+        after = bits.apply(before)
+        gdb.write_memory(cell.physical, after.to_bytes(cell.size, "little"), physical=True)
+        experiment.mark_injected()
+        raw = gdb.read_memory(cell.physical, cell.size, physical=True)
+        readback = int.from_bytes(raw, "little")
+        held = readback == after
+        if held and cell.virtual is not None and bits.mode is not BitMode.VALUE:
+            experiment.watch = _watch(vm, cell.virtual)
+        injection = MemoryInjection(
+            target=experiment.spec.target.spelling, machine=self.machine.name,
+            location=cell.location, address=cell.physical, virtual=cell.virtual,
+            width=cell.size * 8, mask=bits.mask, mode=bits.mode.value, before=before,
+            after=after, readback=readback, injected=held,
+            reason="" if held else f"read back {readback:#x}, wrote {after:#x}", trigger=point,
+        )  # fmt: skip
+        return Injected((injection,))
+
+    def not_injected(self, experiment: Experiment, reason: str) -> MemoryInjection:
+        """The memory fault that was not made."""
+        plan = experiment.plan
+        return MemoryInjection(
+            target=experiment.spec.target.spelling, machine=self.machine.name,
+            width=plan.width, mask=plan.bits.mask, mode=plan.bits.mode.value, reason=reason,
+            trigger=TriggerPoint(spec=trigger_text(plan)),
+        )  # fmt: skip
+
+
+def _watch(vm: Machine, virtual: int) -> Watch | None:
+    """A watch on the faulted word, or None if the stub refuses watchpoints there."""
+    watch = Watch(virtual)
+    try:
+        watch.arm(vm)
+    except VmfaultError:
+        return None
+    return watch

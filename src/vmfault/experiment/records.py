@@ -1,0 +1,607 @@
+"""Experiment records: what golden runs and experiments produced, as pure data with JSON forms.
+
+A leaf of the package: it imports classify's vocabulary (outcomes, latency, activation) and
+nothing of the engine, so the store, the report and the campaign read and write records
+without loading QEMU's machinery.
+
+- `GoldenRun`: one machine's fault-free run, the reference of every experiment.
+- `Injection` and one subclass per shape of fault: `RegisterInjection`, `MemoryInjection`
+  (memory words and kernel code), `InstructionInjection` (F-SEFI's instruction results) and
+  `FlipInjection` (one flip of a storm). `INJECTION_TYPES` finds a class by its `kind`.
+- `MachineRun`: what one machine of the testbed did in an experiment.
+- `StormSummary`: a storm's schedule and timing.
+- `ExperimentRecord`: everything one experiment produced.
+
+Values (addresses, masks, register contents) are ints here and hex strings in JSON, since
+an xmm register's 128 bits fit no JSON number that every reader keeps exactly. Signals are
+names (`SIGSEGV`) everywhere. Times carry their unit in their name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal as signal_module
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from vmfault.classify import Activation, Latency, Outcome
+from vmfault.faults.values import ValueFormat, decode_value, format_value
+
+__all__ = [
+    "DEFAULT_MACHINE",
+    "INJECTION_TYPES",
+    "ExperimentRecord",
+    "FlipInjection",
+    "GoldenRun",
+    "Injection",
+    "InstructionInjection",
+    "MachineRun",
+    "MemoryInjection",
+    "RegisterInjection",
+    "StormSummary",
+    "TriggerPoint",
+    "bit_positions",
+    "fsefi_json",
+    "fsefi_line",
+    "injection_from_fields",
+]
+
+DEFAULT_MACHINE = "guest"
+"""The name of the one machine of a campaign without named machines."""
+
+
+def _hex(value: int | None) -> str | None:
+    return None if value is None else f"{value:#x}"
+
+
+def bit_positions(mask: int, width: int) -> tuple[int, ...]:
+    """The set bits of `mask` among the low `width`, lowest first."""
+    return tuple(i for i in range(width) if mask >> i & 1)
+
+
+@dataclass(frozen=True)
+class GoldenRun:
+    """One machine's fault-free run of its workload, from the golden snapshot.
+
+    Every experiment is classified against it (it is the `vmfault.classify.Reference`).
+    """
+
+    machine: str
+    argv: tuple[str, ...]
+    stdout: bytes
+    stderr: bytes
+    exit_code: int | None
+    """The exit code if the workload exited normally."""
+    signal: str | None
+    """The name of the signal that killed it (`SIGSEGV`), if one did."""
+    guest_s: float
+    """Guest CLOCK_MONOTONIC seconds from the workload's fork to its reaping."""
+    host_s: float
+    """Host seconds from the agent's start hook to its exit hook."""
+    instructions: int | None = None
+    """Guest instructions from the start hook to the exit hook (deterministic mode)."""
+    pid: int | None = None
+    boot_s: float | None = None
+    """Host seconds from launching QEMU to the workload's start (None if not timed)."""
+    accel: str = ""
+    deterministic: bool = False
+    console: str = ""
+    recorded_at: str | None = None
+    """When a store recorded it (UTC, ISO 8601), None until stored."""
+
+    @property
+    def exit_status(self) -> int:
+        """Shell convention: the exit code, or 128 + the signal number (unknown: 128)."""
+        if self.exit_code is not None:
+            return self.exit_code
+        return 128 + _signal_number(self.signal)
+
+    @property
+    def output(self) -> str:
+        """stdout, decoded (invalid bytes replaced)."""
+        return self.stdout.decode("utf-8", errors="replace")
+
+    def same_result(self, other: GoldenRun) -> bool:
+        """Whether `other` produced the same output, errors, exit code and signal."""
+        return (self.stdout, self.stderr, self.exit_code, self.signal) == (
+            other.stdout,
+            other.stderr,
+            other.exit_code,
+            other.signal,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The `vmfault run --json` object (the console left out; text decoded)."""
+        return {
+            "machine": self.machine,
+            "workload": self.argv[0] if self.argv else "",
+            "argv": list(self.argv),
+            "output": self.output,
+            "stderr": self.stderr.decode("utf-8", errors="replace"),
+            "exit_status": self.exit_status,
+            "signal": self.signal,
+            "guest_s": self.guest_s,
+            "host_s": self.host_s,
+            "instructions": self.instructions,
+            "boot_s": self.boot_s,
+            "accel": self.accel,
+            "deterministic": self.deterministic,
+        }
+
+
+def _signal_number(name: str | None) -> int:
+    if name is None:
+        return 0
+    try:
+        return int(signal_module.Signals[name])
+    except KeyError:
+        return int(name[3:]) if name[3:].isdigit() else 0
+
+
+@dataclass(frozen=True)
+class TriggerPoint:
+    """When and where a fault fired, counted from the workload's start."""
+
+    spec: str = ""
+    """The trigger as fired: `time:0.012345s`, `exec:main#1`, `icount:1234`, `fadd#5`, ..."""
+    time_s: float | None = None
+    """Host seconds from the workload's start to the injection (TCG: about guest time)."""
+    instructions: int | None = None
+    """Guest instructions from the workload's start to the injection (deterministic mode)."""
+    rip: int | None = None
+    """The vCPU's instruction pointer at the injection."""
+    user_mode: bool | None = None
+    """Whether the vCPU ran in user mode at the injection."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The record's `trigger` object."""
+        return {
+            "spec": self.spec,
+            "time_s": self.time_s,
+            "instructions": self.instructions,
+            "rip": _hex(self.rip),
+            "user_mode": self.user_mode,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Injection:
+    """What one injection did: where, which bits, the values, and whether it held.
+
+    `injected` is true only if the location read back as written (or the fault was held
+    on purpose); otherwise `reason` says why, and the experiment is never counted.
+    Subclasses add what their kind of location needs; `kind` names the class.
+    """
+
+    kind: ClassVar[str] = "fault"
+    HEX_FIELDS: ClassVar[tuple[str, ...]] = ("mask", "before", "after", "readback")
+
+    target: str
+    machine: str = DEFAULT_MACHINE
+    location: str = ""
+    width: int = 0
+    """Width of the faulted location in bits."""
+    mask: int = 0
+    mode: str = "flip"
+    before: int | None = None
+    after: int | None = None
+    readback: int | None = None
+    injected: bool = False
+    reason: str = ""
+    trigger: TriggerPoint = field(default_factory=TriggerPoint)
+
+    @property
+    def bits(self) -> tuple[int, ...]:
+        """The bit positions the mask changes."""
+        return bit_positions(self.mask, self.width)
+
+    def fields(self) -> dict[str, Any]:
+        """Every field by name (values as they are), `trigger` flattened to `trigger`
+        (its spec), `time_s`, `instructions`, `rip` and `user_mode`."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        point = data.pop("trigger")
+        data.update(
+            trigger=point.spec,
+            time_s=point.time_s,
+            instructions=point.instructions,
+            rip=point.rip,
+            user_mode=point.user_mode,
+        )
+        return data
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data: `fields()` and `kind`, values and addresses as hex strings."""
+        data = self.fields()
+        for name in (*self.HEX_FIELDS, "rip"):
+            data[name] = _hex(data[name])
+        return {"kind": self.kind, **data}
+
+    def fault_json(self) -> dict[str, Any]:
+        """The record's `fault` object: what was faulted, the bits and the values."""
+        address = getattr(self, "address", None)
+        virtual = getattr(self, "virtual", None)
+        return {
+            "target": self.target,
+            "machine": self.machine,
+            "location": self.location,
+            "bits": list(self.bits),
+            "mask": f"{self.mask:#x}",
+            "mode": self.mode,
+            "width": self.width,
+            "before": _hex(self.before),
+            "after": _hex(self.after),
+            "readback": _hex(self.readback),
+            "address": _hex(address if isinstance(address, int) else None),
+            "virtual": _hex(virtual if isinstance(virtual, int) else None),
+            "injected": self.injected,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegisterInjection(Injection):
+    """A fault in a vCPU register."""
+
+    kind: ClassVar[str] = "register"
+
+    register: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryInjection(Injection):
+    """A fault in guest memory: a word of RAM, of a process, or a byte of kernel code."""
+
+    kind: ClassVar[str] = "memory"
+    HEX_FIELDS: ClassVar[tuple[str, ...]] = (*Injection.HEX_FIELDS, "address", "virtual")
+
+    address: int | None = None
+    """Guest-physical address of the faulted word or byte."""
+    virtual: int | None = None
+    """Its virtual address, where the fault was aimed through page tables."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlipInjection(MemoryInjection):
+    """One flip of a storm: a byte, one bit, at a time in guest seconds."""
+
+    kind: ClassVar[str] = "flip"
+
+    scheduled_s: float = 0.0
+    """Guest seconds from the workload's start at which the schedule placed the flip."""
+
+    @property
+    def time_s(self) -> float:
+        """Guest seconds from the workload's start at which the flip was made."""
+        return self.trigger.time_s or 0.0
+
+    @property
+    def bit(self) -> int:
+        """The flipped bit of the byte (0 if none was)."""
+        return self.bits[0] if self.bits else 0
+
+    def flip_json(self) -> dict[str, Any]:
+        """One entry of `vmfault storm --json`'s `flips`."""
+        return {
+            "time_s": self.time_s,
+            "scheduled_s": self.scheduled_s,
+            "address": _hex(self.address),
+            "virtual": _hex(self.virtual),
+            "bit": self.bit,
+            "before": _hex(self.before),
+            "after": _hex(self.after),
+            "readback": _hex(self.readback),
+            "injected": self.injected,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstructionInjection(MemoryInjection):
+    """A fault in the result of one dynamic instance of an instruction (F-SEFI).
+
+    `address`/`virtual` are set for a memory result, `register` for a register result.
+    """
+
+    kind: ClassVar[str] = "instruction"
+    HEX_FIELDS: ClassVar[tuple[str, ...]] = (*MemoryInjection.HEX_FIELDS, "instruction")
+
+    register: str | None = None
+    op: str
+    """The class of the faulted instruction (F-SEFI's faulty op)."""
+    function: str | None = None
+    instance: int | None = None
+    """The dynamic instance, counted from 1 in the workload process."""
+    instruction: int | None = None
+    """The instruction's link-time address."""
+    disassembly: str | None = None
+    value_format: str = "int"
+    """How the result's bits read (`f64`, `int`, ...; `vmfault.faults.instructions`)."""
+    process: str | None = None
+    pid: int | None = None
+
+
+INJECTION_TYPES: Mapping[str, type[Injection]] = {
+    cls.kind: cls
+    for cls in (Injection, RegisterInjection, MemoryInjection, FlipInjection, InstructionInjection)
+}
+"""Injection classes by `kind`, for readers that rebuild records."""
+
+
+def injection_from_fields(kind: str, values: Mapping[str, Any]) -> Injection:
+    """Rebuild an injection of `kind` from `fields()`-shaped values (extra keys ignored;
+    an unknown kind gives a plain `Injection`)."""
+    cls = INJECTION_TYPES.get(kind, Injection)
+    names = {f.name for f in dataclasses.fields(cls)}
+    point = TriggerPoint(
+        spec=str(values.get("trigger") or ""),
+        time_s=values.get("time_s"),
+        instructions=values.get("instructions"),
+        rip=values.get("rip"),
+        user_mode=values.get("user_mode"),
+    )
+    chosen = {k: v for k, v in values.items() if k in names and k != "trigger"}
+    return cls(**chosen, trigger=point)
+
+
+@dataclass(frozen=True)
+class MachineRun:
+    """What one machine of the testbed did in an experiment, classified on its own."""
+
+    machine: str
+    outcome: Outcome
+    reason: str
+    cause: str | None = None
+    evidence: str = ""
+    output: str = ""
+    stderr: str = ""
+    exit_status: int | None = None
+    signal: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data."""
+        return {
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "cause": self.cause,
+            "evidence": self.evidence,
+            "output": self.output,
+            "stderr": self.stderr,
+            "exit_status": self.exit_status,
+            "signal": self.signal,
+        }
+
+
+@dataclass(frozen=True)
+class StormSummary:
+    """What a storm adds to its experiment's record (its flips are the record's injections).
+
+    Times are guest seconds (`guest_time`: `running-time` under TCG, `instructions` in
+    deterministic mode, one instruction = 1 ns). Errors are |achieved - scheduled| over the
+    gaps between flips; the first flip's error, from the workload's start, is apart.
+    """
+
+    region: str
+    schedule: str
+    flips: int
+    """Flips made (each read back; see the injections for which held)."""
+    guest_s: float
+    """Guest seconds from the workload's start to the last flip."""
+    real_world_s: float | None
+    """Real-world seconds the storm stands for (rate-model storms), else None."""
+    max_error_s: float
+    mean_error_s: float
+    first_flip_error_s: float
+    guest_time: str
+    attempts: int = 1
+    """Storm runs from the snapshot it took: a flip too far off its time restarts the
+    storm before its outcome is known."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """Everything one experiment produced, ready to store or print.
+
+    The experiment's outcome is that of one machine of its testbed, the judged one
+    (`judged`); `machines` holds what every machine did. `injections` lists every
+    injection in order (at least one: a fault that could not be placed is recorded as an
+    injection that did not hold, with its reason).
+    """
+
+    index: int
+    seed: int
+    spec: Mapping[str, Any]
+    injections: tuple[Injection, ...]
+    machines: tuple[MachineRun, ...]
+    judged: str = DEFAULT_MACHINE
+    latency: Latency | None = None
+    activation: Activation = Activation.UNKNOWN
+    phases_s: Mapping[str, float] = field(default_factory=dict)
+    storm: StormSummary | None = None
+    """Storm experiments: the schedule and its timing."""
+
+    def __post_init__(self) -> None:
+        if not self.injections:
+            raise ValueError("an experiment record needs at least one injection")
+        if not any(run.machine == self.judged for run in self.machines):
+            raise ValueError(f"the judged machine {self.judged!r} has no run in the record")
+
+    @property
+    def result(self) -> MachineRun:
+        """The judged machine's run, which is the experiment's outcome."""
+        return next(run for run in self.machines if run.machine == self.judged)
+
+    @property
+    def injection(self) -> Injection:
+        """The first injection."""
+        return self.injections[0]
+
+    @property
+    def extra_injections(self) -> tuple[Injection, ...]:
+        """Every injection after the first (more instruction faults, a storm's flips)."""
+        return self.injections[1:]
+
+    @property
+    def outcome(self) -> Outcome:
+        """The experiment's outcome class."""
+        return self.result.outcome
+
+    @property
+    def reason(self) -> str:
+        """The one line behind the outcome."""
+        return self.result.reason
+
+    @property
+    def cause(self) -> str | None:
+        """The crash cause, if any."""
+        return self.result.cause
+
+    @property
+    def evidence(self) -> str:
+        """The console line, event or output line behind the outcome."""
+        return self.result.evidence
+
+    @property
+    def output(self) -> str:
+        """The judged machine's workload stdout."""
+        return self.result.output
+
+    @property
+    def stderr(self) -> str:
+        """The judged machine's workload stderr."""
+        return self.result.stderr
+
+    @property
+    def exit_status(self) -> int | None:
+        """The judged machine's workload exit status, if it reported one."""
+        return self.result.exit_status
+
+    @property
+    def signal(self) -> str | None:
+        """The signal that ended the judged machine's workload, if one did."""
+        return self.result.signal
+
+    def to_json(self) -> dict[str, Any]:
+        """The `vmfault inject --json` object. Instruction faults add `instruction` (F-SEFI's
+        log fields of the first) and storms `storm`; both list the other injections in
+        `extra_injections`."""
+        first = self.injection
+        data: dict[str, Any] = {
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "cause": self.cause,
+            "evidence": self.evidence,
+            "fault": first.fault_json(),
+            "trigger": first.trigger.to_json(),
+            "latency": None
+            if self.latency is None
+            else {"value": self.latency.value, "unit": self.latency.unit.value},
+            "activation": self.activation.value,
+            "output": self.output,
+            "stderr": self.stderr,
+            "exit_status": self.exit_status,
+            "signal": self.signal,
+            "seed": self.seed,
+            "index": self.index,
+            "spec": dict(self.spec),
+            "phases_s": dict(self.phases_s),
+            "judged": self.judged,
+            "machines": {run.machine: run.to_json() for run in self.machines},
+        }
+        if isinstance(first, InstructionInjection):
+            data["instruction"] = fsefi_json(first)
+            data["extra_injections"] = [
+                fsefi_json(i) if isinstance(i, InstructionInjection) else i.to_json()
+                for i in self.extra_injections
+            ]
+        elif self.extra_injections:
+            data["extra_injections"] = [i.to_json() for i in self.extra_injections]
+        if self.storm is not None:
+            data["storm"] = self.storm.to_json()
+        return data
+
+    def storm_json(self) -> dict[str, Any]:
+        """The `vmfault storm --json` object: `flips` first, then the outcome and timing."""
+        storm = self.storm
+        flips = [i for i in self.injections if isinstance(i, FlipInjection)]
+        return {
+            "flips": [flip.flip_json() for flip in flips],
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "cause": self.cause,
+            "evidence": self.evidence,
+            "output": self.output,
+            "exit_status": self.exit_status,
+            "region": None if storm is None else storm.region,
+            "schedule": None if storm is None else storm.schedule,
+            "seed": self.seed,
+            "timing": None
+            if storm is None
+            else {
+                "guest_time": storm.guest_time,
+                "max_error_s": storm.max_error_s,
+                "mean_error_s": storm.mean_error_s,
+                "first_flip_error_s": storm.first_flip_error_s,
+                "guest_s": storm.guest_s,
+                "real_world_s": storm.real_world_s,
+                "attempts": storm.attempts,
+            },
+            "machine": self.injection.machine,
+            "phases_s": dict(self.phases_s),
+        }
+
+
+def fsefi_json(injection: InstructionInjection) -> dict[str, Any]:
+    """F-SEFI's injection log fields of an instruction fault, values decoded."""
+    fmt = ValueFormat(injection.value_format)
+
+    def value(raw: int | None) -> int | float | list[float] | None:
+        return None if raw is None else decode_value(raw, fmt)
+
+    return {
+        "time_s": injection.trigger.time_s,
+        "process": injection.process,
+        "pid": injection.pid,
+        "function": injection.function,
+        "op": injection.op,
+        "address": _hex(injection.instruction),
+        "disassembly": injection.disassembly,
+        "instance": injection.instance,
+        "destination": injection.location.rpartition(" -> ")[2] if injection.location else None,
+        "bits": list(injection.bits),
+        "mask": _mask_text(injection),
+        "before": value(injection.before),
+        "after": value(injection.after),
+        "readback": value(injection.readback),
+        "before_hex": _hex(injection.before),
+        "after_hex": _hex(injection.after),
+        "format": fmt.value,
+        "injected": injection.injected,
+        "log": fsefi_line(injection),
+    }
+
+
+def _mask_text(injection: Injection) -> str:
+    return f"{injection.mask:#0{2 + (injection.width + 3) // 4}x}"
+
+
+def fsefi_line(injection: InstructionInjection) -> str:
+    """F-SEFI's injection log line: process, function, op, address, values, instance."""
+    fmt = ValueFormat(injection.value_format)
+
+    def shown(raw: int | None) -> str:
+        return "-" if raw is None else format_value(raw, fmt)
+
+    time_s = injection.trigger.time_s
+    time_text = "-" if time_s is None else f"{time_s:.6f}s"
+    return (
+        f"[INJECT] time={time_text} process={injection.process} pid={injection.pid} "
+        f"function={injection.function or '-'} op={injection.op} "
+        f"addr={_hex(injection.instruction)} "
+        f'insn="{injection.disassembly}" before={shown(injection.before)} '
+        f"mask={_mask_text(injection)} after={shown(injection.after)} "
+        f"dic={injection.instance}"
+    )

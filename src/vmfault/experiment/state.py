@@ -1,0 +1,197 @@
+"""The state of one experiment in progress, as the pipeline and the fault kinds share it.
+
+`Experiment` is what a fault kind is given: the fault and its choices, the machine it goes
+to, and per machine a `Progress` (where its run has got: its start, the first symptom, an
+end already reached). A kind reads the clocks and the trigger point from it and records
+what happened on the way (a symptom, the workload's exit, a watched word).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+from vmfault.experiment.records import TriggerPoint
+from vmfault.experiment.testbed import GuestMachine, Testbed
+from vmfault.faults.model import FaultSpec
+from vmfault.faults.select import Plan, rng_for
+from vmfault.machine import Machine
+from vmfault.machine.gdbproto import StopReply, WatchKind
+
+__all__ = ["Experiment", "Phases", "Progress", "Symptom", "Watch"]
+
+WATCH_BYTES = 8
+
+
+@dataclass(frozen=True)
+class Symptom:
+    """A moment of a run: host monotonic seconds and guest instructions (deterministic)."""
+
+    at_s: float
+    instructions: int | None
+
+    @classmethod
+    def now(cls, vm: Machine) -> Symptom:
+        """This moment of `vm` (halted)."""
+        return cls(time.monotonic(), vm.instruction_count())
+
+
+@dataclass
+class Progress:
+    """How far one machine's run has got in the current experiment."""
+
+    machine: GuestMachine
+    started: float
+    """Host monotonic seconds when it resumed from the snapshot."""
+    start_instructions: int | None
+    event_mark: int
+    console_mark: int
+    """Where the console evidence starts: the restore, then the first injection."""
+    symptom: Symptom | None = None
+    """The first stop after the injection (a symptom sentinel, the exit hook)."""
+    at_exit: bool = False
+    """The run already stands at the workload's exit hook."""
+    timed_out: bool = False
+    """The hang budget already ran out."""
+    panicked: bool = False
+    """The guest already panicked."""
+    allowance_s: float = 0.0
+    """Host seconds added to the hang budget for debug stops the fault kind made."""
+
+    @classmethod
+    def begin(cls, machine: GuestMachine) -> Progress:
+        """The progress of `machine` just restored."""
+        vm = machine.vm
+        return cls(machine, time.monotonic(), vm.instruction_count(), len(vm.events),
+                   vm.console.mark())  # fmt: skip
+
+    @property
+    def ended(self) -> bool:
+        """Whether the run already ended (exit hook, hang budget or panic)."""
+        return self.at_exit or self.timed_out or self.panicked
+
+
+@dataclass
+class Watch:
+    """A word watched for its first read or write after the injection (activation)."""
+
+    address: int
+    read_first: bool | None = None
+    """True: read before written (the fault was used); False: written first or never
+    touched; None: not decided yet."""
+
+    def arm(self, vm: Machine) -> None:
+        """Insert the read and write watchpoints."""
+        vm.gdb.set_watchpoint(self.address, WATCH_BYTES, kind=WatchKind.READ)
+        vm.gdb.set_watchpoint(self.address, WATCH_BYTES, kind=WatchKind.WRITE)
+
+    def disarm(self, vm: Machine) -> None:
+        """Remove both watchpoints (the machine halted)."""
+        vm.gdb.remove_watchpoint(self.address, WATCH_BYTES, kind=WatchKind.READ)
+        vm.gdb.remove_watchpoint(self.address, WATCH_BYTES, kind=WatchKind.WRITE)
+
+    def hit(self, vm: Machine, stop: StopReply | None) -> None:
+        """The first access came: note which it was and stop watching."""
+        if self.read_first is None:
+            self.read_first = stop is not None and stop.watch_kind is WatchKind.READ
+        self.disarm(vm)
+
+
+@dataclass
+class Phases:
+    """Host seconds per phase of an experiment, laps of one clock (repeated phases add)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    clock: float = field(default_factory=time.perf_counter)
+
+    def lap(self, name: str) -> None:
+        """End phase `name` now."""
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.clock
+        self.clock = now
+
+
+class Experiment:
+    """One experiment in progress: its fault, its choices and its machines' progress."""
+
+    def __init__(
+        self,
+        testbed: Testbed,
+        target: GuestMachine,
+        spec: FaultSpec,
+        plan: Plan,
+        *,
+        budget_factor: float,
+        attempt: int = 1,
+    ) -> None:
+        self.testbed = testbed
+        self.target = target
+        self.spec = spec
+        self.plan = plan
+        self.budget_factor = budget_factor
+        self.attempt = attempt
+        self.progress = {m.name: Progress.begin(m) for m in testbed}
+        self.watch: Watch | None = None
+        self.injected_at: Symptom | None = None
+
+    @property
+    def seed(self) -> int:
+        """The seed of every choice."""
+        return self.plan.seed
+
+    @property
+    def index(self) -> int:
+        """The experiment's index under the seed."""
+        return self.plan.index
+
+    @property
+    def vm(self) -> Machine:
+        """The target machine's QEMU."""
+        return self.target.vm
+
+    @property
+    def here(self) -> Progress:
+        """The target machine's progress."""
+        return self.progress[self.target.name]
+
+    def rng(self, purpose: str) -> random.Random:
+        """The generator of one choice of this experiment (`faults.select.rng_for`)."""
+        return rng_for(self.seed, self.index, purpose)
+
+    def budget_s(self) -> float:
+        """The target's hang budget in host seconds."""
+        return self.target.budget_s(self.budget_factor)
+
+    def deadline(self) -> float:
+        """Host monotonic seconds at which the target's hang budget runs out."""
+        here = self.here
+        return here.started + here.allowance_s + self.budget_s()
+
+    def elapsed_s(self) -> float:
+        """Host seconds since the target resumed from the snapshot."""
+        return time.monotonic() - self.here.started
+
+    def instructions(self) -> int | None:
+        """Guest instructions the target ran since the snapshot (deterministic mode)."""
+        now = self.vm.instruction_count()
+        start = self.here.start_instructions
+        return None if now is None or start is None else now - start
+
+    def trigger_point(self, spec: str) -> TriggerPoint:
+        """Where the halted target stands now, as the trigger point `spec`."""
+        gdb = self.vm.gdb
+        return TriggerPoint(
+            spec=spec,
+            time_s=self.elapsed_s(),
+            instructions=self.instructions(),
+            rip=gdb.read_register("rip"),
+            user_mode=gdb.read_register("cs") & 3 == 3,
+        )
+
+    def mark_injected(self) -> None:
+        """Note the moment the first fault was made: latency counts from it, and the
+        console is evidence from it on."""
+        if self.injected_at is None:
+            self.injected_at = Symptom.now(self.vm)
+            self.here.console_mark = self.vm.console.mark()
