@@ -17,7 +17,7 @@ from pathlib import Path
 from vmfault.campaign.executor import Completed
 from vmfault.campaign.runner import CampaignProgress, prepare_campaign, run_campaign
 from vmfault.campaign.spec import load_campaign
-from vmfault.experiment import Experimenter
+from vmfault.experiment.pipeline import Experimenter
 from vmfault.faults import BitModel, Context, FaultSpec, Target, Trigger
 from vmfault.session import prepare_image
 
@@ -76,11 +76,11 @@ def throughput(workers: int, tmp: Path) -> tuple[float, float]:
 def ideal_per_worker() -> tuple[float, float, float]:
     image = prepare_image()
     spec = FaultSpec(Target.parse("register:gpr"), BitModel(), Trigger(), Context.USER)
-    with Experimenter(image, ["checksum"]) as experimenter:
+    with Experimenter.single(image, ["checksum"]) as experimenter:
         restores = [experimenter.run(spec, seed=1, index=i).phases_s["restore"]
                     for i in range(15)]  # fmt: skip
         assert experimenter.golden is not None
-        golden = experimenter.golden.wall_s
+        golden = experimenter.golden.host_s
     restore = statistics.median(restores)
     return 1 / (restore + golden), restore, golden
 

@@ -10,7 +10,7 @@ import statistics
 import time
 
 from vmfault.classify import Outcome
-from vmfault.experiment import Experimenter
+from vmfault.experiment.pipeline import Experimenter
 from vmfault.faults import BitModel, Context, FaultSpec, Target, Trigger
 from vmfault.session import prepare_image
 
@@ -26,10 +26,10 @@ FAMILIES = [
 
 def main() -> None:
     image = prepare_image()
-    with Experimenter(image, ["checksum"]) as experimenter:
+    with Experimenter.single(image, ["checksum"]) as experimenter:
         golden = experimenter.golden
         assert golden is not None
-        print(f"experiment cost on checksum (TCG); golden run {golden.wall_s * 1e3:.1f} ms")
+        print(f"experiment cost on checksum (TCG); golden run {golden.host_s * 1e3:.1f} ms")
         header = "restore  to_trig  inject  observe  classify   total  target  outcomes"
         print(f"  {'family':22s} {header}")
         for label, spec in FAMILIES:
@@ -43,7 +43,7 @@ def main() -> None:
                 totals.append(time.perf_counter() - begun)
                 for name, value in record.phases_s.items():
                     phases.setdefault(name, []).append(value)
-                left = max(0.0, golden.wall_s - (record.injection.time_s or 0.0))
+                left = max(0.0, golden.host_s - (record.injection.trigger.time_s or 0.0))
                 targets.append(record.phases_s["restore"] + 1.2 * left + 0.020)
                 outcomes[record.outcome.value] = outcomes.get(record.outcome.value, 0) + 1
             cells = [

@@ -10,8 +10,9 @@ from __future__ import annotations
 import statistics
 import time
 
-from vmfault.experiment import Experimenter
-from vmfault.faults.schedule import Schedule
+from vmfault.experiment.pipeline import Experimenter
+from vmfault.experiment.records import FlipInjection
+from vmfault.faults import FaultSpec
 from vmfault.guest.workloads import idle_argv
 from vmfault.session import prepare_image
 
@@ -29,13 +30,14 @@ def _gaps(experimenter: Experimenter, interval: str) -> tuple[list[float], list[
     """Per-gap errors and first-flip errors (seconds) of STORMS storms, and how many of
     them were restarted for a flip off its time by more than 1 ms."""
     gaps, firsts, restarted = [], [], 0
+    spec = FaultSpec.from_options(target="memory:ram", flips=FLIPS, interval=interval)
     for seed in range(STORMS):
-        record = experimenter.run_storm(
-            flips=FLIPS, schedule=Schedule.parse(interval), region="ram", seed=seed
-        )
-        gaps += [abs(f.time_s - f.scheduled_s) for f in record.flips[1:]]
-        firsts.append(record.first_flip_error_s)
-        restarted += record.attempts > 1
+        record = experimenter.run(spec, seed=seed)
+        flips = [i for i in record.injections if isinstance(i, FlipInjection)]
+        gaps += [abs(f.time_s - f.scheduled_s) for f in flips[1:]]
+        assert record.storm is not None
+        firsts.append(record.storm.first_flip_error_s)
+        restarted += record.storm.attempts > 1
     return gaps, firsts, restarted
 
 
@@ -50,7 +52,7 @@ def _print_gaps(label: str, gaps: list[float], firsts: list[float], restarted: i
 
 def main() -> None:
     image = prepare_image()
-    with Experimenter(image, ["checksum"]) as experimenter:
+    with Experimenter.single(image, ["checksum"]) as experimenter:
         gdb = experimenter.machine.gdb
         experimenter.machine.halt()
         costs = []
@@ -61,7 +63,7 @@ def main() -> None:
             gdb.read_memory(0x7F00000, 1, physical=True)
             costs.append(time.perf_counter() - begun)
         busy = _gaps(experimenter, "5ms")
-    with Experimenter(image, list(idle_argv(0.5))) as experimenter:
+    with Experimenter.single(image, list(idle_argv(0.5))) as experimenter:
         idle = _gaps(experimenter, "10ms")
     flip_ms = statistics.median(costs) * 1e3
     print(f"storms (TCG), {STORMS} storms of {FLIPS} flips each, region ram; target <= 1 ms")

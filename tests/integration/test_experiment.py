@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from vmfault.classify import Activation, Outcome
-from vmfault.experiment import Experimenter, ExperimentRecord
+from vmfault.experiment.pipeline import Experimenter
+from vmfault.experiment.records import ExperimentRecord, MemoryInjection
 from vmfault.faults import BitModel, Context, FaultSpec, Target, Trigger
 from vmfault.guest.image import GuestImage, ImageSpec, UserWorkload
 from vmfault.session import prepare_image
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.vm
 @pytest.fixture(scope="module")
 def checksum(image: GuestImage) -> Iterator[Experimenter]:
     """One long-lived experimenter on `checksum --self-check` (restored per experiment)."""
-    with Experimenter(image, ["checksum", "--self-check"]) as experimenter:
+    with Experimenter.single(image, ["checksum", "--self-check"]) as experimenter:
         yield experimenter
 
 
@@ -61,7 +62,7 @@ def test_pointer_flips_in_the_workload_crash_with_a_signal(
     fault = spec(f"register:{register}", "40", "exec:fold#3", Context.USER)
     for record in run_until_injected(checksum, fault):
         assert_landed(record)
-        assert record.injection.user_mode
+        assert record.injection.trigger.user_mode
         assert record.outcome is Outcome.CRASH, record.reason
         assert record.cause in ("SIGSEGV", "SIGBUS"), record.reason
         assert record.latency is not None and record.latency.value > 0
@@ -78,11 +79,11 @@ def test_a_flip_in_the_data_array_is_detected_by_the_self_check(checksum: Experi
 
 
 def test_a_flip_in_the_data_array_without_self_check_is_sdc(image: GuestImage) -> None:
-    with Experimenter(image, ["checksum"]) as experimenter:
+    with Experimenter.single(image, ["checksum"]) as experimenter:
         fault = spec("memory:@checksum_values", "k1,16-47", "exec:fold#3")
         records = run_until_injected(experimenter, fault, wanted=3)
         assert experimenter.golden is not None
-        golden = experimenter.golden.result.stdout.decode()
+        golden = experimenter.golden.output
     for record in records:
         assert_landed(record)
         assert record.activation is Activation.MANIFESTED  # fold reads every element
@@ -96,6 +97,7 @@ def test_flips_in_unused_ram_are_benign(checksum: Experimenter) -> None:
     fault = spec("memory:0x7f00000", None, "exec:fold#3")
     for record in run_until_injected(checksum, fault):
         assert_landed(record)
+        assert isinstance(record.injection, MemoryInjection)
         assert record.injection.address == 0x7F00000
         assert record.outcome is Outcome.BENIGN, record.reason
 
@@ -105,6 +107,7 @@ def test_memory_process_flips_change_the_byte_they_name(checksum: Experimenter) 
     for record in run_until_injected(checksum, fault):
         assert_landed(record)
         injection = record.injection
+        assert isinstance(injection, MemoryInjection)
         assert injection.virtual is not None and 0x10000000 <= injection.virtual < 0x7FFFFFFFFFFF
         assert injection.mask == 1 << 3  # bit 3 of the word: bit 3 of its first byte
         assert (injection.before ^ injection.after) & 0xFF == 0x08  # type: ignore[operator]
@@ -114,7 +117,7 @@ def test_a_kernel_rip_flip_crashes_the_kernel_with_a_cause(checksum: Experimente
     fault = spec("register:rip", "40", "time:10ms", Context.KERNEL)
     record = run_until_injected(checksum, fault, wanted=1)[0]
     assert_landed(record)
-    assert record.injection.user_mode is False
+    assert record.injection.trigger.user_mode is False
     assert record.outcome is Outcome.CRASH, record.reason
     assert record.cause in ("page-fault", "general-protection", "null-dereference", "panic")
     assert record.evidence
@@ -137,9 +140,9 @@ def test_a_hang_is_classified_within_its_budget(tmp_path: Path) -> None:
     source = tmp_path / "spin.c"
     source.write_text(HANG_C)
     image = prepare_image(ImageSpec(user_workloads=(UserWorkload(name="spin", path=source),)))
-    with Experimenter(image, ["spin"], budget_factor=2.0) as experimenter:
+    with Experimenter.single(image, ["spin"], budget_factor=2.0) as experimenter:
         assert experimenter.golden is not None
-        budget = 2.0 * experimenter.golden.wall_s + 0.2
+        budget = 2.0 * experimenter.golden.host_s + 0.2
         fault = spec("memory:@spin_limit", "62", "exec:main")
         record = experimenter.run(fault, seed=1)
     assert_landed(record)
@@ -149,9 +152,9 @@ def test_a_hang_is_classified_within_its_budget(tmp_path: Path) -> None:
 
 def test_seeded_deterministic_experiments_repeat_exactly(image: GuestImage) -> None:
     fault = spec("register:gpr", None, "exec:main")
-    with Experimenter(image, ["checksum"], deterministic=True) as experimenter:
+    with Experimenter.single(image, ["checksum"], deterministic=True) as experimenter:
         first = [experimenter.run(fault, seed=5, index=i).to_json() for i in range(2)]
-    with Experimenter(image, ["checksum"], deterministic=True) as experimenter:
+    with Experimenter.single(image, ["checksum"], deterministic=True) as experimenter:
         again = [experimenter.run(fault, seed=5, index=i).to_json() for i in range(2)]
     for a, b in zip(first, again, strict=True):
         for key in ("outcome", "reason", "fault", "output", "exit_status", "latency"):
@@ -227,6 +230,7 @@ def test_a_named_kernel_function_is_corrupted_in_place(checksum: Experimenter) -
     record = run_until_injected(checksum, fault, wanted=1)[0]
     assert_landed(record)
     injection = record.injection
+    assert isinstance(injection, MemoryInjection)
     assert injection.location.startswith("ksys_write+")
     assert injection.virtual is not None and injection.address is not None
     assert injection.virtual - injection.address == 0xFFFFFFFF80000000

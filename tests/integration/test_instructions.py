@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from vmfault.classify import Outcome
-from vmfault.experiment import Experimenter
+from vmfault.experiment.pipeline import Experimenter
+from vmfault.experiment.records import InstructionInjection
 from vmfault.faults import BitModel, FaultSpec, InstructionFault
 from vmfault.guest.image import GuestImage, ImageSpec, UserWorkload
 from vmfault.profile.instructions import profile_instructions
@@ -65,7 +66,7 @@ def vmfault(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 @pytest.fixture(scope="module")
 def foo(image: GuestImage) -> Iterator[Experimenter]:
     """One long-lived experimenter on F-SEFI's foo.c (restored per experiment)."""
-    with Experimenter(image, ["foo"]) as experimenter:
+    with Experimenter.single(image, ["foo"]) as experimenter:
         yield experimenter
 
 
@@ -149,8 +150,10 @@ def test_result_flips_match_ieee754_arithmetic(
 def test_cmp_results_are_the_flags(foo: Experimenter) -> None:
     fault = InstructionFault("cmp", "myaddfunc", instance=11)
     record = foo.run(FaultSpec.of_instruction(fault, BitModel.parse("6")), seed=1)  # ZF
-    assert record.injection.register == "eflags" and record.injection.injected
-    assert record.injection.disassembly == "cmp dword ptr [rbp - 4], 9"
+    injection = record.injection
+    assert isinstance(injection, InstructionInjection)
+    assert injection.register == "eflags" and injection.injected
+    assert injection.disassembly == "cmp dword ptr [rbp - 4], 9"
     assert record.outcome is not Outcome.NOT_INJECTED
 
 
@@ -158,9 +161,10 @@ def test_several_faults_in_one_run_are_all_recorded(foo: Experimenter) -> None:
     fault = InstructionFault("fadd", "myaddfunc", faults_per_run=3)
     spec = FaultSpec.of_instruction(fault, BitModel(count=2, low=52, high=62))
     record = foo.run(spec, seed=7, index=2)
-    injections = (record.injection, *record.extra_injections)
+    injections = record.injections
     assert len(injections) == 3
-    instances = [i.instance or 0 for i in injections]
+    assert all(isinstance(i, InstructionInjection) for i in injections)
+    instances = [i.instance or 0 for i in injections if isinstance(i, InstructionInjection)]
     assert instances == sorted(instances) and all(1 <= n <= 10 for n in instances)
     for injection in injections:
         assert injection.injected
@@ -188,7 +192,7 @@ def test_another_process_at_the_same_addresses_is_not_counted(forking: GuestImag
     assert profile.output == "child 3.5\nparent 2.5\n"
     assert profile.count("fadd") == 5  # the parent's five adds; the child's seven are not its
     fault = InstructionFault("fadd", "accumulate", instance=5)
-    with Experimenter(forking, ["forking"]) as experimenter:
+    with Experimenter.single(forking, ["forking"]) as experimenter:
         record = experimenter.run(FaultSpec.of_instruction(fault, BitModel.parse("62")), seed=1)
     assert record.injection.injected, record.reason
     assert record.injection.before == to_bits(2.5)  # the parent's fifth sum, not the child's
@@ -257,7 +261,7 @@ def test_a_campaign_of_instruction_faults(image: GuestImage, tmp_path: Path) -> 
     [
         (["--function", "myadfunc", "--op", "fadd"], "closest: myaddfunc"),
         (["--function", "myaddfunc", "--op", "fad"], "unknown instruction class 'fad'"),
-        (["--op", "fadd", "--target", "register:rip"], "exactly one of --target and --op"),
+        (["--op", "fadd", "--target", "register:rip"], '--op applies only to --target = "instr'),
         (["--op", "fadd", "--instance", "fifth"], "invalid instance 'fifth'"),
     ],
 )
@@ -305,7 +309,9 @@ def test_pie_and_dynamic_binaries_give_the_documented_results(
     assert (profile.count("fadd"), profile.count("cmp")) == (10, 11)
     assert profile.load_base != 0  # learnt at run time from the process's auxiliary vector
     fault = InstructionFault("fadd", "myaddfunc", instance=5)
-    with Experimenter(position_independent, [name]) as experimenter:
+    with Experimenter.single(position_independent, [name]) as experimenter:
         record = experimenter.run(FaultSpec.of_instruction(fault, BitModel.parse("59")), seed=1)
     assert record.output == foo_output("fadd", 5, 59)
-    assert record.injection.instruction is not None and record.injection.instruction < 0x100000
+    injection = record.injection
+    assert isinstance(injection, InstructionInjection)
+    assert injection.instruction is not None and injection.instruction < 0x100000

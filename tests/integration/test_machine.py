@@ -107,7 +107,7 @@ def test_state_file_starts_a_new_process(image: GuestImage, tmp_path: Path) -> N
     with GuestSession(image, ["checksum"]) as session:
         session.start()
         session.machine.save_state_file(state)
-        expected, _, _ = session.finish(timeout_s=60)
+        expected = session.finish(timeout_s=60).result
     config = machine_config(image, ["checksum"])
     import dataclasses
 

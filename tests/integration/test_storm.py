@@ -12,9 +12,13 @@ import pytest
 
 from vmfault.classify import Outcome
 from vmfault.errors import UsageError
-from vmfault.experiment import Experimenter, Flip
-from vmfault.faults.schedule import Schedule
+from vmfault.experiment.kinds.memory import region_ranges
+from vmfault.experiment.kinds.storm import StormKind
+from vmfault.experiment.pipeline import Experimenter
+from vmfault.experiment.records import FlipInjection
+from vmfault.faults import FaultSpec
 from vmfault.guest.image import GuestImage
+from vmfault.session import capture_kernel_symbols
 from vmfault.store import SQLiteStore
 
 pytestmark = pytest.mark.vm
@@ -26,6 +30,9 @@ def vmfault(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ten_flips_ten_ms_apart_in_guest_time(image: GuestImage) -> None:
+    golden = vmfault("run", "checksum", "--json")
+    assert golden.returncode == 0, golden.stderr
+    expected = json.loads(golden.stdout)["output"]
     result = vmfault("storm", "--workload", "checksum", "--flips", "10", "--interval", "10ms",
                      "--region", "ram", "--seed", "3", "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -39,32 +46,45 @@ def test_ten_flips_ten_ms_apart_in_guest_time(image: GuestImage) -> None:
     assert all(abs(gap - 0.010) <= 0.002 for gap in gaps), gaps
     # The first run after a restore shares the CPU with QEMU rebuilding its code cache.
     assert 0.008 <= flips[0]["time_s"] <= 0.015
-    assert data["outcome"] in {o.value for o in Outcome}
+    # The outcome is what the workload did: benign exactly when it printed the golden output.
+    same = data["exit_status"] == 0 and data["output"] == expected
+    assert (data["outcome"] == Outcome.BENIGN.value) == same, data["reason"]
+    if data["outcome"] == Outcome.SDC.value:
+        assert "differs from the golden run" in data["reason"]
     assert data["timing"]["max_error_s"] <= 0.002
     assert 1 <= data["timing"]["attempts"] <= 3
 
 
 def test_storms_in_every_region_verify_each_flip(image: GuestImage) -> None:
-    with Experimenter(image, ["checksum"]) as experimenter:
+    with Experimenter.single(image, ["checksum"]) as experimenter:
+        machine = experimenter.testbed.machine()
         for region in ("kernel-text", "kernel-data", "process"):
-            made: list[Flip] = []
+            spec = FaultSpec.from_options(target=f"memory:{region}", flips=3, interval="12ms")
+            made: list[FlipInjection] = []
             # A process flip waits for the workload to run in user mode; under a loaded
             # host a whole storm can miss it (each miss is recorded with its reason).
             for index in range(3):
-                record = experimenter.run_storm(flips=3, schedule=Schedule.parse("12ms"),
-                                                region=region, seed=1, index=index)  # fmt: skip
-                made = [f for f in record.flips if f.injected]
-                missed = [f.reason for f in record.flips if not f.injected]
+                record = experimenter.run(spec, seed=1, index=index)
+                flips = [i for i in record.injections if isinstance(i, FlipInjection)]
+                assert len(flips) == len(record.injections) >= 1
+                assert record.storm is not None and record.storm.region == region
+                made = [f for f in flips if f.injected]
+                missed = [f.reason for f in flips if not f.injected]
                 assert all("user mode" in reason for reason in missed), missed
                 if made:
+                    assert record.storm.flips == len(flips) == 3
                     break
             assert made, region
             for flip in made:
                 assert flip.before is not None and flip.after is not None
                 assert flip.before ^ flip.after == 1 << flip.bit
                 assert flip.readback == flip.after
-            if region == "process":
-                assert all(f.virtual is not None for f in made)
+                assert flip.address is not None
+                if region == "process":
+                    assert flip.virtual is not None and 0x1000 <= flip.virtual < 1 << 47
+                else:
+                    spans = region_ranges(machine, region)
+                    assert any(start <= flip.address < end for start, end in spans), region
 
 
 def test_idle_system_storm(image: GuestImage) -> None:
@@ -73,7 +93,13 @@ def test_idle_system_storm(image: GuestImage) -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert len(data["flips"]) == 5
-    assert data["outcome"] in ("benign", "crash", "hang")
+    data_span = capture_kernel_symbols(image).data()
+    low, high = data_span.physical_start, data_span.physical_start + data_span.size
+    assert all(low <= int(flip["address"], 16) < high for flip in data["flips"])
+    # The idle system prints nothing: it can only panic, oops or stall.
+    assert data["outcome"] in ("benign", "crash", "hang"), data["reason"]
+    if data["outcome"] == Outcome.BENIGN.value:
+        assert data["exit_status"] == 0, data["reason"]
 
 
 @pytest.mark.parametrize(
@@ -142,8 +168,9 @@ def test_storm_and_failure_rate_campaign_end_to_end(image: GuestImage, tmp_path:
             for flip in flips:
                 assert flip.injected and flip.before != flip.after
                 assert flip.readback == flip.after and flip.mask.bit_count() == 1
-            times = [flip.time_s for flip in flips]
-            assert all(isinstance(t, float) for t in times) and times == sorted(times)  # type: ignore[type-var]
+            assert all(isinstance(flip, FlipInjection) for flip in flips)
+            times = [flip.time_s for flip in flips if isinstance(flip, FlipInjection)]
+            assert times == sorted(times)
             record = store.load(int(str(row["experiment_id"])))
             assert record is not None and record.storm is not None
             assert record.storm.schedule == "4ms" and record.storm.flips == 5
@@ -176,11 +203,11 @@ def test_idle_system_failure_rate_campaign(image: GuestImage, tmp_path: Path) ->
 
 
 def test_storm_rate_uses_the_region_size(image: GuestImage) -> None:
-    with Experimenter(image, ["checksum"]) as experimenter:
-        text = experimenter.symbols.text()
-        assert experimenter.region_bytes("kernel-text") == text.size
-        assert experimenter.region_bytes("custom", [(0x100000, 0x200000)]) == 0x100000
-        ram = experimenter.machine.memory_map().ram_bytes
-        assert experimenter.region_bytes("ram") == ram
+    with Experimenter.single(image, ["checksum"]) as experimenter:
+        machine = experimenter.testbed.machine()
+        storms = StormKind(machine)
+        assert storms.region_bytes("kernel-text") == machine.symbols.text().size
+        assert storms.region_bytes("custom", ((0x100000, 0x200000),)) == 0x100000
+        assert storms.region_bytes("ram") == machine.vm.memory_map().ram_bytes
         with pytest.raises(UsageError, match="fixed size"):
-            experimenter.region_bytes("process")
+            storms.region_bytes("process")

@@ -22,17 +22,25 @@ from vmfault.classify import (
     LatencyUnit,
     Observation,
     Outcome,
-    Reference,
     activation_of,
     classify,
     latency_bucket,
     latency_histogram,
+    signal_name,
 )
 from vmfault.errors import UsageError
+from vmfault.experiment.records import GoldenRun
 from vmfault.session import WorkloadResult
 
 GOLDEN_OUT = b"checksum: 0x00000000deadbeef\n"
-GOLDEN = Reference(stdout=GOLDEN_OUT, exit_code=0, signal=None)
+
+
+def reference(stdout: bytes, *, exit_code: int | None = 0, signal: str | None = None) -> GoldenRun:
+    """A golden run with this output and end."""
+    return GoldenRun("guest", ("checksum",), stdout, b"", exit_code, signal, 0.1, 0.1)
+
+
+GOLDEN = reference(GOLDEN_OUT)
 
 SEGFAULT_LINE = (
     "[   12.345678] checksum[63]: segfault at 0 ip 0000000010001234 sp 00007ffc8a2b3c40 "
@@ -116,7 +124,7 @@ def finished(
     stdout: bytes = GOLDEN_OUT,
     *,
     exit_code: int | None = 0,
-    signal: int | None = None,
+    signal: str | None = None,
     stderr: bytes = b"",
     console: str = "",
     **fields: Any,
@@ -269,7 +277,7 @@ def test_guest_panicked_without_console_line() -> None:
 
 
 def test_kernel_oops_killing_the_workload_gives_the_kernel_cause() -> None:
-    obs = finished(b"", exit_code=None, signal=signal.SIGKILL, console=NULL_OOPS)
+    obs = finished(b"", exit_code=None, signal="SIGKILL", console=NULL_OOPS)
     assert classify(GOLDEN, obs).cause == "null-dereference"
 
 
@@ -309,9 +317,9 @@ def test_user_lines_are_not_kernel_crashes() -> None:
     ],
 )
 def test_killed_by_signal(signo: int, console: str, evidence: str) -> None:
-    obs = finished(b"", exit_code=None, signal=signo, console=console)
-    result = classify(GOLDEN, obs)
     name = signal.Signals(signo).name
+    obs = finished(b"", exit_code=None, signal=name, console=console)
+    result = classify(GOLDEN, obs)
     assert (result.outcome, result.cause, result.reason) == (
         Outcome.CRASH,
         name,
@@ -326,15 +334,17 @@ def test_killed_by_signal(signo: int, console: str, evidence: str) -> None:
 
 
 def test_unknown_signal_number() -> None:
-    result = classify(GOLDEN, finished(b"", exit_code=None, signal=77))
+    assert signal_name(77) == "SIG77"
+    assert signal_name(11) == "SIGSEGV"
+    result = classify(GOLDEN, finished(b"", exit_code=None, signal=signal_name(77)))
     assert result.cause == "SIG77"
 
 
 def test_signal_of_the_golden_run_is_compared_like_an_exit() -> None:
-    aborting = Reference(stdout=b"x\n", exit_code=None, signal=signal.SIGABRT)
-    same = finished(b"x\n", exit_code=None, signal=signal.SIGABRT)
+    aborting = reference(b"x\n", exit_code=None, signal="SIGABRT")
+    same = finished(b"x\n", exit_code=None, signal="SIGABRT")
     assert classify(aborting, same).outcome is Outcome.BENIGN
-    other = finished(b"x\n", exit_code=None, signal=signal.SIGSEGV)
+    other = finished(b"x\n", exit_code=None, signal="SIGSEGV")
     assert classify(aborting, other).cause == "SIGSEGV"
 
 
@@ -386,7 +396,7 @@ def test_custom_detect_regex_on_stdout() -> None:
 
 
 def test_detect_regex_matching_the_golden_stdout_is_ignored_on_stdout() -> None:
-    golden = Reference(stdout=b"errors: 0\nsum: 1\n", exit_code=0, signal=None)
+    golden = reference(b"errors: 0\nsum: 1\n", exit_code=0, signal=None)
     assert classify(golden, finished(b"errors: 0\nsum: 1\n"), detect_regex="errors").outcome is (
         Outcome.BENIGN
     )
@@ -405,7 +415,7 @@ def test_non_zero_exit_without_message_uses_last_stderr_line() -> None:
 
 
 def test_exit_differing_from_a_non_zero_golden_exit() -> None:
-    golden = Reference(stdout=b"", exit_code=2, signal=None)
+    golden = reference(b"", exit_code=2, signal=None)
     result = classify(golden, finished(b"", exit_code=0))
     assert result.outcome is Outcome.DETECTED
     assert result.reason == "exit status 0 where the golden run had exit status 2"
@@ -439,7 +449,7 @@ def test_sdc_names_the_first_differing_byte(stdout: bytes, offset: int, shown: s
 
 
 def test_sdc_reason_is_brief_for_long_lines() -> None:
-    golden = Reference(stdout=b"a" * 5000 + b"\n", exit_code=0, signal=None)
+    golden = reference(b"a" * 5000 + b"\n", exit_code=0, signal=None)
     result = classify(golden, finished(b"a" * 4000 + b"b" + b"a" * 999 + b"\n"))
     assert result.outcome is Outcome.SDC
     assert "at byte 4000" in result.reason
@@ -464,9 +474,12 @@ def test_garbled_console_does_not_change_a_finished_run(seed: int) -> None:
     assert classify(GOLDEN, detected).outcome is Outcome.DETECTED
 
 
-def test_reference_from_a_workload_result() -> None:
-    result = WorkloadResult(GOLDEN_OUT, b"", 0, None, 0.01, 42)
-    assert Reference.from_result(result) == GOLDEN
+def test_a_workload_result_classifies_like_its_golden_run() -> None:
+    result = WorkloadResult(GOLDEN_OUT, b"", None, "SIGABRT", 6, 0.01, 42)
+    killed = reference(GOLDEN_OUT, exit_code=None, signal="SIGABRT")
+    same = finished(result.stdout, exit_code=result.exit_code, signal=result.signal)
+    assert classify(killed, same).outcome is Outcome.BENIGN
+    assert result.exit_status == 128 + 6
 
 
 # ---- the crash table ----------------------------------------------------------------------

@@ -14,24 +14,38 @@ import pytest
 
 import vmfault.store.export as export_module
 import vmfault.store.sqlite as sqlite_backend
-from tests.unit.test_store import create_store, record, record_storm
+from tests.unit.test_store import (
+    create_store,
+    make_instruction_record,
+    make_testbed_record,
+    record,
+    record_storm,
+)
 from vmfault.errors import UsageError
 from vmfault.store import COLUMN_NAMES, COLUMNS, SQLiteStore
 from vmfault.store.export import FORMATS, ExportFormat, export
 
-IDS = [0, 1, 2, 3, 4, 5, 6, 7, 10, 20, 21, 42, 43]
+IDS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 20, 21, 30, 42, 43]
 STORM_IDS = frozenset({20, 21})
 """Storm experiments: 20 with real_world_s, 21 without."""
+TESTBED_ID = 8
+"""An experiment of two machines, `server` judged."""
+INSTRUCTION_ID = 30
+"""An experiment of two instruction faults."""
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    """A store with experiments of every kind (128-bit values, None and empty fields, storms)."""
+    """A store with experiments of every kind (128-bit values, None and empty fields, storms,
+    instruction faults, a testbed of two machines)."""
     (tmp_path / "db").mkdir()
     with create_store(tmp_path / "db" / "campaign.db") as opened:
         for i in reversed(IDS):
             if i in STORM_IDS:
                 record_storm(opened, i)
+            elif i in (TESTBED_ID, INSTRUCTION_ID):
+                make = make_testbed_record if i == TESTBED_ID else make_instruction_record
+                opened.record(i, "other", make(i), worker="w", started_at=1.0, finished_at=2.5)
             else:
                 record(opened, i)
         yield opened
@@ -102,6 +116,24 @@ def test_each_format_reads_back_as_the_rows(
     assert storms[0]["real_world_s"] == 3600.0 * 21 / 7
     assert storms[1]["real_world_s"] is None
     assert all(row["flips"] is None for row in got if row["experiment_id"] not in STORM_IDS)
+    by_id = {row["experiment_id"]: row for row in got}
+    testbed = by_id[TESTBED_ID]
+    assert (testbed["outcome"], testbed["exit_status"], testbed["signal"]) == (
+        "crash",
+        139,
+        "SIGSEGV",
+    )
+    assert (testbed["injections"], testbed["register"], testbed["before"]) == (
+        2,
+        "rax",
+        "0xffff888001234000",
+    )
+    instruction = by_id[INSTRUCTION_ID]
+    assert (instruction["target"], instruction["injections"], instruction["width"]) == (
+        "instruction:fadd@main",
+        2,
+        64,
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db", target.name]
 
 

@@ -213,7 +213,11 @@ def cli(key: str) -> str:
          "remove --trigger"),
         ({"op": "fadd", "probability": 0.1, "faults_per_run": 2}, "probability mode",
          "give --probability, or --faults-per-run / --instance, not both"),
-        ({"target": "memory:ram", "period": "0s"}, "invalid --period '0s'", "e.g. --period 1s"),
+        ({"target": "memory:ram", "period": "0s"}, "invalid period '0s'", "e.g. --period 1s"),
+        ({"target": "memory:heap", "flips": 3, "interval": "10ms"}, "invalid region 'heap'",
+         "kernel-text"),
+        ({"target": "memory:ram", "flips": 3}, "give exactly one of --interval and --rate",
+         "--interval"),
     ],
 )  # fmt: skip
 def test_spell_changes_how_options_are_named(

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from vmfault.classify import Activation, Latency, LatencyUnit, Outcome
-from vmfault.experiment import ExperimentRecord, Injection
+from vmfault.experiment.records import (
+    ExperimentRecord,
+    GoldenRun,
+    Injection,
+    MachineRun,
+    MemoryInjection,
+    RegisterInjection,
+    TriggerPoint,
+)
 from vmfault.report.data import (
     COUNTED_OUTCOMES,
     DYNAMIC_INDEX_COLUMN,
@@ -23,7 +31,7 @@ from vmfault.report.data import (
 )
 from vmfault.report.summary import summarize
 from vmfault.stats import IntervalMethod
-from vmfault.store import CampaignInfo, GoldenRow, SQLiteStore
+from vmfault.store import CampaignInfo, SQLiteStore
 
 SPEC = {
     "campaign": {"name": "hand-made", "seed": 5, "experiments": 14, "budget": 3.0},
@@ -53,7 +61,7 @@ HOSTILE = '<script>alert("x")</script> segfault at 0 ip 0 sp 0 http://evil.examp
 
 
 def register_fault(register: str, mask: int, width: int = 64) -> Injection:
-    return Injection(
+    return RegisterInjection(
         target="register:all",
         location=register,
         width=width,
@@ -64,14 +72,12 @@ def register_fault(register: str, mask: int, width: int = 64) -> Injection:
         before=0,
         after=mask,
         readback=mask,
-        trigger="time",
-        time_s=0.1,
-        user_mode=True,
+        trigger=TriggerPoint(spec="time", time_s=0.1, user_mode=True),
     )
 
 
 def memory_fault(bit: int) -> Injection:
-    return Injection(
+    return MemoryInjection(
         target="memory:process",
         location="0x10001000",
         width=64,
@@ -80,7 +86,7 @@ def memory_fault(bit: int) -> Injection:
         injected=True,
         address=0x7000000,
         virtual=0x10001000,
-        trigger="time",
+        trigger=TriggerPoint(spec="time"),
     )
 
 
@@ -108,21 +114,23 @@ def record(
             if outcome is Outcome.BENIGN
             else Activation.MANIFESTED
         )
-    return ExperimentRecord(
-        index=index,
-        seed=5,
-        spec={"target": injection.target},
-        injection=injection,
+    run = MachineRun(
+        machine="guest",
         outcome=outcome,
         reason=f"reason {index}",
         cause=cause,
         evidence=evidence,
+        output="checksum: 0x1\n",
+        exit_status=0,
+    )
+    return ExperimentRecord(
+        index=index,
+        seed=5,
+        spec={"target": injection.target},
+        injections=(injection,),
+        machines=(run,),
         latency=latency,
         activation=activation,
-        output="checksum: 0x1\n",
-        stderr="",
-        exit_status=0,
-        signal=None,
     )
 
 
@@ -164,13 +172,16 @@ def make_store(path: Path, experiments: Sequence[tuple[str, ExperimentRecord]]) 
         provenance=PROVENANCE,
     )
     store.save_golden(
-        ["checksum", "--self-check"],
-        stdout=b"checksum: 0x1\n",
-        stderr=b"",
-        exit_status=0,
-        signal=None,
-        duration_s=0.25,
-        instructions=None,
+        GoldenRun(
+            machine="guest",
+            argv=("checksum", "--self-check"),
+            stdout=b"checksum: 0x1\n",
+            stderr=b"",
+            exit_code=0,
+            signal=None,
+            guest_s=0.2,
+            host_s=0.25,
+        )
     )
     for experiment_id, (stratum, rec) in enumerate(experiments):
         store.record(
@@ -371,7 +382,7 @@ def test_provenance_and_golden_run(report: CampaignReport) -> None:
     golden = report.golden
     assert golden is not None
     assert golden.argv == ("checksum", "--self-check")
-    assert (golden.stdout, golden.exit_status, golden.duration_s) == ("checksum: 0x1\n", 0, 0.25)
+    assert (golden.stdout, golden.exit_status, golden.host_s) == (b"checksum: 0x1\n", 0, 0.25)
 
 
 def test_no_golden_run_stored_gives_none(tmp_path: Path) -> None:
@@ -416,7 +427,7 @@ class WithColumns:
     def campaign_info(self) -> CampaignInfo:
         return self.store.campaign_info()
 
-    def golden(self, argv: Sequence[str]) -> GoldenRow | None:
+    def golden(self, argv: Sequence[str]) -> GoldenRun | None:
         return self.store.golden(argv)
 
     def outcome_counts(self, *, stratum: str | None = None) -> dict[str, int]:

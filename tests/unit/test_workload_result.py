@@ -32,7 +32,7 @@ def test_normal_exit() -> None:
 def test_killed_by_signal() -> None:
     result = WorkloadResult.from_frames(_frames(("start", b"9"), ("exit", b"signaled 11 1000")))
     assert result is not None
-    assert result.signal_name == "SIGSEGV"
+    assert result.signal == "SIGSEGV" and result.signal_number == 11
     assert result.exit_status == 139
 
 

@@ -406,7 +406,8 @@ class ExperimentRecord:
     """Everything one experiment produced, ready to store or print.
 
     The experiment's outcome is that of one machine of its testbed, the judged one
-    (`judged`); `machines` holds what every machine did. `injections` lists every
+    (`judged`); `machines` holds what every machine did, one run per machine, ordered by
+    name (whatever order they are given in). `injections` lists every
     injection in order (at least one: a fault that could not be placed is recorded as an
     injection that did not hold, with its reason).
     """
@@ -426,8 +427,14 @@ class ExperimentRecord:
     def __post_init__(self) -> None:
         if not self.injections:
             raise ValueError("an experiment record needs at least one injection")
-        if not any(run.machine == self.judged for run in self.machines):
+        names = [run.machine for run in self.machines]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a machine has two runs in the record: {sorted(names)}")
+        if self.judged not in names:
             raise ValueError(f"the judged machine {self.judged!r} has no run in the record")
+        # One order whatever the testbed's, so that a stored record reloads equal.
+        ordered = tuple(sorted(self.machines, key=lambda run: run.machine))
+        object.__setattr__(self, "machines", ordered)
 
     @property
     def result(self) -> MachineRun:

@@ -633,8 +633,9 @@ class FaultSpec:
         """
         named = None
         if target is not None and target.strip() != TargetKind.INSTRUCTION.value:
+            stormy = flips is not None or interval is not None or rate is not None
             with _option("target"):
-                named = Target.parse(target)
+                named = _storm_region(target) if stormy else Target.parse(target)
         if target is None and op is None:
             raise OptionError(
                 f"give exactly one of {spell('target')} and {spell('op')}",
@@ -810,7 +811,8 @@ def _storm(
     if interval is None and rate is None:
         if flips is not None:
             raise OptionError(
-                f"{spell('flips')} needs {spell('interval')} or {spell('rate')}",
+                f"{spell('flips')} needs {spell('interval')} or {spell('rate')}: give exactly "
+                f"one of {spell('interval')} and {spell('rate')}",
                 key="flips",
                 hint=f'set {spell("interval")} = "10ms" (or {spell("rate")}, '
                 f"{spell('rate_unit')}, {spell('compression')})",
@@ -893,6 +895,20 @@ def _storm(
         return Storm(flips, schedule, rate, unit, compression)
 
 
+def _storm_region(target: str) -> Target:
+    """The memory region of a storm's target; UsageError naming the region otherwise."""
+    kind, _, region = target.strip().partition(":")
+    if kind == TargetKind.MEMORY.value and region.strip():
+        try:
+            return Target.parse(target)
+        except UsageError:
+            raise UsageError(
+                f"invalid region {region.strip()!r}",
+                hint="allowed: ram, kernel-text, kernel-data, process, or 0xSTART-0xEND[,...]",
+            ) from None
+    return Target.parse(target)
+
+
 def _period_s(period: str | None, spell: Callable[[str], str]) -> float | None:
     """Seconds of the `period` option (longer than 0), or None."""
     if period is None:
@@ -901,7 +917,7 @@ def _period_s(period: str | None, spell: Callable[[str], str]) -> float | None:
         seconds = parse_duration_s(period)
     if seconds <= 0:
         raise OptionError(
-            f"invalid {spell('period')} {period!r}: not longer than 0",
+            f"invalid period {period!r}: not longer than 0",
             key="period",
             hint=f"e.g. {spell('period')} 1s",
         )
