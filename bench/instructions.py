@@ -16,7 +16,7 @@ from pathlib import Path
 from vmfault.experiment.pipeline import Experimenter
 from vmfault.faults import BitModel, FaultSpec, InstructionFault
 from vmfault.guest.image import ImageSpec, UserWorkload
-from vmfault.profile.instructions import profile_instructions
+from vmfault.profile.workload import profile_instructions
 from vmfault.session import GuestSession, prepare_image
 
 KERNEL_C = """

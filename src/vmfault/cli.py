@@ -51,7 +51,7 @@ from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
 from vmfault.guest.workloads import idle_argv
 from vmfault.machine import Accel, kvm_blocker, probe_boot
-from vmfault.profile.instructions import profile_instructions
+from vmfault.profile.workload import profile_instructions
 from vmfault.report.command import report_command
 from vmfault.report.summary import Summary, store_summary, summary_tables
 from vmfault.session import machine_config, prepare_image

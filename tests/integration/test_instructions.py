@@ -18,7 +18,7 @@ from vmfault.experiment.pipeline import Experimenter
 from vmfault.experiment.records import InstructionInjection
 from vmfault.faults import BitModel, FaultSpec, InstructionFault
 from vmfault.guest.image import GuestImage, ImageSpec, UserWorkload
-from vmfault.profile.instructions import profile_instructions
+from vmfault.profile.workload import profile_instructions
 from vmfault.session import prepare_image
 
 pytestmark = pytest.mark.vm

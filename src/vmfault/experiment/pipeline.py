@@ -20,8 +20,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from vmfault.classify import (
     Activation,
@@ -45,7 +43,12 @@ from vmfault.experiment.records import (
     StormSummary,
 )
 from vmfault.experiment.state import Experiment, Phases, Symptom
-from vmfault.experiment.testbed import DEFAULT_BUDGET_FACTOR, GuestMachine, Testbed
+from vmfault.experiment.testbed import (
+    DEFAULT_BUDGET_FACTOR,
+    GuestMachine,
+    StartedOnEnter,
+    Testbed,
+)
 from vmfault.faults.model import FaultSpec
 from vmfault.faults.select import plan
 from vmfault.guest.image import GuestImage
@@ -57,7 +60,7 @@ logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 
-class Experimenter:
+class Experimenter(StartedOnEnter):
     """Runs experiments on a testbed. Use as a context manager: entering starts the testbed
     (boots, snapshots, golden runs); leaving destroys every machine."""
 
@@ -91,22 +94,6 @@ class Experimenter:
             image, argv, deterministic=deterministic, accel=accel, console_log=console_log
         )
         return cls(testbed, budget_factor=budget_factor, crash_table=crash_table)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def start(self) -> Mapping[str, GoldenRun]:
         """Start the testbed; every machine's golden run."""

@@ -38,6 +38,7 @@ __all__ = [
     "SYMPTOM_FUNCTIONS",
     "GuestMachine",
     "MachineSpec",
+    "StartedOnEnter",
     "Testbed",
     "golden_run",
 ]
@@ -275,12 +276,43 @@ class GuestMachine:
         return vm.channel.wait(FrameKind.EXIT, timeout_s=EXIT_REPORT_TIMEOUT_S) is not None
 
 
-class Testbed:
+class StartedOnEnter:
+    """A context manager that calls `start()` on entry and `close()` on exit (and on a
+    failed start, before the error propagates)."""
+
+    def start(self) -> object:
+        """Start (subclasses)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release everything (subclasses; always safe)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Testbed(StartedOnEnter):
     """The named machines of one experiment (one today), booted once, restored each time.
 
     Use as a context manager, or call `start()` then `close()`. `judge` names the machine
     whose outcome is the experiment's; None judges by the worst outcome across machines.
     """
+
+    __test__ = False  # a testbed of machines, not a test class
 
     def __init__(
         self, image: GuestImage, machines: Sequence[MachineSpec], *, judge: str | None = None
@@ -315,22 +347,6 @@ class Testbed:
 
     def __iter__(self) -> Iterator[GuestMachine]:
         return iter(self.machines.values())
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def goldens(self) -> Mapping[str, GoldenRun]:

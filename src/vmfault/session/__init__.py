@@ -2,7 +2,7 @@
 
 `GuestSession` boots and halts at the workload's start (the agent's start hook) and runs
 it to its exit hook; `vmfault.session.process` finds the workload process at its exec;
-`vmfault.session.symbols` captures the kernel's symbols once per kernel.
+`vmfault.session.prepare` makes images ready to run: built, the kernel's symbols captured.
 """
 
 from vmfault.session.guest import (
@@ -12,7 +12,7 @@ from vmfault.session.guest import (
     WorkloadResult,
     machine_config,
 )
-from vmfault.session.symbols import capture_kernel_symbols, prepare_image
+from vmfault.session.prepare import capture_kernel_symbols, prepare_image
 
 __all__ = [
     "AgentHooks",

@@ -35,7 +35,7 @@ from vmfault.faults.instructions import (
 from vmfault.faults.model import FaultSpec, InstructionFault
 from vmfault.guest.elfsyms import lookup_symbol
 from vmfault.machine.pagetable import translate
-from vmfault.profile.instructions import load_or_profile
+from vmfault.profile.workload import load_or_profile
 from vmfault.session.process import EXEC_FUNCTION, WorkloadProcess, run_to_exec
 
 __all__ = ["InstructionKind"]
