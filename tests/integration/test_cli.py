@@ -98,11 +98,12 @@ def test_sigterm_mid_run_leaves_nothing(image: GuestImage) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Wait until its QEMU exists (its run directory appears), without sleeping blindly.
+    # Wait until its QEMU exists (a process that uses its run directory), polling rather
+    # than sleeping blindly.
     qemu_dir = None
     for _ in range(300):
         found = list(run_root().glob(f"m{proc.pid}-*"))
-        if found and (found[0] / "qemu.log").exists():
+        if found and processes_using(found[0]):
             qemu_dir = found[0]
             break
         select.select([], [], [], 0.1)
@@ -110,13 +111,20 @@ def test_sigterm_mid_run_leaves_nothing(image: GuestImage) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     assert not qemu_dir.exists()
-    marker = str(qemu_dir).encode()
+    assert processes_using(qemu_dir) == []
+
+
+def processes_using(run_dir: Path) -> list[str]:
+    """Processes whose command line names `run_dir` (QEMU's sockets live there)."""
+    marker = str(run_dir).encode()
+    found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                assert marker not in (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes():
+                found.append(entry.name)
+        except OSError:
+            continue
+    return found
 
 
 def test_doctor_reports_tcg_working(image: GuestImage) -> None:

@@ -1,7 +1,9 @@
-"""Page-table walks of real guest processes: a workload halted at its `main`, and the agent."""
+"""Page-table walks of real guests: a workload halted at its `main`, the agent, and the
+kernel's own mappings in an idle guest."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,8 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from vmfault.guest.image import GuestImage
+from vmfault.guest.symbols import KERNEL_MAP_BASE, KernelSymbols
+from vmfault.machine import Machine
 from vmfault.machine.pagetable import PAGE_SIZE_4K, PageMapping, process_pages, translate
 from vmfault.session import GuestSession
 
@@ -21,6 +25,8 @@ WORKLOAD_BASE = 0x1000_0000
 AGENT_BASE = 0x3000_0000
 PROGRAM_SPAN = 0x1000_0000
 STOP_TIMEOUT_S = 30.0
+DIRECT_MAP = 0xFFFF_8880_0000_0000
+"""page_offset_base without KASLR: all of physical memory is mapped from here."""
 
 
 def elf_symbol(path: Path, name: str) -> int:
@@ -36,6 +42,20 @@ def containing(pages: list[PageMapping], virtual: int) -> PageMapping:
     found = [page for page in pages if page.contains(virtual)]
     assert len(found) == 1, f"{virtual:#x} is in {len(found)} mappings"
     return found[0]
+
+
+def span(pages: list[PageMapping], start: int, end: int) -> list[PageMapping]:
+    """The pages that hold [start, end), asserting that they hold all of it, without gaps."""
+    found = [page for page in pages if page.virtual < end and page.virtual_end > start]
+    assert found, f"nothing mapped in [{start:#x}, {end:#x})"
+    assert found[0].virtual <= start and found[-1].virtual_end >= end
+    gaps = [
+        (a.virtual_end, b.virtual)
+        for a, b in itertools.pairwise(found)
+        if a.virtual_end != b.virtual
+    ]
+    assert not gaps, f"holes in [{start:#x}, {end:#x}): {gaps[:4]}"
+    return found
 
 
 def program_frames(pages: list[PageMapping], base: int) -> set[int]:
@@ -122,3 +142,37 @@ def test_workload_and_agent_address_spaces(image: GuestImage, session: GuestSess
         f"{WORKLOAD}: {len(pages)} user pages in {walk_s * 1e3:.1f} ms, "
         f"{len(everything)} pages (sizes {sizes}) with the kernel's in {full_walk_s * 1e3:.1f} ms"
     )
+
+
+def test_idle_guest_maps_the_kernel_and_all_ram(
+    machine: Machine, kernel_symbols: KernelSymbols
+) -> None:
+    machine.halt()
+    gdb = machine.gdb
+    assert gdb.read_register("cs") & 3 == 0, "the idle guest halts in the kernel"
+    cr3 = gdb.read_register("cr3")
+    pages = process_pages(gdb, user_only=False)
+
+    text_start, text_end = (kernel_symbols.address(n) for n in ("_stext", "_etext"))
+    for page in span(pages, text_start, text_end):
+        assert page.executable and not page.writable and not page.user, page
+        assert page.physical == page.virtual - KERNEL_MAP_BASE, page
+    data_start, data_end = (kernel_symbols.address(n) for n in ("_sdata", "_edata"))
+    for page in span(pages, data_start, data_end):
+        assert page.writable and not page.executable and not page.user, page
+
+    ram_end = machine.config.ram_mib << 20
+    assert max(region.end for region in machine.memory_map().ram()) == ram_end
+    direct = span(pages, DIRECT_MAP, DIRECT_MAP + ram_end)
+    assert direct[-1].virtual_end == DIRECT_MAP + ram_end, "the direct map ends with RAM"
+    assert all(p.physical == p.virtual - DIRECT_MAP and not p.user for p in direct)
+
+    def read(address: int, size: int) -> bytes:
+        return gdb.read_memory(address, size, physical=True)
+
+    jiffies = kernel_symbols.address("jiffies")
+    physical = translate(cr3, jiffies, read)
+    assert physical == jiffies - KERNEL_MAP_BASE
+    assert translate(cr3, DIRECT_MAP + physical, read) == physical
+    assert gdb.read_memory(DIRECT_MAP + physical, 8) == gdb.read_memory(jiffies, 8)
+    assert gdb.read_memory(jiffies, 8) == read(physical, 8)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.toolchain import compile_c as build
 from vmfault.errors import ImageError
 from vmfault.guest.initramfs import EntryKind, guest_entries
 from vmfault.guest.runtime import elf_interpreter, runtime_files
 
-needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 SQRT = (
     '#include <math.h>\n#include <stdio.h>\nint main(int c, char **v) { printf("%f", sqrt(c)); }\n'
 )
@@ -21,16 +19,9 @@ SQRT = (
 def compile_c(tmp_path: Path, name: str, *flags: str) -> Path:
     source = tmp_path / "prog.c"
     source.write_text(SQRT)
-    target = tmp_path / name
-    result = subprocess.run(
-        ["gcc", *flags, "-o", str(target), str(source), "-lm"], capture_output=True, check=False
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot link {flags}: {result.stderr.decode()[-200:]}")
-    return target
+    return build(source, tmp_path / name, *flags, libraries=("-lm",))
 
 
-@needs_gcc
 def test_a_dynamic_binary_needs_its_interpreter_and_libraries(tmp_path: Path) -> None:
     binary = compile_c(tmp_path, "dynamic")
     interpreter = elf_interpreter(binary)
@@ -42,7 +33,6 @@ def test_a_dynamic_binary_needs_its_interpreter_and_libraries(tmp_path: Path) ->
     assert all(f.host_path.is_file() and f.guest_path.startswith("/") for f in files.values())
 
 
-@needs_gcc
 def test_a_static_binary_needs_nothing(tmp_path: Path) -> None:
     binary = compile_c(tmp_path, "static", "-static")
     assert elf_interpreter(binary) is None

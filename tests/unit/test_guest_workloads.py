@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.toolchain import compile_c
 from vmfault.errors import ImageError, UsageError
 from vmfault.guest.workloads import (
     BUILTIN_WORKLOADS,
@@ -23,20 +22,13 @@ from vmfault.guest.workloads import (
     validate_workload_name,
 )
 
-needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 HELLO = '#include <stdio.h>\nint main(void) { puts("hi"); return 0; }\n'
 
 
 def _compile(tmp_path: Path, name: str, *flags: str) -> Path:
     source = tmp_path / "hello.c"
     source.write_text(HELLO)
-    target = tmp_path / name
-    result = subprocess.run(
-        ["gcc", *flags, "-o", str(target), str(source)], capture_output=True, check=False
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot link {flags}: {result.stderr.decode()[-200:]}")
-    return target
+    return compile_c(source, tmp_path / name, *flags)
 
 
 def test_builtin_registry() -> None:
@@ -67,9 +59,17 @@ def test_bad_workload_names(name: str) -> None:
         validate_workload_name(name)
 
 
-@pytest.mark.parametrize("name", ["prog", "my_prog-2", "v1.2", "c++"])
-def test_good_workload_names(name: str) -> None:
+@pytest.mark.parametrize("name", ["prog", "my_prog-2", "v1.2", "c++", "_x", "x" * 64])
+def test_good_workload_names(name: str, tmp_path: Path) -> None:
     validate_workload_name(name)
+    source = tmp_path / "mine.c"
+    source.write_text(HELLO)
+    planned = plan_workloads([UserWorkload(name, source)])[-1]
+    assert (planned.name, planned.kind, planned.origin) == (
+        name,
+        SourceKind.C_SOURCE,
+        source.resolve(),
+    )
 
 
 def test_plan_orders_builtins_then_user_workloads(tmp_path: Path) -> None:
@@ -107,7 +107,6 @@ def test_fingerprint_covers_name_content_args_and_flags(tmp_path: Path) -> None:
     assert len(fingerprints) == 4
 
 
-@needs_gcc
 def test_static_binary_is_accepted(tmp_path: Path) -> None:
     binary = _compile(tmp_path, "hello_static", "-static")
     check_static_elf(binary)
@@ -116,7 +115,6 @@ def test_static_binary_is_accepted(tmp_path: Path) -> None:
     assert planned.content == binary.read_bytes()
 
 
-@needs_gcc
 def test_dynamic_binary_is_not_static_but_is_a_workload(tmp_path: Path) -> None:
     binary = _compile(tmp_path, "hello_dynamic")
     with pytest.raises(ImageError) as caught:

@@ -120,8 +120,14 @@ def test_user_walk(memory: FakeMemory) -> None:
     assert 0x7FFF_FFFF_F000 not in pages  # supervisor-only leaf
 
 
+FULL_WALK = 12
+"""Present leaves of the fixture's tables: 6 user-half pages, and 3 upper-half pages
+reached through each of the two PML4 entries that share a PDPT page."""
+
+
 def test_sorted_and_each_table_read_once(memory: FakeMemory) -> None:
     mappings = walk(CR3, memory.read, user_only=False)
+    assert len(mappings) == FULL_WALK
     assert [m.virtual for m in mappings] == sorted(m.virtual for m in mappings)
     assert all(count == 1 for count in memory.reads.values()), memory.reads
     assert set(memory.reads) == {
@@ -188,7 +194,9 @@ def test_translate_unmapped(memory: FakeMemory, virtual: int) -> None:
 
 
 def test_walk_agrees_with_translate(memory: FakeMemory) -> None:
-    for mapping in walk(CR3, memory.read, user_only=False):
+    mappings = walk(CR3, memory.read, user_only=False)
+    assert len(mappings) == FULL_WALK
+    for mapping in mappings:
         for offset in (0, mapping.size - 1):
             virtual = mapping.virtual + offset
             assert translate(CR3, virtual, memory.read) == mapping.physical_of(virtual)

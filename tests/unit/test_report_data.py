@@ -1,15 +1,20 @@
-"""The report's data: every number from a store of hand-made records, and the same rates and
-intervals as `vmfault campaign status --json`."""
+"""The report's data and `vmfault campaign status`: every number from a store of hand-made
+records, checked against counts and interval bounds worked out by hand."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
+from typer.testing import CliRunner
 
 from vmfault.classify import Activation, Latency, LatencyUnit, Outcome
+from vmfault.cli import app, main
 from vmfault.experiment.records import (
     ExperimentRecord,
     GoldenRun,
@@ -29,8 +34,8 @@ from vmfault.report.data import (
     build_report,
     replay_command,
 )
-from vmfault.report.summary import summarize
-from vmfault.stats import IntervalMethod
+from vmfault.report.summary import Summary, store_summary, summary_tables
+from vmfault.stats import IntervalMethod, Rate
 from vmfault.store import CampaignInfo, SQLiteStore
 
 SPEC = {
@@ -161,6 +166,47 @@ EXPERIMENTS: list[tuple[str, ExperimentRecord]] = [
 ]  # fmt: skip
 
 
+COUNTS: dict[str, dict[str, int]] = {
+    "overall": {"benign": 3, "sdc": 1, "detected": 1, "crash": 4, "hang": 1, "vmm-error": 1,
+                "not-injected": 3},
+    "regs": {"benign": 1, "sdc": 1, "detected": 1, "crash": 3, "hang": 1, "vmm-error": 1,
+             "not-injected": 1},
+    "mem": {"benign": 2, "crash": 1, "not-injected": 2},
+}  # fmt: skip
+"""Outcomes of EXPERIMENTS, counted by hand (classes with no experiment left out)."""
+COUNTED = {"overall": 11, "regs": 8, "mem": 3}
+"""Experiments that count in rates: all but the not-injected ones."""
+WILSON_95 = {
+    (0, 3): (0.0, 0.5615),
+    (1, 3): (0.0615, 0.7923),
+    (2, 3): (0.2077, 0.9385),
+    (1, 8): (0.0224, 0.4709),
+    (3, 8): (0.1368, 0.6943),
+    (1, 11): (0.0162, 0.3774),
+    (3, 11): (0.0975, 0.5656),
+    (4, 11): (0.1517, 0.6462),
+    (7, 11): (0.3538, 0.8483),
+}
+"""Wilson 95 % score intervals of k out of n, worked out apart from vmfault (z = 1.959964):
+(p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)."""
+WILSON_90 = {(4, 11): (0.1751, 0.6060), (3, 11): (0.1147, 0.5205), (2, 3): (0.2535, 0.9217)}
+"""The same at 90 % (z = 1.644854)."""
+CLOPPER_PEARSON_90 = {
+    (4, 11): (0.1351, 0.6502),
+    (3, 11): (0.0788, 0.5644),
+    (2, 3): (0.1354, 0.9830),
+}
+"""Exact 90 % intervals: the p where P(X >= k) and P(X <= k) are 5 %, from binomial sums."""
+COUNTED_OUTCOMES_IN_ORDER = ["benign", "sdc", "detected", "crash", "hang", "vmm-error"]
+BOUND = 1e-4
+"""Hand-worked bounds are rounded to 4 decimals."""
+
+
+def check_interval(rate: Rate, k: int, n: int, bounds: tuple[float, float]) -> None:
+    assert (rate.successes, rate.trials) == (k, n)
+    assert [rate.low, rate.high] == pytest.approx(list(bounds), abs=BOUND)
+
+
 def make_store(path: Path, experiments: Sequence[tuple[str, ExperimentRecord]]) -> SQLiteStore:
     store = SQLiteStore.create(
         path,
@@ -204,41 +250,76 @@ def report(store: SQLiteStore) -> CampaignReport:
 # ---------------------------------------------------------------------------- numbers
 
 
-def test_summary_is_what_campaign_status_prints(store: SQLiteStore, report: CampaignReport) -> None:
-    expected = summarize("hand-made", 20, store.outcome_counts(), store.counts_by_stratum())
-    assert report.summary.to_json() == expected.to_json()
+def check_status_json(data: dict[str, Any], part: str) -> None:
+    """One part ("overall" or a stratum) of `campaign status --json` against the hand counts
+    and Wilson 95 % bounds; every counted class has a rate, even one no experiment had."""
+    counts, counted = COUNTS[part], COUNTED[part]
+    assert data["outcomes"] == counts
+    assert list(data["outcomes"]) == [o for o in [*COUNTED_OUTCOMES_IN_ORDER, "not-injected"]
+                                      if o in counts]  # fmt: skip
+    rates, intervals = data["rates"], data["intervals"]
+    assert isinstance(rates, dict) and isinstance(intervals, dict)
+    assert list(rates) == list(intervals) == COUNTED_OUTCOMES_IN_ORDER
+    for outcome in COUNTED_OUTCOMES_IN_ORDER:
+        k = counts.get(outcome, 0)
+        assert rates[outcome] == pytest.approx(k / counted)
+        assert intervals[outcome] == pytest.approx(list(WILSON_95[k, counted]), abs=BOUND)
 
 
-@pytest.mark.parametrize("method", list(IntervalMethod))
-def test_every_outcome_class_has_the_store_count_and_summary_rate(
-    store: SQLiteStore, method: IntervalMethod
+def test_summary_is_what_campaign_status_prints(report: CampaignReport) -> None:
+    data = report.summary.to_json()
+    assert (data["campaign"], data["total"], data["done"]) == ("hand-made", 20, 14)
+    assert (data["method"], data["confidence"]) == ("wilson", 0.95)
+    check_status_json(data, "overall")
+    assert list(data["strata"]) == ["mem", "regs"]
+    for stratum in ("mem", "regs"):
+        check_status_json(data["strata"][stratum], stratum)
+    assert data["strata"]["mem"]["done"] == 5
+    assert data["strata"]["regs"]["done"] == 9
+
+
+@pytest.mark.parametrize(
+    ("method", "bounds"),
+    [(IntervalMethod.WILSON, WILSON_90), (IntervalMethod.CLOPPER_PEARSON, CLOPPER_PEARSON_90)],
+)
+def test_every_outcome_class_has_its_count_and_rate(
+    store: SQLiteStore, method: IntervalMethod, bounds: dict[tuple[int, int], tuple[float, float]]
 ) -> None:
     report = build_report(store, confidence=0.9, method=method)
-    counts = store.outcome_counts()
-    assert [o.outcome for o in report.overall.outcomes] == [o.value for o in Outcome]
+    overall = COUNTS["overall"]
+    assert [(o.outcome, o.count) for o in report.overall.outcomes] == [
+        (o.value, overall.get(o.value, 0)) for o in Outcome
+    ]
     for o in report.overall.outcomes:
-        assert o.count == counts[o.outcome]
         if o.outcome == Outcome.NOT_INJECTED.value:
             assert o.rate is None
-        else:
-            assert o.rate == report.summary.rates[o.outcome]
-            assert o.rate is not None and o.rate.method is method and o.rate.confidence == 0.9
+            continue
+        assert o.rate is not None and (o.rate.method, o.rate.confidence) == (method, 0.9)
+        assert (o.rate.successes, o.rate.trials) == (o.count, 11)
+    by_name = {o.outcome: o.rate for o in report.overall.outcomes if o.rate is not None}
+    check_interval(by_name["crash"], 4, 11, bounds[4, 11])
+    check_interval(by_name["benign"], 3, 11, bounds[3, 11])
     assert (report.overall.done, report.overall.counted) == (14, 11)
     assert report.overall.failure.successes == 7  # 4 crashes, sdc, detected, hang
     assert report.overall.failure.trials == 11
 
 
-def test_strata_match_the_store(store: SQLiteStore, report: CampaignReport) -> None:
-    by_stratum = store.counts_by_stratum()
-    assert [d.stratum for d in report.strata] == sorted(by_stratum)
+def test_strata_have_their_counts_and_rates(report: CampaignReport) -> None:
+    assert [d.stratum for d in report.strata] == ["mem", "regs"]
     for dist in report.strata:
         assert dist.stratum is not None
-        assert {o.outcome: o.count for o in dist.outcomes} == by_stratum[dist.stratum]
-        _, _, rates = report.summary.strata[dist.stratum]
-        for name, rate in rates.items():
-            assert dist.rate(name) == rate
-    mem = next(d for d in report.strata if d.stratum == "mem")
+        counts = COUNTS[dist.stratum]
+        assert {o.outcome: o.count for o in dist.outcomes if o.count} == counts
+        for outcome in COUNTED_OUTCOMES_IN_ORDER:
+            k = counts.get(outcome, 0)
+            rate = dist.rate(outcome)
+            assert rate is not None
+            check_interval(rate, k, COUNTED[dist.stratum], WILSON_95[k, COUNTED[dist.stratum]])
+    mem = report.strata[0]
     assert (mem.done, mem.counted, mem.count("crash"), mem.failure.successes) == (5, 3, 1, 1)
+    regs = report.strata[1]
+    assert (regs.done, regs.counted, regs.count("crash"), regs.failure.successes) == (9, 8, 3, 6)
+    check_interval(report.overall.failure, 7, 11, WILSON_95[7, 11])
 
 
 def test_not_injected_reasons_are_counted_most_frequent_first(report: CampaignReport) -> None:
@@ -268,7 +349,7 @@ def test_heatmap_rows_widths_and_cells(report: CampaignReport) -> None:
     assert heat.rows == ("rax", "rbx", "rcx", "rip", "xmm1", "memory:process")
     assert heat.widths == (64, 64, 64, 64, 128, 64)
     assert heat.bits == 128
-    assert all(len(row) == 128 for row in heat.cells)
+    assert [len(row) for row in heat.cells] == [128] * 6
     assert heat.multi_bit == 1
     cell = heat.cell("rax", 63)
     assert (cell.counts["benign"], cell.counts["crash"], cell.failure.rate) == (1, 1, 0.5)
@@ -356,7 +437,9 @@ def test_replay_command_is_quoted_for_the_shell() -> None:
 def test_db_label_replaces_the_path(store: SQLiteStore) -> None:
     report = build_report(store, db="results/x.db")
     assert report.db == "results/x.db"
-    assert all(e.replay.startswith("vmfault replay results/x.db ") for e in report.examples)
+    assert [e.replay for e in report.examples] == [
+        f"vmfault replay results/x.db {i}" for i in (0, 4, 2, 3, 6)
+    ]
 
 
 # ---------------------------------------------------------------------------- provenance
@@ -405,7 +488,9 @@ def test_an_empty_campaign_has_a_report(tmp_path: Path) -> None:
     with make_store(tmp_path / "empty.db", []) as store:
         report = build_report(store)
     assert report.summary.done == 0
-    assert all(o.count == 0 for o in report.overall.outcomes)
+    assert [(o.outcome, o.count) for o in report.overall.outcomes] == [
+        (o.value, 0) for o in Outcome
+    ]
     assert report.overall.failure.trials == 0
     assert report.strata == ()
     assert report.heatmap is None and report.registers == () and report.bit_positions == ()
@@ -486,3 +571,117 @@ def test_storms_per_number_of_flips_and_duration(store: SQLiteStore) -> None:
     assert sum(b.total for b in storms.by_flips) == 11
     assert sum(b.total for b in storms.by_time) == 11
     assert all(b.failure.trials == b.total for b in storms.by_time)
+
+
+# ---------------------------------------------------------------------------- campaign status
+
+STATUS_ROWS = [
+    ["benign", "3", "27.3%", "[9.7%, 56.6%]"],
+    ["sdc", "1", "9.1%", "[1.6%, 37.7%]"],
+    ["detected", "1", "9.1%", "[1.6%, 37.7%]"],
+    ["crash", "4", "36.4%", "[15.2%, 64.6%]"],
+    ["hang", "1", "9.1%", "[1.6%, 37.7%]"],
+    ["vmm-error", "1", "9.1%", "[1.6%, 37.7%]"],
+    ["not-injected", "3", "-", "-"],
+    ["mem", "5", "benign 2 67% [21%, 94%]; crash 1 33% [6%, 79%]; not-injected 2"],
+    ["regs", "9", "benign 1 12% [2%, 47%]; sdc 1 12% [2%, 47%]; detected 1 12% [2%, 47%]; "
+     "crash 3 38% [14%, 69%]; hang 1 12% [2%, 47%]; vmm-error 1 12% [2%, 47%]; not-injected 1"],
+]  # fmt: skip
+"""The rows `campaign status` prints for EXPERIMENTS: the hand counts and Wilson 95 % bounds
+above, as percentages (overall to 0.1 %, per stratum to 1 %)."""
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of the tables rich printed, as stripped cells."""
+    lines = ANSI.sub("", text).splitlines()
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if "│" in line]
+
+
+def render(summary: Summary) -> str:
+    console = Console(width=300, color_system=None)
+    with console.capture() as captured:
+        for table in summary_tables(summary):
+            console.print(table)
+    return captured.get()
+
+
+@pytest.fixture
+def campaign_db(tmp_path: Path) -> Path:
+    """A closed campaign database holding EXPERIMENTS."""
+    path = tmp_path / "status.db"
+    with make_store(path, EXPERIMENTS):
+        pass
+    return path
+
+
+def campaign_status(*args: str) -> str:
+    result = CliRunner().invoke(app, ["campaign", "status", *args], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def test_campaign_status_prints_counts_rates_and_intervals(campaign_db: Path) -> None:
+    output = ANSI.sub("", campaign_status(str(campaign_db)))
+    assert "hand-made: 14 of 20 experiments" in output
+    assert "interval (wilson, 95%)" in output and "per stratum (wilson, 95%)" in output
+    assert table_rows(output) == STATUS_ROWS
+
+
+def test_campaign_status_json(campaign_db: Path) -> None:
+    data = json.loads(campaign_status(str(campaign_db), "--json"))
+    assert (data["campaign"], data["total"], data["done"]) == ("hand-made", 20, 14)
+    assert (data["method"], data["confidence"]) == ("wilson", 0.95)
+    check_status_json(data, "overall")
+    assert {name: part["done"] for name, part in data["strata"].items()} == {"mem": 5, "regs": 9}
+    for stratum in ("mem", "regs"):
+        check_status_json(data["strata"][stratum], stratum)
+
+
+def test_campaign_status_takes_the_confidence_and_the_method(campaign_db: Path) -> None:
+    options = ("--confidence", "0.9", "--method", "clopper-pearson")
+    data = json.loads(campaign_status(str(campaign_db), "--json", *options))
+    assert (data["method"], data["confidence"]) == ("clopper-pearson", 0.9)
+    assert data["intervals"]["crash"] == pytest.approx([0.1351, 0.6502], abs=BOUND)
+    assert data["intervals"]["benign"] == pytest.approx([0.0788, 0.5644], abs=BOUND)
+    mem = data["strata"]["mem"]["intervals"]["benign"]
+    assert mem == pytest.approx(list(CLOPPER_PEARSON_90[2, 3]), abs=BOUND)
+    output = ANSI.sub("", campaign_status(str(campaign_db), *options))
+    assert "interval (clopper-pearson, 90%)" in output
+    rows = table_rows(output)
+    assert ["crash", "4", "36.4%", "[13.5%, 65.0%]"] in rows
+    assert rows[7][:2] == ["mem", "5"] and "benign 2 67% [14%, 98%]" in rows[7][2]
+
+
+def test_campaign_status_of_a_missing_database_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["campaign", "status", str(tmp_path / "none.db")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no campaign database at" in err
+
+
+def test_store_summary_reads_the_store_with_the_method_asked(store: SQLiteStore) -> None:
+    summary = store_summary(store, confidence=0.9, method=IntervalMethod.WILSON)
+    assert (summary.name, summary.total, summary.done) == ("hand-made", 20, 14)
+    assert dict(summary.outcomes) == COUNTS["overall"]
+    check_interval(summary.rates["crash"], 4, 11, WILSON_90[4, 11])
+    check_interval(summary.rates["benign"], 3, 11, WILSON_90[3, 11])
+    done, counts, rates = summary.strata["mem"]
+    assert (done, dict(counts)) == (5, COUNTS["mem"])
+    check_interval(rates["benign"], 2, 3, WILSON_90[2, 3])
+    assert "interval (wilson, 90%)" in render(summary)
+
+
+def test_summary_of_an_empty_campaign(tmp_path: Path) -> None:
+    with make_store(tmp_path / "empty.db", []) as store:
+        summary = store_summary(store, confidence=0.95, method=IntervalMethod.WILSON)
+    data = summary.to_json()
+    assert (data["done"], data["outcomes"], data["strata"]) == (0, {}, {})
+    assert data["rates"] == dict.fromkeys(COUNTED_OUTCOMES_IN_ORDER, 0.0)
+    assert data["intervals"] == {name: [0.0, 1.0] for name in COUNTED_OUTCOMES_IN_ORDER}
+    text = render(summary)
+    assert "hand-made: 0 of 20 experiments" in text
+    assert table_rows(text) == []

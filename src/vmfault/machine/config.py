@@ -9,6 +9,7 @@ from pathlib import Path
 
 __all__ = [
     "DETERMINISTIC_RTC_BASE",
+    "LOG_DIR_ENV",
     "Accel",
     "MachineConfig",
     "SocketPaths",
@@ -19,6 +20,10 @@ __all__ = [
 
 DETERMINISTIC_RTC_BASE = "2020-01-01T00:00:00"
 """Fixed guest wall-clock start in deterministic mode, so transcripts do not carry today's date."""
+
+LOG_DIR_ENV = "VMFAULT_LOG_DIR"
+"""Environment variable: when set, every machine keeps its serial console log and QEMU's
+output in this directory (`{name}-{pid}-{n}.console.log` and `.qemu.log`) after it closes."""
 
 
 class Accel(enum.StrEnum):
@@ -65,7 +70,8 @@ class MachineConfig:
     incoming: Path | None = None
     """Start from a saved state file (see `Machine.save_state_file`) instead of booting."""
     console_log: Path | None = None
-    """Where the whole serial console transcript goes; None keeps it in the run directory."""
+    """Where the whole serial console transcript goes; None keeps it in the run directory
+    (or in `$VMFAULT_LOG_DIR`, which gets a copy in any case)."""
     qemu_binary: str = "qemu-system-x86_64"
     extra_args: tuple[str, ...] = field(default=())
 

@@ -2,7 +2,8 @@
 
 `Machine` is a context manager that always terminates and reaps QEMU and removes its run
 directory, whatever happens inside the `with` block. All control channels are Unix sockets
-in a private 0700 directory; vmfault listens and QEMU connects.
+in a private 0700 directory; vmfault listens and QEMU connects. The console log and QEMU's
+own output live there too, unless `$VMFAULT_LOG_DIR` names a directory that keeps them.
 
 Concurrency model: there are no background threads. QMP events, console bytes and channel
 frames are read by an event loop that runs while the caller waits (`wait`, `expect`,
@@ -17,8 +18,10 @@ import contextlib
 import enum
 import functools
 import hashlib
+import itertools
 import logging
 import os
+import re
 import selectors
 import signal
 import socket
@@ -28,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 from qemu.qmp import QMPError as _QMPLibError
@@ -40,11 +43,13 @@ from vmfault.errors import (
     QMPError,
     SnapshotError,
     StateError,
+    UsageError,
 )
 from vmfault.machine import run
 from vmfault.machine.accel import resolve_accel
 from vmfault.machine.channel import Channel
 from vmfault.machine.config import (
+    LOG_DIR_ENV,
     Accel,
     MachineConfig,
     SocketPaths,
@@ -60,6 +65,7 @@ from vmfault.machine.rundir import RunDir
 from vmfault.machine.spawn import spawn_tied
 
 __all__ = [
+    "KeptLogs",
     "Machine",
     "QMPEvent",
     "Runstate",
@@ -73,6 +79,7 @@ logger.addHandler(logging.NullHandler())
 _RECV_SIZE = 1 << 16
 _GDB_READ_CHUNK = 2048
 _PMEMSAVE_MIN = 1 << 20
+_log_numbers = itertools.count()
 
 
 class Runstate(enum.Enum):
@@ -121,11 +128,61 @@ class Snapshot:
     """The guest instruction count at save time (deterministic mode only)."""
 
 
-def _tail(path: Path) -> str:
+def _tail(path: Path | None) -> str:
+    if path is None:
+        return ""
     try:
         return path.read_text(errors="replace")[-4000:]
     except OSError:
         return ""
+
+
+@dataclass(frozen=True)
+class KeptLogs:
+    """A machine's log files in `$VMFAULT_LOG_DIR`, which outlive the machine."""
+
+    console: Path
+    """Every byte of the serial console."""
+    qemu: Path
+    """QEMU's own stdout and stderr."""
+
+
+def _keep_logs(name: str) -> KeptLogs | None:
+    """New, empty, owner-only log files for machine `name` in `$VMFAULT_LOG_DIR` (created
+    0700 if missing), named after the machine, this process and a counter; None if unset."""
+    value = os.environ.get(LOG_DIR_ENV, "")
+    if not value:
+        return None
+    directory = Path(value)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create the log directory {directory}: {exc.strerror}",
+            hint=f"set {LOG_DIR_ENV} to a writable directory, or unset it",
+        ) from exc
+    stem = re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+    while True:
+        base = f"{stem}-{os.getpid()}-{next(_log_numbers)}"
+        logs = KeptLogs(directory / f"{base}.console.log", directory / f"{base}.qemu.log")
+        created: list[Path] = []
+        try:
+            for path in (logs.console, logs.qemu):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                created.append(path)
+        except FileExistsError:
+            # A process that had this pid before left its logs: take the next number.
+            for path in created:
+                path.unlink()
+            continue
+        except OSError as exc:
+            for path in created:
+                path.unlink()
+            raise UsageError(
+                f"cannot create log files in {directory}: {exc.strerror}",
+                hint=f"set {LOG_DIR_ENV} to a writable directory, or unset it",
+            ) from exc
+        return logs
 
 
 class Machine:
@@ -151,6 +208,11 @@ class Machine:
         self.stops: list[StopReply] = []
         self.qemu_output = ""
         """The end of QEMU's own stdout/stderr, read when it exits."""
+        self.qemu_log: Path | None = None
+        """The file QEMU's stdout/stderr go to (in the run directory or `kept_logs`)."""
+        self.kept_logs: KeptLogs | None = None
+        """The log files kept in `$VMFAULT_LOG_DIR`, if it was set at launch."""
+        self._console_copy: BinaryIO | None = None
         self._run_dir: RunDir | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._pidfd = -1
@@ -209,6 +271,7 @@ class Machine:
         if self.accel_reason:
             logger.info("%s", self.accel_reason)
         run_dir = self._run_dir = RunDir()
+        kept = self.kept_logs = _keep_logs(self.name)
         paths = SocketPaths(
             qmp=run_dir / "qmp.sock",
             gdb=run_dir / "gdb.sock",
@@ -222,7 +285,7 @@ class Machine:
         _make_qcow2(scratch, self.config.snapshot_drive_mib)
         tsc_khz = guest_tsc_khz(self.config, self.accel, _host_tsc_khz())
         self.argv = qemu_argv(self.config, self.accel, paths, scratch, tsc_khz=tsc_khz)
-        qemu_log = run_dir / "qemu.log"
+        qemu_log = self.qemu_log = (run_dir / "qemu.log") if kept is None else kept.qemu
         try:
             self._process = spawn_tied(self.argv, output=qemu_log)
         except OSError as exc:
@@ -241,7 +304,13 @@ class Machine:
                 listener.close()
         self._loop = asyncio.new_event_loop()
         self._wakeup = asyncio.Event()
-        console_log = self.config.console_log or (run_dir / "console.log")
+        if kept is None:
+            console_log = self.config.console_log or (run_dir / "console.log")
+        elif self.config.console_log is None:
+            console_log = kept.console
+        else:
+            console_log = self.config.console_log
+            self._console_copy = kept.console.open("ab", buffering=0)
         self._console = Console(console_log, self.wait)
         self._channel = Channel(self.wait)
         self._loop.add_reader(self._sockets["console"].fileno(), self._on_console)
@@ -321,7 +390,8 @@ class Machine:
             self._wake()
 
     def close(self) -> None:
-        """Terminate and reap QEMU, close every socket and remove the run directory.
+        """Terminate and reap QEMU, close every socket and remove the run directory
+        (`kept_logs` stay).
 
         Safe to call in any state and more than once; never raises for a dead QEMU.
         """
@@ -346,6 +416,9 @@ class Machine:
             self._pidfd = -1
         if self._console is not None:
             self._console.close()
+        if self._console_copy is not None:
+            self._console_copy.close()
+            self._console_copy = None
         if self._run_dir is not None:
             self._run_dir.close()
         self.runstate = Runstate.CLOSED
@@ -430,8 +503,13 @@ class Machine:
             sink(data)
             self._wake()
 
+    def _feed_console(self, data: bytes) -> None:
+        self.console.feed(data)
+        if self._console_copy is not None:
+            self._console_copy.write(data)
+
     def _on_console(self) -> None:
-        self._drain("console", self.console.feed)
+        self._drain("console", self._feed_console)
 
     def _on_channel(self) -> None:
         self._drain("channel", self.channel.feed)
@@ -443,7 +521,7 @@ class Machine:
         if self._process is not None:
             self.exit_code = self._process.wait()
         self.runstate = Runstate.DEAD
-        self.qemu_output = _tail(self.run_dir / "qemu.log")
+        self.qemu_output = _tail(self.qemu_log)
         logger.info("%s: QEMU exited with status %s", self.name, self.exit_code)
         self._wake()
 
@@ -643,7 +721,7 @@ class Machine:
     def _flush_io(self) -> None:
         # With the guest halted QEMU writes nothing more, and every byte it wrote so far
         # is already in our socket buffers: read them now so they belong to the old timeline.
-        self._drain("console", self.console.feed)
+        self._drain("console", self._feed_console)
         self._drain("channel", self.channel.feed)
 
     def save_snapshot(
