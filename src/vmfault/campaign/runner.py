@@ -179,7 +179,7 @@ def run_campaign(
     missing = plan.missing(store.done_ids())
     progress = CampaignProgress(total=plan.total, done=plan.total - len(missing))
     progress.outcomes = store.outcome_counts()
-    if not missing:
+    if not missing or _converged(prepared):
         return progress
     count = min(workers or spec.campaign.workers, len(missing))
     setup = WorkerSetup(
@@ -192,10 +192,10 @@ def run_campaign(
         log(f"starting {count} worker(s); worker log: {log_path}")
     try:
         if executor is None:
-            local = LocalExecutor(setup, workers=count, log=log_path, job_timeout_s=0.0)
+            # Ours from the start: a failed or interrupted start closes the workers it booted.
+            executor = local = LocalExecutor(setup, workers=count, log=log_path, job_timeout_s=0.0)
             local.start()
             local.job_timeout_s = _job_timeout(local.goldens, spec.campaign.budget)
-            executor = local
         _check_goldens(executor.goldens, prepared)
         jobs = (
             Job(i, (planned := plan.experiment(i)).spec, planned.seed, planned.index,
@@ -212,10 +212,7 @@ def run_campaign(
             progress.outcomes[name] = progress.outcomes.get(name, 0) + 1
             if on_record is not None:
                 on_record(progress, done)
-            if spec.campaign.stop_early and spec.campaign.margin is not None and should_stop(
-                store.counts_by_stratum(), margin=spec.campaign.margin,
-                confidence=spec.campaign.confidence,
-            ):  # fmt: skip
+            if _converged(prepared):
                 if log is not None:
                     log("every interval is narrower than the margin: stopping early")
                 break
@@ -228,6 +225,17 @@ def run_campaign(
         if own and executor is not None:
             executor.close()
     return progress
+
+
+def _converged(prepared: Prepared) -> bool:
+    """Whether a `stop_early` campaign may stop: every stratum of the plan (those without
+    results too) has an interval narrower than the margin."""
+    settings = prepared.spec.campaign
+    if not settings.stop_early or settings.margin is None:
+        return False
+    found = prepared.store.counts_by_stratum()
+    counts = {stratum.name: found.get(stratum.name, {}) for stratum in prepared.plan.strata}
+    return should_stop(counts, margin=settings.margin, confidence=settings.confidence)
 
 
 def _job_timeout(goldens: list[Goldens], budget: float) -> float:
