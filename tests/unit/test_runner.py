@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -109,11 +108,6 @@ def make_record(job: Job, outcome: Outcome) -> ExperimentRecord:
     )  # fmt: skip
     return build_record(job.spec, seed=job.seed, index=job.index, injections=[injection],
                         machines=[run], judged=DEFAULT_MACHINE)  # fmt: skip
-
-
-def as_stored(record: ExperimentRecord) -> ExperimentRecord:
-    """`record` as the store loads it back: its spec through JSON (tuples become lists)."""
-    return dataclasses.replace(record, spec=json.loads(json.dumps(record.spec)))
 
 
 def benign(job: Job) -> Outcome:
@@ -315,7 +309,7 @@ def test_every_experiment_is_sent_once_interleaved_and_committed_in_turn(
     assert progress.outcomes == store.outcome_counts()
     assert progress.outcomes["not-injected"] == 2
     for i in range(10):
-        assert store.load(i) == as_stored(fake.records[i])
+        assert store.load(i) == fake.records[i]
     rows = {int(str(row["experiment_id"])): row for row in store.rows()}
     assert {i: rows[i]["stratum"] for i in (0, 3, 4, 6, 7, 9)} == {
         0: "a", 3: "a", 4: "b", 6: "b", 7: "c", 9: "c",
@@ -342,7 +336,7 @@ def test_results_out_of_order_are_each_committed_under_their_own_stratum(
     for row in store.rows():
         i = int(str(row["experiment_id"]))
         assert row["stratum"] == prepared.plan.stratum_of(i).name
-        assert store.load(i) == as_stored(fake.records[i])
+        assert store.load(i) == fake.records[i]
 
 
 # --------------------------------------------------------------------- resume

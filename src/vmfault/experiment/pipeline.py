@@ -17,6 +17,7 @@ observation. Experiment `index` under `seed` makes the same choices every time.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -264,9 +265,11 @@ def build_record(
     phases_s: Mapping[str, float] | None = None,
     storm: StormSummary | None = None,
 ) -> ExperimentRecord:
-    """The record of one experiment (the one place records are made)."""
+    """The record of one experiment (the one place records are made). The spec is kept in
+    its JSON form exactly (lists, not tuples), so a stored record reloads equal."""
     return ExperimentRecord(
-        index=index, seed=seed, spec=spec.to_json(), injections=tuple(injections),
+        index=index, seed=seed, spec=json.loads(json.dumps(spec.to_json())),
+        injections=tuple(injections),
         machines=tuple(machines), judged=judged, latency=latency, activation=activation,
         phases_s=dict(phases_s or {}), storm=storm,
     )  # fmt: skip
