@@ -61,9 +61,9 @@ from vmfault.faults.model import (
     Target,
     Trigger,
     TriggerKind,
-    parse_duration_s,
 )
 from vmfault.faults.schedule import RateUnit, Schedule
+from vmfault.faults.units import parse_duration_s
 from vmfault.guest.workloads import (
     UserWorkload,
     builtin_workload_names,

@@ -16,9 +16,9 @@ from vmfault.faults.model import (
     Trigger,
     TriggerKind,
     canonical_op,
-    parse_duration_s,
 )
 from vmfault.faults.select import BitChoice, Plan, choose_bits, choose_in_ranges, plan, rng_for
+from vmfault.faults.units import parse_duration_s, parse_ranges
 
 __all__ = [
     "INSTRUCTION_OPS",
@@ -41,6 +41,7 @@ __all__ = [
     "choose_bits",
     "choose_in_ranges",
     "parse_duration_s",
+    "parse_ranges",
     "plan",
     "rng_for",
 ]

@@ -31,12 +31,11 @@ import enum
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vmfault.errors import UsageError
-
-if TYPE_CHECKING:
-    from vmfault.faults.schedule import RateUnit, Storm
+from vmfault.faults.schedule import RateUnit, Schedule, Storm
+from vmfault.faults.units import parse_duration_s, parse_ranges
 
 __all__ = [
     "INSTRUCTION_FAMILIES",
@@ -56,8 +55,6 @@ __all__ = [
     "Trigger",
     "TriggerKind",
     "canonical_op",
-    "parse_duration_s",
-    "parse_ranges",
 ]
 
 _GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
@@ -266,38 +263,6 @@ class BitMode(enum.StrEnum):
     STUCK_0 = "stuck-at-0"
     STUCK_1 = "stuck-at-1"
     VALUE = "value"
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d*)?)(ns|us|ms|s)$")
-_SCALE = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
-
-
-def parse_duration_s(text: str) -> float:
-    """`20ms`, `1.5s`, `300us`, `0.02` (seconds) -> seconds; UsageError otherwise."""
-    found = _DURATION.match(text.strip())
-    if found:
-        return float(found.group(1)) * _SCALE[found.group(2)]
-    try:
-        value = float(text)
-    except ValueError:
-        raise _bad("duration", text, "a number with a unit: 20ms, 1.5s, 300us") from None
-    if value < 0:
-        raise _bad("duration", text, "a non-negative duration")
-    return value
-
-
-def parse_ranges(text: str) -> tuple[tuple[int, int], ...]:
-    """`0xSTART-0xEND[,...]` (end exclusive, start < end) -> ranges; ValueError otherwise."""
-    ranges = []
-    for part in text.split(","):
-        start_text, separator, end_text = part.partition("-")
-        if not separator:
-            raise ValueError(f"not a range: {part!r}")
-        start, end = int(start_text.strip(), 0), int(end_text.strip(), 0)
-        if not 0 <= start < end:
-            raise ValueError(f"empty or negative range: {part!r}")
-        ranges.append((start, end))
-    return tuple(ranges)
 
 
 @dataclass(frozen=True)
@@ -805,7 +770,6 @@ def _storm(
     spell: Callable[[str], str],
 ) -> Storm | None:
     """The storm that the storm options describe; None when none of them is given."""
-    from vmfault.faults.schedule import RateUnit, Schedule, Storm  # noqa: PLC0415 (a cycle)
 
     rate_keys = {"rate_unit": rate_unit, "compression": compression}
     if interval is None and rate is None:

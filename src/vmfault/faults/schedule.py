@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmfault.errors import UsageError
-from vmfault.faults.model import parse_duration_s, parse_ranges
+from vmfault.faults.units import parse_duration_s, parse_ranges
 
 __all__ = ["RateModel", "RateUnit", "Schedule", "ScheduleKind", "Storm", "parse_region"]
 

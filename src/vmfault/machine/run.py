@@ -15,16 +15,16 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from vmfault.errors import MachineError, MachineTimeoutError
+from vmfault.machine.console import Console
 from vmfault.machine.gdbproto import StopReason, StopReply
-
-if TYPE_CHECKING:
-    from vmfault.machine.machine import Machine
+from vmfault.machine.gdbstub import GdbStub
 
 __all__ = [
     "PRECISE_SPIN_S",
+    "Controllable",
     "Run",
     "RunEnd",
     "await_stop",
@@ -38,6 +38,40 @@ PRECISE_SPIN_S = 0.002
 """A precise run waits out its last this-many host seconds by polling: a sleeping thread
 can wake milliseconds late on a busy or virtualised host, a polling one is on time."""
 _CONSOLE_TAIL_CHARS = 300
+
+
+class Controllable(Protocol):
+    """What run control drives (a `vmfault.machine.Machine` is one)."""
+
+    stops: list[StopReply]
+    exit_code: int | None
+
+    @property
+    def alive(self) -> bool:
+        """Whether QEMU still runs."""
+        ...
+
+    @property
+    def gdb(self) -> GdbStub:
+        """The gdbstub client."""
+        ...
+
+    @property
+    def console(self) -> Console:
+        """The serial console."""
+        ...
+
+    def cont(self) -> None:
+        """Let the guest run."""
+        ...
+
+    def halt(self) -> StopReply:
+        """Stop the guest; its stop reply."""
+        ...
+
+    def wait_stop(self, *, timeout_s: float | None) -> StopReply | None:
+        """Wait for the running guest to stop, reading its I/O meanwhile."""
+        ...
 
 
 class RunEnd(enum.StrEnum):
@@ -76,7 +110,7 @@ class Run:
         """Whether the run reached its goal."""
         return self.end is RunEnd.REACHED
 
-    def require(self, what: str, machine: Machine, *, timeout_s: float) -> Run:
+    def require(self, what: str, machine: Controllable, *, timeout_s: float) -> Run:
         """This run if it reached its goal; else the error that says why `what` was not
         reached: MachineTimeoutError if time ran out, MachineError otherwise (with QEMU's
         exit status, or where the guest stopped and the console's tail)."""
@@ -96,11 +130,11 @@ class Run:
         )
 
 
-def _pc(machine: Machine) -> int | None:
+def _pc(machine: Controllable) -> int | None:
     return machine.gdb.read_register(machine.gdb.pc_name) if machine.alive else None
 
 
-def _ended(machine: Machine, stop: StopReply | None, ran_s: float, goal: int | None) -> Run:
+def _ended(machine: Controllable, stop: StopReply | None, ran_s: float, goal: int | None) -> Run:
     """The Run of a guest that stopped (`stop`), was halted at its time limit (None), or
     whose QEMU exited."""
     if not machine.alive:
@@ -117,7 +151,7 @@ def _ended(machine: Machine, stop: StopReply | None, ran_s: float, goal: int | N
     return Run(RunEnd.STOPPED, pc, stop, ran_s)
 
 
-def _wait_precisely(machine: Machine, deadline: float) -> StopReply | None:
+def _wait_precisely(machine: Controllable, deadline: float) -> StopReply | None:
     """Wait on the gdbstub alone until `deadline` (perf_counter) or a stop: sleep, then
     poll through the last PRECISE_SPIN_S."""
     gdb = machine.gdb
@@ -134,7 +168,7 @@ def _wait_precisely(machine: Machine, deadline: float) -> StopReply | None:
 
 
 def await_stop(
-    machine: Machine,
+    machine: Controllable,
     timeout_s: float | None,
     *,
     goal: int | None = None,
@@ -167,7 +201,7 @@ def await_stop(
     return _ended(machine, stop, time.perf_counter() - begun, goal)
 
 
-def _run(machine: Machine, seconds: float | None, *, precise: bool, goal: int | None) -> Run:
+def _run(machine: Controllable, seconds: float | None, *, precise: bool, goal: int | None) -> Run:
     """Continue, wait up to `seconds` (None: no limit) for a stop, halt if still running."""
     if not machine.alive:
         return Run(RunEnd.EXITED, None, None, 0.0)
@@ -177,7 +211,7 @@ def _run(machine: Machine, seconds: float | None, *, precise: bool, goal: int | 
     return run
 
 
-def run_for(machine: Machine, seconds: float, *, precise: bool = False) -> Run:
+def run_for(machine: Controllable, seconds: float, *, precise: bool = False) -> Run:
     """Let the guest run for `seconds` of host time, or until it stops on its own.
 
     Ends TIME when the time ran out (the guest halted), else with the stop. `precise`
@@ -187,7 +221,7 @@ def run_for(machine: Machine, seconds: float, *, precise: bool = False) -> Run:
     return _run(machine, max(0.0, seconds), precise=precise, goal=None)
 
 
-def run_to(machine: Machine, address: int, *, timeout_s: float | None) -> Run:
+def run_to(machine: Controllable, address: int, *, timeout_s: float | None) -> Run:
     """Run until the vCPU reaches `address` (a virtual address), at most `timeout_s`.
 
     Uses a breakpoint of its own unless one is set there already (breakpoints are counted,
@@ -207,7 +241,7 @@ def run_to(machine: Machine, address: int, *, timeout_s: float | None) -> Run:
 
 
 def run_until(
-    machine: Machine,
+    machine: Controllable,
     condition: Callable[[], bool],
     *,
     timeout_s: float,
@@ -236,7 +270,7 @@ def run_until(
     return Run(RunEnd.TIME, _pc(machine), None, ran)
 
 
-def step_until(machine: Machine, condition: Callable[[], bool], *, steps: int) -> Run:
+def step_until(machine: Controllable, condition: Callable[[], bool], *, steps: int) -> Run:
     """Single-step (interrupts and timers held off) until `condition()` holds, at most
     `steps` instructions. Ends REACHED, TIME when the steps ran out, or with a stop that
     is not a step (a watchpoint)."""

@@ -30,7 +30,7 @@ from vmfault.classify import Activation, LatencyUnit, Outcome, latency_histogram
 from vmfault.errors import UsageError
 from vmfault.experiment.records import GoldenRun
 from vmfault.faults import REGISTER_GROUPS
-from vmfault.faults.model import parse_duration_s
+from vmfault.faults.units import parse_duration_s
 from vmfault.guest.workloads import BUILTIN_WORKLOADS, idle_argv
 from vmfault.report.summary import Summary, summarize
 from vmfault.stats import IntervalMethod, Rate, rate
