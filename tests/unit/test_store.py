@@ -113,6 +113,7 @@ def make_record(i: int) -> ExperimentRecord:
                 instructions=1_000_000 + i,
                 rip=0xFFFF_FFFF_8100_0000 + i,
                 user_mode=False,
+                progress=0.5 + i / 1000,
             ),
         )
         outcome, latency = Outcome.CRASH, Latency(1234 + i, LatencyUnit.INSTRUCTIONS)
@@ -833,6 +834,7 @@ def test_rows_are_flat_ordered_and_complete(
         "instructions": 1_000_000,
         "rip": "0xffffffff81000000",
         "user_mode": False,
+        "progress": 0.5,
         "worker": "worker-0",
         "started_at": 1_714_560_000.0,
         "finished_at": 1_714_560_000.75,
@@ -1322,9 +1324,12 @@ def old_record(i: int) -> ExperimentRecord:
 
 def as_kept_by_old_versions(rec: ExperimentRecord) -> ExperimentRecord:
     """What schema 1 and 2 keep of a record: no kind's own fields (but an instruction
-    fault's op, which its target names), every storm one attempt."""
+    fault's op, which its target names), no trigger progress, every storm one attempt."""
 
     def kept(injection: Injection) -> Injection:
+        injection = dataclasses.replace(
+            injection, trigger=dataclasses.replace(injection.trigger, progress=None)
+        )
         if isinstance(injection, FlipInjection):
             return dataclasses.replace(injection, scheduled_s=0.0)
         if isinstance(injection, InstructionInjection):

@@ -153,6 +153,10 @@ class TriggerPoint:
     """The vCPU's instruction pointer at the injection."""
     user_mode: bool | None = None
     """Whether the vCPU ran in user mode at the injection."""
+    progress: float | None = None
+    """Where the fault landed as a fraction of the golden execution from the snapshot
+    (0..1: time over the restored golden run's duration, or instructions over its count in
+    deterministic mode); None where the trigger is not a moment of the execution."""
 
     def to_json(self) -> dict[str, Any]:
         """The record's `trigger` object."""
@@ -162,6 +166,7 @@ class TriggerPoint:
             "instructions": self.instructions,
             "rip": _hex(self.rip),
             "user_mode": self.user_mode,
+            "progress": self.progress,
         }
 
 
@@ -198,7 +203,7 @@ class Injection:
 
     def fields(self) -> dict[str, Any]:
         """Every field by name (values as they are), `trigger` flattened to `trigger`
-        (its spec), `time_s`, `instructions`, `rip` and `user_mode`."""
+        (its spec), `time_s`, `instructions`, `rip`, `user_mode` and `progress`."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         point = data.pop("trigger")
         data.update(
@@ -207,6 +212,7 @@ class Injection:
             instructions=point.instructions,
             rip=point.rip,
             user_mode=point.user_mode,
+            progress=point.progress,
         )
         return data
 
@@ -338,6 +344,7 @@ def injection_from_fields(kind: str, values: Mapping[str, Any]) -> Injection:
         instructions=values.get("instructions"),
         rip=values.get("rip"),
         user_mode=values.get("user_mode"),
+        progress=values.get("progress"),
     )
     chosen = {k: v for k, v in values.items() if k in names and k != "trigger"}
     return cls(**chosen, trigger=point)

@@ -135,6 +135,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("instructions", "int", "guest instructions from the workload's start to the injection"),
     Column("rip", "str", "instruction pointer at the injection (hex)"),
     Column("user_mode", "bool", "the guest was in user mode at the injection"),
+    Column(
+        "progress",
+        "float",
+        "where the fault landed as a fraction (0..1) of the golden execution",
+    ),
     Column("worker", "str", "the worker that ran the experiment"),
     Column("started_at", "float", "Unix time (s) the experiment started"),
     Column("finished_at", "float", "Unix time (s) the experiment finished"),

@@ -184,6 +184,7 @@ _MACHINE_SCHEMA: tuple[str, ...] = (
     f"ALTER TABLE injection ADD COLUMN machine TEXT NOT NULL DEFAULT '{DEFAULT_MACHINE}'",
     "ALTER TABLE injection ADD COLUMN kind TEXT",
     "ALTER TABLE injection ADD COLUMN detail_json TEXT",
+    "ALTER TABLE injection ADD COLUMN progress REAL",
     f"ALTER TABLE outcome ADD COLUMN machine TEXT NOT NULL DEFAULT '{DEFAULT_MACHINE}'",
     "ALTER TABLE storm ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
     """CREATE TABLE machine_run (
@@ -234,8 +235,8 @@ _INSERT_INJECTION = """
 INSERT INTO injection (
     experiment_id, ordinal, target, location, "register", address, "virtual", width, mask, mode,
     "before", "after", readback, injected, reason, "trigger", time_s, instructions, rip, user_mode,
-    machine, kind, detail_json
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    machine, kind, detail_json, progress
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _SELECT_INJECTIONS = """
 SELECT target, location, "register", address, "virtual", width, mask, mode, "before", "after",
@@ -246,7 +247,7 @@ FROM injection WHERE experiment_id = ? ORDER BY ordinal
 _INJECTION_COLUMNS = frozenset({
     "target", "location", "register", "address", "virtual", "width", "mask", "mode", "before",
     "after", "readback", "injected", "reason", "trigger", "time_s", "instructions", "rip",
-    "user_mode", "machine",
+    "user_mode", "machine", "progress",
 })  # fmt: skip
 """Injection fields with a column of their own; a kind's other fields go to detail_json."""
 _HEX_COLUMNS = frozenset({"mask", "address", "virtual", "before", "after", "readback", "rip"})
@@ -259,7 +260,7 @@ SELECT e.experiment_id, e.stratum, e.seed, e.idx,
        (SELECT count(*) FROM injection AS c WHERE c.experiment_id = e.experiment_id),
        i.target, i.location, i."register", i.address, i."virtual", i.width, i.mask, i.mode,
        i."before", i."after", i.readback, i.reason, i."trigger", i.time_s, i.instructions,
-       i.rip, i.user_mode,
+       i.rip, i.user_mode, {progress},
        e.worker, e.started_at, e.finished_at, e.duration_s,
        o.phases_json, o.output, o.stderr,
        {storm_columns}
@@ -272,10 +273,19 @@ ORDER BY e.experiment_id
 LIMIT ?
 """
 _ROWS_QUERY = _ROWS_QUERY_TEMPLATE.format(
+    progress="i.progress",
     storm_columns="st.flips, st.guest_s, st.real_world_s",
     storm_join="LEFT JOIN storm AS st ON st.experiment_id = e.experiment_id",
 )
-_ROWS_QUERY_V1 = _ROWS_QUERY_TEMPLATE.format(storm_columns="NULL, NULL, NULL", storm_join="")
+_ROWS_QUERY_V2 = _ROWS_QUERY_TEMPLATE.format(
+    progress="NULL",
+    storm_columns="st.flips, st.guest_s, st.real_world_s",
+    storm_join="LEFT JOIN storm AS st ON st.experiment_id = e.experiment_id",
+)
+"""The rows of a version-2 database (read-only): no trigger progress."""
+_ROWS_QUERY_V1 = _ROWS_QUERY_TEMPLATE.format(
+    progress="NULL", storm_columns="NULL, NULL, NULL", storm_join=""
+)
 """The rows of a version-1 database (read-only): no storm table, the storm columns None."""
 _SELECT_STORM = """
 SELECT region, schedule, flips, guest_s, real_world_s, max_error_s, mean_error_s,
@@ -907,7 +917,13 @@ class SQLiteStore:
         start = _INT64_MIN
         while True:
             with self._read() as conn:
-                query = _ROWS_QUERY if self._version >= _STORM_VERSION else _ROWS_QUERY_V1
+                query = (
+                    _ROWS_QUERY
+                    if self._version >= _MACHINES_VERSION
+                    else _ROWS_QUERY_V2
+                    if self._version >= _STORM_VERSION
+                    else _ROWS_QUERY_V1
+                )
                 chunk = conn.execute(query, (start, ROW_CHUNK)).fetchall()
             for values in chunk:
                 row: dict[str, object] = dict(zip(COLUMN_NAMES, values, strict=True))
@@ -1035,7 +1051,7 @@ def _injection_params(experiment_id: int, ordinal: int, injection: Injection) ->
         fields["before"], fields["after"], fields["readback"], int(injection.injected),
         injection.reason, fields["trigger"], fields["time_s"], fields["instructions"],
         fields["rip"], None if user_mode is None else int(user_mode), injection.machine,
-        injection.kind, json.dumps(detail) if detail else None,
+        injection.kind, json.dumps(detail) if detail else None, fields["progress"],
     )  # fmt: skip
 
 
@@ -1058,9 +1074,9 @@ def _injections(
 ) -> tuple[Injection, ...]:
     machines = version >= _MACHINES_VERSION
     query = _SELECT_INJECTIONS.format(
-        machine_columns="machine, kind, detail_json"
+        machine_columns="machine, kind, detail_json, progress"
         if machines
-        else f"'{DEFAULT_MACHINE}' AS machine, NULL AS kind, NULL AS detail_json"
+        else f"'{DEFAULT_MACHINE}' AS machine, NULL AS kind, NULL AS detail_json, NULL AS progress"
     )
     cursor = conn.cursor()
     cursor.row_factory = sqlite3.Row
