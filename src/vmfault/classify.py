@@ -17,8 +17,10 @@
 4. **crash, user**: the workload was killed by a signal (one the golden run was not killed by);
    the cause is the signal's name (`SIGSEGV`, `SIGILL`, ...), the evidence the first user-scope
    console line (`segfault at ...`, `traps: NAME[PID] trap invalid opcode ...`), if any.
-5. **hang**: no completion: the hang budget ran out (`timed_out`), or the workload never
-   reported its exit and nothing above explains why. Except that an experiment observed for
+5. **hang**: no completion: the hang budget ran out (`timed_out`), the vCPU stalled idle
+   longer than any idle stretch of the golden run (`stalled_s`, declared early), or the
+   workload never reported its exit and nothing above explains why. Except that an
+   experiment observed for
    a fixed period (`period_s`, the failure-rate mode) whose workload still ran at the end
    of the period is **benign**: nothing failed within the period.
 6. **detected**: the workload finished and reported the error itself: its exit code differs
@@ -333,6 +335,9 @@ class Observation:
     period_s: float | None = None
     """Set when a fixed observation period (guest seconds after the fault) ran out while
     the workload still ran: nothing failed within it."""
+    stalled_s: float | None = None
+    """Set when the run was declared a hang early: the host seconds the vCPU sat idle,
+    nothing runnable, with the workload unfinished (the stall rule)."""
 
 
 @dataclass(frozen=True)
@@ -464,6 +469,11 @@ def signal_name(number: int) -> str:
 
 
 def _hang_reason(obs: Observation) -> str:
+    if obs.stalled_s is not None:
+        return (
+            f"stalled: the vCPU sat idle for {obs.stalled_s:.3g} s with the workload "
+            "unfinished, longer than any idle stretch of the golden run"
+        )
     if not obs.timed_out:
         return "the workload never reported its exit and the guest shows no crash"
     if obs.budget_s is None:

@@ -308,7 +308,7 @@ def inject(
         list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
     ] = None,
     deterministic: Annotated[bool, typer.Option(help="icount mode: repeatable runs.")] = False,
-    budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 3.0,
+    budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 2.0,
     crash_patterns: Annotated[
         Path | None, typer.Option(help="TOML file of extra crash patterns.")
     ] = None,
@@ -491,7 +491,7 @@ def storm(
         list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
     ] = None,
     deterministic: Annotated[bool, typer.Option(help="icount mode: exact guest time.")] = False,
-    budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 3.0,
+    budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 2.0,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -62,7 +62,7 @@ def test_the_example_campaign_loads(tmp_path: Path) -> None:
     assert spec.campaign.margin is None
     assert (spec.campaign.confidence, spec.campaign.budget, spec.campaign.stop_early) == (
         0.95,
-        3.0,
+        2.0,
         False,
     )
     assert spec.guest.workload == "checksum"

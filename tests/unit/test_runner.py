@@ -602,9 +602,9 @@ def test_the_runner_makes_starts_and_closes_its_own_executor(
     assert made.workers == 2
     assert made.setup.image_root == prepared.image.root
     assert made.setup.machines == prepared.machines
-    assert made.setup.budget_factor == prepared.spec.campaign.budget == 3.0
+    assert made.setup.budget_factor == prepared.spec.campaign.budget == 2.0
     assert made.log == Path(f"{prepared.store.path}.log")
-    assert made.job_timeout_s == 20 * 3.0 * 5.0
+    assert made.job_timeout_s == 20 * 2.0 * 5.0
     assert made.closed == 1
     assert progress.done == prepared.store.count() == 10
 

@@ -464,6 +464,7 @@ def golden_run(machine: str = DEFAULT_MACHINE, **changes: Any) -> GoldenRun:
         host_s=1.5,
         instructions=123_456_789,
         pid=4242,
+        restored_s=(1.375, 1.25, 1.5),
     )
     return dataclasses.replace(golden, **changes)
 
@@ -1350,8 +1351,10 @@ def as_kept_by_old_versions(rec: ExperimentRecord) -> ExperimentRecord:
 
 
 def as_kept_golden() -> GoldenRun:
-    """What schema 1 and 2 keep of OLD_GOLDEN (no guest seconds, no pid)."""
-    return dataclasses.replace(OLD_GOLDEN, guest_s=0.0, pid=None, recorded_at=OLD_RECORDED_AT)
+    """What schema 1 and 2 keep of OLD_GOLDEN (no guest seconds, pid or restored runs)."""
+    return dataclasses.replace(
+        OLD_GOLDEN, guest_s=0.0, pid=None, restored_s=(), recorded_at=OLD_RECORDED_AT
+    )
 
 
 def _hex(value: int | None) -> str | None:
@@ -1594,7 +1597,7 @@ def test_a_writer_migrates_an_old_database(
         assert all(rows[i]["flips"] is None for i in OLD_RECORDS)
     assert columns_of(path, "golden") == [
         "machine", "argv_json", "stdout", "stderr", "exit_status", "signal", "host_s",
-        "guest_s", "instructions", "pid", "recorded_at",
+        "guest_s", "instructions", "pid", "restored_json", "recorded_at",
     ]  # fmt: skip
     assert raw(
         path,

@@ -239,7 +239,9 @@ def _converged(prepared: Prepared) -> bool:
 
 
 def _job_timeout(goldens: list[Goldens], budget: float) -> float:
-    longest = max(golden.host_s for runs in goldens for golden in runs.values())
+    longest = max(
+        max((golden.host_s, *golden.restored_s)) for runs in goldens for golden in runs.values()
+    )
     return max(JOB_TIMEOUT_MIN_S, 20 * budget * longest)
 
 

@@ -148,7 +148,7 @@ class CampaignSection(BaseModel):
     confidence: StrictFloat = Field(default=0.95, ge=0.5, le=0.9999)
     workers: StrictInt = Field(default=1, ge=1, le=64)
     stop_early: StrictBool = False
-    budget: StrictFloat = Field(default=3.0, gt=1)
+    budget: StrictFloat = Field(default=2.0, gt=1)
 
     @model_validator(mode="after")
     def _one_size(self) -> Self:

@@ -5,7 +5,9 @@ guest panic, QEMU's death or the hang budget (in deterministic mode counted in g
 instructions). Stops at the symptom sentinels are noted as the first symptom and passed;
 a watched word's first access is noted and the watch removed. With a fixed period (the
 failure-rate mode), the run also ends once the guest has run that long after the fault,
-unless a symptom was seen: then it runs on until the outcome is certain.
+unless a symptom was seen: then it runs on until the outcome is certain. A vCPU left idle
+(nothing runnable) with the workload unfinished for longer than any idle stretch of the
+golden run is a hang declared early (the stall rule, `_Stall`), not at the end of the budget.
 """
 
 from __future__ import annotations
@@ -15,12 +17,25 @@ from dataclasses import dataclass
 
 from vmfault.classify import Observation
 from vmfault.experiment.state import Experiment, Progress, Symptom, Watch
+from vmfault.experiment.testbed import GuestMachine
 from vmfault.machine import Machine, RunEnd
 
 __all__ = ["PERIOD_EPS_S", "Observed", "observe"]
 
 PERIOD_EPS_S = 0.0001
 """A fixed observation period is over once less than this much guest time of it is left."""
+STALL_MIN_S = 0.02
+"""The shortest idle stretch declared a stall, whatever the golden run idled."""
+STALL_IDLE_FACTOR = 3.0
+"""A stall is an idle stretch this many times longer than the golden run's longest."""
+STALL_CHECKS = 5
+"""Consecutive looks at an idle vCPU a stall needs at least."""
+_LOOKS_PER_RUN = 10
+"""How often per golden run's time the observation looks at the vCPU for a stall."""
+_LOOK_MIN_S = 0.005
+STALL_AFTER_RUNS = 1.2
+"""Looks for a stall begin this many golden runs after the restore: each look halts the
+guest (and costs it translated code), so a run that ends in time is never looked at."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +107,48 @@ def observe(experiment: Experiment, progress: Progress, *, injected: bool) -> Ob
         qemu_exit_code=vm.exit_code,
         timed_out=progress.timed_out,
         period_s=period_s if period_over else None,
+        stalled_s=progress.stalled_s,
     )
     return Observed(observation, read_first if watch is not None else None)
+
+
+@dataclass
+class _Stall:
+    """The early hang rule: the vCPU seen idle (nothing runnable) at `checks` consecutive
+    looks spanning `idle_s`, past `limit_s` (longer than any idle stretch of the golden
+    run) with the workload unfinished, is a hang that no more running will end."""
+
+    limit_s: float
+    look_s: float
+    first_look: float
+    """Host monotonic seconds of the first look."""
+    idle_s: float = 0.0
+    checks: int = 0
+
+    @classmethod
+    def of(cls, progress: Progress) -> _Stall | None:
+        """The rule for `progress`'s machine, or None without a timeline to compare with."""
+        machine = progress.machine
+        if machine.timeline is None:
+            return None
+        typical = machine.require_golden().typical_s
+        limit = max(STALL_MIN_S, STALL_IDLE_FACTOR * machine.timeline.longest_idle_s())
+        look = max(_LOOK_MIN_S, typical / _LOOKS_PER_RUN)
+        return cls(limit, look, progress.started + STALL_AFTER_RUNS * typical)
+
+    def next_look_s(self) -> float:
+        """Host seconds until the next look."""
+        return max(0.0, self.first_look - time.monotonic()) or self.look_s
+
+    def stalled(self, machine: GuestMachine, ran_s: float) -> bool:
+        """Look at the halted vCPU after it ran `ran_s`: whether it is stalled now."""
+        if machine.idle():
+            if self.checks:  # idle since the last look, which was idle too
+                self.idle_s += ran_s
+            self.checks += 1
+        else:
+            self.idle_s, self.checks = 0.0, 0
+        return self.checks >= STALL_CHECKS and self.idle_s >= self.limit_s
 
 
 def _run(
@@ -109,10 +164,13 @@ def _run(
     vm = machine.vm
     deadline = progress.started + progress.allowance_s + budget_s
     period = None if period_s is None else _Period(period_s, vm.instruction_count())
+    stall = _Stall.of(progress)
     while vm.alive:
         limit = deadline - time.monotonic()
         if period is not None and progress.symptom is None:
             limit = min(limit, period.left_s(vm) * machine.host_per_guest_s())
+        if stall is not None:
+            limit = min(limit, stall.next_look_s())
         run = vm.run_for(max(0.0, limit))
         if period is not None:
             period.ran_s += run.ran_s
@@ -123,8 +181,16 @@ def _run(
                 PERIOD_EPS_S
             ):  # fmt: skip
                 return False, True
+            if (
+                stall is not None
+                and time.monotonic() >= stall.first_look
+                and stall.stalled(machine, run.ran_s)
+            ):
+                progress.stalled_s = stall.idle_s
+                progress.timed_out = True
+                break
             if time.monotonic() < deadline:
-                continue  # stopped to look at the period, which runs on
+                continue  # stopped to look at the period or the vCPU; the run goes on
             if machine.within_instruction_budget(
                 progress.start_instructions, experiment.budget_factor
             ):

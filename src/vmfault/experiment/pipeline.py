@@ -60,6 +60,9 @@ __all__ = ["Experimenter", "build_record", "vmm_error_record"]
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
+RETIME_EVERY = 25
+"""Experiments between two timings of a fault-free run (the host's speed drifts)."""
+
 
 class Experimenter(StartedOnEnter):
     """Runs experiments on a testbed. Use as a context manager: entering starts the testbed
@@ -72,11 +75,17 @@ class Experimenter(StartedOnEnter):
         budget_factor: float = DEFAULT_BUDGET_FACTOR,
         crash_table: CrashTable | None = None,
     ) -> None:
+        if not budget_factor > 0:
+            raise UsageError(
+                f"a hang budget of {budget_factor:g} golden runs ends every experiment at once",
+                hint="give a budget above 0, e.g. 2 (golden runs)",
+            )
         self.testbed = testbed
         self.budget_factor = budget_factor
         self.crash_table = crash_table
         self._kinds: dict[tuple[str, str], FaultKind] = {}
         self._prepared: set[tuple[str, FaultSpec]] = set()
+        self._since_timing = 0
 
     @classmethod
     def single(
@@ -132,10 +141,16 @@ class Experimenter(StartedOnEnter):
         target = self.testbed.machine(spec.machine)
         for machine in self.testbed:
             machine.require_golden()
+        self._since_timing += 1
+        if self._since_timing > RETIME_EVERY:
+            self.testbed.retime()
+            self._since_timing = 0
         golden = target.require_golden()
         kind = self.kind(spec, target)
-        choices = plan(spec, seed=seed, index=index, golden_duration_s=golden.host_s,
-                       golden_instructions=golden.instructions)  # fmt: skip
+        choices = plan(
+            spec, seed=seed, index=index, golden_duration_s=golden.span_s,
+            golden_instructions=golden.instructions,
+        )  # fmt: skip
         phases = Phases()
         attempt = 0
         while True:
@@ -143,7 +158,7 @@ class Experimenter(StartedOnEnter):
             self.testbed.restore()
             experiment = Experiment(self.testbed, target, spec, choices,
                                     budget_factor=self.budget_factor, attempt=attempt)  # fmt: skip
-            _release_others(experiment)
+            _release_others(experiment.testbed, target)
             phases.lap("restore")
             injected = _inject(kind, experiment, phases)
             if not injected.restart or attempt >= kind.attempts:
@@ -210,10 +225,10 @@ class Experimenter(StartedOnEnter):
         return max(runs, key=lambda run: (run.outcome.severity, run.machine == target)).machine
 
 
-def _release_others(experiment: Experiment) -> None:
+def _release_others(testbed: Testbed, target: GuestMachine) -> None:
     """Let every machine but the target run on from the snapshot."""
-    for machine in experiment.testbed:
-        if machine is not experiment.target and machine.vm.alive:
+    for machine in testbed:
+        if machine is not target and machine.vm.alive:
             machine.vm.cont()
 
 

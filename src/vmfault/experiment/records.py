@@ -89,6 +89,26 @@ class GoldenRun:
     console: str = ""
     recorded_at: str | None = None
     """When a store recorded it (UTC, ISO 8601), None until stored."""
+    restored_s: tuple[float, ...] = ()
+    """Host seconds from the start hook to the exit hook of fault-free runs restored from
+    the snapshot, as experiments run (their spread is the timing noise of the host)."""
+
+    @property
+    def span_s(self) -> float:
+        """Host seconds of the execution a time trigger is drawn over: the longest run
+        restored from the snapshot (a moment after a shorter run's end is drawn again), else
+        the golden run's."""
+        return max(self.restored_s) if self.restored_s else self.host_s
+
+    @property
+    def typical_s(self) -> float:
+        """Host seconds a run restored from the snapshot takes (the median), else the
+        golden run's: what hang budgets are counted in."""
+        if not self.restored_s:
+            return self.host_s
+        ordered = sorted(self.restored_s)
+        middle = len(ordered) // 2
+        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
     @property
     def exit_status(self) -> int:
@@ -123,6 +143,7 @@ class GoldenRun:
             "signal": self.signal,
             "guest_s": self.guest_s,
             "host_s": self.host_s,
+            "restored_s": list(self.restored_s),
             "instructions": self.instructions,
             "boot_s": self.boot_s,
             "accel": self.accel,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from vmfault.experiment.records import TriggerPoint
 from vmfault.experiment.testbed import GuestMachine, Testbed
-from vmfault.faults.model import FaultSpec
+from vmfault.faults.model import Context, FaultSpec
 from vmfault.faults.select import Plan, rng_for
 from vmfault.machine import Machine
 from vmfault.machine.gdbproto import StopReply, WatchKind
@@ -44,6 +44,8 @@ class Progress:
     machine: GuestMachine
     started: float
     """Host monotonic seconds when it resumed from the snapshot."""
+    start_ran_s: float
+    """The machine's running clock (`Machine.ran_s`) when it resumed from the snapshot."""
     start_instructions: int | None
     event_mark: int
     console_mark: int
@@ -58,12 +60,14 @@ class Progress:
     """The guest already panicked."""
     allowance_s: float = 0.0
     """Host seconds added to the hang budget for debug stops the fault kind made."""
+    stalled_s: float | None = None
+    """Set when the run was declared a hang early: the seconds the vCPU sat idle."""
 
     @classmethod
     def begin(cls, machine: GuestMachine) -> Progress:
         """The progress of `machine` just restored."""
         vm = machine.vm
-        return cls(machine, time.monotonic(), vm.instruction_count(), len(vm.events),
+        return cls(machine, time.monotonic(), vm.ran_s, vm.instruction_count(), len(vm.events),
                    vm.console.mark())  # fmt: skip
 
     @property
@@ -134,6 +138,9 @@ class Experiment:
         self.progress = {m.name: Progress.begin(m) for m in testbed}
         self.watch: Watch | None = None
         self.injected_at: Symptom | None = None
+        self.window_s: tuple[float, float] | None = None
+        """The part of the execution (running seconds from the snapshot, start and end)
+        the fault's moments are drawn in and its progress counted over; None: all of it."""
 
     @property
     def seed(self) -> int:
@@ -169,8 +176,10 @@ class Experiment:
         return here.started + here.allowance_s + self.budget_s()
 
     def elapsed_s(self) -> float:
-        """Host seconds since the target resumed from the snapshot."""
-        return time.monotonic() - self.here.started
+        """Seconds the target ran since the snapshot (host seconds of running: time the
+        debugger held it halted does not count, so triggers are moments of the workload's
+        own execution)."""
+        return self.vm.ran_s - self.here.start_ran_s
 
     def instructions(self) -> int | None:
         """Guest instructions the target ran since the snapshot (deterministic mode)."""
@@ -181,13 +190,41 @@ class Experiment:
     def trigger_point(self, spec: str) -> TriggerPoint:
         """Where the halted target stands now, as the trigger point `spec`."""
         gdb = self.vm.gdb
+        elapsed, instructions = self.elapsed_s(), self.instructions()
         return TriggerPoint(
             spec=spec,
-            time_s=self.elapsed_s(),
-            instructions=self.instructions(),
+            time_s=elapsed,
+            instructions=instructions,
             rip=gdb.read_register("rip"),
             user_mode=gdb.read_register("cs") & 3 == 3,
+            progress=self.golden_fraction(elapsed, instructions),
         )
+
+    def golden_fraction(self, elapsed_s: float, instructions: int | None) -> float:
+        """How far into the golden execution a moment lies (0..1): its guest instructions
+        over the golden run's (deterministic mode), else its running seconds over the span
+        time triggers are drawn over; for a fault drawn in a context, the share of that
+        context's moments before this one (from the machine's probes)."""
+        golden = self.target.require_golden()
+        if instructions is not None and golden.instructions:
+            return min(1.0, instructions / golden.instructions)
+        start, end = self.window_s or (0.0, golden.span_s)
+        fraction = min(1.0, max(0.0, elapsed_s - start) / max(end - start, 1e-9))
+        probes = self.target.probes
+        if probes is not None and self.spec.context is not Context.ANY:
+            return probes.fraction_of(self.spec.context, fraction)
+        return fraction
+
+    def restart(self) -> None:
+        """Restore the testbed and start this experiment's run again from the snapshot
+        (before any fault is made: no outcome is favoured); the other machines run free."""
+        self.testbed.restore()
+        self.progress = {m.name: Progress.begin(m) for m in self.testbed}
+        self.watch = None
+        self.window_s = None
+        for machine in self.testbed:
+            if machine is not self.target and machine.vm.alive:
+                machine.vm.cont()
 
     def mark_injected(self) -> None:
         """Note the moment the first fault was made: latency counts from it, and the

@@ -10,8 +10,12 @@ restore). One machine today; networks of machines and isolation tests add more.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import logging
+import random
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +27,14 @@ from elftools.elf.elffile import ELFFile
 from vmfault.errors import MachineError, UsageError
 from vmfault.experiment.records import DEFAULT_MACHINE, GoldenRun
 from vmfault.faults.model import Context
+from vmfault.faults.timeline import Activity, Probes, Slice, Timeline
+from vmfault.files import cache_path, cached_json, write_atomically
 from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.elfsyms import lookup_symbol
 from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import FrameKind
 from vmfault.guest.symbols import KernelSymbols
-from vmfault.machine import Accel, Machine, Snapshot
+from vmfault.machine import Accel, Machine, RunEnd, Snapshot
 from vmfault.session import Finished, GuestSession, WorkloadResult, capture_kernel_symbols
 from vmfault.session.guest import EXIT_REPORT_TIMEOUT_S
 
@@ -46,7 +52,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-DEFAULT_BUDGET_FACTOR = 3.0
+DEFAULT_BUDGET_FACTOR = 2.0
 """A run that takes longer than this many golden runs is a hang."""
 BUDGET_SLACK_S = 0.2
 """Host seconds added to every hang budget (restores and debug stops are not free)."""
@@ -55,6 +61,24 @@ SYMPTOM_FUNCTIONS = ("force_sig_fault", "oops_begin", "panic")
 """Kernel functions whose first call after an injection is the fault's first symptom."""
 _POLL_S = 0.002
 """How long one machine is waited for before the next, while several run at once."""
+RESTORED_RUNS = 3
+"""Fault-free runs restored from the snapshot that time the execution (triggers are drawn
+over it, budgets counted in it)."""
+RESTORED_KEPT = 5
+"""The most recent restored runs' times a golden run keeps (see `Testbed.retime`)."""
+TIMELINE_SLICE_S = 0.0005
+"""Mean guest seconds between two samples of the timeline (each slice is jittered between
+half and 1.5 times this, so samples do not alias with the kernel's timer tick)."""
+PROBE_LOOKS_PER_RUN = 8
+"""Looks at each probed run (as many halts as a fault with a context makes)."""
+PROBE_HITS = 150
+PROBE_LOOKS_MAX = 1200
+"""Probing stops once a context has PROBE_HITS looks in it, or after PROBE_LOOKS_MAX."""
+IDLE_FUNCTIONS = (
+    "native_safe_halt", "pv_native_safe_halt", "default_idle", "arch_cpu_idle",
+    "default_idle_call", "cpu_idle_poll", "acpi_idle_do_entry", "mwait_idle",
+)  # fmt: skip
+"""Kernel functions a vCPU with nothing runnable waits in."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +137,13 @@ class GuestMachine:
         self.snapshot: Snapshot | None = None
         self.golden: GoldenRun | None = None
         self.sentinels: tuple[int, ...] = ()
+        self.timeline: Timeline | None = None
+        """Where the vCPU is during a golden run from the snapshot (`sample_timeline`)."""
+        self.probes: Probes | None = None
+        """Looks at golden runs, for faults drawn in a context (`probe_contexts`)."""
+
         self._symbols: KernelSymbols | None = None
+        self._idle: tuple[tuple[int, int], ...] | None = None
         workload = image.workloads.get(spec.argv[0])
         self.code = WorkloadCode.read(workload.host_binary) if workload is not None else None
 
@@ -183,6 +213,101 @@ class GuestMachine:
             deterministic=self.deterministic, console=vm.console.transcript(),
         )  # fmt: skip
 
+    def activity(self) -> Activity:
+        """What the halted vCPU runs: the workload's code, other user code, the kernel's
+        idle loop or other kernel code."""
+        gdb = self.vm.gdb
+        if gdb.read_register("cs") & 3 == 3:
+            return Activity.WORKLOAD if self.in_context(Context.USER) else Activity.USER
+        return Activity.IDLE if self.idle() else Activity.KERNEL
+
+    def idle(self) -> bool:
+        """Whether the halted vCPU waits in the kernel's idle loop (nothing is runnable)."""
+        if self._idle is None:
+            spans = []
+            for name in IDLE_FUNCTIONS:
+                symbol = self.symbols.get(name)
+                if symbol is not None:
+                    spans.append((symbol.address, symbol.address + self.symbols.size_of(symbol)))
+            self._idle = tuple(spans)
+        pc = self.vm.gdb.read_register(self.vm.gdb.pc_name)
+        return any(start <= pc < end for start, end in self._idle)
+
+    def sample_timeline(self, *, slice_s: float = TIMELINE_SLICE_S, seed: int = 0) -> Timeline:
+        """Restore, and run the golden run to its exit in short slices (polled, so each is
+        on time), noting what ran at the end of each: the machine's `timeline`, scaled to
+        the length of the golden runs restored without halts (`GoldenRun.typical_s`)."""
+        vm = self.vm
+        rng = random.Random(seed)
+        deadline = time.monotonic() + 20 * self.require_golden().host_s + 5.0
+        self.restore()
+        vm.gdb.set_breakpoint(self.hooks.exited)
+        slices: list[Slice] = []
+        at = 0.0
+        try:
+            while True:
+                run = vm.run_for(slice_s * (0.5 + rng.random()), precise=True)
+                if run.end is RunEnd.EXITED:
+                    raise MachineError(f"QEMU of machine {self.name} exited while sampling")
+                start, at = at, at + run.ran_s
+                if run.pc == self.hooks.exited:
+                    break
+                if time.monotonic() > deadline:
+                    raise MachineError(
+                        f"the golden run of {self.name} did not end while sampled "
+                        f"({len(slices)} slices, {at:.3f} s run, last stop {run.end.value})"
+                    )
+                slices.append(Slice(start, at, self.activity()))
+        finally:
+            if vm.alive:
+                vm.halt()
+                vm.gdb.remove_breakpoint(self.hooks.exited)
+        # Each halt adds its round trip to the measured running time: scale the timeline
+        # to the length of runs made without halts.
+        self.timeline = Timeline(tuple(slices)).scaled(self.require_golden().typical_s)
+        return self.timeline
+
+    def probe_contexts(self, context: Context) -> Probes:
+        """Looks at golden runs from the snapshot, enough to know how `context`'s moments
+        spread over the execution (PROBE_HITS of them, or PROBE_LOOKS_MAX looks in all):
+        taken once per image and workload, kept beside the image and extended as needed."""
+        key = [list(self.argv), self.spec.accel.value, self.deterministic]
+        path = cache_path(self.image.root / "profiles", "probes", key)
+        if self.probes is None:
+            self.probes = cached_json(path, lambda: Probes(()), decode=Probes.from_json,
+                                      encode=Probes.to_json)  # fmt: skip
+        probes = self.probes
+        if probes.hits(context) < PROBE_HITS and len(probes.looks) < PROBE_LOOKS_MAX:
+            rng = random.Random(len(probes.looks))
+            looks = list(probes.looks)
+            while sum(a.matches(context) for _, a in looks) < PROBE_HITS and (
+                len(looks) < PROBE_LOOKS_MAX
+            ):  # fmt: skip
+                looks.extend(self._look(rng))
+            probes = self.probes = Probes(tuple(looks))
+            write_atomically(path, (json.dumps(probes.to_json()) + "\n").encode("utf-8"))
+        return probes
+
+    def note_look(self, fraction: float, activity: Activity) -> None:
+        """Add a look an experiment made (a uniform moment, in this run's host speed) to
+        the probes, keeping the last PROBE_LOOKS_MAX: they follow the host's drift."""
+        if self.probes is not None:
+            self.probes = self.probes.with_look(fraction, activity, keep=PROBE_LOOKS_MAX)
+
+    def _look(self, rng: random.Random) -> list[tuple[float, Activity]]:
+        """One probed run: PROBE_LOOKS_PER_RUN looks at uniform moments of the execution."""
+        span = self.require_golden().span_s
+        vm = self.vm
+        self.restore()
+        start = vm.ran_s
+        looks: list[tuple[float, Activity]] = []
+        for at in sorted(rng.uniform(0.0, span) for _ in range(PROBE_LOOKS_PER_RUN)):
+            run = vm.run_for(max(0.0, at - (vm.ran_s - start)))
+            if run.end is not RunEnd.TIME:
+                break  # this run ended before the moment: its later moments are gone
+            looks.append(((vm.ran_s - start) / span, self.activity()))  # where it halted
+        return looks
+
     def arm(self) -> None:
         """Set the breakpoints every experiment relies on: the exit hook and the symptom
         sentinels. Breakpoints live in QEMU, outside the snapshot, and survive every
@@ -212,8 +337,9 @@ class GuestMachine:
     # ------------------------------------------------------------------ questions
 
     def budget_s(self, factor: float) -> float:
-        """The hang budget in host seconds: `factor` golden runs plus BUDGET_SLACK_S."""
-        return factor * self.require_golden().host_s + BUDGET_SLACK_S
+        """The hang budget in host seconds: `factor` golden runs (as restored runs take
+        them) plus BUDGET_SLACK_S."""
+        return factor * self.require_golden().typical_s + BUDGET_SLACK_S
 
     def within_instruction_budget(self, start: int | None, factor: float) -> bool:
         """In deterministic mode the budget counts guest instructions, not host time:
@@ -230,7 +356,7 @@ class GuestMachine:
         golden = self.require_golden()
         if not self.deterministic or not golden.instructions:
             return 1.0
-        return max(golden.host_s, 1e-6) / (golden.instructions / 1e9)
+        return max(golden.typical_s, 1e-6) / (golden.instructions / 1e9)
 
     def in_context(self, context: Context) -> bool:
         """Whether the halted vCPU runs in `context`: the workload's own code in user mode
@@ -380,9 +506,45 @@ class Testbed(StartedOnEnter):
         for name, finished in run_to_exit(list(self), timeout_s=timeout_s).items():
             machine = self.machines[name]
             machine.golden = machine.golden_of(finished)
+        self._time_restored(timeout_s=timeout_s)
+        for machine in self:
+            self.restore()
+            _release(machine, self)
+            machine.sample_timeline()
         for machine in self:
             machine.arm()
         return self.goldens
+
+    def retime(self, *, runs: int = 1, timeout_s: float = GOLDEN_TIMEOUT_S) -> None:
+        """Time `runs` more fault-free runs from the snapshot: the host's speed drifts (by
+        half, within minutes, on a busy machine), so the span triggers are drawn over
+        follows the last RESTORED_KEPT runs."""
+        self._time_restored(timeout_s=timeout_s, runs=runs)
+
+    def _time_restored(self, *, timeout_s: float, runs: int = RESTORED_RUNS) -> None:
+        """Run the testbed `runs` times from the snapshot, as experiments do, and keep each
+        machine's last RESTORED_KEPT times in its golden run; MachineError if a run's
+        result differs."""
+        times: dict[str, list[float]] = {m.name: [] for m in self}
+        for _ in range(runs):
+            self.restore()
+            for name, finished in run_to_exit(list(self), timeout_s=timeout_s).items():
+                golden = self.machines[name].require_golden()
+                result = finished.result
+                if (result.stdout, result.exit_code, result.signal) != (
+                    golden.stdout, golden.exit_code, golden.signal,
+                ):  # fmt: skip
+                    raise MachineError(
+                        f"the workload of {name} gives another result when run again from "
+                        "its snapshot",
+                        hint="the workload must be deterministic, or use `deterministic = true`",
+                    )
+                times[name].append(finished.host_s)
+        for name, measured in times.items():
+            machine = self.machines[name]
+            golden = machine.require_golden()
+            kept = (*golden.restored_s, *measured)[-RESTORED_KEPT:]
+            machine.golden = dataclasses.replace(golden, restored_s=kept)
 
     def restore(self) -> None:
         """Restore every machine to the golden snapshot (all left halted)."""
@@ -393,6 +555,13 @@ class Testbed(StartedOnEnter):
         """Destroy every machine (always safe)."""
         for machine in self:
             machine.close()
+
+
+def _release(sampled: GuestMachine, testbed: Testbed) -> None:
+    """Let every machine of `testbed` but `sampled` run on from the snapshot."""
+    for machine in testbed:
+        if machine is not sampled and machine.vm.alive:
+            machine.vm.cont()
 
 
 def run_to_exit(machines: Sequence[GuestMachine], *, timeout_s: float) -> dict[str, Finished]:

@@ -118,7 +118,12 @@ def plan(
     golden_duration_s: float,
     golden_instructions: int | None,
 ) -> Plan:
-    """The concrete choices for experiment `index` of `spec` under `seed`."""
+    """The concrete choices for experiment `index` of `spec` under `seed`.
+
+    A time trigger left open is a uniform moment of the golden execution
+    (`golden_duration_s`, host seconds); an instruction trigger left open is uniform over
+    `golden_instructions`. (A fault with a context draws further moments while it runs,
+    `vmfault.experiment.triggers`.)"""
     rng = rng_for(seed, index, "plan")
     register = None
     width = MEMORY_CELL_BITS

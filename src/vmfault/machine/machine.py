@@ -206,6 +206,9 @@ class Machine:
         self.exit_code: int | None = None
         self.events: list[QMPEvent] = []
         self.stops: list[StopReply] = []
+        self.ran_s = 0.0
+        """Host seconds the guest ran under run control (`run_for`, `run_to`, ...) so far:
+        its running time, standing still while the debugger holds it."""
         self.qemu_output = ""
         """The end of QEMU's own stdout/stderr, read when it exits."""
         self.qemu_log: Path | None = None

@@ -1,12 +1,13 @@
 """Run control: let a halted guest run to an address, for a time, or until a condition holds.
 
-Every function here starts from a halted vCPU and leaves it halted (or QEMU gone), and none
-raises for what the guest does: the `Run` it returns says how the run ended (`RunEnd`),
-where the vCPU stands and how long the guest ran. A caller that needs the run to have
-reached its goal calls `Run.require(what)`, the one place where an unreached goal becomes
-an error: MachineTimeoutError when time ran out, MachineError when QEMU exited or the
-guest stopped elsewhere. Errors of the control channels themselves (GdbError, StateError)
-propagate as they are.
+Every function here starts from a halted vCPU and leaves it halted (or QEMU gone), adds the
+time the guest ran to `Machine.ran_s` (a clock that stands still while the debugger holds
+the guest), and none raises for what the guest does: the `Run` it returns says how the run
+ended (`RunEnd`), where the vCPU stands and how long the guest ran. A caller that needs the
+run to have reached its goal calls `Run.require(what)`, the one place where an unreached
+goal becomes an error: MachineTimeoutError when time ran out, MachineError when QEMU exited
+or the guest stopped elsewhere. Errors of the control channels themselves (GdbError,
+StateError) propagate as they are.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class Controllable(Protocol):
 
     stops: list[StopReply]
     exit_code: int | None
+    ran_s: float
+    """Host seconds the guest ran under run control so far (its clock without the time it
+    sat halted by the debugger)."""
 
     @property
     def alive(self) -> bool:
@@ -208,6 +212,7 @@ def _run(machine: Controllable, seconds: float | None, *, precise: bool, goal: i
     machine.cont()
     run = await_stop(machine, seconds, goal=goal, precise=precise)
     assert run is not None  # halting at the time limit always gives a Run
+    machine.ran_s += run.ran_s
     return run
 
 

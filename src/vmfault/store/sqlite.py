@@ -211,6 +211,7 @@ _MACHINE_SCHEMA: tuple[str, ...] = (
         guest_s REAL,
         instructions INTEGER,
         pid INTEGER,
+        restored_json TEXT,
         recorded_at TEXT NOT NULL,
         PRIMARY KEY (machine, argv_json)
     )""",
@@ -754,12 +755,13 @@ class SQLiteStore:
                 return stored
             conn.execute(
                 "INSERT INTO golden (machine, argv_json, stdout, stderr, exit_status, signal, "
-                "host_s, guest_s, instructions, pid, recorded_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "host_s, guest_s, instructions, pid, restored_json, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     golden.machine, key, bytes(golden.stdout), bytes(golden.stderr),
                     golden.exit_status, golden.signal, float(golden.host_s),
-                    float(golden.guest_s), golden.instructions, golden.pid, _now(),
+                    float(golden.guest_s), golden.instructions, golden.pid,
+                    json.dumps(list(golden.restored_s)), _now(),
                 ),
             )  # fmt: skip
             row = _golden_row(conn, golden.machine, key, self._version)
@@ -1017,25 +1019,27 @@ def _golden_row(conn: sqlite3.Connection, machine: str, key: str, version: int) 
     if version >= _MACHINES_VERSION:
         row = conn.execute(
             "SELECT stdout, stderr, exit_status, signal, host_s, guest_s, instructions, pid, "
-            "recorded_at FROM golden WHERE machine = ? AND argv_json = ?",
+            "restored_json, recorded_at FROM golden WHERE machine = ? AND argv_json = ?",
             (machine, key),
         ).fetchone()
     elif machine == DEFAULT_MACHINE:
         row = conn.execute(
             "SELECT stdout, stderr, exit_status, signal, duration_s, NULL, instructions, NULL, "
-            "recorded_at FROM golden WHERE argv_json = ?",
+            "NULL, recorded_at FROM golden WHERE argv_json = ?",
             (key,),
         ).fetchone()
     else:
         row = None
     if row is None:
         return None
-    stdout, stderr, exit_status, signal, host_s, guest_s, instructions, pid, recorded_at = row
+    (stdout, stderr, exit_status, signal, host_s, guest_s, instructions, pid, restored,
+     recorded_at) = row  # fmt: skip
     return GoldenRun(
         machine=machine, argv=tuple(json.loads(key)), stdout=bytes(stdout),
         stderr=bytes(stderr), exit_code=exit_status if signal is None else None,
         signal=signal, guest_s=0.0 if guest_s is None else float(guest_s),
         host_s=float(host_s), instructions=instructions, pid=pid, recorded_at=recorded_at,
+        restored_s=tuple(float(s) for s in json.loads(restored)) if restored else (),
     )  # fmt: skip
 
 

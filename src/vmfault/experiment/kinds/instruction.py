@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from vmfault.errors import ImageError, MachineError
 from vmfault.experiment.kinds.base import FaultKind, Injected
 from vmfault.experiment.kinds.instances import (
     CountEnd,
@@ -22,7 +21,7 @@ from vmfault.experiment.kinds.instances import (
     read_result,
     write_result,
 )
-from vmfault.experiment.kinds.memory import physical_reader
+from vmfault.experiment.kinds.memory import learn_process, physical_reader
 from vmfault.experiment.records import InstructionInjection, TriggerPoint
 from vmfault.experiment.state import Experiment
 from vmfault.experiment.testbed import GuestMachine
@@ -36,7 +35,7 @@ from vmfault.faults.model import FaultSpec, InstructionFault
 from vmfault.guest.elfsyms import lookup_symbol
 from vmfault.machine.pagetable import translate
 from vmfault.profile.workload import load_or_profile
-from vmfault.session.process import EXEC_FUNCTION, WorkloadProcess, run_to_exec
+from vmfault.session.process import WorkloadProcess
 
 __all__ = ["InstructionKind"]
 
@@ -106,15 +105,9 @@ class InstructionKind(FaultKind):
             return str(exc)
         if not instances:
             return f"no {fault.op} instance was drawn (probability {fault.probability})"
-        code = self.machine.workload_code()
-        try:
-            exec_address = self.machine.symbols.address(EXEC_FUNCTION)
-            process = run_to_exec(experiment.vm, exec_address, code.binary.entry,
-                                  experiment.budget_s())  # fmt: skip
-        except (MachineError, ImageError) as exc:
-            if not experiment.vm.alive:
-                raise
-            return exc.one_line()
+        process = learn_process(experiment, self.machine)
+        if isinstance(process, str):
+            return process
         self._armed = _Armed(instances, process)
         return ""
 
@@ -185,13 +178,15 @@ class InstructionKind(FaultKind):
         function = fault.function or code.binary.function_at(link)
         symbol = lookup_symbol(code.path, function) if function else None
         offset = "" if symbol is None else f"+{link - symbol.address:#x}"
+        elapsed, instructions = experiment.elapsed_s(), experiment.instructions()
         attempt = dataclasses.replace(
             self.not_injected(experiment, ""),
             location=f"{function or '?'}{offset} {insn.text} -> {destination.text}",
             width=destination.width, register=destination.register, virtual=location.virtual,
             trigger=TriggerPoint(
-                spec=f"{fault.op}#{instance}", time_s=experiment.elapsed_s(),
-                instructions=experiment.instructions(), rip=insn.address, user_mode=True,
+                spec=f"{fault.op}#{instance}", time_s=elapsed, instructions=instructions,
+                rip=insn.address, user_mode=True,
+                progress=experiment.golden_fraction(elapsed, instructions),
             ),
             function=function, instance=instance, instruction=link, disassembly=insn.text,
             value_format=destination.fmt.value,

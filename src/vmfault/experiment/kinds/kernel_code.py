@@ -27,6 +27,7 @@ class KernelCodeKind(MemoryKind):
 
     def prepare(self, spec: FaultSpec) -> None:
         """`kernel-code:hot` needs the kernel profile of the workload (taken once)."""
+        super().prepare(spec)
         if spec.target.name == "hot":
             self.profile()
 

@@ -4,8 +4,10 @@ of its symbols, at the trigger; and the regions and pages storms draw from.
 Physical targets (`memory:ram`, `kernel-text`, `kernel-data`, `0xADDRESS`, ranges) are
 chosen from QEMU's own memory map and the kernel's symbols. Process targets
 (`memory:process`, `memory:@SYMBOL[+OFFSET]`) are chosen among the pages the workload maps
-at the trigger, read from its page tables through the CR3 of the workload running in user
-mode. A word reached by a virtual address is watched for its first access (activation).
+at the trigger, read from its page tables, whose root is learnt at the workload's exec in
+every experiment (its page-table pages may differ from run to run), so the fault needs no
+CPU context: any moment of the workload's life, from its exec on, will do. A word reached by
+a virtual address is watched for its first access (activation).
 """
 
 from __future__ import annotations
@@ -15,20 +17,33 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vmfault.errors import MachineError, UsageError, VmfaultError
+from vmfault.errors import ImageError, MachineError, UsageError, VmfaultError
 from vmfault.experiment.kinds.base import FaultKind, Injected
 from vmfault.experiment.records import MemoryInjection, TriggerPoint
 from vmfault.experiment.state import Experiment, Watch
 from vmfault.experiment.testbed import GuestMachine
-from vmfault.experiment.triggers import reach_trigger, trigger_text
-from vmfault.faults.model import BitMode, Context
+from vmfault.experiment.triggers import (
+    prepare_context,
+    reach_trigger,
+    run_to_moment,
+    trigger_text,
+)
+from vmfault.faults.model import BitMode, Context, FaultSpec, TriggerKind
 from vmfault.faults.select import choose_in_ranges
 from vmfault.guest.elfsyms import lookup_symbol
 from vmfault.machine import Machine
 from vmfault.machine.gdbstub import GdbStub
 from vmfault.machine.pagetable import PageMapping, PhysicalReader, walk
+from vmfault.session.process import EXEC_FUNCTION, WorkloadProcess, run_to_exec
 
-__all__ = ["Cell", "MemoryKind", "physical_reader", "process_pages", "region_ranges"]
+__all__ = [
+    "Cell",
+    "MemoryKind",
+    "learn_process",
+    "physical_reader",
+    "process_pages",
+    "region_ranges",
+]
 
 
 @dataclass(frozen=True)
@@ -51,18 +66,33 @@ def physical_reader(gdb: GdbStub) -> PhysicalReader:
     return read
 
 
-def process_pages(machine: GuestMachine) -> list[PageMapping]:
-    """The user pages the workload maps now, from the page tables its CR3 names.
+def process_pages(machine: GuestMachine, root: int | None = None) -> list[PageMapping]:
+    """The user pages the workload maps now, from the page tables at `root` (learnt at
+    its exec in this experiment), or from CR3 while the workload itself runs in user mode.
 
-    The CR3 is read while the workload itself runs in user mode: its root page differs from
-    run to run, and a stale root still decodes as page tables, so no remembered value is
-    trusted. MachineError if the workload is not running in user mode.
+    A root is never remembered across experiments: its page differs from run to run, and
+    a stale root still decodes as page tables. MachineError without a root if the workload
+    is not running in user mode.
     """
-    if not machine.in_context(Context.USER):
-        raise MachineError("the workload is not running in user mode at the trigger")
     gdb = machine.vm.gdb
-    root = int(gdb.read_register("cr3"))
+    if root is None:
+        if not machine.in_context(Context.USER):
+            raise MachineError("the workload is not running in user mode at the trigger")
+        root = int(gdb.read_register("cr3"))
     return [page for page in walk(root, physical_reader(gdb)) if page.user]
+
+
+def learn_process(experiment: Experiment, machine: GuestMachine) -> WorkloadProcess | str:
+    """From the restored snapshot, run to the workload's exec and read its process (halted
+    at its first instruction); or why that failed. QEMU dying raises."""
+    code = machine.workload_code()
+    try:
+        exec_address = machine.symbols.address(EXEC_FUNCTION)
+        return run_to_exec(experiment.vm, exec_address, code.binary.entry, experiment.budget_s())
+    except (MachineError, ImageError) as exc:
+        if not experiment.vm.alive:
+            raise
+        return exc.one_line()
 
 
 def region_ranges(
@@ -86,10 +116,44 @@ class MemoryKind(FaultKind):
 
     def __init__(self, machine: GuestMachine) -> None:
         self.machine = machine
+        self._root: int | None = None
+
+    def prepare(self, spec: FaultSpec) -> None:
+        """A fault drawn in a context needs how the context spreads over the execution."""
+        prepare_context(self.machine, spec)
 
     def trigger(self, experiment: Experiment) -> str:
-        """Time, exec or icount trigger, then the context (user mode for process targets)."""
-        return reach_trigger(experiment)
+        """Time, exec or icount trigger, then the context. A process target first learns
+        the workload's page tables at its exec and needs no context; a time trigger left
+        open is then a uniform moment of the workload's life, from its exec to its end."""
+        self._root = None
+        target = experiment.spec.target
+        if not (target.name == "process" or target.name.startswith("@")):
+            return reach_trigger(experiment)
+        drawn = experiment.spec.trigger.kind is TriggerKind.TIME
+        if not drawn or experiment.spec.trigger.time_s is not None:
+            problem = self._learn(experiment)
+            return problem or reach_trigger(experiment)
+        return run_to_moment(
+            experiment, before=lambda: self._learn(experiment), alive=self._maps_pages
+        )
+
+    def _maps_pages(self) -> bool:
+        """Whether the workload process still maps user pages (it has not exited)."""
+        try:
+            return bool(process_pages(self.machine, self._root))
+        except VmfaultError:
+            return False
+
+    def _learn(self, experiment: Experiment) -> str:
+        """Run to the workload's exec and keep its page-table root; the workload's life,
+        from there to the end of the execution, is the window its moments are drawn in."""
+        process = learn_process(experiment, self.machine)
+        if isinstance(process, str):
+            return process
+        self._root = process.page_tables
+        experiment.window_s = (experiment.elapsed_s(), experiment.target.require_golden().span_s)
+        return ""
 
     def choose(self, experiment: Experiment, rng: random.Random) -> Cell:
         """Where the fault goes, drawn with `rng` (the vCPU halted at the trigger)."""
@@ -100,7 +164,7 @@ class MemoryKind(FaultKind):
         if target.name.startswith("@"):
             return self._symbol_word(target.name[1:], rng)
         if target.name == "process":
-            pages = process_pages(self.machine)
+            pages = process_pages(self.machine, self._root)
             if not pages:
                 raise MachineError("the workload process maps no user pages at the trigger")
             spans = [(p.virtual, p.virtual_end) for p in pages]
@@ -120,7 +184,7 @@ class MemoryKind(FaultKind):
             raise UsageError("memory:@SYMBOL needs a workload with an ELF symbol table")
         symbol = lookup_symbol(self.machine.code.path, name)
         end = symbol.address + max(symbol.size, 1)
-        pages = process_pages(self.machine)
+        pages = process_pages(self.machine, self._root)
         if offset_text:
             virtual = (symbol.address + int(offset_text, 0)) & ~7
         else:

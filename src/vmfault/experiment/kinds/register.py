@@ -10,7 +10,8 @@ from vmfault.experiment.kinds.base import FaultKind, Injected
 from vmfault.experiment.records import RegisterInjection, TriggerPoint
 from vmfault.experiment.state import Experiment
 from vmfault.experiment.testbed import GuestMachine
-from vmfault.experiment.triggers import reach_trigger, trigger_text
+from vmfault.experiment.triggers import prepare_context, reach_trigger, trigger_text
+from vmfault.faults.model import FaultSpec
 
 __all__ = ["RegisterKind"]
 
@@ -20,6 +21,10 @@ class RegisterKind(FaultKind):
 
     def __init__(self, machine: GuestMachine) -> None:
         self.machine = machine
+
+    def prepare(self, spec: FaultSpec) -> None:
+        """A fault drawn in a context needs how the context spreads over the execution."""
+        prepare_context(self.machine, spec)
 
     def trigger(self, experiment: Experiment) -> str:
         """Time, exec or icount trigger, then the context."""

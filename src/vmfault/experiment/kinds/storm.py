@@ -8,6 +8,8 @@ placed its gap after the previous one as it actually happened, so a late halt de
 schedule but never distorts the spacing of the next gap. A flip off its time by more than
 STORM_RETRY_ERROR_S restarts the storm from the snapshot (before its outcome is known, so
 no outcome is favoured), up to `attempts` runs in all. Flips go on after the workload ends.
+A process storm learns the workload's page tables at its exec, so its flips wait for no
+CPU context; after the workload ends there are no pages left to flip.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from vmfault.errors import UsageError, VmfaultError
+from vmfault.errors import MachineError, UsageError, VmfaultError
 from vmfault.experiment.kinds.base import FaultKind, Injected
-from vmfault.experiment.kinds.memory import process_pages, region_ranges
+from vmfault.experiment.kinds.memory import learn_process, process_pages, region_ranges
 from vmfault.experiment.records import FlipInjection, StormSummary, TriggerPoint
 from vmfault.experiment.state import Experiment
 from vmfault.experiment.testbed import GuestMachine
-from vmfault.experiment.triggers import CONTEXT_SLICE_S
-from vmfault.faults.model import Context, FaultSpec
+from vmfault.faults.model import FaultSpec
 from vmfault.faults.schedule import RateModel, Schedule, Storm
 from vmfault.faults.select import choose_in_ranges
 from vmfault.machine import RunEnd
@@ -44,8 +45,6 @@ STORM_WARM_UP_S = 0.001
 """Guest time run after a restore before the first flip is scheduled: the first run after a
 restore also rebuilds QEMU's discarded translated code, during which a halt waits; taking
 that here keeps it out of the first flip's gap."""
-STORM_CONTEXT_TRIES = 25
-"""Slices of CONTEXT_SLICE_S a process-region flip waits for the workload to run."""
 STORM_TOLERANCE_S = 0.0001
 """A storm flip is placed once guest time is within this of its target."""
 STORM_APPROACH = 0.8
@@ -77,6 +76,7 @@ class StormKind(FaultKind):
         self.machine = machine
         self._plans: dict[FaultSpec, _Plan] = {}
         self._warm_s = 0.0
+        self._root: int | None = None
 
     def region_bytes(self, region: str, ranges: tuple[tuple[int, int], ...] = ()) -> int:
         """The size in bytes of a storm region (what a physical upset rate applies to)."""
@@ -106,7 +106,14 @@ class StormKind(FaultKind):
         self.plan(spec)
 
     def trigger(self, experiment: Experiment) -> str:
-        """Warm up: run an instant after the restore (see STORM_WARM_UP_S)."""
+        """A process storm learns the workload's page tables at its exec; then warm up:
+        run an instant (see STORM_WARM_UP_S)."""
+        self._root = None
+        if self.plan(experiment.spec).region == "process":
+            process = learn_process(experiment, self.machine)
+            if isinstance(process, str):
+                return process
+            self._root = process.page_tables
         run = experiment.vm.run_for(STORM_WARM_UP_S)
         counted = experiment.instructions()
         self._warm_s = run.ran_s if counted is None else counted / 1e9
@@ -150,14 +157,13 @@ class StormKind(FaultKind):
                     panicked = vm.qmp("query-status")["status"] == "guest-panicked"
             if panicked or gone:
                 break
-            flip = self._flip(experiment, plan, number, target_s, guest_s)
+            flip = self._flip(experiment, plan, number, target_s, guest_s, ended=exited)
             if not flips:
                 experiment.mark_injected()
             flips.append(flip)
             guest_s = max(guest_s, flip.time_s)
-            # A process flip waits for the workload to run, so it may be late by design.
             late = abs(flip.time_s - target_s) > STORM_RETRY_ERROR_S
-            if late and not last and plan.region != "process":
+            if late and not last:
                 logger.info("storm flip %d late by %.3f ms: storm restarted", number,
                             (flip.time_s - target_s) * 1e3)  # fmt: skip
                 return Injected(tuple(flips), restart=True)
@@ -169,25 +175,30 @@ class StormKind(FaultKind):
         return Injected(tuple(flips), summary)
 
     def _flip(
-        self, experiment: Experiment, plan: _Plan, number: int, scheduled_s: float, guest_s: float
+        self,
+        experiment: Experiment,
+        plan: _Plan,
+        number: int,
+        scheduled_s: float,
+        guest_s: float,
+        *,
+        ended: bool,
     ) -> FlipInjection:
-        """One flip: a random bit of a random byte of the region, read back."""
+        """One flip: a random bit of a random byte of the region, read back. A process
+        flip after the workload `ended` is not made: its page tables are gone."""
         gdb = experiment.vm.gdb
         rng = experiment.rng(f"flip-{number}")
         virtual = None
         trigger = f"storm:{plan.schedule.describe()}"
         unmade = FlipInjection(
             target=experiment.spec.target.spelling, machine=self.machine.name, width=8,
-            scheduled_s=scheduled_s, trigger=TriggerPoint(spec=trigger, time_s=guest_s),
+            scheduled_s=scheduled_s, trigger=self._point(experiment, trigger, guest_s),
         )  # fmt: skip
         try:
             if plan.region == "process":
-                run = experiment.vm.run_until(
-                    lambda: self.machine.in_context(Context.USER), timeout_s=1.0,
-                    slice_s=CONTEXT_SLICE_S, slices=STORM_CONTEXT_TRIES,
-                )  # fmt: skip
-                guest_s += run.ran_s
-                pages = process_pages(self.machine)
+                if ended:
+                    raise MachineError("the workload ended before the flip")
+                pages = process_pages(self.machine, self._root)
                 virtual = choose_in_ranges([(p.virtual, p.virtual_end) for p in pages], rng,
                                            align=1)  # fmt: skip
                 address = next(p for p in pages if p.contains(virtual)).physical_of(virtual)
@@ -200,7 +211,7 @@ class StormKind(FaultKind):
                 raise
             reason = exc.one_line() if isinstance(exc, VmfaultError) else str(exc)
             return dataclasses.replace(
-                unmade, reason=reason, trigger=TriggerPoint(spec=trigger, time_s=guest_s)
+                unmade, reason=reason, trigger=self._point(experiment, trigger, guest_s)
             )
         bit = rng.randrange(8)
         before = gdb.read_memory(address, 1, physical=True)[0]
@@ -212,8 +223,15 @@ class StormKind(FaultKind):
             unmade, location=f"{address:#x}", address=address, virtual=virtual,
             mask=1 << bit, before=before, after=after, readback=readback, injected=held,
             reason="" if held else f"read back {readback:#x}",
-            trigger=TriggerPoint(spec=trigger, time_s=guest_s),
+            trigger=self._point(experiment, trigger, guest_s),
         )  # fmt: skip
+
+    def _point(self, experiment: Experiment, spec: str, guest_s: float) -> TriggerPoint:
+        """A flip's moment: guest seconds from the workload's start, and where that lies
+        in the golden execution."""
+        counted = int(guest_s * 1e9) if experiment.here.start_instructions is not None else None
+        progress = experiment.golden_fraction(guest_s, counted)
+        return TriggerPoint(spec=spec, time_s=guest_s, progress=progress)
 
     def not_injected(self, experiment: Experiment, reason: str) -> FlipInjection:
         """A storm none of whose flips was made."""
