@@ -49,7 +49,7 @@ from vmfault.experiment.testbed import Testbed, golden_run
 from vmfault.faults import Context, FaultSpec, parse_duration_s
 from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
-from vmfault.guest.workloads import idle_argv
+from vmfault.guest.workloads import SourceKind, cflags_not_compiled, idle_argv, parse_cflags
 from vmfault.machine import Accel, kvm_blocker, probe_boot
 from vmfault.profile.workload import profile_instructions
 from vmfault.report.command import report_command
@@ -84,7 +84,8 @@ def _progress(message: str) -> None:
 
 
 def _load_config(path: Path | None) -> tuple[UserWorkload, ...]:
-    """User workloads from a TOML file: `[[workload]]` tables with name, path, args."""
+    """User workloads from a TOML file: `[[workload]]` tables with name, path, args, and
+    cflags (gcc flags for a .c file: a string or an array of strings)."""
     if path is None:
         return ()
     try:
@@ -104,8 +105,11 @@ def _load_config(path: Path | None) -> tuple[UserWorkload, ...]:
             raise UsageError(
                 f"{where}: `args` must be a list of strings", hint='args = ["-n", "5"]'
             )
+        cflags = parse_cflags(entry.get("cflags", ()), label=f"{where}: cflags")
         workloads.append(
-            UserWorkload(name=str(entry.get("name", file.stem)), path=file, args=tuple(args))
+            UserWorkload(
+                name=str(entry.get("name", file.stem)), path=file, args=tuple(args), cflags=cflags
+            )
         )
     return tuple(workloads)
 
@@ -124,7 +128,15 @@ def _spec(
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", help="TOML file with [[workload]] tables (name, path, args)."),
+    typer.Option("--config", help="TOML file with [[workload]] tables (name, path, args, cflags)."),
+]
+CflagsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cflags",
+        help='gcc flags for a C workload, after vmfault\'s own, e.g. "-O0 -fno-inline" '
+        "(split like a shell would; no shell runs them).",
+    ),
 ]
 KernelOpt = Annotated[Path | None, typer.Option(help="Your own kernel (vmlinux or bzImage).")]
 InitrdOpt = Annotated[Path | None, typer.Option(help="Your own initrd; vmfault's is appended.")]
@@ -161,9 +173,20 @@ def image_build(
     out.print("workloads: " + ", ".join(sorted(image.workloads)))
 
 
-def _user_workload(workload: str) -> tuple[str, tuple[UserWorkload, ...]]:
-    """A path names a user workload (C file or static binary); anything else a built-in."""
+def _user_workload(
+    workload: str, cflags: str | None = None
+) -> tuple[str, tuple[UserWorkload, ...]]:
+    """A path names a user workload (C file or static binary); anything else a built-in
+    (or a --config workload). `cflags`, the --cflags text, go to a C file only."""
+    flags = () if cflags is None else parse_cflags(cflags, label="--cflags")
     if "/" not in workload and not workload.endswith(".c"):
+        if flags and workload in builtin_workload_names():
+            raise cflags_not_compiled(workload, SourceKind.BUILTIN)
+        if flags:
+            raise UsageError(
+                f"--cflags apply to a C file given as the workload, not to {workload!r}",
+                hint="for a --config workload set cflags in its [[workload]] table",
+            )
         return workload, ()
     path = Path(workload).resolve()
     if not path.is_file():
@@ -171,7 +194,7 @@ def _user_workload(workload: str) -> tuple[str, tuple[UserWorkload, ...]]:
             f"workload file {workload} does not exist",
             hint="give a C file, a static binary or a built-in name",
         )
-    return path.stem, (UserWorkload(name=path.stem, path=path),)
+    return path.stem, (UserWorkload(name=path.stem, path=path, cflags=flags),)
 
 
 def _golden_table(runs: list[GoldenRun]) -> Table:
@@ -207,6 +230,7 @@ def run(
         Accel, typer.Option(help="tcg, kvm, or auto (KVM only if a probe boots).")
     ] = Accel.TCG,
     timeout: Annotated[float, typer.Option(help="Seconds the workload may run.")] = 300.0,
+    cflags: CflagsOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -215,7 +239,7 @@ def run(
     vmfault's own options may stand anywhere; other options go to the workload. After `--`
     everything goes to the workload.
     """
-    name, extra = _user_workload(workload)
+    name, extra = _user_workload(workload, cflags)
     spec = _spec(config, None, None, None, extra)
     _require_known(name, spec)
     image = prepare_image(spec, log=_progress)
@@ -312,6 +336,7 @@ def inject(
     crash_patterns: Annotated[
         Path | None, typer.Option(help="TOML file of extra crash patterns.")
     ] = None,
+    cflags: CflagsOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -330,7 +355,7 @@ def inject(
     table = None
     if crash_patterns is not None:
         table = CrashTable.default().extended(CrashTable.load(crash_patterns))
-    name, extra = _user_workload(workload)
+    name, extra = _user_workload(workload, cflags)
     image_spec = _spec(config, None, None, None, extra)
     _require_known(name, image_spec)
     if spec.instruction is not None:
@@ -411,12 +436,13 @@ def profile(
         list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
     ] = None,
     deterministic: Annotated[bool, typer.Option(help="icount mode: repeatable runs.")] = False,
+    cflags: CflagsOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Count each instruction class executed inside FUNCTION by the workload process
     (F-SEFI's profile): per class and per static instruction, from one golden run."""
-    name, extra = _user_workload(workload)
+    name, extra = _user_workload(workload, cflags)
     image_spec = _spec(config, None, None, None, extra)
     _require_known(name, image_spec)
     _check_function(extra, function)
@@ -426,6 +452,7 @@ def profile(
     result = profile_instructions(
         image, argv, function=function, deterministic=deterministic, log=_progress
     )
+    result.require_executed(image.workload(name).source_kind)  # never an all-zero table
     if as_json:
         out.print_json(json.dumps(result.to_json()))
         return
@@ -492,6 +519,7 @@ def storm(
     ] = None,
     deterministic: Annotated[bool, typer.Option(help="icount mode: exact guest time.")] = False,
     budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 2.0,
+    cflags: CflagsOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -503,12 +531,14 @@ def storm(
         spell=lambda key: "--region" if key == "target" else _option_name(key),
     )  # fmt: skip
     if idle is not None:
+        if parse_cflags(cflags or "", label="--cflags"):
+            raise UsageError("--cflags do not apply to the idle system", hint="remove --cflags")
         image = prepare_image(_spec(config, None, None, None), log=_progress)
         argv = list(idle_argv(parse_duration_s(idle)))
     else:
         if workload is None:
             raise UsageError("no workload given", hint="add --workload NAME, or --idle 2s")
-        name, extra = _user_workload(workload)
+        name, extra = _user_workload(workload, cflags)
         image_spec = _spec(config, None, None, None, extra)
         _require_known(name, image_spec)
         image = prepare_image(image_spec, log=_progress)

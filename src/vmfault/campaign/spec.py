@@ -12,6 +12,7 @@ A campaign file is TOML with a `[campaign]` table, a `[guest]` table and one or 
     [guest]
     workload = "checksum"    # a built-in name, or a .c file or static binary beside this file
     deterministic = false
+    # cflags = "-O0"         # a .c workload only: gcc flags after vmfault's own
 
     [[faults]]
     target = "register:gpr"
@@ -46,6 +47,7 @@ from pydantic import (
     StrictInt,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -65,8 +67,11 @@ from vmfault.faults.model import (
 from vmfault.faults.schedule import RateUnit, Schedule
 from vmfault.faults.units import parse_duration_s
 from vmfault.guest.workloads import (
+    SourceKind,
     UserWorkload,
     builtin_workload_names,
+    cflags_not_compiled,
+    parse_cflags,
     validate_workload_name,
 )
 from vmfault.machine.config import Accel
@@ -180,6 +185,9 @@ class GuestSection(BaseModel):
     Instead of a workload, `idle = "2s"` runs the idle system for that long (only the kernel
     and its idle tasks; failures are panics, oopses and hangs).
     `crash_patterns` is a TOML crash-pattern table, relative to the campaign file.
+    `cflags` are gcc flags for a `.c` workload, after vmfault's own (so an `-O` level of
+    theirs replaces the default `-O2`): one string split as a shell would (`shlex.split`,
+    no shell runs it) or an array of strings; kept split, so the stored spec shows them.
     """
 
     model_config = _MODEL_CONFIG
@@ -189,6 +197,15 @@ class GuestSection(BaseModel):
         default=None, description="no workload: the idle system for this long, e.g. 2s"
     )
     args: tuple[str, ...] = ()
+    cflags: Annotated[
+        tuple[str, ...],
+        WithJsonSchema(
+            {
+                "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                "description": 'gcc flags for a .c workload, e.g. "-O0 -fno-inline"',
+            }
+        ),
+    ] = ()
     deterministic: StrictBool = False
     accel: Accel = Accel.TCG
     crash_patterns: str | None = None
@@ -220,7 +237,21 @@ class GuestSection(BaseModel):
             )
         if self.idle is not None and self.args:
             raise _error("args do not apply to the idle system", hint="remove args", at=("args",))
+        if self.cflags and self.idle is not None:
+            raise _error("cflags do not apply to the idle system", hint="remove cflags",
+                         at=("cflags",))  # fmt: skip
+        if self.cflags and self.workload is not None and Path(self.workload).suffix != ".c":
+            kind = SourceKind.BUILTIN if self.builtin else SourceKind.BINARY
+            raise _from_usage(cflags_not_compiled(self.workload, kind), at=("cflags",))
         return self
+
+    @field_validator("cflags", mode="before")
+    @classmethod
+    def _split_cflags(cls, value: Any) -> tuple[str, ...]:
+        try:
+            return parse_cflags(value)
+        except UsageError as error:
+            raise _from_usage(error) from None
 
     @field_validator("workload")
     @classmethod
@@ -474,8 +505,9 @@ class CampaignSpec(BaseModel):
         if self.guest.builtin or self.guest.workload is None:
             return None
         return UserWorkload(
-            name=self.workload_name, path=self.resolve(self.guest.workload), args=self.guest.args
-        )
+            name=self.workload_name, path=self.resolve(self.guest.workload),
+            args=self.guest.args, cflags=self.guest.cflags,
+        )  # fmt: skip
 
     def crash_patterns_path(self) -> Path | None:
         """The extra crash-pattern table, resolved, or None."""

@@ -7,6 +7,7 @@ executable, the base learned at run time for a PIE), so one binary serves every 
 from __future__ import annotations
 
 import bisect
+import difflib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,19 @@ class WorkloadBinary:
         return tuple((start, start + len(data)) for start, data in self.segments)
 
     def function(self, name: str) -> ElfSymbol:
-        """The function `name`; UsageError naming the closest functions, or saying that the
-        binary is stripped."""
+        """The function `name`; UsageError naming the closest functions and the likely cause
+        (a misspelling, or inlining), or saying that the binary is stripped."""
+        symbols = elf_symbols(self.path)  # UsageError for a stripped binary
+        if name not in symbols:
+            # A static function inlined into every caller leaves no copy, so no symbol.
+            close = difflib.get_close_matches(name, self.functions(), n=5)
+            first = f"closest: {', '.join(close)}" if close else "check the name"
+            raise UsageError(
+                f"{self.path.name} has no function {name!r}: misspelt, or inlined into "
+                "every caller",
+                hint=f"{first}; if inlined, build it with -O0 (--cflags -O0 for a C "
+                "workload) or mark it __attribute__((noinline))",
+            )
         symbol = lookup_symbol(self.path, name)
         if symbol.kind != "FUNC" or symbol.size == 0:
             raise UsageError(

@@ -45,6 +45,7 @@ from vmfault.guest.workloads import (
     WorkloadInput,
     agent_source,
     builtin_workload_names,
+    check_cflags,
     check_static_elf,
     compile_c,
     gcc_version,
@@ -444,8 +445,9 @@ def build_image(
 
     A cache hit compiles, unpacks and downloads nothing. The kernel .deb is taken from the
     download cache when there is one; `refresh_kernel` asks apt for the current kernel first.
-    Raises UsageError for bad user inputs and ImageError when a part cannot be built; a failed
-    build leaves no image directory behind.
+    Raises UsageError for bad user inputs (cflags gcc rejects too, found before any other
+    work of a build) and ImageError when a part cannot be built; a failed build leaves no
+    image directory behind.
     """
     say = log or (lambda _msg: None)
     root_dir = (cache_root or default_cache_root()).expanduser().resolve()
@@ -456,6 +458,8 @@ def build_image(
     if (target / MANIFEST_NAME).is_file():
         return load_image(target)
 
+    for item in inputs.workloads:  # a user's bad flag fails in one line, before any work
+        check_cflags(item)
     say(f"building image {digest}")
     if inputs.kernel_kind == "user":
         kernel = prepare_user_kernel(inputs.kernel_source, root_dir / "kernels", log=say)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 import shutil
 import struct
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -35,11 +37,15 @@ __all__ = [
     "agent_source",
     "builtin_source",
     "builtin_workload_names",
+    "cflags_not_compiled",
+    "check_cflags",
     "check_static_elf",
     "compile_c",
     "gcc_version",
     "idle_argv",
+    "parse_cflags",
     "plan_workloads",
+    "user_c_flags",
     "validate_workload_name",
 ]
 
@@ -48,12 +54,43 @@ WORKLOAD_LINK_FLAGS: tuple[str, ...] = ("-static", "-no-pie", "-Wl,-Ttext-segmen
 """Compiler flags for every workload; the optimisation level is added per workload."""
 AGENT_CFLAGS: tuple[str, ...] = ("-static", "-O2", "-no-pie", "-Wl,-Ttext-segment=0x30000000")
 DEFAULT_OPTIMISATION = "-O2"
+"""The optimisation level of a user's C workload unless their cflags give one."""
 
 _DATA = "data"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
 _TOOLCHAIN_HINT = "run `make setup` (or `apt-get install gcc libc6-dev`)"
 _EM_X86_64 = 62
 _PT_INTERP = 3
+_CFLAGS_HINT = 'give gcc options, e.g. "-O0 -fno-inline"'
+_CFLAGS_PROBE = b"int main(void) { return 0; }\n"
+"""A program any working set of flags compiles: when it fails too, the flags are at fault."""
+_NO_EXECUTABLE = "stops gcc before it links an executable"
+_PRINTS_ONLY = "makes gcc print its settings instead of compiling"
+_REFUSED_CFLAGS: Mapping[str, str] = MappingProxyType(
+    {
+        "-c": _NO_EXECUTABLE,
+        "-S": _NO_EXECUTABLE,
+        "-E": _NO_EXECUTABLE,
+        "-M": _NO_EXECUTABLE,
+        "-MM": _NO_EXECUTABLE,
+        "-fsyntax-only": _NO_EXECUTABLE,
+        "-r": "makes a relocatable object, not an executable",
+        "-shared": "makes a shared library, not an executable",
+        "-###": _PRINTS_ONLY,
+        "--version": _PRINTS_ONLY,
+        "-dumpversion": _PRINTS_ONLY,
+        "-dumpfullversion": _PRINTS_ONLY,
+        "-dumpmachine": _PRINTS_ONLY,
+        "-dumpspecs": _PRINTS_ONLY,
+    }
+)
+"""Flags that would leave no executable, with why: refused before gcc runs."""
+_REFUSED_CFLAG_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("-o", "names the output file, which is vmfault's to name"),
+    ("--help", _PRINTS_ONLY),
+    ("--target-help", _PRINTS_ONLY),
+    ("-print-", _PRINTS_ONLY),
+)
 
 
 class SourceKind(Enum):
@@ -88,11 +125,16 @@ class Workload:
 
 @dataclass(frozen=True)
 class UserWorkload:
-    """A workload the user brings: a `.c` file (compiled like the built-ins) or a static binary."""
+    """A workload the user brings: a `.c` file (compiled like the built-ins) or a static binary.
+
+    `cflags` are gcc flags of the user's own for a `.c` file (see `user_c_flags`); a binary
+    takes none.
+    """
 
     name: str
     path: Path
     args: tuple[str, ...] = ()
+    cflags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,6 +192,8 @@ class WorkloadInput:
     """A workload before it is built: everything that decides its binary, for hashing.
 
     `content` is the C source (BUILTIN, C_SOURCE) or the executable itself (BINARY).
+    `flags` are every gcc flag it is compiled with; `cflags` the user's own among them
+    (last in `flags`, so already in the fingerprint).
     """
 
     name: str
@@ -159,6 +203,7 @@ class WorkloadInput:
     default_args: tuple[str, ...]
     description: str
     origin: Path | None
+    cflags: tuple[str, ...] = ()
 
     def fingerprint(self) -> str:
         """A sha256 over every field that changes the built workload or how it is run."""
@@ -266,19 +311,111 @@ def gcc_version() -> str:
     return result.stdout.splitlines()[0].strip()
 
 
-def compile_c(source: Path, output: Path, flags: Sequence[str]) -> None:
-    """Compiles one C file into `output` with `gcc <flags>`; ImageError with gcc's messages."""
-    result = subprocess.run(
+def _run_gcc(source: Path, output: Path, flags: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    # An argument vector, never a shell: a user's flag is one argument, whatever it holds.
+    return subprocess.run(
         [_gcc(), *flags, "-o", str(output), str(source)],
         capture_output=True,
         text=True,
         check=False,
         timeout=600,
     )
+
+
+def compile_c(source: Path, output: Path, flags: Sequence[str]) -> None:
+    """Compiles one C file into `output` with `gcc <flags>`; ImageError with gcc's messages."""
+    result = _run_gcc(source, output, flags)
     if result.returncode != 0:
         messages = result.stderr.strip()
         hint = _TOOLCHAIN_HINT if "cannot find -lc" in messages else "fix the C source"
         raise ImageError(f"gcc failed on {source.name}:\n{messages}", hint=hint)
+
+
+def parse_cflags(value: object, *, label: str = "") -> tuple[str, ...]:
+    """A user's gcc flags from one string (split by `shlex.split`, as a POSIX shell would
+    split it; no shell ever runs it) or a list of strings, each one flag.
+
+    UsageError, its message led by `label`, for an unbalanced quote, a value of another
+    type, an empty flag or one with a NUL, and a flag that would leave no executable
+    (`-c`, `-E`, `-shared`, ...) or names the output (`-o`). Whether gcc accepts the rest is
+    learnt only by compiling (`check_cflags`).
+    """
+    lead = f"{label}: " if label else ""
+    if isinstance(value, str):
+        try:
+            flags = shlex.split(value)
+        except ValueError as exc:  # shlex's only error: an unbalanced quote or escape
+            raise UsageError(
+                f"{lead}{str(exc).lower()} in {value!r}", hint="close the quote"
+            ) from None
+    elif isinstance(value, list | tuple) and all(isinstance(flag, str) for flag in value):
+        flags = list(value)
+    else:
+        raise UsageError(
+            f"{lead}expected a string or an array of strings, got {value!r}", hint=_CFLAGS_HINT
+        )
+    for flag in flags:
+        if not flag or "\0" in flag:
+            raise UsageError(f"{lead}{flag!r} is not a flag", hint=_CFLAGS_HINT)
+        why = _REFUSED_CFLAGS.get(flag) or next(
+            (why for prefix, why in _REFUSED_CFLAG_PREFIXES if flag.startswith(prefix)), None
+        )
+        if why is not None:
+            raise UsageError(f"{lead}{flag} {why}", hint="remove it from the flags")
+    return tuple(flags)
+
+
+def user_c_flags(cflags: Sequence[str] = ()) -> tuple[str, ...]:
+    """Every gcc flag of a user's C workload: `WORKLOAD_LINK_FLAGS`, the default `-O2` unless
+    `cflags` give an optimisation level of their own, then `cflags`, last, so they win over
+    vmfault's (gcc takes the last of conflicting flags)."""
+    optimised = any(flag.startswith("-O") for flag in cflags)
+    return (*WORKLOAD_LINK_FLAGS, *(() if optimised else (DEFAULT_OPTIMISATION,)), *cflags)
+
+
+def _first_error(stderr: str) -> str:
+    """gcc's first error line: the first naming an error (not collect2's summary, which only
+    says that ld failed), else the first that is not a warning or a note."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if "error" in line.lower() and not line.startswith("collect2:"):
+            return line
+    for line in lines:
+        if not re.search(r"\b(warning|note):", line):
+            return line
+    return lines[0] if lines else "gcc failed without a message"
+
+
+def check_cflags(item: WorkloadInput) -> None:
+    """UsageError with gcc's first error line unless `item`'s flags compile and link an
+    empty program (then the user's cflags, not any source, are at fault); one gcc run of
+    some 50 ms. Nothing to check for an item without cflags."""
+    if not item.cflags:
+        return
+    with tempfile.TemporaryDirectory(prefix="vmfault-cflags-") as scratch:
+        source = Path(scratch) / "probe.c"
+        source.write_bytes(_CFLAGS_PROBE)
+        result = _run_gcc(source, Path(scratch) / "probe", item.flags)
+    if result.returncode != 0:
+        raise UsageError(
+            f"gcc rejects the cflags of {item.name} ({shlex.join(item.cflags)}): "
+            f"{_first_error(result.stderr)}",
+            hint="fix or remove the flag",
+        )
+
+
+def cflags_not_compiled(name: str, kind: SourceKind) -> UsageError:
+    """The error for cflags given to a workload that is not a user's C file."""
+    if kind is SourceKind.BINARY:
+        return UsageError(
+            f"cflags apply only to a C source, and {name} is a binary, which is not compiled",
+            hint="give its .c file, or build the binary with the flags you want",
+        )
+    return UsageError(
+        f"cflags apply only to a user's C source, and {name} is a built-in workload, "
+        "built with fixed flags",
+        hint="copy its source into a .c file of your own to build it with other flags",
+    )
 
 
 def _builtin_input(builtin: BuiltinWorkload) -> WorkloadInput:
@@ -300,16 +437,20 @@ def _user_input(user: UserWorkload) -> WorkloadInput:
         raise UsageError(
             f"workload file {user.path} does not exist", hint="pass a .c file or a static binary"
         )
+    cflags = parse_cflags(user.cflags)
     if path.suffix == ".c":
         return WorkloadInput(
             name=user.name,
             kind=SourceKind.C_SOURCE,
             content=path.read_bytes(),
-            flags=(*WORKLOAD_LINK_FLAGS, DEFAULT_OPTIMISATION),
+            flags=user_c_flags(cflags),
             default_args=tuple(user.args),
             description=f"user workload compiled from {path.name}",
             origin=path,
+            cflags=cflags,
         )
+    if cflags:
+        raise cflags_not_compiled(path.name, SourceKind.BINARY)
     check_static_elf(path, dynamic=True)
     return WorkloadInput(
         name=user.name,

@@ -22,10 +22,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from vmfault.errors import MachineError, UsageError
 from vmfault.faults.instructions import class_counts
 from vmfault.files import cache_path, cached_json
 from vmfault.guest.binary import CodeRange, WorkloadBinary
 from vmfault.guest.image import GuestImage
+from vmfault.guest.workloads import SourceKind
 from vmfault.machine import Accel, Machine
 from vmfault.profile.execlog import count_executions, parse_exec_log
 from vmfault.session import GuestSession, capture_kernel_symbols
@@ -43,6 +45,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
+
+_NEVER_EXECUTED_FIX: Mapping[SourceKind, str] = MappingProxyType(
+    {
+        SourceKind.C_SOURCE: "compile with --cflags -O0, or mark it __attribute__((noinline))",
+        SourceKind.BINARY: "build the binary with -O0, or mark it __attribute__((noinline))",
+        SourceKind.BUILTIN: "profile the whole executable (no --function) to see what runs",
+    }
+)
+"""What to do about a function that never ran, by where the workload comes from."""
 
 PROFILE_FORMAT = 1
 """Version of the JSON form of a cached profile."""
@@ -112,6 +123,23 @@ class InstructionProfile:
     def fsefi_line(self) -> str:
         """F-SEFI's `[PROFILE]` line."""
         return fsefi_profile_line(self.classes)
+
+    def require_executed(self, source: SourceKind = SourceKind.C_SOURCE) -> None:
+        """Raises unless the golden run executed at least one instruction in the profiled
+        code (the `all` family counts more than 0), so an all-zero profile is never taken
+        for a measurement. For a function: UsageError naming it and the likely cause, with
+        the fix for a workload from `source`; for the whole executable: MachineError."""
+        if self.count("all") > 0:
+            return
+        if self.function is None:
+            raise MachineError(
+                f"the golden run of {self.workload} executed none of its instructions",
+                hint=f"see what it does with `vmfault run {self.workload}`",
+            )
+        raise UsageError(
+            f"function {self.function} never executed in the golden run: probably inlined "
+            f"into its caller or never called; {_NEVER_EXECUTED_FIX[source]}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The `vmfault profile --json` object (also the cache format)."""

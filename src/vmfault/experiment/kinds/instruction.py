@@ -84,9 +84,22 @@ class InstructionKind(FaultKind):
         return self._executed[key]
 
     def prepare(self, spec: FaultSpec) -> None:
-        """A random instance needs the golden run's count of the class (its profile)."""
+        """Checks from the golden run's instruction profile that a named function runs at
+        all (UsageError naming it and the likely cause, inlining, otherwise), and learns
+        the count of the class a random instance is drawn from. A function without an
+        instruction of the class is left to `trigger`, whose reason says so."""
         fault = self._fault(spec)
-        if fault.instance is None and self.sites(fault.op, fault.function):
+        if not self.sites(fault.op, fault.function):
+            return
+        if fault.function is not None:
+            # Every instance of an inlined function runs in its caller: no breakpoint here
+            # is ever hit, so each experiment would be not-injected. Fail once, up front.
+            machine = self.machine
+            profile = load_or_profile(machine.image, machine.argv, function=fault.function,
+                                      deterministic=machine.deterministic)  # fmt: skip
+            profile.require_executed(machine.image.workload(machine.argv[0]).source_kind)
+            self._executed[(fault.op, fault.function)] = profile.count(fault.op)
+        if fault.instance is None:
             self.executed_instances(fault.op, fault.function)
 
     def trigger(self, experiment: Experiment) -> str:
