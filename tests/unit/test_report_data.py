@@ -323,10 +323,12 @@ def test_strata_have_their_counts_and_rates(report: CampaignReport) -> None:
 
 
 def test_not_injected_reasons_are_counted_most_frequent_first(report: CampaignReport) -> None:
-    assert report.not_injected == (
-        ("the workload process is not running", 2),
-        ("the workload exited before the trigger", 1),
-    )
+    assert [(r.reason, r.count, dict(r.by_stratum), r.first_experiment)
+            for r in report.not_injected] == [
+        ("the workload process is not running", 2, {"mem": 2}, 12),
+        ("the workload exited before the trigger", 1, {"regs": 1}, 8),
+    ]  # fmt: skip
+    assert [r.example for r in report.not_injected] == [r.reason for r in report.not_injected]
 
 
 # ---------------------------------------------------------------------------- locations
@@ -496,6 +498,8 @@ def test_an_empty_campaign_has_a_report(tmp_path: Path) -> None:
     assert report.heatmap is None and report.registers == () and report.bit_positions == ()
     assert report.crash_causes == () and report.latency == () and report.examples == ()
     assert report.activation == () and report.instructions is None and report.storms is None
+    assert report.not_injected == () and report.progress == ()
+    assert report.false_positive is None
 
 
 # ---------------------------------------------------------------------------- optional sections

@@ -23,6 +23,7 @@ from vmfault.classify import Activation, Latency, LatencyUnit, Outcome
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment.records import (
     DEFAULT_MACHINE,
+    ControlInjection,
     ExperimentRecord,
     FlipInjection,
     GoldenRun,
@@ -344,6 +345,28 @@ def make_vmm_error_record(i: int) -> ExperimentRecord:
     )
 
 
+CONTROL_SPEC = {"target": "none", "bits": {"mode": "flip"}, "context": "any"}
+
+
+def make_control_record(i: int) -> ExperimentRecord:
+    """Control experiment `i`: nothing injected (one `ControlInjection` that holds), benign."""
+    run = MachineRun(
+        machine=DEFAULT_MACHINE,
+        outcome=Outcome.BENIGN,
+        reason="output and exit status match the golden run",
+        output="checksum: 0x1\n",
+        exit_status=0,
+    )
+    return ExperimentRecord(
+        index=i,
+        seed=SEED + i,
+        spec=CONTROL_SPEC,
+        injections=(ControlInjection(injected=True),),
+        machines=(run,),
+        phases_s={"restore": 0.01, "to_trigger": 0.0, "inject": 0.001, "observe": 0.4},
+    )
+
+
 TESTBED_SPEC = {"target": "register:rax", "machines": ["server", "client"], "judge": "server"}
 
 
@@ -537,6 +560,7 @@ KIND_CASES: dict[str, Callable[[], ExperimentRecord]] = {
     "flip": lambda: make_storm_record(20),
     "instruction": lambda: make_instruction_record(30),
     "fault": lambda: make_vmm_error_record(31),
+    "control": lambda: make_control_record(32),
 }
 """A record whose first injection is of each kind (`Injection.kind`)."""
 
@@ -577,6 +601,33 @@ def test_every_injection_kind_round_trips(store: ResultStore, tmp_path: Path, ki
         assert details == [{"scheduled_s": 0.001 * (n + 1)} for n in range(3)]
     else:
         assert details == [None]
+
+
+def test_a_control_run_round_trips_with_nothing_injected(store: ResultStore) -> None:
+    rec = make_control_record(32)
+    store.record(32, "none", rec, worker="w", started_at=1.0, finished_at=2.0)
+    loaded = store.load(32)
+    assert loaded == rec
+    assert loaded is not None
+    (injection,) = loaded.injections
+    assert isinstance(injection, ControlInjection)
+    assert (injection.kind, injection.target, injection.mode, injection.injected) == (
+        "control",
+        "none",
+        "none",
+        True,
+    )
+    assert injection.trigger == TriggerPoint(spec="none")
+    assert (injection.width, injection.mask, injection.bits, injection.reason) == (0, 0, (), "")
+    (row,) = store.rows()
+    assert (row["outcome"], row["target"], row["mode"], row["trigger"]) == (
+        "benign",
+        "none",
+        "none",
+        "none",
+    )
+    assert (row["injected"], row["progress"], row["location"]) == (True, None, "")
+    assert store.outcome_counts(stratum="none")["benign"] == 1
 
 
 def test_an_instruction_fault_keeps_its_own_fields(store: ResultStore) -> None:

@@ -311,6 +311,10 @@ class FaultFamily(BaseModel):
     time (default name `storm:REGION`). `period` (`"1s"`) ends each experiment that much
     guest time after its (last) flip, so the outcome is a failure rate per flip over a fixed
     period; a workload still running then counts as benign.
+
+    `target = "none"` is a control family (default name `none`): it injects nothing and
+    takes no other fault option, so its runs must come out benign; the share that does not
+    is the campaign's false-positive rate.
     """
 
     model_config = _MODEL_CONFIG

@@ -6,8 +6,9 @@ without loading QEMU's machinery.
 
 - `GoldenRun`: one machine's fault-free run, the reference of every experiment.
 - `Injection` and one subclass per shape of fault: `RegisterInjection`, `MemoryInjection`
-  (memory words and kernel code), `InstructionInjection` (F-SEFI's instruction results) and
-  `FlipInjection` (one flip of a storm). `INJECTION_TYPES` finds a class by its `kind`.
+  (memory words and kernel code), `InstructionInjection` (F-SEFI's instruction results),
+  `FlipInjection` (one flip of a storm) and `ControlInjection` (a control run, which
+  injects nothing). `INJECTION_TYPES` finds a class by its `kind`.
 - `MachineRun`: what one machine of the testbed did in an experiment.
 - `StormSummary`: a storm's schedule and timing.
 - `ExperimentRecord`: everything one experiment produced.
@@ -29,8 +30,10 @@ from vmfault.classify import Activation, Latency, Outcome
 from vmfault.faults.values import ValueFormat, decode_value, format_value
 
 __all__ = [
+    "CONTROL",
     "DEFAULT_MACHINE",
     "INJECTION_TYPES",
+    "ControlInjection",
     "ExperimentRecord",
     "FlipInjection",
     "GoldenRun",
@@ -49,6 +52,8 @@ __all__ = [
 
 DEFAULT_MACHINE = "guest"
 """The name of the one machine of a campaign without named machines."""
+CONTROL = "none"
+"""The target, mode and trigger spec of a control run (the `none` target of faults.model)."""
 
 
 def _hex(value: int | None) -> str | None:
@@ -347,9 +352,36 @@ class InstructionInjection(MemoryInjection):
     pid: int | None = None
 
 
+def _control_point() -> TriggerPoint:
+    return TriggerPoint(spec=CONTROL)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlInjection(Injection):
+    """The injection of a control run: nothing, at the golden snapshot itself.
+
+    Target, mode and trigger spec are all `none`, and no location, bits, values or
+    progress are recorded; `injected` is true once the run went ahead (there is nothing to
+    read back), so the experiment counts and must come out benign.
+    """
+
+    kind: ClassVar[str] = "control"
+
+    target: str = CONTROL
+    mode: str = CONTROL
+    trigger: TriggerPoint = field(default_factory=_control_point)
+
+
 INJECTION_TYPES: Mapping[str, type[Injection]] = {
     cls.kind: cls
-    for cls in (Injection, RegisterInjection, MemoryInjection, FlipInjection, InstructionInjection)
+    for cls in (
+        Injection,
+        RegisterInjection,
+        MemoryInjection,
+        FlipInjection,
+        InstructionInjection,
+        ControlInjection,
+    )
 }
 """Injection classes by `kind`, for readers that rebuild records."""
 

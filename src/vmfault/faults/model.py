@@ -15,7 +15,10 @@ Users write faults as short strings, the same on the command line and in campaig
   after the workload's start; deterministic mode only);
 - instruction results: `instruction:fadd@myaddfunc` (the result of a dynamic instance of an
   instruction class inside a function; `instruction:fadd` anywhere in the application), with
-  the choice of instances in an `InstructionFault`.
+  the choice of instances in an `InstructionFault`;
+- control runs: `none` injects nothing (no name, no bits, no trigger, no context); its
+  experiments must come out benign, and the share that does not is the campaign's
+  false-positive rate.
 
 Parsing raises UsageError naming the bad text and what is allowed. `FaultSpec.from_options`
 builds a spec from the raw options of a campaign `[[faults]]` table or the command line and
@@ -29,7 +32,7 @@ import dataclasses
 import difflib
 import enum
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -102,6 +105,8 @@ class TargetKind(enum.StrEnum):
     MEMORY = "memory"
     KERNEL_CODE = "kernel-code"
     INSTRUCTION = "instruction"
+    NONE = "none"
+    """A control run: nothing is corrupted (spelled `none`, without a name)."""
 
 
 class Context(enum.StrEnum):
@@ -164,7 +169,8 @@ def canonical_op(text: str) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """Where a fault goes: a kind and a name (register or group, region or address, function)."""
+    """Where a fault goes: a kind and a name (register or group, region or address, function;
+    empty for a control run, `none`)."""
 
     kind: TargetKind
     name: str
@@ -172,7 +178,7 @@ class Target:
     ALLOWED = (
         "register:NAME|gpr|pointer|flags|sse|x87|all, memory:ram|kernel-text|kernel-data|"
         "process|0xADDRESS|0xSTART-0xEND[,...]|@SYMBOL[+OFFSET], kernel-code:hot|FUNCTION, "
-        "instruction:OP[@FUNCTION]"
+        "instruction:OP[@FUNCTION], none (a control run)"
     )
 
     @classmethod
@@ -185,6 +191,12 @@ class Target:
             kind = TargetKind(kind_text)
         except ValueError:
             raise _bad("target", text, cls.ALLOWED) from None
+        if kind is TargetKind.NONE:
+            if ":" in text:
+                raise UsageError(
+                    f"a control run names nothing: {text.strip()!r}", hint="write the target none"
+                )
+            return cls(kind, "")
         name = name.strip()
         if not name:
             raise _bad("target", text, cls.ALLOWED)
@@ -216,7 +228,9 @@ class Target:
 
     @property
     def spelling(self) -> str:
-        """The text form, `kind:name`."""
+        """The text form, `kind:name` (`none` for a control run)."""
+        if self.kind is TargetKind.NONE:
+            return self.kind.value
         return f"{self.kind.value}:{self.name}"
 
     @property
@@ -484,7 +498,8 @@ class FaultSpec:
 
     Instruction-result faults (`instruction:` targets) carry their instance choice in
     `instruction`; their bits are positions in the result (checked against its width when
-    the instruction is known) and their trigger is the instance itself.
+    the instruction is known) and their trigger is the instance itself. A control run
+    (target `none`) has the default bits, trigger and context, and no storm or instruction.
     """
 
     target: Target
@@ -503,6 +518,9 @@ class FaultSpec:
     def __post_init__(self) -> None:
         if self.period_s is not None and self.period_s <= 0:
             raise UsageError(f"period {self.period_s} s is not positive", hint="e.g. period 1s")
+        if self.target.kind is TargetKind.NONE:
+            self._check_control()
+            return
         if self.storm is not None:
             self._check_storm()
             return
@@ -532,6 +550,26 @@ class FaultSpec:
             self.bits.check_width(REGISTER_WIDTHS[register], f"register {register}")
         if self.target.kind is not TargetKind.REGISTER:
             self.bits.check_width(MEMORY_CELL_BITS, "a memory word")
+
+    @property
+    def control(self) -> bool:
+        """Whether this is a control run (target `none`): nothing is injected."""
+        return self.target.kind is TargetKind.NONE
+
+    def _check_control(self) -> None:
+        changes = {
+            "bits": self.bits != BitModel(),
+            "trigger": self.trigger != Trigger(),
+            "context": self.context is not Context.ANY,
+            "storm": self.storm is not None,
+            "instruction": self.instruction is not None,
+        }
+        for what, given in changes.items():
+            if given:
+                raise UsageError(
+                    f"a control run injects nothing: {what} does not apply",
+                    hint=f"remove {what}, or choose a target to fault",
+                )
 
     def _check_storm(self) -> None:
         target = self.target
@@ -609,6 +647,20 @@ class FaultSpec:
                 "instruction result",
             )
         where = Context.ANY if context is None else _context(context, spell)
+        if named is not None and named.kind is TargetKind.NONE:
+            _check_control_options(
+                {
+                    "bits": bits, "trigger": trigger,
+                    "context": None if where is Context.ANY else where,
+                    "flips": flips, "interval": interval, "rate": rate, "rate_unit": rate_unit,
+                    "compression": compression, "op": op, "function": function,
+                    "instance": instance, "start_index": start_index, "max_dic": max_dic,
+                    "faults_per_run": faults_per_run, "bit_range": bit_range,
+                    "probability": probability,
+                },
+                spell,
+            )  # fmt: skip
+            return cls(named, period_s=_period_s(period, spell), machine=machine)
         fault = None
         if named is None or named.kind is TargetKind.INSTRUCTION:
             fault = _instruction_fault(
@@ -668,6 +720,19 @@ class FaultSpec:
         if self.machine is not None:
             data["machine"] = self.machine
         return data
+
+
+def _check_control_options(given: Mapping[str, object], spell: Callable[[str], str]) -> None:
+    """OptionError naming the first of `given` (option -> raw value, None: not given) that is
+    set: a control run takes no fault options (a period and a machine do apply)."""
+    control = f'{spell("target")} = "{TargetKind.NONE.value}"'
+    for key, value in given.items():
+        if value is not None:
+            raise OptionError(
+                f"{spell(key)} does not apply to a control run ({control} injects nothing)",
+                key=key,
+                hint=f"remove {spell(key)}, or choose a target to fault",
+            )
 
 
 def _context(value: Context | str, spell: Callable[[str], str]) -> Context:

@@ -97,7 +97,8 @@ class Plan:
     `register` is set for register faults; `width` is the location's width in bits; the
     trigger's time or instruction count is fixed here (drawn over the golden run when the
     spec left it open). Memory addresses are chosen later, from the machine's memory;
-    instruction-result bits once the instruction is known (width 0 and no bits here).
+    instruction-result bits once the instruction is known (width 0 and no bits here). A
+    control run (target `none`) has width 0, no bits and no trigger.
     """
 
     spec: FaultSpec
@@ -127,6 +128,9 @@ def plan(
     rng = rng_for(seed, index, "plan")
     register = None
     width = MEMORY_CELL_BITS
+    if spec.target.kind is TargetKind.NONE:
+        # A control run chooses nothing: no location, no bits, no trigger time.
+        return Plan(spec, seed, index, None, 0, BitChoice(0, spec.bits.mode, 0), None, None)
     if spec.target.kind is TargetKind.INSTRUCTION:
         # The result's width is known only once the faulted instruction is: its bits are
         # drawn then (`vmfault.faults.instructions.choose_result_bits`).

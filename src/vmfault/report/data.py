@@ -10,13 +10,18 @@ intervals come from `vmfault.report.summary.summarize`, the function behind
 Conventions: rates and interval bounds are fractions in [0, 1]; `not-injected` experiments are
 listed but never counted (as in every vmfault statistic); a *failure* is `sdc`, `detected`,
 `crash` or `hang`, and failure rates are over counted outcomes (`vmm-error` included in the
-denominator, as in the outcome rates). Latencies keep the unit they were recorded in.
+denominator, as in the outcome rates). Latencies keep the unit they were recorded in. The
+false-positive rate of control runs (target `none`) is the summary's
+(`vmfault.report.summary.FalsePositive`): there every counted outcome but benign is a failure.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import math
+import re
 import shlex
 import statistics
 from collections import Counter, defaultdict
@@ -32,7 +37,7 @@ from vmfault.experiment.records import GoldenRun
 from vmfault.faults import REGISTER_GROUPS
 from vmfault.faults.units import parse_duration_s
 from vmfault.guest.workloads import BUILTIN_WORKLOADS, idle_argv
-from vmfault.report.summary import Summary, summarize
+from vmfault.report.summary import CONTROL_TARGET, FalsePositive, Summary, control_strata, summarize
 from vmfault.stats import IntervalMethod, Rate, rate
 from vmfault.store import CampaignInfo
 
@@ -41,6 +46,8 @@ __all__ = [
     "DYNAMIC_INDEX_COLUMN",
     "FAILURE_OUTCOMES",
     "OP_COLUMN",
+    "PROGRESS_BINS",
+    "PROGRESS_LABELS",
     "STORM_FLIPS_COLUMN",
     "STORM_TIME_COLUMN",
     "ActivationRow",
@@ -53,12 +60,15 @@ __all__ = [
     "HeatMap",
     "InstructionFaults",
     "LatencyHistogram",
+    "NotInjectedReason",
     "OutcomeRate",
+    "ProgressHistogram",
     "Provenance",
     "ReportSource",
     "Storms",
     "build_report",
     "golden_text",
+    "reason_kind",
     "replay_command",
 ]
 
@@ -87,9 +97,26 @@ MAX_DISCRETE_BINS = 12
 """Up to this many distinct values are shown one per bin; more are grouped in equal ranges."""
 RANGE_BINS = 10
 """Number of equal-width bins for a numeric column with many distinct values."""
+PROGRESS_BINS = 10
+"""Bins of the `progress` histogram: bin i holds [i/10, (i+1)/10), the last also 1."""
+
+PROGRESS_LABELS: tuple[str, ...] = tuple(
+    f"{10 * i}\u2013{10 * (i + 1)}%" for i in range(PROGRESS_BINS)
+)
+"""The bins of the `progress` histogram, as percentages of the golden execution."""
 
 _REGISTER_ORDER = {name: i for i, name in enumerate(REGISTER_GROUPS["all"])}
 _UNKNOWN_CAUSE = "unknown"
+_NO_REASON = "no reason recorded"
+_NUMBER = re.compile(r"(?<![\w.])(?:(0[xX][0-9a-fA-F]+)|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
+"""A hex value (group 1) or a decimal number that does not end a name (`xmm3`, `r8` stay)."""
+
+
+def reason_kind(reason: str) -> str:
+    """`reason` with its hex values as `0xN` and its other numbers as `N`, so that reasons
+    differing only in a time, a count or an address are one kind: "the workload ended before
+    the trigger at 0.1612 s" -> "the workload ended before the trigger at N s"."""
+    return _NUMBER.sub(lambda found: "0xN" if found.group(1) else "N", reason)
 
 
 class ReportSource(Protocol):
@@ -282,6 +309,39 @@ class ActivationRow:
 
 
 @dataclass(frozen=True)
+class ProgressHistogram:
+    """Where one stratum's faults landed: counted (injected) experiments per tenth of the
+    golden execution, from their `progress` (0..1)."""
+
+    stratum: str
+    counts: tuple[int, ...]
+    """PROGRESS_BINS counts: bin i holds progress in [i/10, (i+1)/10); progress 1 (the
+    very end of the execution) counts in the last bin."""
+    outside: int = 0
+    """Experiments whose progress lies outside [0, 1] (not binned)."""
+
+    @property
+    def total(self) -> int:
+        """Binned experiments."""
+        return sum(self.counts)
+
+
+@dataclass(frozen=True)
+class NotInjectedReason:
+    """One kind of reason faults could not be placed (`reason_kind`): how often, per stratum,
+    and the first such reason verbatim."""
+
+    reason: str
+    """The reason with its numbers as `N` and its hex values as `0xN`."""
+    count: int
+    by_stratum: Mapping[str, int]
+    """Experiments per stratum, strata sorted by name."""
+    example: str
+    """The first recorded reason of this kind, verbatim."""
+    first_experiment: int
+
+
+@dataclass(frozen=True)
 class InstructionFaults:
     """Outcomes of instruction-result faults per operation type and per dynamic index."""
 
@@ -329,8 +389,11 @@ class CampaignReport:
     """What `vmfault campaign status --json` prints (`summary.to_json()`)."""
     overall: Distribution
     strata: tuple[Distribution, ...]
-    not_injected: tuple[tuple[str, int], ...]
-    """Why faults could not be placed: (reason, count), most frequent first."""
+    not_injected: tuple[NotInjectedReason, ...]
+    """Why faults could not be placed, by kind of reason, most frequent first (ties in the
+    order first seen)."""
+    progress: tuple[ProgressHistogram, ...]
+    """Where faults landed, per stratum with a recorded progress, strata sorted by name."""
     registers: tuple[Breakdown, ...]
     """Per register, in the order of REGISTER_GROUPS['all'], then by name."""
     bit_positions: tuple[Breakdown, ...]
@@ -352,6 +415,11 @@ class CampaignReport:
         """The campaign's name."""
         return self.provenance.campaign
 
+    @property
+    def false_positive(self) -> FalsePositive | None:
+        """The false-positive rate of the control runs (None without a control family)."""
+        return self.summary.false_positive
+
 
 def replay_command(db: str, experiment_id: int) -> str:
     """`vmfault replay DB ID`, quoted for a POSIX shell."""
@@ -368,6 +436,7 @@ def build_report(
     """The report of the campaign in `store`; `db` names the database in replay commands
     (default: the store's `path`)."""
     info = store.campaign_info()
+    spec = _spec(info)
     summary = summarize(
         info.name,
         info.total_planned,
@@ -375,8 +444,8 @@ def build_report(
         store.counts_by_stratum(),
         confidence=confidence,
         method=method,
+        controls=control_strata(spec),
     )
-    spec = _spec(info)
     label = db if db is not None else str(getattr(store, "path", "campaign.db"))
     rows = _Rows(label, confidence=confidence, method=method)
     for row in store.rows():
@@ -391,7 +460,8 @@ def build_report(
             _distribution(name, done, counts, rates, rows.rate)
             for name, (done, counts, rates) in summary.strata.items()
         ),
-        not_injected=tuple(rows.not_injected.most_common()),
+        not_injected=rows.not_injected_reasons(),
+        progress=rows.progress_histograms(),
         registers=rows.registers(),
         bit_positions=rows.bit_positions(),
         heatmap=rows.heatmap(),
@@ -434,12 +504,13 @@ def _families(spec: Mapping[str, Any]) -> tuple[Family, ...]:
         if not isinstance(entry, dict):
             continue
         experiments = entry.get("experiments")
+        control = _text(entry.get("target")).strip() == CONTROL_TARGET
         families.append(
             Family(
                 name=_text(entry.get("name"), _text(entry.get("target"))),
                 target=_text(entry.get("target")),
-                bits=_text(entry.get("bits"), "1"),
-                trigger=_text(entry.get("trigger"), "time"),
+                bits=_text(entry.get("bits"), "none" if control else "1"),
+                trigger=_text(entry.get("trigger"), "none" if control else "time"),
                 context=_text(entry.get("context"), "any"),
                 experiments=experiments if isinstance(experiments, int) else None,
             )
@@ -592,7 +663,10 @@ class _Rows:
     def __init__(self, db: str, *, confidence: float, method: IntervalMethod) -> None:
         self.db = db
         self.rate = _RateOf(confidence, method)
-        self.not_injected: Counter[str] = Counter()
+        self.not_injected: dict[str, NotInjectedReason] = {}
+        self.reason_strata: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.progress: defaultdict[str, list[int]] = defaultdict(lambda: [0] * PROGRESS_BINS)
+        self.progress_outside: Counter[str] = Counter()
         self.by_register: defaultdict[str, Counter[str]] = defaultdict(_zero_counts)
         self.by_bit: defaultdict[int, Counter[str]] = defaultdict(_zero_counts)
         self.cells: defaultdict[tuple[str, int], Counter[str]] = defaultdict(_zero_counts)
@@ -615,11 +689,11 @@ class _Rows:
         outcome = _text(row.get("outcome"))
         stratum = _text(row.get("stratum"))
         if outcome == Outcome.NOT_INJECTED.value:
-            reason = _text(row.get("injection_reason")) or _text(row.get("reason"))
-            self.not_injected[reason or "no reason recorded"] += 1
+            self._not_injected(row, stratum)
             return
         if outcome not in COUNTED_OUTCOMES:
             return
+        self._progress(row, stratum)
         self.activation[stratum][_text(row.get("activation"), Activation.UNKNOWN.value)] += 1
         self._locations(row, outcome)
         if outcome == Outcome.CRASH.value:
@@ -630,6 +704,26 @@ class _Rows:
             key = (outcome, cause)
             if key not in self.first:
                 self.first[key] = self._example(row, outcome, cause, stratum)
+
+    def _not_injected(self, row: Mapping[str, object], stratum: str) -> None:
+        reason = _text(row.get("injection_reason")) or _text(row.get("reason")) or _NO_REASON
+        kind = reason_kind(reason)
+        self.reason_strata[kind][stratum] += 1
+        known = self.not_injected.get(kind)
+        if known is None:
+            experiment_id = _int_or_none(row.get("experiment_id")) or 0
+            known = NotInjectedReason(kind, 0, {}, reason, experiment_id)
+        self.not_injected[kind] = dataclasses.replace(known, count=known.count + 1)
+
+    def _progress(self, row: Mapping[str, object], stratum: str) -> None:
+        progress = _number_or_none(row.get("progress"))
+        if progress is None or math.isnan(progress):
+            return
+        bins = self.progress[stratum]  # made even if nothing lands inside [0, 1]
+        if 0.0 <= progress <= 1.0:
+            bins[min(int(progress * PROGRESS_BINS), PROGRESS_BINS - 1)] += 1
+        else:
+            self.progress_outside[stratum] += 1
 
     def _locations(self, row: Mapping[str, object], outcome: str) -> None:
         register = row.get("register")
@@ -697,6 +791,24 @@ class _Rows:
         ordered = {name: counts.get(name, 0) for name in COUNTED_OUTCOMES}
         failures = sum(ordered[name] for name in FAILURE_OUTCOMES)
         return Breakdown(key, MappingProxyType(ordered), self.rate(failures, sum(ordered.values())))
+
+    def not_injected_reasons(self) -> tuple[NotInjectedReason, ...]:
+        ordered = sorted(self.not_injected.values(), key=lambda r: -r.count)  # stable: first seen
+        return tuple(
+            dataclasses.replace(
+                reason,
+                by_stratum=MappingProxyType(
+                    dict(sorted(self.reason_strata[reason.reason].items()))
+                ),
+            )
+            for reason in ordered
+        )
+
+    def progress_histograms(self) -> tuple[ProgressHistogram, ...]:
+        return tuple(
+            ProgressHistogram(stratum, tuple(bins), self.progress_outside[stratum])
+            for stratum, bins in sorted(self.progress.items())
+        )
 
     def registers(self) -> tuple[Breakdown, ...]:
         return tuple(

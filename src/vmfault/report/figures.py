@@ -1,10 +1,10 @@
 """Static figures of one campaign, or of two side by side, for papers (PNG, SVG or PDF).
 
 `write_figures(reports, stem, fmt)` writes `<stem>-outcomes.<fmt>` always, then
-`<stem>-heatmap`, `-latency`, `-causes`, `-activation`, `-instructions` and `-storms` when the
-campaigns have that data, and returns the paths written. Figures use the report's colours
-and numbers (`vmfault.report.data`); SVG and PDF files carry no timestamp, so the same
-databases give the same files. Needs matplotlib (imported on first use).
+`<stem>-progress`, `-heatmap`, `-latency`, `-causes`, `-activation`, `-instructions` and
+`-storms` when the campaigns have that data, and returns the paths written. Figures use the
+report's colours and numbers (`vmfault.report.data`); SVG and PDF files carry no timestamp,
+so the same databases give the same files. Needs matplotlib (imported on first use).
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from vmfault.classify import LATENCY_LABELS, Activation
 from vmfault.errors import UsageError
-from vmfault.report.data import COUNTED_OUTCOMES, Breakdown, CampaignReport, Distribution
+from vmfault.report.data import (
+    COUNTED_OUTCOMES,
+    PROGRESS_LABELS,
+    Breakdown,
+    CampaignReport,
+    Distribution,
+)
 from vmfault.report.svg import ACTIVATION_COLORS, CAMPAIGN_COLORS, EMPTY_CELL, OUTCOME_COLORS
 
 if TYPE_CHECKING:
@@ -60,6 +66,7 @@ def write_figures(reports: Sequence[CampaignReport], stem: Path, fmt: str) -> li
         ) from None
     makers: list[tuple[str, Callable[[Sequence[CampaignReport]], Figure | None]]] = [
         ("outcomes", _outcomes),
+        ("progress", _progress),
         ("heatmap", _heatmap),
         ("latency", _latency),
         ("causes", _causes),
@@ -280,6 +287,33 @@ def _latency(reports: Sequence[CampaignReport]) -> Figure | None:
         )
         ax.set_ylabel("crashes")
         ax.set_title(f"Crash latency ({_unit(unit)})", loc="left")
+        ax.grid(axis="y", color="#e7e9ee", linewidth=0.6)
+        ax.set_axisbelow(True)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(reports) == 2:
+            ax.legend(frameon=False)
+    return figure
+
+
+def _progress(reports: Sequence[CampaignReport]) -> Figure | None:
+    """Per stratum, faults per tenth of the golden execution (campaigns side by side)."""
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    strata = sorted({h.stratum for r in reports for h in r.progress})
+    if not strata:
+        return None
+    names = _names(reports)
+    figure, axes = _figure(1.9 * len(strata), rows=len(strata))
+    width = 0.8 / len(reports)
+    for ax, stratum in zip(axes, strata, strict=True):
+        for index, report in enumerate(reports):
+            hist = next((h for h in report.progress if h.stratum == stratum), None)
+            counts = [0] * len(PROGRESS_LABELS) if hist is None else list(hist.counts)
+            xs = [i - 0.4 + width * (index + 0.5) for i in range(len(PROGRESS_LABELS))]
+            ax.bar(xs, counts, width * 0.92, color=CAMPAIGN_COLORS[index], label=names[index])
+        ax.set_xticks(range(len(PROGRESS_LABELS)), list(PROGRESS_LABELS))
+        ax.set_ylabel("faults")
+        ax.set_title(f"{stratum}: where faults landed (share of the golden run)", loc="left")
         ax.grid(axis="y", color="#e7e9ee", linewidth=0.6)
         ax.set_axisbelow(True)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))

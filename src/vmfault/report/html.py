@@ -18,12 +18,14 @@ from vmfault.classify import LATENCY_LABELS, Activation, Outcome
 from vmfault.report.data import (
     COUNTED_OUTCOMES,
     FAILURE_OUTCOMES,
+    PROGRESS_LABELS,
     Breakdown,
     CampaignReport,
     Distribution,
     Example,
     HeatMap,
     LatencyHistogram,
+    ProgressHistogram,
     golden_text,
 )
 from vmfault.report.svg import (
@@ -355,6 +357,7 @@ def _single(report: CampaignReport) -> str:
         ("provenance", "Provenance", _provenance(report)),
         ("golden", "Golden run", _golden(report)),
         ("outcomes", "Outcomes", _outcomes(report)),
+        ("progress", "Where faults landed", _progress(report)),
         ("locations", "Registers and bits", _locations(report)),
         ("crashes", "Crashes", _crashes(report)),
         ("activation", "Activation", _activation(report)),
@@ -371,10 +374,38 @@ def _single(report: CampaignReport) -> str:
     return _page(header, sections)
 
 
+def _false_positive_card(report: CampaignReport) -> tuple[str, str, str] | None:
+    """The false-positive card (key, value, detail), or None without a control family."""
+    found = report.false_positive
+    if found is None:
+        return None
+    value = _pct(found.rate.rate) if found.runs else "-"
+    return (
+        "false-positive rate",
+        value,
+        f"{_interval(found.rate)} · {found.failures} of {found.runs} control runs not benign",
+    )
+
+
+def _false_positive_lead(report: CampaignReport) -> str:
+    found = report.false_positive
+    if found is None:
+        return ""
+    return (
+        f'<p class="lead" id="false-positive">Control runs (target <code>none</code>, strata '
+        f"{esc(', '.join(found.strata))}) inject nothing and must come out benign: "
+        f"{found.failures} of {found.runs} did not, a false-positive rate of "
+        f"{_pct(found.rate.rate)} {_interval(found.rate)} ({_method(report)}). Every outcome "
+        "but benign counts against a control run, vmm-error included.</p>"
+    )
+
+
 def _summary_cards(report: CampaignReport) -> str:
     overall = report.overall
     not_injected = overall.count("not-injected")
-    cards = [
+    control = _false_positive_card(report)
+    cards = [] if control is None else [control]
+    cards += [
         (
             "experiments",
             f"{report.summary.done}",
@@ -396,9 +427,10 @@ def _summary_cards(report: CampaignReport) -> str:
         for k, v, s in cards
     )
     return (
-        f'<div class="cards">{body}</div><p class="lead">Rates are over the {overall.counted} '
-        f"experiments whose fault was placed (not-injected ones are listed, never counted), with "
-        f"{_method(report)}. A failure is an sdc, detected, crash or hang outcome.</p>"
+        f'<div class="cards">{body}</div>{_false_positive_lead(report)}<p class="lead">Rates are '
+        f"over the {overall.counted} experiments whose fault was placed (not-injected ones are "
+        f"listed, never counted), with {_method(report)}. A failure is an sdc, detected, crash "
+        "or hang outcome.</p>"
     )
 
 
@@ -546,14 +578,71 @@ def _outcomes(report: CampaignReport, layout: _Layout = _FULL) -> str:
         table_id=f"{prefix}strata-outcomes",
         row_attrs=strata_attrs,
     )
-    reasons = ""
-    if report.not_injected:
-        reasons = _table(
-            "Why faults could not be placed (not-injected)",
-            ["reason", "experiments"],
-            [[esc(reason), str(n)] for reason, n in report.not_injected],
+    return chart + table + strata + _not_injected(report, prefix)
+
+
+def _not_injected(report: CampaignReport, prefix: str) -> str:
+    """Why faults could not be placed: one row per kind of reason (numbers as N)."""
+    reasons = report.not_injected
+    if not reasons:
+        return ""
+    strata = sorted({s for r in reasons for s in r.by_stratum})
+    rows = [
+        [
+            esc(r.reason),
+            str(r.count),
+            *(str(r.by_stratum.get(s, 0)) for s in strata),
+            f"{esc(r.example)}<small>experiment {r.first_experiment}</small>",
+        ]
+        for r in reasons
+    ]
+    return _table(
+        "Why faults could not be placed (not-injected), by kind of reason: numbers shown as N, "
+        "hex values as 0xN",
+        ["reason", "experiments", *(esc(s) for s in strata), "first example"],
+        rows,
+        table_id=f"{prefix}not-injected",
+        row_attrs=[f' data-reason="{esc(r.reason)}" data-count="{r.count}"' for r in reasons],
+    )
+
+
+def _progress(report: CampaignReport, layout: _Layout = _FULL) -> str:
+    """Per stratum, where in the golden execution its faults landed."""
+    shown = report.progress
+    if not shown:
+        return ""
+    out = (
+        '<p class="lead">Where each fault landed, as a share of the golden execution (time, or '
+        "instructions in deterministic mode) from the workload's start; counted experiments "
+        "with a recorded position, per stratum.</p>"
+    )
+    for hist in shown:
+        outside = f", {hist.outside} outside 0\u2013100% not shown" if hist.outside else ""
+        out += _figure(
+            histogram(
+                list(zip(PROGRESS_LABELS, hist.counts, strict=True)),
+                color=CAMPAIGN_COLORS[0],
+                label=f"Where the faults of stratum {hist.stratum} landed",
+                width=layout.width,
+            ),
+            f"Stratum {esc(hist.stratum)}: where its {hist.total} faults landed, per tenth of "
+            f"the golden execution{outside}.",
         )
-    return chart + table + strata + reasons
+    out += _progress_table(shown, layout.prefix)
+    return out
+
+
+def _progress_table(shown: Sequence[ProgressHistogram], prefix: str) -> str:
+    rows = [
+        [esc(h.stratum), str(h.total), *(str(n) for n in h.counts), str(h.outside)] for h in shown
+    ]
+    return _table(
+        "Faults per tenth of the golden execution, per stratum",
+        ["stratum", "n", *PROGRESS_LABELS, "outside"],
+        rows,
+        table_id=f"{prefix}progress-counts",
+        row_attrs=[f' data-stratum="{esc(h.stratum)}"' for h in shown],
+    )
 
 
 def _is_memory(location: str) -> bool:
@@ -885,6 +974,7 @@ def _comparison(a: CampaignReport, b: CampaignReport) -> str:
         ("summary", "Summary", _compare_summary(a, b, names)),
         ("provenance", "Provenance", _compare_provenance(a, b, names)),
         ("outcomes", "Outcomes", _compare_outcomes(a, b, names)),
+        ("progress", "Where faults landed", _pair(a, b, names, _progress)),
         ("locations", "Registers and bits", _pair(a, b, names, _locations)),
         ("crashes", "Crashes", _pair(a, b, names, _crashes)),
         ("activation", "Activation", _pair(a, b, names, _activation)),
@@ -897,6 +987,15 @@ def _comparison(a: CampaignReport, b: CampaignReport) -> str:
 
 def _compare_summary(a: CampaignReport, b: CampaignReport, names: tuple[str, str]) -> str:
     cards = []
+    for report, name, color in zip((a, b), names, CAMPAIGN_COLORS, strict=True):
+        control = _false_positive_card(report)
+        if control is not None:
+            key, value, detail = control
+            cards.append(
+                f'<div class="card" style="border-left:4px solid {color}"><div class="k">'
+                f'{esc(name)}: {esc(key)}</div><div class="v">{esc(value)}</div>'
+                f'<div class="s">{esc(detail)}</div></div>'
+            )
     for report, name, color in zip((a, b), names, CAMPAIGN_COLORS, strict=True):
         failure = report.overall.failure
         cards.append(

@@ -1,31 +1,120 @@
-"""What a campaign found so far: counts and rates with intervals, overall and per stratum.
+"""What a campaign found so far: counts and rates with intervals, overall and per stratum,
+and the false-positive rate of its control runs.
 
 `store_summary` reads them from a store, `Summary.to_json` is `vmfault campaign status
---json`, and `summary_tables` are the tables `campaign status` prints.
+--json`, and `summary_tables` are the tables `campaign status` prints. Control strata are
+the fault families whose target is `none` (`control_strata`, from the campaign spec the
+store keeps): they inject nothing, so every counted outcome of theirs but benign is a false
+positive of the classification or of the testbed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from rich.markup import escape
 from rich.table import Table
 
 from vmfault.classify import Outcome
 from vmfault.stats import IntervalMethod, Rate, outcome_rates
+from vmfault.stats import rate as rate_of
 from vmfault.store.base import CampaignInfo
 
-__all__ = ["CountSource", "Summary", "store_summary", "summarize", "summary_tables"]
+__all__ = [
+    "CONTROL_TARGET",
+    "CountSource",
+    "FalsePositive",
+    "Summary",
+    "control_strata",
+    "store_summary",
+    "summarize",
+    "summary_tables",
+]
 
 _ORDER = [o.value for o in Outcome]
+CONTROL_TARGET = "none"
+"""The target of a control family (`vmfault.faults.model.TargetKind.NONE`)."""
+
+
+@dataclass(frozen=True)
+class FalsePositive:
+    """The false-positive rate: control runs that did not come out benign.
+
+    `rate` is failures (every counted outcome but benign: sdc, detected, crash, hang and
+    vmm-error) over runs (the control strata's counted outcomes; not-injected ones are
+    never counted), with its interval at the summary's method and confidence.
+    """
+
+    strata: tuple[str, ...]
+    """The control strata, in campaign-file order."""
+    rate: Rate
+
+    @property
+    def runs(self) -> int:
+        """Counted control runs."""
+        return self.rate.trials
+
+    @property
+    def failures(self) -> int:
+        """Counted control runs that did not come out benign."""
+        return self.rate.successes
+
+    def to_json(self) -> dict[str, Any]:
+        """`campaign status --json`'s `false_positive`: runs, failures, rate, interval, strata."""
+        return {
+            "runs": self.runs,
+            "failures": self.failures,
+            "rate": self.rate.rate,
+            "interval": [self.rate.low, self.rate.high],
+            "strata": list(self.strata),
+        }
+
+
+def control_strata(spec: object) -> tuple[str, ...]:
+    """The names of the control strata (target `none`) of a campaign spec in its JSON form
+    (`CampaignInfo.spec`), in file order; () when it has none or is not a campaign spec.
+    A family without a name is named by its target, as campaign files default it."""
+    faults = spec.get("faults") if isinstance(spec, dict) else None
+    if not isinstance(faults, list):
+        return ()
+    names: list[str] = []
+    for family in faults:
+        if not isinstance(family, dict):
+            continue
+        target = family.get("target")
+        if isinstance(target, str) and target.strip() == CONTROL_TARGET:
+            name = family.get("name")
+            names.append(name if isinstance(name, str) and name else CONTROL_TARGET)
+    return tuple(dict.fromkeys(names))
+
+
+def _false_positive(
+    controls: Collection[str],
+    by_stratum: Mapping[str, Mapping[str, int]],
+    confidence: float,
+    method: IntervalMethod,
+) -> FalsePositive | None:
+    if not controls:
+        return None
+    runs = failures = 0
+    for name in controls:
+        counts = by_stratum.get(name, {})
+        counted = sum(n for k, n in counts.items() if k != Outcome.NOT_INJECTED.value)
+        runs += counted
+        failures += counted - counts.get(Outcome.BENIGN.value, 0)
+    found = rate_of(failures, runs, confidence=confidence, method=method)
+    return FalsePositive(tuple(controls), found)
 
 
 @dataclass(frozen=True)
 class Summary:
-    """Counts per outcome class and their rates, overall and for every stratum.
+    """Counts per outcome class and their rates, overall and for every stratum, and the
+    false-positive rate of the control strata (None without a control family).
 
-    Rates are over counted outcomes (`not-injected` is reported but never counted).
+    Rates are over counted outcomes (`not-injected` is reported but never counted); the
+    overall counts include the control runs.
     """
 
     name: str
@@ -36,9 +125,11 @@ class Summary:
     strata: Mapping[str, tuple[int, Mapping[str, int], Mapping[str, Rate]]]
     method: IntervalMethod
     confidence: float
+    false_positive: FalsePositive | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """`vmfault campaign status --json`: total, done, outcomes, intervals, strata."""
+        """`vmfault campaign status --json`: total, done, the false-positive rate (null
+        without a control family), outcomes, intervals, strata."""
 
         def intervals(rates: Mapping[str, Rate]) -> dict[str, list[float]]:
             return {name: [r.low, r.high] for name, r in rates.items()}
@@ -47,6 +138,9 @@ class Summary:
             "campaign": self.name,
             "total": self.total,
             "done": self.done,
+            "false_positive": None
+            if self.false_positive is None
+            else self.false_positive.to_json(),
             "outcomes": dict(self.outcomes),
             "rates": {name: r.rate for name, r in self.rates.items()},
             "intervals": intervals(self.rates),
@@ -76,8 +170,10 @@ def summarize(
     *,
     confidence: float = 0.95,
     method: IntervalMethod = IntervalMethod.WILSON,
+    controls: Collection[str] = (),
 ) -> Summary:
-    """Rates with intervals from outcome counts (overall and per stratum)."""
+    """Rates with intervals from outcome counts (overall and per stratum); the
+    false-positive rate over the strata named in `controls` (see `control_strata`)."""
     counted = {k: v for k, v in overall.items() if k != Outcome.NOT_INJECTED.value}
     strata = {}
     for stratum, counts in by_stratum.items():
@@ -96,6 +192,7 @@ def summarize(
         strata=strata,
         method=method,
         confidence=confidence,
+        false_positive=_false_positive(controls, by_stratum, confidence, method),
     )
 
 
@@ -125,12 +222,25 @@ def store_summary(store: CountSource, *, confidence: float, method: IntervalMeth
         store.counts_by_stratum(),
         confidence=confidence,
         method=method,
+        controls=control_strata(_spec(info)),
     )
 
 
+def _spec(info: CampaignInfo) -> object:
+    """The campaign spec the store keeps, or None if its JSON is damaged."""
+    try:
+        spec: object = info.spec
+    except ValueError:
+        return None
+    return spec
+
+
 def summary_tables(summary: Summary) -> list[Table]:
-    """The tables `vmfault campaign status` prints: overall, then per stratum."""
+    """The tables `vmfault campaign status` prints: the false-positive rate first (with a
+    control family), then overall, then per stratum."""
     method = f"{summary.method.value}, {summary.confidence:.0%}"
+    found = summary.false_positive
+    tables = [] if found is None else [_false_positive_table(found, method)]
     overall = Table(title=f"{summary.name}: {summary.done} of {summary.total} experiments")
     for column in ("outcome", "count", "rate", f"interval ({method})"):
         overall.add_column(column, justify="right" if column != "outcome" else "left")
@@ -153,4 +263,19 @@ def summary_tables(summary: Summary) -> list[Table]:
             interval = "" if rate is None else f" {rate.rate:.0%} [{rate.low:.0%}, {rate.high:.0%}]"
             cells.append(f"{outcome} {count}{interval}")
         strata.add_row(name, str(done), "; ".join(cells))
-    return [overall, strata]
+    return [*tables, overall, strata]
+
+
+def _false_positive_table(found: FalsePositive, method: str) -> Table:
+    table = Table(title="false-positive rate: control runs (target none) not benign")
+    for column in ("control strata", "runs", "failures", "rate", f"interval ({method})"):
+        table.add_column(column, justify="left" if column == "control strata" else "right")
+    r = found.rate
+    table.add_row(
+        escape(", ".join(found.strata)),
+        str(found.runs),
+        str(found.failures),
+        f"{r.rate:.1%}" if r.trials else "-",
+        f"[{r.low:.1%}, {r.high:.1%}]",
+    )
+    return table
