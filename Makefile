@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python bench/campaign.py
 	$(BIN)/python bench/instructions.py
 	$(BIN)/python bench/storm.py
+	$(BIN)/python bench/hangs.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -234,9 +234,10 @@ class GuestMachine:
         return any(start <= pc < end for start, end in self._idle)
 
     def sample_timeline(self, *, slice_s: float = TIMELINE_SLICE_S, seed: int = 0) -> Timeline:
-        """Restore, and run the golden run to its exit in short slices (polled, so each is
-        on time), noting what ran at the end of each: the machine's `timeline`, scaled to
-        the length of the golden runs restored without halts (`GoldenRun.typical_s`)."""
+        """Restore, and run the golden run to its exit in short slices, noting what ran at
+        the end of each: the machine's `timeline`, scaled to the length of the golden runs
+        restored without halts (`GoldenRun.typical_s`). The slices are waited for, not
+        polled: a polling host process would starve QEMU on a loaded machine."""
         vm = self.vm
         rng = random.Random(seed)
         deadline = time.monotonic() + 20 * self.require_golden().host_s + 5.0
@@ -246,7 +247,7 @@ class GuestMachine:
         at = 0.0
         try:
             while True:
-                run = vm.run_for(slice_s * (0.5 + rng.random()), precise=True)
+                run = vm.run_for(slice_s * (0.5 + rng.random()))
                 if run.end is RunEnd.EXITED:
                     raise MachineError(f"QEMU of machine {self.name} exited while sampling")
                 start, at = at, at + run.ran_s
@@ -510,7 +511,14 @@ class Testbed(StartedOnEnter):
         for machine in self:
             self.restore()
             _release(machine, self)
-            machine.sample_timeline()
+            try:
+                machine.sample_timeline()
+            except MachineError as exc:
+                if not machine.vm.alive:
+                    raise
+                # The timeline only lets hangs be declared early; without it they wait
+                # for the budget.
+                logger.warning("no timeline of %s: %s", machine.name, exc.one_line())
         for machine in self:
             machine.arm()
         return self.goldens

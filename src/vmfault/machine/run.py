@@ -144,6 +144,12 @@ def _ended(machine: Controllable, stop: StopReply | None, ran_s: float, goal: in
     if not machine.alive:
         return Run(RunEnd.EXITED, None, stop, ran_s)
     pc = _pc(machine)
+    interrupted = stop is None or stop.reason is StopReason.INTERRUPT
+    if interrupted and pc is not None and machine.gdb.has_breakpoint(pc):
+        # Halted just as the vCPU reached a breakpoint: the instruction there has not run,
+        # and continuing would step over it unseen, so this is that breakpoint's stop.
+        end = RunEnd.REACHED if pc == goal else RunEnd.BREAKPOINT
+        return Run(end, pc, stop, ran_s)
     if stop is None:
         return Run(RunEnd.TIME, pc, None, ran_s)
     if goal is not None and pc == goal:

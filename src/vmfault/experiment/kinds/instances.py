@@ -37,7 +37,7 @@ __all__ = [
 
 REPEAT_STEPS_MAX = 100_000
 """Single steps allowed to finish one rep-prefixed string instruction."""
-STOP_ALLOWANCE_S = 0.003
+STOP_ALLOWANCE_S = 0.01
 """Host seconds a breakpoint stop is allowed on top of the hang budget: the stop itself and
 retranslating the code QEMU discards at every debug stop."""
 _STUCK_STEPS_MAX = 8

@@ -160,9 +160,15 @@ class InstructionKind(FaultKind):
         here.at_exit = counting.end is CountEnd.EXITED
         here.timed_out = counting.end is CountEnd.TIMED_OUT
         if len(injections) < len(armed.instances):
+            why = {
+                CountEnd.EXITED: " before the workload ended",
+                CountEnd.TIMED_OUT: " before the hang budget ran out",
+                CountEnd.GONE: " before QEMU exited",
+                CountEnd.STOPPED: " before the guest stopped",
+            }.get(counting.end, "")
             problem = (
                 f"{fault.function or self.machine.argv[0]} executed {counting.counted} "
-                f"{fault.op} instances in the workload process; instance "
+                f"{fault.op} instances in the workload process{why}; instance "
                 f"{armed.instances[len(injections)]} was not reached"
             )
             if not any(i.injected for i in injections):
