@@ -86,6 +86,8 @@ _DEFAULT_PACKET_SIZE = 0x1000
 _STOP_LEADS = frozenset(b"TSWX")
 _PC_NAMES = ("rip", "eip", "pc")
 _SSTEP_WANTED = ("ENABLE", "NOIRQ", "NOTIMER")
+_STEP_OFF_TRIES = 8
+"""Steps `GdbStub.cont` takes at most to leave a breakpoint's address."""
 
 
 class _State(enum.Enum):
@@ -295,13 +297,23 @@ class GdbStub:
         (as GDB does), so that the breakpoint does not fire again at once; that costs one
         register read per call while breakpoints are set. If that step stops for another
         reason (a watchpoint), the VM stays halted.
+
+        QEMU 7.2 under TCG sometimes reports a step with nothing run (seen on a loaded
+        host, a few in a hundred steps off a breakpoint): continuing then would fire the
+        same breakpoint again at once. A step that leaves the pc where it was is therefore
+        taken again, up to _STEP_OFF_TRIES times (an instruction that repeats in place, a
+        ``rep`` string one, runs that many more iterations; one that jumps to itself
+        fires its breakpoint again, as it should).
         """
         self._require(_State.HALTED)
         if (self._sw_breakpoints or self._hw_breakpoints) and self._pc_name is not None:
             pc = self.read_register(self._pc_name)
-            at_breakpoint = pc in self._sw_breakpoints or pc in self._hw_breakpoints
-            if at_breakpoint and self._step_once().reason is not StopReason.STEP:
-                return
+            if pc in self._sw_breakpoints or pc in self._hw_breakpoints:
+                for _ in range(_STEP_OFF_TRIES):
+                    if self._step_once().reason is not StopReason.STEP:
+                        return
+                    if self.read_register(self._pc_name) != pc:
+                        break
         # QEMU acknowledges `c` with `+` and sends nothing more until the VM stops; that
         # acknowledgement is consumed while waiting for the stop reply.
         self._send(b"c")
