@@ -436,6 +436,8 @@ class FakeStub:
         self.corrupt_next = 0
         self.silent = False
         self.packet_size = 0x1000
+        self.idle_steps = 0
+        """Steps still to answer with nothing run (as QEMU 7.2 sometimes does)."""
         self.lock = threading.Lock()
         if attach_stop:
             self.send_packet(b"T02thread:01;")
@@ -541,7 +543,10 @@ class FakeStub:
                 self.running = True
             return None
         if payload == b"s":
-            self.regs[1] += 1
+            if self.idle_steps:
+                self.idle_steps -= 1
+            else:
+                self.regs[1] += 1
             return b"T05thread:01;"
         return b""
 
@@ -731,10 +736,33 @@ def test_breakpoint_stop_is_named_by_the_client(gdb: GdbStub, stub: FakeStub) ->
     assert stop.reason is StopReason.BREAKPOINT
     assert stop.breakpoint_kind is BreakpointKind.HARDWARE
     assert stop.pc == 0xFFFFFFFF81000000
-    # Continuing from the breakpoint steps past it first.
+    # Continuing from the breakpoint steps past it first (and checks the pc moved).
     gdb.cont()
     _wait_for(lambda: stub.packets[-1:] == [b"c"])
-    assert stub.packets[-2:] == [b"s", b"c"]
+    assert stub.packets[-3:] == [b"s", b"p1", b"c"]
+
+
+def test_continue_steps_again_when_a_step_ran_nothing(gdb: GdbStub, stub: FakeStub) -> None:
+    at = 0xFFFFFFFF81000000
+    gdb.set_breakpoint(at)
+    stub.regs[1] = at
+    stub.idle_steps = 2
+    gdb.cont()
+    _wait_for(lambda: stub.packets[-1:] == [b"c"])
+    assert stub.packets.count(b"s") == 3
+    assert stub.regs[1] == at + 1
+
+
+def test_continue_gives_up_stepping_off_an_instruction_that_stays(
+    gdb: GdbStub, stub: FakeStub
+) -> None:
+    at = 0xFFFFFFFF81000000
+    gdb.set_breakpoint(at)
+    stub.regs[1] = at
+    stub.idle_steps = 1000  # an instruction that jumps to itself
+    gdb.cont()
+    _wait_for(lambda: stub.packets[-1:] == [b"c"])
+    assert stub.packets.count(b"s") == 8
 
 
 def test_watchpoint_stop(gdb: GdbStub, stub: FakeStub) -> None:
