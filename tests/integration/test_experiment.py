@@ -102,6 +102,15 @@ def test_flips_in_unused_ram_are_benign(checksum: Experimenter) -> None:
         assert record.outcome is Outcome.BENIGN, record.reason
 
 
+def test_a_late_exec_trigger_leaves_the_whole_budget_after_it(checksum: Experimenter) -> None:
+    # Ten stops at fold cost about 1 s of host time, several golden runs: the budget
+    # counts from the trigger, so the benign run after it is not cut short as a hang.
+    fault = spec("memory:0x7f00000", None, "exec:fold#10")
+    for record in run_until_injected(checksum, fault):
+        assert_landed(record)
+        assert record.outcome is Outcome.BENIGN, record.reason
+
+
 def test_memory_process_flips_change_the_byte_they_name(checksum: Experimenter) -> None:
     fault = spec("memory:process", "3", "exec:fold#3")
     for record in run_until_injected(checksum, fault):
