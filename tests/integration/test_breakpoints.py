@@ -56,7 +56,7 @@ def test_every_continue_from_a_breakpoint_runs_to_the_next_hit(image: GuestImage
             rounds = []
             while True:
                 run = vm.run_for(STOP_TIMEOUT_S)
-                assert run.end in (RunEnd.BREAKPOINT, RunEnd.REACHED), run
+                assert run.end is RunEnd.BREAKPOINT, run
                 if run.pc == machine.hooks.exited:
                     break
                 assert run.pc == fold, run

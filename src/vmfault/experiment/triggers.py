@@ -158,8 +158,8 @@ def _run_to_moment_in_context(experiment: Experiment, first_s: float) -> str:
 
 def _run_to_execution(experiment: Experiment, location: str, count: int) -> str:
     """Run to the `count`th execution of `location`. Each stop there and the step off it
-    cost host time the guest does not progress in (about 0.1 s under TCG, which
-    retranslates its code), so the hang budget counts from the trigger, not the restore."""
+    cost host time the guest does not progress in (about 0.1 s under TCG, measured on
+    checksum's `fold`), so the hang budget counts from the trigger, not the restore."""
     vm = experiment.vm
     address = experiment.target.code_address(location)
     budget = experiment.budget_s()

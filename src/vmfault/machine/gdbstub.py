@@ -295,8 +295,8 @@ class GdbStub:
 
         If the pc is at one of this client's breakpoints, the VM first single-steps past it
         (as GDB does), so that the breakpoint does not fire again at once; that costs one
-        register read per call while breakpoints are set. If that step stops for another
-        reason (a watchpoint), the VM stays halted.
+        register read per call while breakpoints are set, and one more per step taken. If
+        that step stops for another reason (a watchpoint), the VM stays halted.
 
         QEMU 7.2 under TCG sometimes reports a step with nothing run (seen on a loaded
         host, a few in a hundred steps off a breakpoint): continuing then would fire the
