@@ -49,6 +49,8 @@ bench: setup
 	$(BIN)/python bench/instructions.py
 	$(BIN)/python bench/storm.py
 	$(BIN)/python bench/hangs.py
+	$(BIN)/python bench/restore.py
+	$(BIN)/python bench/fault_space.py --runs 200 --controls 100
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from vmfault.machine.config import LOG_DIR_ENV
-from vmfault.machine.rundir import run_root
+from vmfault.machine.rundir import ram_root, run_root
 
 pytest_plugins = ("pytester",)
 
@@ -76,8 +76,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def leaked_run_dirs() -> list[Path]:
-    """Run directories of this process that were not removed."""
-    return sorted(run_root().glob(f"m{os.getpid()}-*"))
+    """Run directories and RAM template directories of this process that were not
+    removed."""
+    found = {*run_root().glob(f"m{os.getpid()}-*"), *ram_root().glob(f"m{os.getpid()}-*")}
+    return sorted(found)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

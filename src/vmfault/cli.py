@@ -45,7 +45,7 @@ from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment.pipeline import Experimenter
 from vmfault.experiment.records import ExperimentRecord, GoldenRun, InstructionInjection, fsefi_line
-from vmfault.experiment.testbed import Testbed, golden_run
+from vmfault.experiment.testbed import RestoreMethod, Testbed, golden_run
 from vmfault.faults import Context, FaultSpec, parse_duration_s
 from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
@@ -142,6 +142,13 @@ KernelOpt = Annotated[Path | None, typer.Option(help="Your own kernel (vmlinux o
 InitrdOpt = Annotated[Path | None, typer.Option(help="Your own initrd; vmfault's is appended.")]
 DiskOpt = Annotated[Path | None, typer.Option(help="A raw disk image attached as virtio-blk.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+RestoreOpt = Annotated[
+    RestoreMethod,
+    typer.Option(
+        help="How the machine goes back to its snapshot: template (a RAM template's clone, "
+        "milliseconds) or loadvm (QEMU's internal snapshots)."
+    ),
+]
 
 
 @image_app.command("build")
@@ -333,6 +340,7 @@ def inject(
     ] = None,
     deterministic: Annotated[bool, typer.Option(help="icount mode: repeatable runs.")] = False,
     budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 2.0,
+    restore: RestoreOpt = RestoreMethod.TEMPLATE,
     crash_patterns: Annotated[
         Path | None, typer.Option(help="TOML file of extra crash patterns.")
     ] = None,
@@ -365,8 +373,9 @@ def inject(
     if spec.instruction is not None:  # a bad function fails before any boot
         WorkloadBinary(image.workload(name).host_binary).code_range(spec.instruction.function)
     with Experimenter.single(
-        image, argv, deterministic=deterministic, budget_factor=budget, crash_table=table
-    ) as experimenter:
+        image, argv, deterministic=deterministic, budget_factor=budget, crash_table=table,
+        restore=restore,
+    ) as experimenter:  # fmt: skip
         record = experimenter.run(spec, seed=seed, index=index)
     if as_json:
         out.print_json(json.dumps(record.to_json()))
@@ -519,6 +528,7 @@ def storm(
     ] = None,
     deterministic: Annotated[bool, typer.Option(help="icount mode: exact guest time.")] = False,
     budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 2.0,
+    restore: RestoreOpt = RestoreMethod.TEMPLATE,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -544,7 +554,7 @@ def storm(
         image = prepare_image(image_spec, log=_progress)
         argv = [name, *(workload_args or image.workload(name).default_args)]
     with Experimenter.single(
-        image, argv, deterministic=deterministic, budget_factor=budget
+        image, argv, deterministic=deterministic, budget_factor=budget, restore=restore
     ) as experimenter:
         record = experimenter.run(spec, seed=seed)
     if as_json:

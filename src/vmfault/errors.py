@@ -14,6 +14,7 @@ __all__ = [
     "MachineError",
     "MachineTimeoutError",
     "QMPError",
+    "RestoreMismatchError",
     "SnapshotError",
     "StateError",
     "UsageError",
@@ -113,3 +114,8 @@ class GdbProtocolError(GdbError):
 
 class SnapshotError(MachineError):
     """A snapshot could not be saved, restored or verified."""
+
+
+class RestoreMismatchError(SnapshotError):
+    """A restored machine's state differs from its snapshot: results after it could not be
+    trusted, so a campaign stops instead of going on."""

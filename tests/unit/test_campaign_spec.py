@@ -94,6 +94,7 @@ margin = 0.03
 confidence = 0.99
 stop_early = true
 budget = 5
+restore = "loadvm"
 
 [guest]
 workload = "work/mine.c"
@@ -121,6 +122,7 @@ bits = "burst:4"
         0.99,
         5.0,
     )
+    assert spec.campaign.restore == "loadvm"
     assert spec.guest.args == ("--size", "64")
     assert spec.guest.accel is Accel.AUTO
     assert not spec.guest.builtin
@@ -215,6 +217,8 @@ BAD_VALUES = [
     ("workers = 2", "confidence = 0.2", "campaign.confidence: out of range (got 0.2; "
      "allowed: 0.5 <= confidence <= 0.9999)"),
     ("workers = 2", "stop_early = 1", "campaign.stop_early: expected true or false (got 1)"),
+    ("workers = 2", 'restore = "fast"', 'campaign.restore: not an allowed value (got "fast"; '
+     "allowed: template, loadvm)"),
     ('"checksum-registers"', '"a b"', 'campaign.name: invalid name (got "a b"; '
      "allowed: letters, digits"),
     ('"checksum-registers"', '""', "campaign.name: must not be empty"),

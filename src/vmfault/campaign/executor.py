@@ -202,6 +202,8 @@ class LocalExecutor:
                 kind = message[0]
                 if kind == "usage-error":
                     raise UsageError(message[2])
+                if kind == "fatal":
+                    raise MachineError(message[2])
                 proc.job = None
                 if kind == "done":
                     _, _, record, started, finished = message

@@ -34,7 +34,7 @@ import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Self, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import (
@@ -141,7 +141,9 @@ class CampaignSection(BaseModel):
 
     Exactly one of `experiments` (a total, shared by the fault families that do not set
     their own) and `margin` (each stratum sized for that margin of error at `confidence`)
-    is set. `budget` is the hang budget in golden-run durations.
+    is set. `budget` is the hang budget in golden-run durations. `restore` is how machines
+    go back to the snapshot for each experiment: `template` (clones of a RAM template,
+    milliseconds; the default) or `loadvm` (QEMU's internal snapshots, the fallback).
     """
 
     model_config = _MODEL_CONFIG
@@ -154,6 +156,7 @@ class CampaignSection(BaseModel):
     workers: StrictInt = Field(default=1, ge=1, le=64)
     stop_early: StrictBool = False
     budget: StrictFloat = Field(default=2.0, gt=1)
+    restore: Literal["template", "loadvm"] = "template"
 
     @model_validator(mode="after")
     def _one_size(self) -> Self:

@@ -22,10 +22,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from vmfault.classify import CrashTable
-from vmfault.errors import UsageError, VmfaultError
+from vmfault.errors import RestoreMismatchError, UsageError, VmfaultError
 from vmfault.experiment.pipeline import Experimenter, vmm_error_record
 from vmfault.experiment.records import ExperimentRecord, GoldenRun
-from vmfault.experiment.testbed import DEFAULT_BUDGET_FACTOR, MachineSpec, Testbed
+from vmfault.experiment.testbed import (
+    DEFAULT_BUDGET_FACTOR,
+    MachineSpec,
+    RestoreMethod,
+    StartState,
+    Testbed,
+)
 from vmfault.faults import FaultSpec
 from vmfault.guest.image import load_image
 
@@ -40,7 +46,8 @@ Goldens = Mapping[str, GoldenRun]
 
 @dataclasses.dataclass(frozen=True)
 class WorkerSetup:
-    """Everything a worker needs to build its testbed and experimenter."""
+    """Everything a worker needs to build its testbed and experimenter. With `start_state`,
+    the testbed's machines are clones of the campaign's templates (no boot)."""
 
     image_root: Path
     machines: tuple[MachineSpec, ...]
@@ -48,6 +55,8 @@ class WorkerSetup:
     budget_factor: float = DEFAULT_BUDGET_FACTOR
     crash_patterns: Path | None = None
     name: str = "worker"
+    restore: RestoreMethod = RestoreMethod.TEMPLATE
+    start_state: StartState | None = None
 
 
 def write_message(stream: IO[bytes], message: Any) -> None:
@@ -81,7 +90,9 @@ class _Worker:
 
     def boot(self) -> Goldens:
         self.close()
-        testbed = Testbed(self.image, self.setup.machines, judge=self.setup.judge)
+        setup = self.setup
+        testbed = Testbed(self.image, setup.machines, judge=setup.judge, restore=setup.restore,
+                          start_state=setup.start_state)  # fmt: skip
         experimenter = Experimenter(
             testbed, budget_factor=self.setup.budget_factor, crash_table=self.table
         )
@@ -94,7 +105,7 @@ class _Worker:
         assert self.experimenter is not None
         try:
             return self.experimenter.run(spec, seed=seed, index=index)
-        except UsageError:
+        except (UsageError, RestoreMismatchError):
             raise
         except VmfaultError as exc:  # the machine failed under us: replace it
             reason = f"the VMM failed during the experiment: {exc.one_line()}"
@@ -131,6 +142,9 @@ def main() -> None:
                 record = worker.run(spec, seed, index)
             except UsageError as exc:
                 write_message(sink, ("usage-error", experiment_id, exc.one_line()))
+                return
+            except RestoreMismatchError as exc:
+                write_message(sink, ("fatal", experiment_id, exc.one_line()))
                 return
             write_message(sink, ("done", experiment_id, record, started, time.time()))
     except KeyboardInterrupt:

@@ -47,6 +47,7 @@ from vmfault.experiment.state import Experiment, Phases, Symptom
 from vmfault.experiment.testbed import (
     DEFAULT_BUDGET_FACTOR,
     GuestMachine,
+    RestoreMethod,
     StartedOnEnter,
     Testbed,
 )
@@ -98,11 +99,13 @@ class Experimenter(StartedOnEnter):
         budget_factor: float = DEFAULT_BUDGET_FACTOR,
         crash_table: CrashTable | None = None,
         console_log: Path | None = None,
+        restore: RestoreMethod = RestoreMethod.TEMPLATE,
     ) -> Experimenter:
         """An experimenter on a testbed of one machine running `argv`."""
         testbed = Testbed.single(
-            image, argv, deterministic=deterministic, accel=accel, console_log=console_log
-        )
+            image, argv, deterministic=deterministic, accel=accel, console_log=console_log,
+            restore=restore,
+        )  # fmt: skip
         return cls(testbed, budget_factor=budget_factor, crash_table=crash_table)
 
     def start(self) -> Mapping[str, GoldenRun]:
@@ -169,6 +172,7 @@ class Experimenter(StartedOnEnter):
             if name != target.name:
                 observed[name] = observe(experiment, progress, injected=held)
         phases.lap("observe")
+        _verify_after_code_writes(target, injected)
         return self._record(experiment, kind, injected, observed, phases)
 
     def _record(
@@ -230,6 +234,18 @@ def _release_others(testbed: Testbed, target: GuestMachine) -> None:
     for machine in testbed:
         if machine is not target and machine.vm.alive:
             machine.vm.cont()
+
+
+def _verify_after_code_writes(target: GuestMachine, injected: Injected) -> None:
+    """A fault that wrote code makes the next restore of its machine verified: RAM written
+    from outside QEMU is not seen by its detection of self-modifying code, so this is where
+    a stale translation would show."""
+    for injection in injected.injections:
+        physical = getattr(injection, "address", None)
+        virtual = getattr(injection, "virtual", None)
+        if injection.injected and target.holds_code(physical, virtual):
+            target.verify_next = True
+            return
 
 
 def _inject(kind: FaultKind, experiment: Experiment, phases: Phases) -> Injected:

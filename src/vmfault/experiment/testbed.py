@@ -5,12 +5,26 @@ Each machine (`GuestMachine`) boots from the image, halts exactly at its workloa
 at their start hooks before any snapshot is taken, so the snapshots are one consistent
 point. The golden runs then go on from the snapshots, all machines running at once, and
 every experiment restores every machine (no reboot, and no console input follows a
-restore). One machine today; networks of machines and isolation tests add more.
+restore).
+
+Two ways to restore (`RestoreMethod`). `TEMPLATE`, the default: the snapshot is a
+template (guest RAM in a file, device state in a qcow2 snapshot; `Machine.save_template`)
+and every machine of the testbed is a clone of it, its RAM mapped copy-on-write: a
+restore copies back the few pages the run wrote and loads the device state, in
+milliseconds, and clones of one template (the workers of a campaign) share its unwritten
+pages. A sample of restores, and every restore after a fault that wrote code, is verified
+(registers and all of RAM against the template). `LOADVM`: an internal snapshot of the
+whole machine, restored with `loadvm` (tens of milliseconds; the fallback).
+
+A testbed can start from a `StartState` (the templates, timed golden runs and timelines
+another testbed of the same machines made): its machines are then clones from the start,
+each runs its golden run once to check it, and it is ready in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import json
 import logging
@@ -34,7 +48,8 @@ from vmfault.guest.elfsyms import lookup_symbol
 from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import FrameKind
 from vmfault.guest.symbols import KernelSymbols
-from vmfault.machine import Accel, Machine, RunEnd, Snapshot
+from vmfault.machine import Accel, Machine, RamFile, RunEnd, Snapshot, Template
+from vmfault.machine.rundir import RunDir, ram_root
 from vmfault.session import Finished, GuestSession, WorkloadResult, capture_kernel_symbols
 from vmfault.session.guest import EXIT_REPORT_TIMEOUT_S
 
@@ -42,8 +57,11 @@ __all__ = [
     "BUDGET_SLACK_S",
     "DEFAULT_BUDGET_FACTOR",
     "SYMPTOM_FUNCTIONS",
+    "VERIFY_EVERY",
     "GuestMachine",
     "MachineSpec",
+    "RestoreMethod",
+    "StartState",
     "StartedOnEnter",
     "Testbed",
     "golden_run",
@@ -79,6 +97,31 @@ IDLE_FUNCTIONS = (
     "default_idle_call", "cpu_idle_poll", "acpi_idle_do_entry", "mwait_idle",
 )  # fmt: skip
 """Kernel functions a vCPU with nothing runnable waits in."""
+VERIFY_EVERY = 50
+"""A clone verifies one restore in this many (registers and all of RAM against the
+template), besides every restore after a fault that wrote code."""
+
+
+class RestoreMethod(enum.StrEnum):
+    """How a testbed's machines go back to their snapshot for each experiment."""
+
+    TEMPLATE = "template"
+    """Clones of a RAM template: the pages a run wrote are copied back and the device
+    state loaded (milliseconds); clones share the template's other pages."""
+    LOADVM = "loadvm"
+    """An internal snapshot of the whole machine, loaded with `loadvm` (tens of
+    milliseconds)."""
+
+
+@dataclass(frozen=True)
+class StartState:
+    """What a testbed needs to start its machines without booting them: per machine, its
+    template, its golden run (timed from restores) and its timeline. Picklable: a campaign
+    makes it once and hands it to every worker."""
+
+    templates: Mapping[str, Template]
+    goldens: Mapping[str, GoldenRun]
+    timelines: Mapping[str, Timeline | None]
 
 
 @dataclass(frozen=True)
@@ -125,16 +168,29 @@ class GuestMachine:
     """One machine of a testbed: its session, golden snapshot and golden run, and what
     experiments need to know of its workload and kernel."""
 
-    def __init__(self, image: GuestImage, spec: MachineSpec) -> None:
+    def __init__(
+        self,
+        image: GuestImage,
+        spec: MachineSpec,
+        *,
+        template: Template | None = None,
+        ram_file: RamFile | None = None,
+    ) -> None:
         self.image = image
         self.spec = spec
         self.name = spec.name
+        self.template = template
+        """The template this machine is a clone of (None: it boots)."""
         self.session = GuestSession(
             image, spec.argv, deterministic=spec.deterministic, accel=spec.accel,
             ram_mib=spec.ram_mib, console_log=spec.console_log, name=spec.name,
+            template=template, ram_file=ram_file,
         )  # fmt: skip
         self.hooks = self.session.hooks
-        self.snapshot: Snapshot | None = None
+        self.snapshot: Snapshot | None = None if template is None else template.snapshot
+        self.verify_next = False
+        """Verify the next restore (set after a fault that wrote code)."""
+        self.restores = 0
         self.golden: GoldenRun | None = None
         self.sentinels: tuple[int, ...] = ()
         self.timeline: Timeline | None = None
@@ -194,7 +250,7 @@ class GuestMachine:
     # ------------------------------------------------------------------ lifecycle
 
     def boot(self) -> None:
-        """Boot and halt at the workload's start hook."""
+        """Boot (or launch a clone of the template) and halt at the workload's start hook."""
         self.session.start()
 
     def save_snapshot(self) -> None:
@@ -325,11 +381,19 @@ class GuestMachine:
                 addresses.append(symbol.address)
         self.sentinels = tuple(addresses)
 
-    def restore(self) -> None:
-        """Restore the golden snapshot; the machine is left halted at the start hook."""
+    def restore(self, *, verify: bool = False) -> None:
+        """Restore the golden snapshot; the machine is left halted at the start hook.
+
+        A clone of a template verifies the restore when asked, when `verify_next` is set,
+        and once in VERIFY_EVERY restores: SnapshotError if the state differs.
+        """
         if self.snapshot is None:
             raise MachineError(f"machine {self.name} has no golden snapshot")
-        self.vm.restore_snapshot(self.snapshot)
+        self.restores += 1
+        if self.template is not None and self.restores % VERIFY_EVERY == 0:
+            verify = True
+        self.vm.restore_snapshot(self.snapshot, verify=verify or self.verify_next)
+        self.verify_next = False
 
     def close(self) -> None:
         """Destroy the machine (always safe)."""
@@ -370,6 +434,18 @@ class GuestMachine:
             return not user
         low, high = self.code.text if self.code is not None else (0, 0)
         return user and low <= gdb.read_register("rip") < high
+
+    def holds_code(self, physical: int | None, virtual: int | None) -> bool:
+        """Whether a guest address lies in code: the kernel's text (physical) or the
+        workload's executable span (virtual)."""
+        if physical is not None:
+            text = self.symbols.text()
+            if text.physical_start <= physical < text.physical_start + text.size:
+                return True
+        if virtual is not None and self.code is not None:
+            low, high = self.code.text
+            return low <= virtual < high
+        return False
 
     def code_address(self, location: str) -> int:
         """The address of `location`: a number, a workload symbol or a kernel symbol."""
@@ -442,7 +518,14 @@ class Testbed(StartedOnEnter):
     __test__ = False  # a testbed of machines, not a test class
 
     def __init__(
-        self, image: GuestImage, machines: Sequence[MachineSpec], *, judge: str | None = None
+        self,
+        image: GuestImage,
+        machines: Sequence[MachineSpec],
+        *,
+        judge: str | None = None,
+        restore: RestoreMethod = RestoreMethod.TEMPLATE,
+        start_state: StartState | None = None,
+        template_dir: Path | None = None,
     ) -> None:
         names = [spec.name for spec in machines]
         if not names:
@@ -451,11 +534,19 @@ class Testbed(StartedOnEnter):
             raise UsageError(f"machine names must be unique, not {names}")
         if judge is not None and judge not in names:
             raise UsageError(f"no machine {judge!r} to judge by", hint=f"machines: {names}")
+        if start_state is not None and set(start_state.templates) != set(names):
+            raise UsageError(f"the start state has no templates of machines {names}")
         self.image = image
         self.judge = judge
+        self.restore_method = RestoreMethod.TEMPLATE if start_state is not None else restore
+        self._given = start_state
+        self.template_dir = template_dir
+        """Where templates are made (None: a private directory removed on close)."""
+        self._own_dir: RunDir | None = None
         self.machines: dict[str, GuestMachine] = {}
         for spec in machines:
-            self.machines[spec.name] = GuestMachine(image, spec)
+            template = None if start_state is None else start_state.templates[spec.name]
+            self.machines[spec.name] = GuestMachine(image, spec, template=template)
 
     @classmethod
     def single(
@@ -467,10 +558,11 @@ class Testbed(StartedOnEnter):
         deterministic: bool = False,
         accel: Accel = Accel.TCG,
         console_log: Path | None = None,
+        restore: RestoreMethod = RestoreMethod.TEMPLATE,
     ) -> Testbed:
         """A testbed of one machine running `argv`."""
         spec = MachineSpec(name, tuple(argv), deterministic, accel, console_log=console_log)
-        return cls(image, [spec])
+        return cls(image, [spec], restore=restore)
 
     def __iter__(self) -> Iterator[GuestMachine]:
         return iter(self.machines.values())
@@ -498,15 +590,29 @@ class Testbed(StartedOnEnter):
             ) from None
 
     def start(self, *, timeout_s: float = GOLDEN_TIMEOUT_S) -> Mapping[str, GoldenRun]:
-        """Boot every machine, snapshot all at their start hooks, run the golden runs
-        (all machines at once) and arm the breakpoints experiments need."""
+        """Boot every machine (or launch clones of templates), snapshot all at their start
+        hooks, run the golden runs (all machines at once) and arm the breakpoints
+        experiments need. From a `StartState`, each machine's golden run is run once and
+        checked against the state's (MachineError if it differs)."""
+        if self.restore_method is RestoreMethod.TEMPLATE and self._given is None:
+            templates = self._make_templates()
+            for machine in self:
+                self.machines[machine.name] = GuestMachine(
+                    self.image, machine.spec, template=templates[machine.name]
+                )
         for machine in self:
             machine.boot()
-        for machine in self:
-            machine.save_snapshot()
+        if self.restore_method is RestoreMethod.LOADVM:
+            for machine in self:
+                machine.save_snapshot()
         for name, finished in run_to_exit(list(self), timeout_s=timeout_s).items():
             machine = self.machines[name]
             machine.golden = machine.golden_of(finished)
+        if self._given is not None:
+            self._adopt(self._given)
+            for machine in self:
+                machine.arm()
+            return self.goldens
         self._time_restored(timeout_s=timeout_s)
         for machine in self:
             self.restore()
@@ -522,6 +628,61 @@ class Testbed(StartedOnEnter):
         for machine in self:
             machine.arm()
         return self.goldens
+
+    def _make_templates(self) -> dict[str, Template]:
+        """Boot every machine with its RAM in a shared file, halt all at their start hooks
+        (one consistent point), save a template of each, and shut them down."""
+        if self.template_dir is None:
+            self._own_dir = RunDir(ram_root())
+            directory = self._own_dir.path
+        else:
+            directory = self.template_dir
+        booted: list[GuestMachine] = []
+        templates: dict[str, Template] = {}
+        try:
+            for spec in (m.spec for m in self):
+                folder = directory / spec.name
+                folder.mkdir(mode=0o700)
+                live = RamFile(folder / "live", shared=True)
+                machine = GuestMachine(self.image, spec, ram_file=live)
+                booted.append(machine)
+                machine.boot()
+            for machine in booted:
+                templates[machine.name] = machine.vm.save_template(directory / machine.name)
+        finally:
+            for machine in booted:
+                machine.close()
+                (directory / machine.name / "live").unlink(missing_ok=True)
+        return templates
+
+    def _adopt(self, state: StartState) -> None:
+        """Check each machine's golden run against the state's and take the state's
+        timings and timelines (they were measured on clones of the same templates)."""
+        for machine in self:
+            golden = machine.require_golden()
+            expected = state.goldens[machine.name]
+            if (golden.stdout, golden.exit_code, golden.signal) != (
+                expected.stdout, expected.exit_code, expected.signal,
+            ):  # fmt: skip
+                raise MachineError(
+                    f"the workload of {machine.name} gives another result in this worker "
+                    "than in the campaign's golden run",
+                    hint="the workload must be deterministic, or use `deterministic = true`",
+                )
+            machine.golden = dataclasses.replace(golden, restored_s=expected.restored_s)
+            machine.timeline = state.timelines.get(machine.name)
+
+    def start_state(self) -> StartState:
+        """What another testbed of the same machines needs to start from this one's
+        templates (a started testbed restored by TEMPLATE); MachineError otherwise."""
+        templates = {m.name: m.template for m in self if m.template is not None}
+        if len(templates) != len(self.machines):
+            raise MachineError("only a testbed of template clones has a start state")
+        return StartState(
+            templates=templates,
+            goldens=self.goldens,
+            timelines={m.name: m.timeline for m in self},
+        )
 
     def retime(self, *, runs: int = 1, timeout_s: float = GOLDEN_TIMEOUT_S) -> None:
         """Time `runs` more fault-free runs from the snapshot: the host's speed drifts (by
@@ -560,9 +721,13 @@ class Testbed(StartedOnEnter):
             machine.restore()
 
     def close(self) -> None:
-        """Destroy every machine (always safe)."""
+        """Destroy every machine and the templates this testbed made itself (always
+        safe)."""
         for machine in self:
             machine.close()
+        if self._own_dir is not None:
+            self._own_dir.close()
+            self._own_dir = None
 
 
 def _release(sampled: GuestMachine, testbed: Testbed) -> None:

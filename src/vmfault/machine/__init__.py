@@ -5,10 +5,17 @@ It knows nothing about faults, experiments or campaigns; those layers use it.
 
 from vmfault.machine.accel import kvm_blocker, probe_boot, resolve_accel
 from vmfault.machine.channel import Channel, Frame, FrameParser
-from vmfault.machine.config import Accel, MachineConfig
+from vmfault.machine.config import Accel, MachineConfig, RamFile
 from vmfault.machine.console import Console, ConsoleMatch
 from vmfault.machine.gdbstub import GdbStub, StopReply
-from vmfault.machine.machine import Machine, QMPEvent, Runstate, Snapshot, SnapshotKind
+from vmfault.machine.machine import (
+    Machine,
+    QMPEvent,
+    Runstate,
+    Snapshot,
+    SnapshotKind,
+    Template,
+)
 from vmfault.machine.memmap import MemoryMap, MemoryRegion
 from vmfault.machine.run import Run, RunEnd
 
@@ -25,12 +32,14 @@ __all__ = [
     "MemoryMap",
     "MemoryRegion",
     "QMPEvent",
+    "RamFile",
     "Run",
     "RunEnd",
     "Runstate",
     "Snapshot",
     "SnapshotKind",
     "StopReply",
+    "Template",
     "kvm_blocker",
     "probe_boot",
     "resolve_accel",

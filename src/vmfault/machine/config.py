@@ -10,8 +10,10 @@ from pathlib import Path
 __all__ = [
     "DETERMINISTIC_RTC_BASE",
     "LOG_DIR_ENV",
+    "RAM_BACKEND_ID",
     "Accel",
     "MachineConfig",
+    "RamFile",
     "SocketPaths",
     "guest_tsc_khz",
     "host_tsc_khz",
@@ -20,6 +22,10 @@ __all__ = [
 
 DETERMINISTIC_RTC_BASE = "2020-01-01T00:00:00"
 """Fixed guest wall-clock start in deterministic mode, so transcripts do not carry today's date."""
+
+RAM_BACKEND_ID = "vmf-ram"
+"""The id of the memory backend of guest RAM held in a file (also its region's name in
+QEMU's memory tree)."""
 
 LOG_DIR_ENV = "VMFAULT_LOG_DIR"
 """Environment variable: when set, every machine keeps its serial console log and QEMU's
@@ -48,6 +54,20 @@ class SocketPaths:
 
 
 @dataclass(frozen=True)
+class RamFile:
+    """Guest RAM backed by a host file (`memory-backend-file`).
+
+    `shared`: the guest writes the file itself (a template being made: what it holds is
+    the guest's RAM). Otherwise the file is mapped copy-on-write (a clone of a template):
+    pages the guest never writes stay the file's, shared by every clone in the host's page
+    cache, and the file is never written.
+    """
+
+    path: Path
+    shared: bool
+
+
+@dataclass(frozen=True)
 class MachineConfig:
     """Everything needed to start one guest. Plain data: hashable, comparable, reusable.
 
@@ -57,7 +77,8 @@ class MachineConfig:
     repeatable instruction for instruction (at about half the speed).
     """
 
-    kernel: Path
+    kernel: Path | None
+    """The kernel to boot; None for a machine that starts from a saved state (`loadvm`)."""
     initrd: Path | None = None
     append: str = ""
     ram_mib: int = 128
@@ -69,6 +90,15 @@ class MachineConfig:
     snapshot_drive_mib: int = 64
     incoming: Path | None = None
     """Start from a saved state file (see `Machine.save_state_file`) instead of booting."""
+    ram_file: RamFile | None = None
+    """Guest RAM in a host file instead of anonymous memory (templates and their clones)."""
+    snapshot_drive: Path | None = None
+    """A qcow2 file to copy as the snapshot drive instead of a new empty one (a template's
+    device state lives in its internal snapshots)."""
+    loadvm: str | None = None
+    """At launch, load this internal snapshot of `snapshot_drive` before anything runs,
+    leaving RAM as `ram_file` holds it (migration capability `x-ignore-shared`): a clone
+    of a template, running from the template's state in milliseconds."""
     console_log: Path | None = None
     """Where the whole serial console transcript goes; None keeps it in the run directory
     (or in `$VMFAULT_LOG_DIR`, which gets a copy in any case)."""
@@ -138,10 +168,20 @@ def qemu_argv(
     """
     if accel is Accel.AUTO:
         raise ValueError("resolve Accel.AUTO before building a command line")
+    machine = _machine_option(config)
+    memory: list[str] = []
+    if config.ram_file is not None:
+        share = "on" if config.ram_file.shared else "off"
+        memory = [
+            "-object",
+            f"memory-backend-file,id={RAM_BACKEND_ID},size={config.ram_mib}M,"
+            f"mem-path={config.ram_file.path},share={share}",
+        ]
+        machine += f",memory-backend={RAM_BACKEND_ID}"
     argv = [
         config.qemu_binary,
         "-M",
-        _machine_option(config),
+        machine,
         "-accel",
         accel.value,
         "-cpu",
@@ -156,10 +196,7 @@ def qemu_argv(
         "none",
         "-S",
         "-no-reboot",
-        "-kernel",
-        str(config.kernel),
-        "-append",
-        config.kernel_cmdline() + ("" if tsc_khz is None else f" tsc_early_khz={tsc_khz}"),
+        *memory,
         "-chardev",
         f"socket,id=vmf-qmp,path={sockets.qmp}",
         "-mon",
@@ -183,7 +220,12 @@ def qemu_argv(
         "-drive",
         f"if=none,id=vmf-snap,format=qcow2,file={scratch}",
     ]
-    if config.initrd is not None:
+    if config.kernel is not None:
+        # A machine started from a template has no kernel to load: a reset (which loadvm
+        # makes first) would write the kernel's segments back over the restored RAM.
+        append = config.kernel_cmdline() + ("" if tsc_khz is None else f" tsc_early_khz={tsc_khz}")
+        argv += ["-kernel", str(config.kernel), "-append", append]
+    if config.initrd is not None and config.kernel is not None:
         argv += ["-initrd", str(config.initrd)]
     if config.deterministic:
         argv += [

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +42,7 @@ from vmfault.errors import (
     MachineError,
     MachineTimeoutError,
     QMPError,
+    RestoreMismatchError,
     SnapshotError,
     StateError,
     UsageError,
@@ -58,6 +60,7 @@ from vmfault.machine.config import (
     qemu_argv,
 )
 from vmfault.machine.console import Console
+from vmfault.machine.cowram import CowRam
 from vmfault.machine.gdbstub import GdbStub, StopReply
 from vmfault.machine.memmap import MemoryMap, parse_mtree
 from vmfault.machine.run import Run
@@ -71,6 +74,7 @@ __all__ = [
     "Runstate",
     "Snapshot",
     "SnapshotKind",
+    "Template",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,6 +114,9 @@ class SnapshotKind(enum.Enum):
 
     INTERNAL = "internal"
     """Inside the scratch qcow2 drive of this QEMU process (HMP savevm/loadvm)."""
+    TEMPLATE = "template"
+    """A template's: device state in the snapshot drive, RAM in the template's RAM file
+    (`Machine.save_template`), which this machine maps copy-on-write."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,21 @@ class Snapshot:
     ram_digests: Mapping[tuple[int, int], str] = field(default_factory=dict)
     instructions: int | None = None
     """The guest instruction count at save time (deterministic mode only)."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """A machine's state saved so that new machines start from it in milliseconds.
+
+    `ram` is guest RAM as a file (guest-physical address = file offset) that clones map
+    copy-on-write and never write; `drive` is a qcow2 file whose internal snapshot
+    `snapshot.name` holds the device state only (`x-ignore-shared`).
+    """
+
+    ram: Path
+    drive: Path
+    snapshot: Snapshot
+    ram_mib: int
 
 
 def _tail(path: Path | None) -> str:
@@ -229,6 +251,7 @@ class Machine:
         self._channel: Channel | None = None
         self._memory_map: MemoryMap | None = None
         self._watching_gdb = False
+        self._cow: CowRam | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -285,7 +308,10 @@ class Machine:
             key: _listen(getattr(paths, key)) for key in ("qmp", "gdb", "console", "channel")
         }
         scratch = run_dir / "scratch.qcow2"
-        _make_qcow2(scratch, self.config.snapshot_drive_mib)
+        if self.config.snapshot_drive is not None:
+            shutil.copyfile(self.config.snapshot_drive, scratch)
+        else:
+            _make_qcow2(scratch, self.config.snapshot_drive_mib)
         tsc_khz = guest_tsc_khz(self.config, self.accel, _host_tsc_khz())
         self.argv = qemu_argv(self.config, self.accel, paths, scratch, tsc_khz=tsc_khz)
         qemu_log = self.qemu_log = (run_dir / "qemu.log") if kept is None else kept.qemu
@@ -325,6 +351,12 @@ class Machine:
             # Before the gdbstub handshake: a debug stop while QEMU is still in the
             # `inmigrate` state would be an invalid transition that aborts QEMU.
             self._incoming(self.config.incoming, deadline)
+        ram_file = self.config.ram_file
+        if ram_file is not None and not ram_file.shared:
+            self._cow = CowRam(self._process.pid, ram_file.path)
+        if self.config.loadvm is not None:
+            self._ignore_shared_ram()
+            self._loadvm(self.config.loadvm)
         self._gdb = GdbStub(self._sockets["gdb"])
         self._gdb.handshake(timeout_s=max(0.1, deadline - time.monotonic()))
         if start:
@@ -417,6 +449,9 @@ class Machine:
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
+        if self._cow is not None:
+            self._cow.close()
+            self._cow = None
         if self._console is not None:
             self._console.close()
         if self._console_copy is not None:
@@ -754,13 +789,62 @@ class Machine:
         """
         self.halt()
         self._flush_io()
-        output = self.hmp(f"loadvm {_snapshot_name(snapshot.name)}").strip()
-        if output:
-            raise SnapshotError(f"loadvm {snapshot.name} failed: {output}")
+        if snapshot.kind is SnapshotKind.TEMPLATE:
+            if self._cow is None:
+                raise SnapshotError(
+                    f"snapshot {snapshot.name} is a template's, and this machine's RAM "
+                    "is not a clone of it"
+                )
+            # RAM first, then loadvm: its post-load drops every translated block, so no
+            # code translated from the pages written back survives.
+            self._cow.reset()
+        self._loadvm(snapshot.name)
         self.channel.clear()
         self.console.skip()
         if verify:
             self.verify_snapshot(snapshot)
+
+    def _loadvm(self, name: str) -> None:
+        output = self.hmp(f"loadvm {_snapshot_name(name)}").strip()
+        if output:
+            raise SnapshotError(f"loadvm {name} failed: {output}")
+
+    def _ignore_shared_ram(self) -> None:
+        # RAM in a shared file is left out of snapshots (the file holds it); a clone
+        # needs the capability too, to load a snapshot that has no RAM in it.
+        self.qmp(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": True}]},
+        )
+
+    @property
+    def ram_written_bytes(self) -> int | None:
+        """For a clone of a template: the bytes of RAM it wrote since it started, as of its
+        last restore (they are copied back at every restore). None for other machines."""
+        return None if self._cow is None else self._cow.written_bytes
+
+    def save_template(self, directory: Path, *, name: str = "template") -> Template:
+        """Save this machine as a template in `directory` (a private directory the caller
+        owns and removes): device state in a copy of the snapshot drive, RAM in a copy of
+        the RAM file. Needs `config.ram_file` shared. Halts the guest and leaves it halted.
+        """
+        ram_file = self.config.ram_file
+        if ram_file is None or not ram_file.shared:
+            raise SnapshotError("a template needs guest RAM in a shared file (RamFile shared)")
+        self.halt()
+        registers = self.gdb.read_registers()
+        instructions = self.instruction_count()
+        self._ignore_shared_ram()
+        output = self.hmp(f"savevm {_snapshot_name(name)}").strip()
+        if output:
+            raise SnapshotError(f"savevm {name} failed: {output}")
+        ram = directory / "ram"
+        drive = directory / "state.qcow2"
+        shutil.copyfile(ram_file.path, ram)
+        shutil.copyfile(self.run_dir / "scratch.qcow2", drive)
+        ram.chmod(0o400)
+        snapshot = Snapshot(name, SnapshotKind.TEMPLATE, registers, {}, instructions)
+        return Template(ram, drive, snapshot, self.config.ram_mib)
 
     def verify_snapshot(self, snapshot: Snapshot) -> None:
         """Compare the current (halted) state with `snapshot`; raise SnapshotError if different."""
@@ -774,9 +858,17 @@ class Machine:
         for (start, size), digest in snapshot.ram_digests.items():
             if self.ram_digest(start, size) != digest:
                 problems.append(f"RAM {start:#x}+{size:#x} differs")
+        if snapshot.kind is SnapshotKind.TEMPLATE and self._cow is not None:
+            # Guest RAM as QEMU sees it, region by region, against the template's file.
+            for region in self.memory_map().ram():
+                offset = region.start if region.offset is None else region.offset
+                data = self.read_physical(region.start, region.size)
+                pages = self._cow.differing_pages(offset, data)
+                problems += [f"RAM page {region.start + page:#x} differs" for page in pages]
         if problems:
-            raise SnapshotError(
-                f"restored state differs from snapshot {snapshot.name}: " + ", ".join(problems[:8])
+            raise RestoreMismatchError(
+                f"restored state differs from snapshot {snapshot.name}: " + ", ".join(problems[:8]),
+                hint='restore with loadvm instead (campaign key restore = "loadvm")',
             )
 
     def save_state_file(self, path: Path, *, timeout_s: float = 60.0) -> None:

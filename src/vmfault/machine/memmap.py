@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from vmfault.machine.config import RAM_BACKEND_ID
+
 __all__ = ["MemoryMap", "MemoryRegion", "parse_mtree"]
 
 _LINE = re.compile(
@@ -21,6 +23,9 @@ class MemoryRegion:
     end: int
     kind: str
     name: str
+    offset: int | None = None
+    """Where the region starts in its memory block (`@offset` in QEMU's tree); None: at
+    the block's start, or not a view into a larger block."""
 
     @property
     def size(self) -> int:
@@ -68,7 +73,7 @@ class MemoryMap:
 def _is_main_ram(name: str) -> bool:
     # Machine RAM is named "<machine>.ram" (pc.ram, microvm.ram) or after its memory
     # backend; firmware images such as pc.bios are RAM-backed too but are not guest RAM.
-    return name.endswith(".ram") or name.startswith(("ram", "mem"))
+    return name.endswith(".ram") or name.startswith(("ram", "mem")) or name == RAM_BACKEND_ID
 
 
 def parse_mtree(text: str) -> MemoryMap:
@@ -96,5 +101,6 @@ def parse_mtree(text: str) -> MemoryMap:
         )
         if kind in ("ram", "rom") and not _is_main_ram(name):
             kind = "rom"
-        regions.append(MemoryRegion(start, last + 1, kind, name))
+        offset = int(found.group(5), 16) if found.group(5) else None
+        regions.append(MemoryRegion(start, last + 1, kind, name, offset))
     return MemoryMap(tuple(sorted(regions)))

@@ -1,8 +1,10 @@
-"""Private per-machine run directories for sockets and scratch files.
+"""Private directories for sockets, scratch files and guest RAM files.
 
 Every machine gets `<tmp>/vmfault-<uid>/m<pid>-<random>`, mode 0700, removed when the
-machine closes. A process killed with SIGKILL cannot clean up after itself, so each new
-run directory first sweeps the ones whose owning process no longer exists.
+machine closes. Guest RAM held in files (templates and the machines that make them) lives
+in `/dev/shm/vmfault-<uid>/` when the host has it (memory, not disk), else beside the run
+directories. A process killed with SIGKILL cannot clean up after itself, so each new
+directory first sweeps the ones whose owning process no longer exists.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from vmfault.errors import UsageError
 
-__all__ = ["RunDir", "run_root", "sweep_stale"]
+__all__ = ["RunDir", "ram_root", "run_root", "sweep_stale"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -27,12 +29,27 @@ _PREFIX = "m"
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 
 
+_SHM = Path("/dev/shm")
+
+
 def run_root() -> Path:
     """The directory that holds this user's run directories; created 0700 if missing.
 
     Raises UsageError if it exists but belongs to someone else or is open to others.
     """
-    root = Path(tempfile.gettempdir()) / f"vmfault-{os.getuid()}"
+    return _private_root(Path(tempfile.gettempdir()))
+
+
+def ram_root() -> Path:
+    """The directory that holds this user's guest RAM files: in /dev/shm (tmpfs) when the
+    host has it writable, else the run root; created 0700 if missing."""
+    if _SHM.is_dir() and os.access(_SHM, os.W_OK | os.X_OK):
+        return _private_root(_SHM)
+    return run_root()
+
+
+def _private_root(parent: Path) -> Path:
+    root = parent / f"vmfault-{os.getuid()}"
     with contextlib.suppress(FileExistsError):
         root.mkdir(mode=0o700)
     info = root.lstat()
@@ -74,8 +91,8 @@ def sweep_stale(root: Path) -> list[Path]:
 class RunDir:
     """One machine's private directory; `close()` removes it and everything inside."""
 
-    def __init__(self) -> None:
-        root = run_root()
+    def __init__(self, root: Path | None = None) -> None:
+        root = run_root() if root is None else root
         sweep_stale(root)
         self.path = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=root))
         longest = self.path / "console.sock"
@@ -88,6 +105,12 @@ class RunDir:
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Remove the directory; safe to call more than once."""

@@ -9,6 +9,7 @@ pair brackets the workload exactly, in guest instructions in deterministic mode.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from vmfault.classify import signal_name
 from vmfault.errors import ImageError, MachineError, UsageError
 from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import HOOK_EXITED, HOOK_STARTED, AgentMode, FrameKind, agent_params
-from vmfault.machine import Accel, Frame, Machine, MachineConfig
+from vmfault.machine import Accel, Frame, Machine, MachineConfig, Template
+from vmfault.machine.config import RamFile
 
 __all__ = [
     "EXIT_REPORT_TIMEOUT_S",
@@ -109,8 +111,10 @@ def machine_config(
     accel: Accel = Accel.TCG,
     ram_mib: int = 128,
     console_log: Path | None = None,
+    ram_file: RamFile | None = None,
 ) -> MachineConfig:
-    """The machine that boots `image` and has its agent run `argv` (in `mode`)."""
+    """The machine that boots `image` and has its agent run `argv` (in `mode`); with
+    `ram_file`, its RAM is that file (shared: to save a template of it)."""
     append = " ".join(("quiet", *agent_params(mode=mode, argv=argv)))
     return MachineConfig(
         kernel=image.kernel,
@@ -121,6 +125,22 @@ def machine_config(
         deterministic=deterministic,
         disk=image.disk,
         console_log=console_log,
+        ram_file=ram_file,
+    )
+
+
+def clone_config(config: MachineConfig, template: Template) -> MachineConfig:
+    """`config` turned into a clone of `template`: no kernel to boot, RAM mapped
+    copy-on-write from the template's file, and the template's device state loaded at
+    launch."""
+    return dataclasses.replace(
+        config,
+        kernel=None,
+        initrd=None,
+        ram_file=RamFile(template.ram, shared=False),
+        ram_mib=template.ram_mib,
+        snapshot_drive=template.drive,
+        loadvm=template.snapshot.name,
     )
 
 
@@ -139,7 +159,10 @@ class GuestSession:
     """A machine booted from `image` whose agent runs one workload.
 
     `start()` boots and halts the guest exactly at the workload's start (the start hook);
-    `finish()` runs it to the exit hook and collects the agent's report.
+    `finish()` runs it to the exit hook and collects the agent's report. With `template`
+    (saved at the start hook of the same image and workload), `start()` launches a clone
+    of it instead of booting: halted at the start hook in milliseconds. With `ram_file`
+    (shared), the booted machine's RAM is that file, so a template can be saved of it.
     """
 
     def __init__(
@@ -152,6 +175,8 @@ class GuestSession:
         ram_mib: int = 128,
         console_log: Path | None = None,
         name: str | None = None,
+        template: Template | None = None,
+        ram_file: RamFile | None = None,
     ) -> None:
         if not argv:
             raise UsageError("no workload given", hint="name a workload, e.g. `checksum`")
@@ -167,7 +192,11 @@ class GuestSession:
             accel=accel,
             ram_mib=ram_mib,
             console_log=console_log,
+            ram_file=ram_file,
         )
+        if template is not None:
+            config = clone_config(config, template)
+        self.template = template
         self.machine = Machine(config, name=name or argv[0])
         self.launched_at = 0.0
         self.started_at = 0.0
@@ -198,9 +227,10 @@ class GuestSession:
         vm = self.machine
         self.launched_at = time.monotonic()
         vm.launch(start=False)
-        vm.run_to(self.hooks.started, timeout_s=timeout_s).require(
-            "the workload's start", vm, timeout_s=timeout_s
-        )
+        if self.template is None:
+            vm.run_to(self.hooks.started, timeout_s=timeout_s).require(
+                "the workload's start", vm, timeout_s=timeout_s
+            )
         self.started_at = time.monotonic()
         self.start_instructions = vm.instruction_count()
 
