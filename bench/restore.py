@@ -41,6 +41,7 @@ def timed(action: Callable[[], object]) -> float:
 def restores(machine: GuestMachine, runs: int, *, verify: bool = False) -> list[float]:
     """Restore after each of `runs` runs of the workload to its exit."""
     samples = []
+    machine.restore()
     for _ in range(runs):
         machine.session.finish(timeout_s=60)
         samples.append(timed(lambda: machine.restore(verify=verify)))

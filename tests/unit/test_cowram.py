@@ -102,10 +102,13 @@ def test_a_clone_s_written_pages_are_found_and_put_back(clone: tuple[int, Path, 
         assert ram.written() == [(3, 2), (40, 1)]
         base = ram.mapping.start
         assert read_child(pid, base + 3 * PAGE_BYTES, 5) == b"dirty"
+        assert ram.read(3 * PAGE_BYTES, 6) == b"dirty" + bytes([3])
         assert ram.reset() == 3 * PAGE_BYTES
         assert ram.written_bytes == 3 * PAGE_BYTES
         whole = read_child(pid, base, 64 * PAGE_BYTES)
         assert whole == template.read_bytes()
+        assert ram.read(0, 64 * PAGE_BYTES) == whole
+        assert ram.read(40 * PAGE_BYTES, 5) == bytes([40]) * 5
         assert ram.differing_pages(0, whole) == []
         changed = bytearray(whole)
         changed[7 * PAGE_BYTES] ^= 1

@@ -122,6 +122,14 @@ class CowRam:
         self.written_bytes = copied
         return copied
 
+    def read(self, offset: int, size: int) -> bytes:
+        """`size` bytes of the process's RAM from file `offset` of the mapping, as the
+        guest sees them (its RAM is this mapping)."""
+        data = os.pread(self._mem, size, self.mapping.start + offset - self.mapping.offset)
+        if len(data) != size:
+            raise MachineError(f"short read of QEMU's memory ({len(data)} of {size} bytes)")
+        return data
+
     def differing_pages(self, offset: int, data: bytes, *, most: int = 8) -> list[int]:
         """Offsets into `data` of the pages (at most `most`) that differ from the
         template's bytes at file `offset`; empty if all are equal."""

@@ -859,10 +859,11 @@ class Machine:
             if self.ram_digest(start, size) != digest:
                 problems.append(f"RAM {start:#x}+{size:#x} differs")
         if snapshot.kind is SnapshotKind.TEMPLATE and self._cow is not None:
-            # Guest RAM as QEMU sees it, region by region, against the template's file.
+            # Guest RAM, region by region, read whole from QEMU's mapping of it (not just
+            # the pages the page map says were written), against the template's file.
             for region in self.memory_map().ram():
                 offset = region.start if region.offset is None else region.offset
-                data = self.read_physical(region.start, region.size)
+                data = self._cow.read(offset, region.size)
                 pages = self._cow.differing_pages(offset, data)
                 problems += [f"RAM page {region.start + page:#x} differs" for page in pages]
         if problems:
