@@ -8,6 +8,7 @@ three members.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import selectors
 import subprocess
@@ -18,11 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from vmfault.campaign.worker import Goldens, WorkerSetup, read_message, write_message
+from vmfault.campaign.worker import (
+    Goldens,
+    WorkerSetup,
+    make_start_state,
+    read_message,
+    write_message,
+)
 from vmfault.errors import MachineError, UsageError
 from vmfault.experiment.pipeline import vmm_error_record
 from vmfault.experiment.records import ExperimentRecord
+from vmfault.experiment.testbed import RestoreMethod
 from vmfault.faults import FaultSpec
+from vmfault.machine.rundir import RunDir, ram_root
 from vmfault.machine.spawn import spawn_tied
 
 __all__ = ["Completed", "Executor", "Job", "LocalExecutor"]
@@ -108,9 +117,12 @@ class _Process:
 class LocalExecutor:
     """Worker processes on this machine, each with one long-lived QEMU.
 
-    `start()` boots them and collects each one's golden run. A worker that dies or
+    `start()` boots them and collects each one's golden run: restored by TEMPLATE, it
+    first boots the machines once and saves their RAM templates (with the golden runs
+    timed on a clone), and every worker starts as a clone of them. A worker that dies or
     overruns `job_timeout_s` is killed and replaced, and its experiment is recorded as
-    `vmm-error`. `close()` kills every worker (their QEMUs die with them).
+    `vmm-error`. `close()` kills every worker (their QEMUs die with them) and removes the
+    templates.
     """
 
     def __init__(self, setup: WorkerSetup, *, workers: int, log: Path,
@@ -122,6 +134,7 @@ class LocalExecutor:
         self.goldens: list[Goldens] = []
         self._procs: list[_Process] = []
         self._spawned = 0
+        self._templates: RunDir | None = None
         self._selector = selectors.DefaultSelector()
 
     def __enter__(self) -> LocalExecutor:
@@ -160,7 +173,13 @@ class LocalExecutor:
         return payload
 
     def start(self) -> None:
-        """Start every worker (they boot one after another on purpose: boots are CPU-bound)."""
+        """Make the templates (restored by TEMPLATE), then start every worker (one after
+        another on purpose: boots are CPU-bound)."""
+        setup = self.setup
+        if setup.restore is RestoreMethod.TEMPLATE and setup.start_state is None:
+            self._templates = RunDir(ram_root())
+            state = make_start_state(setup, self._templates.path)
+            self.setup = dataclasses.replace(setup, start_state=state)
         for _ in range(self.workers):
             self._spawn()
 
@@ -238,3 +257,6 @@ class LocalExecutor:
             proc.stop(STOP_TIMEOUT_S)
         self._procs.clear()
         self._selector.close()
+        if self._templates is not None:
+            self._templates.close()
+            self._templates = None

@@ -8,7 +8,6 @@ outlive the coordinator.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import platform
@@ -25,11 +24,10 @@ from vmfault.campaign.spec import CampaignSpec
 from vmfault.campaign.worker import Goldens, WorkerSetup
 from vmfault.errors import MachineError, VmfaultError
 from vmfault.experiment.records import DEFAULT_MACHINE
-from vmfault.experiment.testbed import MachineSpec, RestoreMethod, StartState, Testbed
-from vmfault.guest.image import GuestImage, ImageSpec, load_image
+from vmfault.experiment.testbed import MachineSpec, RestoreMethod
+from vmfault.guest.image import GuestImage, ImageSpec
 from vmfault.guest.workloads import idle_argv
 from vmfault.machine import Accel
-from vmfault.machine.rundir import RunDir, ram_root
 from vmfault.session import prepare_image
 from vmfault.store import SQLiteStore
 
@@ -192,17 +190,10 @@ def run_campaign(
     )  # fmt: skip
     own = executor is None
     log_path = Path(f"{store.path}.log")
-    templates: RunDir | None = None
+    if log is not None:
+        how = " from the campaign's RAM template" if restore is RestoreMethod.TEMPLATE else ""
+        log(f"starting {count} worker(s){how}; worker log: {log_path}")
     try:
-        if restore is RestoreMethod.TEMPLATE:
-            if log is not None:
-                log("booting the campaign's template")
-            templates = RunDir(ram_root())
-            setup = dataclasses.replace(
-                setup, start_state=campaign_start_state(setup, templates.path)
-            )
-        if log is not None:
-            log(f"starting {count} worker(s); worker log: {log_path}")
         if executor is None:
             # Ours from the start: a failed or interrupted start closes the workers it booted.
             executor = local = LocalExecutor(setup, workers=count, log=log_path, job_timeout_s=0.0)
@@ -236,19 +227,7 @@ def run_campaign(
     finally:
         if own and executor is not None:
             executor.close()
-        if templates is not None:
-            templates.close()
     return progress
-
-
-def campaign_start_state(setup: WorkerSetup, directory: Path) -> StartState:
-    """Boot the campaign's machines once, save their templates in `directory` (the caller
-    removes it after the campaign), and time their golden runs on clones: what every worker
-    starts from."""
-    image = load_image(setup.image_root)
-    testbed = Testbed(image, setup.machines, judge=setup.judge, template_dir=directory)
-    with testbed:
-        return testbed.start_state()
 
 
 def _converged(prepared: Prepared) -> bool:

@@ -35,7 +35,14 @@ from vmfault.experiment.testbed import (
 from vmfault.faults import FaultSpec
 from vmfault.guest.image import load_image
 
-__all__ = ["Goldens", "WorkerSetup", "main", "read_message", "write_message"]
+__all__ = [
+    "Goldens",
+    "WorkerSetup",
+    "main",
+    "make_start_state",
+    "read_message",
+    "write_message",
+]
 
 _LENGTH = struct.Struct("<I")
 
@@ -57,6 +64,16 @@ class WorkerSetup:
     name: str = "worker"
     restore: RestoreMethod = RestoreMethod.TEMPLATE
     start_state: StartState | None = None
+
+
+def make_start_state(setup: WorkerSetup, directory: Path) -> StartState:
+    """Boot the machines of `setup` once, save their RAM templates in `directory` (the
+    caller removes it when its workers are done), and time their golden runs on clones:
+    what every worker of this host starts from."""
+    image = load_image(setup.image_root)
+    testbed = Testbed(image, setup.machines, judge=setup.judge, template_dir=directory)
+    with testbed:
+        return testbed.start_state()
 
 
 def write_message(stream: IO[bytes], message: Any) -> None:

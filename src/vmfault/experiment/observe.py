@@ -196,6 +196,11 @@ def _run(
             ):
                 deadline = time.monotonic() + budget_s
                 continue
+            elapsed = time.monotonic() - progress.started - progress.allowance_s
+            if machine.within_vcpu_budget(progress.start_vcpu_s, experiment.budget_factor,
+                                          elapsed):  # fmt: skip
+                deadline = time.monotonic() + max(_LOOK_MIN_S, 0.25 * budget_s)
+                continue
             progress.timed_out = True
             break
         if run.end is RunEnd.WATCHPOINT and watch is not None and watch.read_first is None:

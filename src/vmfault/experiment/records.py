@@ -56,6 +56,12 @@ CONTROL = "none"
 """The target, mode and trigger spec of a control run (the `none` target of faults.model)."""
 
 
+def _median(values: tuple[float, ...]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def _hex(value: int | None) -> str | None:
     return None if value is None else f"{value:#x}"
 
@@ -97,6 +103,9 @@ class GoldenRun:
     restored_s: tuple[float, ...] = ()
     """Host seconds from the start hook to the exit hook of fault-free runs restored from
     the snapshot, as experiments run (their spread is the timing noise of the host)."""
+    restored_vcpu_s: tuple[float, ...] = ()
+    """CPU seconds QEMU's vCPU threads had in those runs (the engine's, not stored: hang
+    budgets count them, so a loaded host does not turn a slow run into a hang)."""
 
     @property
     def span_s(self) -> float:
@@ -106,14 +115,16 @@ class GoldenRun:
         return max(self.restored_s) if self.restored_s else self.host_s
 
     @property
+    def typical_vcpu_s(self) -> float | None:
+        """vCPU CPU seconds a run restored from the snapshot takes (the median), if
+        measured."""
+        return _median(self.restored_vcpu_s) if self.restored_vcpu_s else None
+
+    @property
     def typical_s(self) -> float:
         """Host seconds a run restored from the snapshot takes (the median), else the
         golden run's: what hang budgets are counted in."""
-        if not self.restored_s:
-            return self.host_s
-        ordered = sorted(self.restored_s)
-        middle = len(ordered) // 2
-        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+        return _median(self.restored_s) if self.restored_s else self.host_s
 
     @property
     def exit_status(self) -> int:

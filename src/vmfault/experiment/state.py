@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from vmfault.experiment.records import TriggerPoint
-from vmfault.experiment.testbed import GuestMachine, Testbed
+from vmfault.experiment.testbed import HANG_WALL_CAP, GuestMachine, Testbed
 from vmfault.faults.model import Context, FaultSpec
 from vmfault.faults.select import Plan, rng_for
 from vmfault.machine import Machine
@@ -47,6 +47,8 @@ class Progress:
     start_ran_s: float
     """The machine's running clock (`Machine.ran_s`) when it resumed from the snapshot."""
     start_instructions: int | None
+    start_vcpu_s: float
+    """The machine's vCPU time (`Machine.vcpu_s`) when it resumed from the snapshot."""
     event_mark: int
     console_mark: int
     """Where the console evidence starts: the restore, then the first injection."""
@@ -67,8 +69,8 @@ class Progress:
     def begin(cls, machine: GuestMachine) -> Progress:
         """The progress of `machine` just restored."""
         vm = machine.vm
-        return cls(machine, time.monotonic(), vm.ran_s, vm.instruction_count(), len(vm.events),
-                   vm.console.mark())  # fmt: skip
+        return cls(machine, time.monotonic(), vm.ran_s, vm.instruction_count(), vm.vcpu_s(),
+                   len(vm.events), vm.console.mark())  # fmt: skip
 
     @property
     def ended(self) -> bool:
@@ -169,6 +171,19 @@ class Experiment:
     def budget_s(self) -> float:
         """The target's hang budget in host seconds."""
         return self.target.budget_s(self.budget_factor)
+
+    def reach_timeout_s(self) -> float:
+        """Host seconds the fault-free part of a run (to the workload's exec, to a trigger)
+        may take: the guest cannot hang there, only be slowed by a loaded host, so this is
+        the host-time cap of a hang (HANG_WALL_CAP budgets), not the budget itself."""
+        return HANG_WALL_CAP * self.budget_s()
+
+    def may_run_on(self) -> bool:
+        """Whether the target, past its host-time budget, may run on: it had less vCPU time
+        than its budget (`GuestMachine.within_vcpu_budget`)."""
+        here = self.here
+        elapsed = time.monotonic() - here.started - here.allowance_s
+        return self.target.within_vcpu_budget(here.start_vcpu_s, self.budget_factor, elapsed)
 
     def deadline(self) -> float:
         """Host monotonic seconds at which the target's hang budget runs out."""

@@ -56,6 +56,7 @@ from vmfault.session.guest import EXIT_REPORT_TIMEOUT_S
 __all__ = [
     "BUDGET_SLACK_S",
     "DEFAULT_BUDGET_FACTOR",
+    "HANG_WALL_CAP",
     "SYMPTOM_FUNCTIONS",
     "VERIFY_EVERY",
     "GuestMachine",
@@ -74,6 +75,9 @@ DEFAULT_BUDGET_FACTOR = 2.0
 """A run that takes longer than this many golden runs is a hang."""
 BUDGET_SLACK_S = 0.2
 """Host seconds added to every hang budget (restores and debug stops are not free)."""
+HANG_WALL_CAP = 10.0
+"""A run is a hang once it took this many hang budgets of host time, even if its vCPU had
+less CPU than the budget (see `GuestMachine.within_vcpu_budget`)."""
 GOLDEN_TIMEOUT_S = 300.0
 SYMPTOM_FUNCTIONS = ("force_sig_fault", "oops_begin", "panic")
 """Kernel functions whose first call after an injection is the fault's first symptom."""
@@ -406,6 +410,18 @@ class GuestMachine:
         them) plus BUDGET_SLACK_S."""
         return factor * self.require_golden().typical_s + BUDGET_SLACK_S
 
+    def within_vcpu_budget(self, start_vcpu_s: float, factor: float, elapsed_s: float) -> bool:
+        """Whether a run that began at `start_vcpu_s` of vCPU time and has taken
+        `elapsed_s` host seconds may go on past its host-time budget: its vCPU threads had
+        less than `factor` golden runs of CPU (a loaded host slowed it, it did not hang),
+        and it has not taken HANG_WALL_CAP budgets of host time (a guest that waits, using
+        no CPU, is a hang however little CPU it had)."""
+        golden = self.require_golden()
+        typical = golden.typical_vcpu_s
+        if typical is None or elapsed_s >= HANG_WALL_CAP * self.budget_s(factor):
+            return False
+        return self.vm.vcpu_s() - start_vcpu_s < factor * typical + BUDGET_SLACK_S
+
     def within_instruction_budget(self, start: int | None, factor: float) -> bool:
         """In deterministic mode the budget counts guest instructions, not host time:
         whether fewer than `factor` golden runs of instructions ran since `start`."""
@@ -669,7 +685,9 @@ class Testbed(StartedOnEnter):
                     "than in the campaign's golden run",
                     hint="the workload must be deterministic, or use `deterministic = true`",
                 )
-            machine.golden = dataclasses.replace(golden, restored_s=expected.restored_s)
+            machine.golden = dataclasses.replace(
+                golden, restored_s=expected.restored_s, restored_vcpu_s=expected.restored_vcpu_s
+            )
             machine.timeline = state.timelines.get(machine.name)
 
     def start_state(self) -> StartState:
@@ -695,6 +713,7 @@ class Testbed(StartedOnEnter):
         machine's last RESTORED_KEPT times in its golden run; MachineError if a run's
         result differs."""
         times: dict[str, list[float]] = {m.name: [] for m in self}
+        vcpu: dict[str, list[float]] = {m.name: [] for m in self}
         for _ in range(runs):
             self.restore()
             for name, finished in run_to_exit(list(self), timeout_s=timeout_s).items():
@@ -709,11 +728,13 @@ class Testbed(StartedOnEnter):
                         hint="the workload must be deterministic, or use `deterministic = true`",
                     )
                 times[name].append(finished.host_s)
+                vcpu[name].append(finished.vcpu_s)
         for name, measured in times.items():
             machine = self.machines[name]
             golden = machine.require_golden()
             kept = (*golden.restored_s, *measured)[-RESTORED_KEPT:]
-            machine.golden = dataclasses.replace(golden, restored_s=kept)
+            kept_vcpu = (*golden.restored_vcpu_s, *vcpu[name])[-RESTORED_KEPT:]
+            machine.golden = dataclasses.replace(golden, restored_s=kept, restored_vcpu_s=kept_vcpu)
 
     def restore(self) -> None:
         """Restore every machine to the golden snapshot (all left halted)."""

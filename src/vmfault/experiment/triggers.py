@@ -162,7 +162,7 @@ def _run_to_execution(experiment: Experiment, location: str, count: int) -> str:
     checksum's `fold`), so the hang budget counts from the trigger, not the restore."""
     vm = experiment.vm
     address = experiment.target.code_address(location)
-    budget = experiment.budget_s()
+    budget = experiment.reach_timeout_s()
     vm.gdb.set_breakpoint(address)  # held over every hit: each insertion flushes code
     try:
         for _ in range(count):

@@ -153,6 +153,8 @@ class Finished:
     """Host seconds between the start hook and the exit hook."""
     instructions: int | None
     """Guest instructions between them (deterministic mode)."""
+    vcpu_s: float = 0.0
+    """CPU seconds the vCPU threads had between them (`Machine.vcpu_s`)."""
 
 
 class GuestSession:
@@ -201,6 +203,7 @@ class GuestSession:
         self.launched_at = 0.0
         self.started_at = 0.0
         self.start_instructions: int | None = None
+        self._begun_vcpu_s = 0.0
 
     def __enter__(self) -> Self:
         return self
@@ -238,6 +241,7 @@ class GuestSession:
         """Let the guest, halted at its start hook, run on toward its exit hook (which gets
         a breakpoint); returns the host monotonic time it resumed. See `wait_exit`."""
         self.machine.gdb.set_breakpoint(self.hooks.exited)
+        self._begun_vcpu_s = self.machine.vcpu_s()
         self.machine.cont()
         return time.monotonic()
 
@@ -261,6 +265,7 @@ class GuestSession:
             return None
         run.require("the workload's exit", vm, timeout_s=timeout_s)
         host_s = time.monotonic() - begun
+        vcpu_s = vm.vcpu_s() - self._begun_vcpu_s
         instructions = vm.instruction_count()
         vm.gdb.remove_breakpoint(exited)
         vm.cont()
@@ -271,7 +276,7 @@ class GuestSession:
         counted = None
         if instructions is not None and self.start_instructions is not None:
             counted = instructions - self.start_instructions
-        return Finished(result, host_s, counted)
+        return Finished(result, host_s, counted, vcpu_s)
 
     def finish(self, *, timeout_s: float) -> Finished:
         """Run from the start hook to the exit hook and to the agent's exit report."""

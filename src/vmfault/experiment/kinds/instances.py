@@ -40,6 +40,8 @@ REPEAT_STEPS_MAX = 100_000
 STOP_ALLOWANCE_S = 0.01
 """Host seconds a breakpoint stop is allowed on top of the hang budget: the stop itself and
 retranslating the code QEMU discards at every debug stop."""
+_RUN_ON_S = 0.05
+"""Host seconds a run past its deadline goes on before the next look at its vCPU time."""
 _STUCK_STEPS_MAX = 8
 
 
@@ -171,6 +173,7 @@ def count_instances(
     deadline: float,
     exit_hook: int,
     sentinels: Collection[int],
+    may_run_on: Callable[[], bool] | None = None,
 ) -> Counting:
     """Count executions of `sites` (run-time address -> instruction, breakpoints already
     set) in `process`, from 1, until the last instance in `wanted` has executed.
@@ -178,7 +181,8 @@ def count_instances(
     Hits in other processes or in kernel mode are passed over. An instance whose step
     trapped into the kernel (a page fault) is the same instance when it runs again. Stops
     at the agent's exit hook, at the hang `deadline` (monotonic seconds, extended by
-    STOP_ALLOWANCE_S per stop) or when QEMU exits; symptom sentinels are noted and passed.
+    STOP_ALLOWANCE_S per stop, and while `may_run_on()` says a loaded host only slowed the
+    run) or when QEMU exits; symptom sentinels are noted and passed.
     """
     gdb = vm.gdb
     pending = sorted(set(wanted))
@@ -196,6 +200,9 @@ def count_instances(
             if run.end is RunEnd.EXITED:
                 return Counting(CountEnd.GONE, counted, allowance, symptom)
             if run.end is RunEnd.TIME:
+                if may_run_on is not None and may_run_on():
+                    deadline = time.monotonic() - allowance + _RUN_ON_S
+                    continue
                 return Counting(CountEnd.TIMED_OUT, counted, allowance, symptom)
             allowance += STOP_ALLOWANCE_S
             rip = run.pc

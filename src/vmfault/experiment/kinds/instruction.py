@@ -149,6 +149,7 @@ class InstructionKind(FaultKind):
                 vm, sites=sites, process=armed.process, wanted=armed.instances,
                 on_instance=corrupt, deadline=experiment.deadline(),
                 exit_hook=self.machine.hooks.exited, sentinels=self.machine.sentinels,
+                may_run_on=experiment.may_run_on,
             )  # fmt: skip
         finally:
             if vm.alive:

@@ -88,7 +88,9 @@ def learn_process(experiment: Experiment, machine: GuestMachine) -> WorkloadProc
     code = machine.workload_code()
     try:
         exec_address = machine.symbols.address(EXEC_FUNCTION)
-        return run_to_exec(experiment.vm, exec_address, code.binary.entry, experiment.budget_s())
+        return run_to_exec(
+            experiment.vm, exec_address, code.binary.entry, experiment.reach_timeout_s()
+        )
     except (MachineError, ImageError) as exc:
         if not experiment.vm.alive:
             raise
