@@ -58,6 +58,7 @@ __all__ = [
     "Layout",
     "Section",
     "comparison_names",
+    "not_injected_table",
     "rate_difference",
     "render_html",
     "report_subtitle",
@@ -169,13 +170,14 @@ footer { margin-top: 40px; padding-top: 10px; border-top: 1px solid var(--rule);
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a section goes: id prefix (unique ids in comparisons), chart width (px), and
-    where an experiment's id links to (`experiment_href(id)`: its page on a dashboard;
-    None: the report's own example, if it shows one)."""
+    """Where a section goes: id prefix (unique ids in comparisons: `a-` and `b-` for the
+    two sides), chart width (px), and where an experiment's id links to:
+    `experiment_href(prefix, id)` (its page on a dashboard), or None (the report's own
+    example of it, if it shows one)."""
 
     prefix: str = ""
     width: float = 960.0
-    experiment_href: Callable[[int], str] | None = None
+    experiment_href: Callable[[str, int], str] | None = None
 
     def half(self, prefix: str) -> Layout:
         """The layout of one side of a comparison."""
@@ -610,10 +612,10 @@ def _outcomes(report: CampaignReport, layout: Layout = _FULL) -> str:
         table_id=f"{prefix}strata-outcomes",
         row_attrs=strata_attrs,
     )
-    return chart + table + strata + _not_injected(report, layout)
+    return chart + table + strata + not_injected_table(report, layout)
 
 
-def _not_injected(report: CampaignReport, layout: Layout = _FULL) -> str:
+def not_injected_table(report: CampaignReport, layout: Layout = _FULL) -> str:
     """Why faults could not be placed: one row per kind of reason (numbers as N)."""
     reasons = report.not_injected
     if not reasons:
@@ -785,7 +787,7 @@ def _experiment_link(layout: Layout, experiment_id: int, anchor: str = "") -> st
     """An experiment's id, linked to its page (dashboard) or to `anchor` + id (the report's
     example of it), or plain when neither is given."""
     if layout.experiment_href is not None:
-        href = layout.experiment_href(experiment_id)
+        href = layout.experiment_href(layout.prefix, experiment_id)
     elif anchor:
         href = f"{anchor}{experiment_id}"
     else:
@@ -996,8 +998,7 @@ def _example(example: Example, layout: Layout) -> str:
         + (
             ""
             if layout.experiment_href is None
-            else f' · <a href="{esc(layout.experiment_href(example.experiment_id))}">'
-            f"experiment {example.experiment_id}</a>"
+            else " · details: experiment " + _experiment_link(layout, example.experiment_id)
         )
         + "</div></div>"
     )

@@ -21,7 +21,7 @@ from vmfault.store.base import (
     StoreError,
     WorkerActivity,
 )
-from vmfault.store.sqlite import PAGE_MAX_ROWS, SCHEMA_VERSION, SQLiteStore
+from vmfault.store.sqlite import PAGE_MAX_ROWS, SCHEMA_VERSION, SQLiteStore, Writer, writer_of
 
 __all__ = [
     "COLUMNS",
@@ -40,4 +40,6 @@ __all__ = [
     "SQLiteStore",
     "StoreError",
     "WorkerActivity",
+    "Writer",
+    "writer_of",
 ]

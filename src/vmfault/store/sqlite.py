@@ -61,7 +61,15 @@ from vmfault.store.base import (
     WorkerActivity,
 )
 
-__all__ = ["APPLICATION_ID", "BUSY_TIMEOUT_S", "PAGE_MAX_ROWS", "SCHEMA_VERSION", "SQLiteStore"]
+__all__ = [
+    "APPLICATION_ID",
+    "BUSY_TIMEOUT_S",
+    "PAGE_MAX_ROWS",
+    "SCHEMA_VERSION",
+    "SQLiteStore",
+    "Writer",
+    "writer_of",
+]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -427,6 +435,36 @@ class _WriterLock:
             self.path.unlink()
         os.close(self._fd)
         self._fd = None
+
+
+@dataclass(frozen=True)
+class Writer:
+    """The process writing a database: its id and when it took the writer lock (Unix s)."""
+
+    pid: int
+    since: float
+
+
+def writer_of(database: Path) -> Writer | None:
+    """The live process that holds `database` open for writing (a running campaign), or
+    None. Reads the writer lock file only: never takes the lock, so it cannot get in the
+    way of a campaign starting."""
+    lock = _WriterLock(Path(database)).path
+    try:
+        text = lock.read_text(errors="replace").strip()
+        since = lock.stat().st_mtime
+    except OSError:
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        return None
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # killed without releasing: the kernel dropped its lock
+    except PermissionError:
+        pass  # alive, another user's
+    return Writer(pid, since)
 
 
 def _uri(path: Path, mode: Literal["ro", "rw", "rwc"]) -> str:
@@ -1117,17 +1155,20 @@ class SQLiteStore:
                 )
             }
 
-    def worker_activity(self) -> list[WorkerActivity]:
-        """What each worker has recorded so far, workers in the order they first started."""
+    def worker_activity(self, *, since: float | None = None) -> list[WorkerActivity]:
+        """What each worker has recorded so far (only the experiments started at or after
+        Unix time `since`, if given: one run of a resumed campaign, whose workers have the
+        names of the run before), workers in the order they first started."""
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT e.worker, a.n, a.first, a.last, a.mean, e.experiment_id, o.class "
                 "FROM (SELECT worker, count(*) AS n, min(started_at) AS first, "
                 "max(finished_at) AS last, avg(duration_s) AS mean "
-                "FROM experiment GROUP BY worker) AS a "
+                "FROM experiment WHERE started_at >= ? GROUP BY worker) AS a "
                 "JOIN experiment AS e ON e.worker = a.worker AND e.finished_at = a.last "
                 "JOIN outcome AS o ON o.experiment_id = e.experiment_id "
-                "ORDER BY a.first, e.worker, e.experiment_id DESC"
+                "ORDER BY a.first, e.worker, e.experiment_id DESC",
+                (float("-inf") if since is None else float(since),),
             ).fetchall()
         found: dict[str, WorkerActivity] = {}
         for worker, n, first, last, mean, experiment_id, outcome in rows:
