@@ -646,7 +646,10 @@ def _run(
 
     with LiveServer([prepared.store.path], port=port, confidence=confidence, method=method) as web:
         err.print(f"dashboard (while the campaign runs): {web.url}", highlight=False, markup=False)
-        _run_campaign(prepared, workers, as_json=as_json, confidence=confidence, method=method)
+        try:
+            _run_campaign(prepared, workers, as_json=as_json, confidence=confidence, method=method)
+        finally:
+            prepared.store.close()  # the writer is done: the page's last update says so
 
 
 def _run_campaign(

@@ -114,11 +114,17 @@ class ActivitySource(Protocol):
 
 
 def campaign_activity(
-    store: ActivitySource, *, total: int, done: int, writer: Writer | None = None
+    store: ActivitySource,
+    *,
+    total: int,
+    done: int,
+    writer: Writer | None = None,
+    writer_known: bool = False,
 ) -> Activity:
     """The activity of the campaign in `store`, `done` of `total` recorded (the summary's
-    counts, read with it). `writer` defaults to the process writing `store.path` now."""
-    if writer is None:
+    counts, read with it). `writer` is the process running it (None: none), if
+    `writer_known` or given; else the process writing `store.path` now is looked up."""
+    if writer is None and not writer_known:
         writer = writer_of(store.path)
     running = writer is not None
     since = writer.since if writer is not None else None

@@ -1,8 +1,9 @@
 """One campaign database watched for new records, read-only, at the cost of what changed.
 
 `CampaignWatch.poll()` looks at the database file and its write-ahead log (size and
-modification time: a `stat` each) and only when they moved asks SQLite whether another
-connection committed (`PRAGMA data_version`, no table read). Only then does it read: the
+modification time: a `stat` each) and at the writer lock (is a campaign running it), and
+only when they moved asks SQLite whether another connection committed (`PRAGMA
+data_version`, no table read). Only then does it read: the
 summary counts (the function behind `vmfault campaign status`), the rows of the experiments
 recorded since the last look (added to the report's `ReportRows`, never read twice), and
 the activity. A `Snapshot` is the result, numbered by `revision`.
@@ -23,7 +24,7 @@ from vmfault.report.data import CampaignReport, ReportRows, assemble_report, cam
 from vmfault.report.summary import Summary, store_summary
 from vmfault.serve.activity import Activity, campaign_activity
 from vmfault.stats import IntervalMethod
-from vmfault.store import CampaignInfo, SQLiteStore
+from vmfault.store import CampaignInfo, SQLiteStore, Writer, writer_of
 
 __all__ = ["NEW_ROWS_SLACK_S", "CampaignWatch", "Snapshot"]
 
@@ -80,6 +81,7 @@ class CampaignWatch:
         self._latest_finish = float("-inf")
         self._files: FileState | None = None
         self._version: int | None = None
+        self._writer: Writer | None = None
         self._golden_found = False
         self._snapshot: Snapshot | None = None
         self.rows_read = 0
@@ -105,14 +107,16 @@ class CampaignWatch:
         gives one), else None."""
         with self._lock:
             files = self._file_state()
-            if self._snapshot is not None and files == self._files:
+            writer = writer_of(self.path)
+            same_writer = self._snapshot is not None and writer == self._writer
+            if same_writer and files == self._files:
                 return None
-            self._files = files
+            self._files, self._writer = files, writer
             version = self.store.data_version()
-            if self._snapshot is not None and version == self._version:
+            if same_writer and version == self._version:
                 return None
             self._version = version
-            self._snapshot = self._read()
+            self._snapshot = self._read(writer)
             return self._snapshot
 
     def current(self) -> Snapshot:
@@ -122,7 +126,7 @@ class CampaignWatch:
             assert self._snapshot is not None
             return self._snapshot
 
-    def _read(self) -> Snapshot:
+    def _read(self, writer: Writer | None) -> Snapshot:
         start = time.perf_counter()
         store = self.store
         info = store.campaign_info()
@@ -135,7 +139,9 @@ class CampaignWatch:
             golden = campaign_golden(store, info)
             self._golden_found = golden is not None
         report = assemble_report(info, summary, self._rows, golden=golden)
-        activity = campaign_activity(store, total=summary.total, done=summary.done)
+        activity = campaign_activity(
+            store, total=summary.total, done=summary.done, writer=writer, writer_known=True
+        )
         revision = 1 if self._snapshot is None else self._snapshot.revision + 1
         return Snapshot(
             revision=revision,
