@@ -6,7 +6,8 @@ only when they moved asks SQLite whether another connection committed (`PRAGMA
 data_version`, no table read). Only then does it read: the
 summary counts (the function behind `vmfault campaign status`), the rows of the experiments
 recorded since the last look (added to the report's `ReportRows`, never read twice), and
-the activity. A `Snapshot` is the result, numbered by `revision`.
+the activity. A `Snapshot` is the result, numbered by `revision`. Rows are read
+ROW_CHUNK at a time, one short read transaction each, as `rows()` reads them.
 
 The store is opened with `SQLiteStore.open_readonly` (a `mode=ro` connection, `query_only`):
 in WAL mode readers never block the campaign's one writer, and each read is one short
@@ -25,6 +26,7 @@ from vmfault.report.summary import Summary, store_summary
 from vmfault.serve.activity import Activity, campaign_activity
 from vmfault.stats import IntervalMethod
 from vmfault.store import CampaignInfo, SQLiteStore, Writer, writer_of
+from vmfault.store.sqlite import ROW_CHUNK
 
 __all__ = ["NEW_ROWS_SLACK_S", "CampaignWatch", "Snapshot"]
 
@@ -163,7 +165,9 @@ class CampaignWatch:
             new = self.store.finished_since(self._latest_finish - NEW_ROWS_SLACK_S) - self._seen
         if len(self._seen) + len(new) < count:
             new = self.store.done_ids() - self._seen
-        for row in self.store.rows_for(new):
+        ordered = sorted(new)
+        chunks = (ordered[i : i + ROW_CHUNK] for i in range(0, len(ordered), ROW_CHUNK))
+        for row in (row for chunk in chunks for row in self.store.rows_for(chunk)):
             experiment_id = row["experiment_id"]
             assert isinstance(experiment_id, int)
             if experiment_id in self._seen:
