@@ -97,6 +97,21 @@ target = "none"
 experiments = 2
 """
 
+LONG = """
+[campaign]
+name = "interrupted"
+seed = 2
+experiments = 200
+workers = 1
+
+[guest]
+workload = "checksum"
+
+[[faults]]
+name = "control"
+target = "none"
+"""
+
 
 def vmfault(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -353,3 +368,39 @@ def test_serve_two_finished_campaigns_and_stop_with_ctrl_c(
             server.communicate()
         if browser is not None:
             browser.close()
+
+
+def test_ctrl_c_stops_a_campaign_and_its_dashboard(image: GuestImage, tmp_path: Path) -> None:
+    del image
+    (tmp_path / "long.toml").write_text(LONG)
+    db = tmp_path / "long.db"
+    campaign = subprocess.Popen(
+        [sys.executable, "-m", "vmfault", "campaign", "run", "long.toml", "--db", db.name,
+         "--serve", "--port", "0"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert campaign.stderr is not None
+        url, _ = read_url(campaign.stderr, URL, 300)
+        base = url.split("/?")[0]
+        port = int(urllib.parse.urlsplit(url).port or 0)
+        with httpx.Client(base_url=base, params={"token": url.rsplit("=", 1)[1]}) as api:
+            deadline = time.monotonic() + 300
+            while api.get("/api/status", timeout=10).json()["done"] < 3:
+                assert time.monotonic() < deadline, "the campaign made no progress"
+                time.sleep(0.5)
+            activity = api.get("/api/activity", timeout=10).json()
+            assert activity["state"] == "running" and activity["writer_pid"] == campaign.pid
+            assert {w["state"] for w in activity["workers"]} == {"running"}
+        campaign.send_signal(signal.SIGINT)
+        _, stderr = campaign.communicate(timeout=60)
+        assert campaign.returncode == 130, stderr
+        assert "vmfault campaign resume" in stderr and "Traceback" not in stderr
+        assert port_closed(port)
+    finally:
+        if campaign.poll() is None:
+            campaign.kill()
+            campaign.communicate()
+    assert not leaked_qemu_processes()
+    done = status(db)["done"]
+    assert 3 <= done < 200
