@@ -157,7 +157,9 @@ def _section(ident: str, title: str, body: str) -> str:
     it has nothing to show."""
     hidden = "" if body else " hidden"
     heading = (
-        "" if ident in ("summary", LIVE) or ident.startswith(f"{LIVE}-") else f"<h2>{title}</h2>"
+        ""
+        if ident in ("summary", LIVE) or ident.startswith(f"{LIVE}-")
+        else f"<h2>{esc(title)}</h2>"
     )
     return (
         f'<section id="{esc(ident)}" data-section="{esc(ident)}" '
