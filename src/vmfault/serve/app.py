@@ -24,6 +24,7 @@ import importlib.resources
 import json
 import logging
 import secrets
+import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -241,6 +242,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._rendered: dict[tuple[str, tuple[int, ...]], tuple[dict[str, str], dict[str, str]]]
         self._rendered = {}
+        self._render_lock = threading.Lock()
 
     def start(self) -> None:
         """Start one watching task per campaign (in the server's event loop)."""
@@ -262,15 +264,15 @@ class Hub:
         """The fragments of `view` at these snapshots and their hashes, rendered once for
         every listener."""
         key = (view, tuple(s.revision for s in snapshots))
-        found = self._rendered.get(key)
-        if found is None:
-            fragments = render()
-            found = (fragments, {k: fragment_hash(v) for k, v in fragments.items()})
-            stale = [k for k in self._rendered if k[0] == view]
-            for old in stale:
-                del self._rendered[old]
-            self._rendered[key] = found
-        return found
+        with self._render_lock:  # listeners' threads: one renders, the others reuse it
+            found = self._rendered.get(key)
+            if found is None:
+                fragments = render()
+                found = (fragments, {k: fragment_hash(v) for k, v in fragments.items()})
+                for old in [k for k in self._rendered if k[0] == view]:
+                    del self._rendered[old]
+                self._rendered[key] = found
+            return found
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -7,6 +7,7 @@
   const body = document.body;
   const source = body.dataset.events;
   const connection = document.getElementById("connection");
+  const title = document.title;
   let closed = false;
 
   function say(text, state) {
@@ -74,7 +75,11 @@
     const data = JSON.parse(event.data);
     place(data.sections, data.hashes);
     counts(data.campaigns);
-    const states = Object.values(data.campaigns).map(function (c) { return c.state; });
+    const campaigns = Object.values(data.campaigns);
+    const states = campaigns.map(function (c) { return c.state; });
+    if (campaigns.length === 1) {
+      document.title = campaigns[0].done + "/" + campaigns[0].total + " · " + title;
+    }
     body.dataset.revision = data.revision;
     say(states.includes("running") ? "live" : "up to date (" + states.join(", ") + ")", "live");
     tick();
