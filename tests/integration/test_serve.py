@@ -268,12 +268,14 @@ def test_the_dashboard_follows_a_running_campaign(live_db: Path, pw: Any, tmp_pa
                 RESULTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(shot), full_page=False)
             if running and not matched_status:
+                # records only add up: the same count means the same records, the same status
                 before = api.get("/api/status").json()
                 cli = status(live_db)
                 after = api.get("/api/status").json()
-                if before == after:  # nothing landed meanwhile: all three must agree
-                    assert cli == before
-                    matched_status = True
+                for served in (before, after):
+                    if served["done"] == cli["done"] and cli["done"] < total:
+                        assert served == cli
+                        matched_status = True
         assert seen[-1] == total, seen
         distinct = sorted(set(seen))
         assert len(distinct) >= 4, f"the page did not follow the campaign: {seen}"
@@ -396,7 +398,7 @@ def test_ctrl_c_stops_a_campaign_and_its_dashboard(image: GuestImage, tmp_path: 
             assert activity["state"] == "running" and activity["writer_pid"] == campaign.pid
             assert {w["state"] for w in activity["workers"]} == {"running"}
         campaign.send_signal(signal.SIGINT)
-        _, stderr = campaign.communicate(timeout=60)
+        _, stderr = campaign.communicate(timeout=180)  # workers and server stop, loaded host
         assert campaign.returncode == 130, stderr
         assert "vmfault campaign resume" in stderr and "Traceback" not in stderr
         assert port_closed(port)
