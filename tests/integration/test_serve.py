@@ -259,6 +259,7 @@ def test_the_dashboard_follows_a_running_campaign(live_db: Path, pw: Any, tmp_pa
         seen = [browser.done()]
         deadline = time.monotonic() + 400
         shot = RESULTS / "serve-live-campaign.png"
+        shot.unlink(missing_ok=True)  # taken again by this run, during the campaign
         matched_status = False
         while time.monotonic() < deadline and seen[-1] < total:
             page.wait_for_timeout(700)

@@ -314,8 +314,9 @@ def _workers(activity: Activity, links: Links) -> str:
             "</td></tr>"
         )
     return (
-        '<div class="scroll"><table id="workers"><caption>Workers (of this run while the '
-        "campaign runs)</caption><thead><tr>"
+        '<div class="scroll"><table id="workers"><caption>'
+        + ("Workers of this run" if activity.state is CampaignState.RUNNING else "Workers")
+        + "</caption><thead><tr>"
         '<th scope="col" class="text">worker</th><th scope="col" class="text">state</th>'
         '<th scope="col">experiments</th><th scope="col">mean time</th>'
         '<th scope="col" class="text">last experiment</th><th scope="col">last record</th>'
