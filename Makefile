@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python bench/hangs.py
 	$(BIN)/python bench/restore.py
 	$(BIN)/python bench/fault_space.py --runs 200 --controls 100
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -627,7 +628,41 @@ def _print_summary(summary: Summary, *, as_json: bool) -> None:
         out.print(table)
 
 
+ServeOpt = Annotated[
+    bool, typer.Option("--serve", help="Serve a live dashboard on 127.0.0.1 while it runs.")
+]
+PortOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0, max=65535, help="Port of the dashboard (default 8765 or the next free one; 0: any)."
+    ),
+]
+
+
 def _run(
+    prepared: Prepared,
+    workers: int | None,
+    *,
+    as_json: bool,
+    confidence: float,
+    method: IntervalMethod,
+    serve: bool = False,
+    port: int | None = None,
+) -> None:
+    if not serve:
+        _run_campaign(prepared, workers, as_json=as_json, confidence=confidence, method=method)
+        return
+    from vmfault.serve import LiveServer  # noqa: PLC0415 (web stack loaded only to serve)
+
+    with LiveServer([prepared.store.path], port=port, confidence=confidence, method=method) as web:
+        err.print(f"dashboard (while the campaign runs): {web.url}", highlight=False, markup=False)
+        try:
+            _run_campaign(prepared, workers, as_json=as_json, confidence=confidence, method=method)
+        finally:
+            prepared.store.close()  # the writer is done: the page's last update says so
+
+
+def _run_campaign(
     prepared: Prepared,
     workers: int | None,
     *,
@@ -672,6 +707,8 @@ def campaign_run(
     confidence: ConfidenceOpt = 0.95,
     method: MethodOpt = IntervalMethod.WILSON,
     as_json: JsonOpt = False,
+    serve: ServeOpt = False,
+    port: PortOpt = None,
 ) -> None:
     """Run a campaign; every record is committed as it finishes."""
     spec = load_campaign(file)
@@ -687,7 +724,10 @@ def campaign_run(
             stale.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     prepared = prepare_campaign(spec, path, resume=False, log=_progress)
-    _run(prepared, workers, as_json=as_json, confidence=confidence, method=method)
+    _run(
+        prepared, workers, as_json=as_json, confidence=confidence, method=method,
+        serve=serve, port=port,
+    )  # fmt: skip
 
 
 @campaign_app.command("resume")
@@ -697,13 +737,18 @@ def campaign_resume(
     confidence: ConfidenceOpt = 0.95,
     method: MethodOpt = IntervalMethod.WILSON,
     as_json: JsonOpt = False,
+    serve: ServeOpt = False,
+    port: PortOpt = None,
 ) -> None:
     """Run exactly the experiments an interrupted campaign is missing."""
     _require_db(db)
     with SQLiteStore.open_readonly(db) as reader:
         spec = CampaignSpec.from_json(reader.campaign_info().spec_json)
     prepared = prepare_campaign(spec, db, resume=True, log=_progress)
-    _run(prepared, workers, as_json=as_json, confidence=confidence, method=method)
+    _run(
+        prepared, workers, as_json=as_json, confidence=confidence, method=method,
+        serve=serve, port=port,
+    )  # fmt: skip
 
 
 def _require_db(db: Path) -> None:
@@ -853,6 +898,28 @@ def report(
     """A self-contained HTML report of a campaign (two: side by side), or figures for papers."""
     for path in report_command(dbs, output, fmt, confidence=confidence, method=method):
         _progress(f"wrote {path}")
+
+
+@app.command()
+def serve(
+    dbs: Annotated[list[Path], typer.Argument(help="A campaign database, or two to compare.")],
+    port: PortOpt = None,
+    confidence: ConfidenceOpt = 0.95,
+    method: MethodOpt = IntervalMethod.WILSON,
+) -> None:
+    """A live dashboard of a campaign (two: compared) in the browser, on 127.0.0.1 only.
+
+    Reads the database read-only, while the campaign runs or after. Prints the address to
+    open (it carries a token); Ctrl-C stops it.
+    """
+    from vmfault.serve import LiveServer  # noqa: PLC0415 (web stack loaded only to serve)
+
+    with LiveServer(dbs, port=port, confidence=confidence, method=method) as web:
+        out.print(web.url, highlight=False, markup=False, soft_wrap=True)
+        _progress(f"serving {', '.join(map(str, dbs))} read-only; Ctrl-C stops")
+        with contextlib.suppress(KeyboardInterrupt):
+            web.wait()
+    _progress("stopped")
 
 
 def _check(table: Table, what: str, ok: bool, detail: str, fix: str = "") -> bool:

@@ -64,9 +64,12 @@ __all__ = [
     "OutcomeRate",
     "ProgressHistogram",
     "Provenance",
+    "ReportRows",
     "ReportSource",
     "Storms",
+    "assemble_report",
     "build_report",
+    "campaign_golden",
     "golden_text",
     "reason_kind",
     "replay_command",
@@ -436,7 +439,6 @@ def build_report(
     """The report of the campaign in `store`; `db` names the database in replay commands
     (default: the store's `path`)."""
     info = store.campaign_info()
-    spec = _spec(info)
     summary = summarize(
         info.name,
         info.total_planned,
@@ -444,16 +446,25 @@ def build_report(
         store.counts_by_stratum(),
         confidence=confidence,
         method=method,
-        controls=control_strata(spec),
+        controls=control_strata(_spec(info)),
     )
     label = db if db is not None else str(getattr(store, "path", "campaign.db"))
-    rows = _Rows(label, confidence=confidence, method=method)
+    rows = ReportRows(label, confidence=confidence, method=method)
     for row in store.rows():
         rows.add(row)
+    return assemble_report(info, summary, rows, golden=campaign_golden(store, info))
+
+
+def assemble_report(
+    info: CampaignInfo, summary: Summary, rows: ReportRows, *, golden: GoldenRun | None
+) -> CampaignReport:
+    """The report of a campaign from its summary (`store_summary`, the numbers of `vmfault
+    campaign status`) and the analysis rows gathered in `rows`. A live view keeps its
+    `ReportRows`, adds the rows recorded since, and assembles again."""
     return CampaignReport(
-        db=label,
-        provenance=_provenance(info, spec),
-        golden=_golden(store, spec),
+        db=rows.db,
+        provenance=_provenance(info, _spec(info)),
+        golden=golden,
         summary=summary,
         overall=_distribution(None, summary.done, summary.outcomes, summary.rates, rows.rate),
         strata=tuple(
@@ -473,6 +484,11 @@ def build_report(
         storms=rows.storms(),
         examples=rows.examples(),
     )
+
+
+def campaign_golden(store: ReportSource, info: CampaignInfo) -> GoldenRun | None:
+    """The golden run of the campaign's workload command line, if stored."""
+    return _golden(store, _spec(info))
 
 
 # ---------------------------------------------------------------------------- campaign info
@@ -657,11 +673,18 @@ def _number_or_none(value: object) -> float | None:
     return float(value)
 
 
-class _Rows:
-    """Accumulates everything the report needs in one pass over the analysis rows."""
+class ReportRows:
+    """Everything a report needs from the analysis rows, gathered one row at a time (one
+    pass over the store). A report can be assembled from it at any moment
+    (`assemble_report`) and more rows added afterwards; each row is added once.
+
+    `db` names the database in replay commands; rates use `confidence` and `method`.
+    """
 
     def __init__(self, db: str, *, confidence: float, method: IntervalMethod) -> None:
         self.db = db
+        self.added = 0
+        """Rows added so far."""
         self.rate = _RateOf(confidence, method)
         self.not_injected: dict[str, NotInjectedReason] = {}
         self.reason_strata: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -686,6 +709,8 @@ class _Rows:
         self.first: dict[tuple[str, str | None], Example] = {}
 
     def add(self, row: Mapping[str, object]) -> None:
+        """Count one analysis row (`ResultStore.rows()`)."""
+        self.added += 1
         outcome = _text(row.get("outcome"))
         stratum = _text(row.get("stratum"))
         if outcome == Outcome.NOT_INJECTED.value:

@@ -9,6 +9,7 @@ faulty guest included) is escaped. Every chart's numbers are also in a table.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,7 +49,20 @@ from vmfault.report.svg import (
 )
 from vmfault.stats import IntervalMethod, Rate, wilson
 
-__all__ = ["CONTENT_SECURITY_POLICY", "rate_difference", "render_html"]
+__all__ = [
+    "COMPARISON_SECTIONS",
+    "CONTENT_SECURITY_POLICY",
+    "REPORT_CSS",
+    "REPORT_SECTIONS",
+    "ComparisonSection",
+    "Layout",
+    "Section",
+    "comparison_names",
+    "not_injected_table",
+    "rate_difference",
+    "render_html",
+    "report_subtitle",
+]
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -66,7 +80,7 @@ _METHOD_NAMES = {
     IntervalMethod.CLOPPER_PEARSON: "Clopper-Pearson",
 }
 
-_CSS = """
+REPORT_CSS = """
 :root { --ink: #1d2433; --muted: #5b6475; --rule: #dde1e8; --soft: #f6f7f9; --accent: #2f4b7c; }
 * { box-sizing: border-box; }
 html { -webkit-text-size-adjust: 100%; }
@@ -151,18 +165,47 @@ footer { margin-top: 40px; padding-top: 10px; border-top: 1px solid var(--rule);
   header.top p { color: var(--muted); } nav.toc { display: none; }
   section { break-inside: avoid-page; } }
 """
+"""The report's style sheet (inline in the report; served as a file by `vmfault serve`)."""
 
 
 @dataclass(frozen=True)
-class _Layout:
-    """Where a section goes: id prefix (unique ids in comparisons) and chart width (px)."""
+class Layout:
+    """Where a section goes: id prefix (unique ids in comparisons: `a-` and `b-` for the
+    two sides), chart width (px), and where an experiment's id links to:
+    `experiment_href(prefix, id)` (its page on a dashboard), or None (the report's own
+    example of it, if it shows one)."""
 
     prefix: str = ""
     width: float = 960.0
+    experiment_href: Callable[[str, int], str] | None = None
+
+    def half(self, prefix: str) -> Layout:
+        """The layout of one side of a comparison."""
+        return dataclasses.replace(self, prefix=prefix, width=_HALF_WIDTH)
 
 
-_FULL = _Layout()
+_FULL = Layout()
 _HALF_WIDTH = 520.0
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of a campaign's report: its id, its title, and the one function that
+    renders it (an HTML fragment, empty when there is nothing to show). The report and
+    the dashboard of `vmfault serve` render every section through it."""
+
+    ident: str
+    title: str
+    render: Callable[[CampaignReport, Layout], str]
+
+
+@dataclass(frozen=True)
+class ComparisonSection:
+    """One section of the comparison of two campaigns (`names`: how the page calls them)."""
+
+    ident: str
+    title: str
+    render: Callable[[CampaignReport, CampaignReport, tuple[str, str], Layout], str]
 
 
 def rate_difference(a: Rate, b: Rate) -> tuple[float, float, float]:
@@ -205,7 +248,7 @@ def render_html(reports: Sequence[CampaignReport], *, generated_at: str = "") ->
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<meta name="referrer" content="no-referrer">\n'
         f'<meta name="generator" content="vmfault {esc(__version__)}">\n'
-        f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<title>{esc(title)}</title>\n<style>{REPORT_CSS}</style>\n</head>\n<body>\n"
         f"{body}\n<main>{footer}</main>\n</body>\n</html>\n"
     )
 
@@ -352,26 +395,17 @@ def _page(header: str, sections: Sequence[tuple[str, str, str]]) -> str:
 
 
 def _single(report: CampaignReport) -> str:
-    sections = [
-        ("summary", "Summary", _summary_cards(report)),
-        ("provenance", "Provenance", _provenance(report)),
-        ("golden", "Golden run", _golden(report)),
-        ("outcomes", "Outcomes", _outcomes(report)),
-        ("progress", "Where faults landed", _progress(report)),
-        ("locations", "Registers and bits", _locations(report)),
-        ("crashes", "Crashes", _crashes(report)),
-        ("activation", "Activation", _activation(report)),
-        ("instructions", "Instruction faults", _instructions(report)),
-        ("storms", "Fault storms", _storms(report)),
-        ("examples", "Examples", _examples(report)),
-    ]
+    sections = [(s.ident, s.title, s.render(report, _FULL)) for s in REPORT_SECTIONS]
+    return _page(_header(report.name, report_subtitle(report)), sections)
+
+
+def report_subtitle(report: CampaignReport) -> str:
+    """The line under a campaign report's title (plain text)."""
     info = report.provenance
-    header = _header(
-        report.name,
+    return (
         f"Fault-injection campaign report · {info.workload} · seed {info.seed} · "
-        f"{report.summary.done} of {report.summary.total} experiments · {_method(report)}",
+        f"{report.summary.done} of {report.summary.total} experiments · {_method(report)}"
     )
-    return _page(header, sections)
 
 
 def _false_positive_card(report: CampaignReport) -> tuple[str, str, str] | None:
@@ -400,7 +434,7 @@ def _false_positive_lead(report: CampaignReport) -> str:
     )
 
 
-def _summary_cards(report: CampaignReport) -> str:
+def _summary_cards(report: CampaignReport, layout: Layout = _FULL) -> str:
     overall = report.overall
     not_injected = overall.count("not-injected")
     control = _false_positive_card(report)
@@ -463,7 +497,7 @@ def _provenance_facts(report: CampaignReport) -> list[tuple[str, str]]:
     return facts
 
 
-def _provenance(report: CampaignReport) -> str:
+def _provenance(report: CampaignReport, layout: Layout = _FULL) -> str:
     facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _provenance_facts(report))
     done = {d.stratum: d.done for d in report.strata}
     families = _table(
@@ -485,7 +519,7 @@ def _provenance(report: CampaignReport) -> str:
     return f'<dl class="facts">{facts}</dl>{families}'
 
 
-def _golden(report: CampaignReport) -> str:
+def _golden(report: CampaignReport, layout: Layout = _FULL) -> str:
     golden = report.golden
     if golden is None:
         return '<p class="muted">No golden run is stored for the campaign\'s command line.</p>'
@@ -517,7 +551,7 @@ def _group_label(dist: Distribution) -> str:
     return "all experiments" if dist.stratum is None else dist.stratum
 
 
-def _outcomes(report: CampaignReport, layout: _Layout = _FULL) -> str:
+def _outcomes(report: CampaignReport, layout: Layout = _FULL) -> str:
     prefix = layout.prefix
     groups = [
         BarGroup(
@@ -578,10 +612,10 @@ def _outcomes(report: CampaignReport, layout: _Layout = _FULL) -> str:
         table_id=f"{prefix}strata-outcomes",
         row_attrs=strata_attrs,
     )
-    return chart + table + strata + _not_injected(report, prefix)
+    return chart + table + strata + not_injected_table(report, layout)
 
 
-def _not_injected(report: CampaignReport, prefix: str) -> str:
+def not_injected_table(report: CampaignReport, layout: Layout = _FULL) -> str:
     """Why faults could not be placed: one row per kind of reason (numbers as N)."""
     reasons = report.not_injected
     if not reasons:
@@ -592,7 +626,8 @@ def _not_injected(report: CampaignReport, prefix: str) -> str:
             esc(r.reason),
             str(r.count),
             *(str(r.by_stratum.get(s, 0)) for s in strata),
-            f"{esc(r.example)}<small>experiment {r.first_experiment}</small>",
+            f"{esc(r.example)}<small>experiment "
+            f"{_experiment_link(layout, r.first_experiment)}</small>",
         ]
         for r in reasons
     ]
@@ -601,12 +636,12 @@ def _not_injected(report: CampaignReport, prefix: str) -> str:
         "hex values as 0xN",
         ["reason", "experiments", *(esc(s) for s in strata), "first example"],
         rows,
-        table_id=f"{prefix}not-injected",
+        table_id=f"{layout.prefix}not-injected",
         row_attrs=[f' data-reason="{esc(r.reason)}" data-count="{r.count}"' for r in reasons],
     )
 
 
-def _progress(report: CampaignReport, layout: _Layout = _FULL) -> str:
+def _progress(report: CampaignReport, layout: Layout = _FULL) -> str:
     """Per stratum, where in the golden execution its faults landed."""
     shown = report.progress
     if not shown:
@@ -681,7 +716,7 @@ def _heat_rows(heat: HeatMap) -> list[HeatRow]:
     return rows
 
 
-def _locations(report: CampaignReport, layout: _Layout = _FULL) -> str:
+def _locations(report: CampaignReport, layout: Layout = _FULL) -> str:
     heat = report.heatmap
     if heat is None and not report.registers:
         return ""
@@ -748,7 +783,19 @@ def _locations(report: CampaignReport, layout: _Layout = _FULL) -> str:
     return out
 
 
-def _crashes(report: CampaignReport, layout: _Layout = _FULL) -> str:
+def _experiment_link(layout: Layout, experiment_id: int, anchor: str = "") -> str:
+    """An experiment's id, linked to its page (dashboard) or to `anchor` + id (the report's
+    example of it), or plain when neither is given."""
+    if layout.experiment_href is not None:
+        href = layout.experiment_href(layout.prefix, experiment_id)
+    elif anchor:
+        href = f"{anchor}{experiment_id}"
+    else:
+        return str(experiment_id)
+    return f'<a href="{esc(href)}">{experiment_id}</a>'
+
+
+def _crashes(report: CampaignReport, layout: Layout = _FULL) -> str:
     prefix = layout.prefix
     causes = report.crash_causes
     if not causes and not report.latency:
@@ -776,7 +823,7 @@ def _crashes(report: CampaignReport, layout: _Layout = _FULL) -> str:
                 _pct(c.share.rate),
                 _interval(c.share),
                 *(str(c.by_stratum.get(s, 0)) for s in strata),
-                f'<a href="#{prefix}example-{c.first_experiment}">{c.first_experiment}</a>',
+                _experiment_link(layout, c.first_experiment, f"#{prefix}example-"),
             ]
             for c in causes
         ]
@@ -839,7 +886,7 @@ def _latency_table(histograms: Sequence[LatencyHistogram]) -> str:
     )
 
 
-def _activation(report: CampaignReport, layout: _Layout = _FULL) -> str:
+def _activation(report: CampaignReport, layout: Layout = _FULL) -> str:
     recorded = [row for row in report.activation if row.recorded]
     if not recorded:
         return ""
@@ -880,7 +927,7 @@ def _activation(report: CampaignReport, layout: _Layout = _FULL) -> str:
     return out
 
 
-def _instructions(report: CampaignReport, layout: _Layout = _FULL) -> str:
+def _instructions(report: CampaignReport, layout: Layout = _FULL) -> str:
     data = report.instructions
     if data is None:
         return ""
@@ -906,7 +953,7 @@ def _instructions(report: CampaignReport, layout: _Layout = _FULL) -> str:
     return out
 
 
-def _storms(report: CampaignReport, layout: _Layout = _FULL) -> str:
+def _storms(report: CampaignReport, layout: Layout = _FULL) -> str:
     data = report.storms
     if data is None:
         return ""
@@ -932,7 +979,8 @@ def _storms(report: CampaignReport, layout: _Layout = _FULL) -> str:
     return out
 
 
-def _example(example: Example, prefix: str) -> str:
+def _example(example: Example, layout: Layout) -> str:
+    prefix = layout.prefix
     title = example.outcome + (f" · {example.cause}" if example.cause else "")
     bits = ", ".join(str(b) for b in example.bits) or "-"
     meta = f"experiment {example.experiment_id} · stratum {example.stratum} · {example.location}"
@@ -946,12 +994,17 @@ def _example(example: Example, prefix: str) -> str:
         f'<h3>{esc(title)}</h3><div class="meta">{esc(meta)}</div>'
         f"<div>{esc(example.reason)}</div>"
         f'<pre class="console">{esc(evidence)}</pre>'
-        f"<div>Replay: <code>{esc(example.replay)}</code></div></div>"
+        f"<div>Replay: <code>{esc(example.replay)}</code>"
+        + (
+            ""
+            if layout.experiment_href is None
+            else " · details: experiment " + _experiment_link(layout, example.experiment_id)
+        )
+        + "</div></div>"
     )
 
 
-def _examples(report: CampaignReport, layout: _Layout = _FULL) -> str:
-    prefix = layout.prefix
+def _examples(report: CampaignReport, layout: Layout = _FULL) -> str:
     if not report.examples:
         return ""
     out = (
@@ -959,33 +1012,30 @@ def _examples(report: CampaignReport, layout: _Layout = _FULL) -> str:
         "failure outcome, with the console line (or output line) behind its classification "
         "and the command that runs it again.</p>"
     )
-    return out + "".join(_example(example, prefix) for example in report.examples)
+    return out + "".join(_example(example, layout) for example in report.examples)
 
 
 # ---------------------------------------------------------------------------- comparison
 
 
 def _comparison(a: CampaignReport, b: CampaignReport) -> str:
-    names = (a.name, b.name) if a.name != b.name else (f"A: {a.name}", f"B: {b.name}")
+    names = comparison_names(a, b)
     header = _header(
         f"{names[0]} vs {names[1]}", f"Comparison of two fault-injection campaigns · {_method(a)}"
     )
-    sections = [
-        ("summary", "Summary", _compare_summary(a, b, names)),
-        ("provenance", "Provenance", _compare_provenance(a, b, names)),
-        ("outcomes", "Outcomes", _compare_outcomes(a, b, names)),
-        ("progress", "Where faults landed", _pair(a, b, names, _progress)),
-        ("locations", "Registers and bits", _pair(a, b, names, _locations)),
-        ("crashes", "Crashes", _pair(a, b, names, _crashes)),
-        ("activation", "Activation", _pair(a, b, names, _activation)),
-        ("instructions", "Instruction faults", _pair(a, b, names, _instructions)),
-        ("storms", "Fault storms", _pair(a, b, names, _storms)),
-        ("examples", "Examples", _pair(a, b, names, _examples)),
-    ]
+    sections = [(s.ident, s.title, s.render(a, b, names, _FULL)) for s in COMPARISON_SECTIONS]
     return _page(header, sections)
 
 
-def _compare_summary(a: CampaignReport, b: CampaignReport, names: tuple[str, str]) -> str:
+def comparison_names(a: CampaignReport, b: CampaignReport) -> tuple[str, str]:
+    """How a comparison calls its two campaigns: their names, or `A: name` and `B: name`
+    when both have the same one."""
+    return (a.name, b.name) if a.name != b.name else (f"A: {a.name}", f"B: {b.name}")
+
+
+def _compare_summary(
+    a: CampaignReport, b: CampaignReport, names: tuple[str, str], layout: Layout = _FULL
+) -> str:
     cards = []
     for report, name, color in zip((a, b), names, CAMPAIGN_COLORS, strict=True):
         control = _false_positive_card(report)
@@ -1013,7 +1063,9 @@ def _compare_summary(a: CampaignReport, b: CampaignReport, names: tuple[str, str
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
-def _compare_provenance(a: CampaignReport, b: CampaignReport, names: tuple[str, str]) -> str:
+def _compare_provenance(
+    a: CampaignReport, b: CampaignReport, names: tuple[str, str], layout: Layout = _FULL
+) -> str:
     left = dict(_provenance_facts(a))
     right = dict(_provenance_facts(b))
     keys = list(left) + [k for k in right if k not in left]
@@ -1041,7 +1093,9 @@ def _compare_provenance(a: CampaignReport, b: CampaignReport, names: tuple[str, 
     )
 
 
-def _compare_outcomes(a: CampaignReport, b: CampaignReport, names: tuple[str, str]) -> str:
+def _compare_outcomes(
+    a: CampaignReport, b: CampaignReport, names: tuple[str, str], layout: Layout = _FULL
+) -> str:
     out = _compare_distribution(a.overall, b.overall, names, "All experiments", "all")
     common = [s.stratum for s in a.strata if s.stratum in {t.stratum for t in b.strata}]
     for stratum in common:
@@ -1104,14 +1158,26 @@ def _compare_distribution(
     return f"<h3>{esc(title)}</h3>{chart}{table}"
 
 
+def _paired(
+    section: Callable[[CampaignReport, Layout], str],
+) -> Callable[[CampaignReport, CampaignReport, tuple[str, str], Layout], str]:
+    """A comparison section showing `section` of each campaign side by side."""
+
+    def render(a: CampaignReport, b: CampaignReport, names: tuple[str, str], layout: Layout) -> str:
+        return _pair(a, b, names, section, layout)
+
+    return render
+
+
 def _pair(
     a: CampaignReport,
     b: CampaignReport,
     names: tuple[str, str],
-    section: Callable[[CampaignReport, _Layout], str],
+    section: Callable[[CampaignReport, Layout], str],
+    layout: Layout = _FULL,
 ) -> str:
-    left = section(a, _Layout("a-", _HALF_WIDTH))
-    right = section(b, _Layout("b-", _HALF_WIDTH))
+    left = section(a, layout.half("a-"))
+    right = section(b, layout.half("b-"))
     if not left and not right:
         return ""
     cells = []
@@ -1119,3 +1185,33 @@ def _pair(
         shown = body or '<p class="muted">Nothing recorded.</p>'
         cells.append(f'<div><h3 style="color:{color}">{esc(name)}</h3>{shown}</div>')
     return f'<div class="pair">{"".join(cells)}</div>'
+
+
+REPORT_SECTIONS: tuple[Section, ...] = (
+    Section("summary", "Summary", _summary_cards),
+    Section("provenance", "Provenance", _provenance),
+    Section("golden", "Golden run", _golden),
+    Section("outcomes", "Outcomes", _outcomes),
+    Section("progress", "Where faults landed", _progress),
+    Section("locations", "Registers and bits", _locations),
+    Section("crashes", "Crashes", _crashes),
+    Section("activation", "Activation", _activation),
+    Section("instructions", "Instruction faults", _instructions),
+    Section("storms", "Fault storms", _storms),
+    Section("examples", "Examples", _examples),
+)
+"""The sections of a campaign's report, in the report's order."""
+
+COMPARISON_SECTIONS: tuple[ComparisonSection, ...] = (
+    ComparisonSection("summary", "Summary", _compare_summary),
+    ComparisonSection("provenance", "Provenance", _compare_provenance),
+    ComparisonSection("outcomes", "Outcomes", _compare_outcomes),
+    ComparisonSection("progress", "Where faults landed", _paired(_progress)),
+    ComparisonSection("locations", "Registers and bits", _paired(_locations)),
+    ComparisonSection("crashes", "Crashes", _paired(_crashes)),
+    ComparisonSection("activation", "Activation", _paired(_activation)),
+    ComparisonSection("instructions", "Instruction faults", _paired(_instructions)),
+    ComparisonSection("storms", "Fault storms", _paired(_storms)),
+    ComparisonSection("examples", "Examples", _paired(_examples)),
+)
+"""The sections of the comparison of two campaigns, in the page's order."""

@@ -13,24 +13,33 @@ from vmfault.store.base import (
     Column,
     ColumnKind,
     DuplicateExperiment,
+    ExperimentFilter,
+    ExperimentPage,
     GoldenMismatchError,
     ResultStore,
     RowSource,
     StoreError,
+    WorkerActivity,
 )
-from vmfault.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from vmfault.store.sqlite import PAGE_MAX_ROWS, SCHEMA_VERSION, SQLiteStore, Writer, writer_of
 
 __all__ = [
     "COLUMNS",
     "COLUMN_NAMES",
+    "PAGE_MAX_ROWS",
     "SCHEMA_VERSION",
     "CampaignInfo",
     "Column",
     "ColumnKind",
     "DuplicateExperiment",
+    "ExperimentFilter",
+    "ExperimentPage",
     "GoldenMismatchError",
     "ResultStore",
     "RowSource",
     "SQLiteStore",
     "StoreError",
+    "WorkerActivity",
+    "Writer",
+    "writer_of",
 ]

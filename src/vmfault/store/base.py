@@ -8,6 +8,7 @@ experiment that `rows()` yields and every export writes, in this order.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,10 +26,13 @@ __all__ = [
     "Column",
     "ColumnKind",
     "DuplicateExperiment",
+    "ExperimentFilter",
+    "ExperimentPage",
     "GoldenMismatchError",
     "ResultStore",
     "RowSource",
     "StoreError",
+    "WorkerActivity",
 ]
 
 logger = logging.getLogger(__name__)
@@ -162,6 +166,56 @@ COLUMNS: tuple[Column, ...] = (
 """The analysis row of one experiment, in column order."""
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
+
+
+@dataclass(frozen=True)
+class ExperimentFilter:
+    """Which experiments to list: each field given must match exactly (None: any).
+
+    `machine` matches an experiment whose judged machine, or a machine one of its
+    injections went to, has that name.
+    """
+
+    stratum: str | None = None
+    outcome: str | None = None
+    """An outcome class value (`crash`, `not-injected`, ...)."""
+    cause: str | None = None
+    machine: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        """The fields given, by name."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ExperimentPage:
+    """One page of the experiments a filter matches: analysis rows (`COLUMNS`)."""
+
+    filter: ExperimentFilter
+    total: int
+    """Experiments the filter matches in all."""
+    offset: int
+    limit: int
+    rows: tuple[dict[str, object], ...]
+
+
+@dataclass(frozen=True)
+class WorkerActivity:
+    """What one campaign worker has recorded so far (Unix times in seconds)."""
+
+    worker: str
+    experiments: int
+    first_started_at: float
+    last_finished_at: float
+    mean_duration_s: float
+    """Mean host seconds per experiment."""
+    last_experiment: int
+    """The id of the experiment it finished last."""
+    last_outcome: str
+
+    def to_json(self) -> dict[str, object]:
+        """Plain data."""
+        return dataclasses.asdict(self)
 
 
 class RowSource(Protocol):

@@ -32,7 +32,7 @@ import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,11 +54,22 @@ from vmfault.store.base import (
     COLUMN_NAMES,
     CampaignInfo,
     DuplicateExperiment,
+    ExperimentFilter,
+    ExperimentPage,
     GoldenMismatchError,
     StoreError,
+    WorkerActivity,
 )
 
-__all__ = ["APPLICATION_ID", "BUSY_TIMEOUT_S", "SCHEMA_VERSION", "SQLiteStore"]
+__all__ = [
+    "APPLICATION_ID",
+    "BUSY_TIMEOUT_S",
+    "PAGE_MAX_ROWS",
+    "SCHEMA_VERSION",
+    "SQLiteStore",
+    "Writer",
+    "writer_of",
+]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -77,6 +88,8 @@ BUSY_TIMEOUT_S = 10.0
 """How long a connection waits for a lock before failing."""
 ROW_CHUNK = 500
 """Rows fetched per query by `rows()`; no read transaction stays open between chunks."""
+PAGE_MAX_ROWS = 500
+"""The most rows one `experiment_page()` returns."""
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NOT_OURS_HINT = "give the database file a vmfault campaign created"
@@ -253,7 +266,7 @@ _INJECTION_COLUMNS = frozenset({
 """Injection fields with a column of their own; a kind's other fields go to detail_json."""
 _HEX_COLUMNS = frozenset({"mask", "address", "virtual", "before", "after", "readback", "rip"})
 
-_ROWS_QUERY_TEMPLATE = """
+_ROWS_SELECT_TEMPLATE = """
 SELECT e.experiment_id, e.stratum, e.seed, e.idx,
        o.class, o.reason, o.cause, o.evidence, o.activation, o.latency_value, o.latency_unit,
        o.exit_status, o.signal,
@@ -269,10 +282,12 @@ FROM experiment AS e
 JOIN outcome AS o ON o.experiment_id = e.experiment_id
 LEFT JOIN injection AS i ON i.experiment_id = e.experiment_id AND i.ordinal = 0
 {storm_join}
-WHERE e.experiment_id >= ?
-ORDER BY e.experiment_id
-LIMIT ?
 """
+"""The analysis rows' SELECT and joins, without a WHERE clause (`rows()`, `rows_for()`,
+`experiment_page()` add theirs)."""
+_ROWS_QUERY_TEMPLATE = (
+    _ROWS_SELECT_TEMPLATE + "WHERE e.experiment_id >= ?\nORDER BY e.experiment_id\nLIMIT ?\n"
+)
 _ROWS_QUERY = _ROWS_QUERY_TEMPLATE.format(
     progress="i.progress",
     storm_columns="st.flips, st.guest_s, st.real_world_s",
@@ -288,6 +303,51 @@ _ROWS_QUERY_V1 = _ROWS_QUERY_TEMPLATE.format(
     progress="NULL", storm_columns="NULL, NULL, NULL", storm_join=""
 )
 """The rows of a version-1 database (read-only): no storm table, the storm columns None."""
+
+
+_COUNT_QUERY = (
+    "SELECT count(*) FROM experiment AS e JOIN outcome AS o ON o.experiment_id = e.experiment_id "
+)
+"""How many experiments match; a filter's WHERE clause follows."""
+
+
+def _rows_select(version: int) -> str:
+    """The analysis rows' SELECT for a database of schema `version`, without WHERE."""
+    progress = "i.progress" if version >= _MACHINES_VERSION else "NULL"
+    if version >= _STORM_VERSION:
+        storm_columns = "st.flips, st.guest_s, st.real_world_s"
+        storm_join = "LEFT JOIN storm AS st ON st.experiment_id = e.experiment_id"
+    else:
+        storm_columns, storm_join = "NULL, NULL, NULL", ""
+    return _ROWS_SELECT_TEMPLATE.format(
+        progress=progress, storm_columns=storm_columns, storm_join=storm_join
+    )
+
+
+def _filter_clause(found: ExperimentFilter, version: int) -> tuple[str, tuple[object, ...]]:
+    """The WHERE clause (empty or starting with WHERE) of `found`, and its parameters."""
+    terms: list[str] = []
+    params: list[object] = []
+    for column, value in (
+        ("e.stratum", found.stratum),
+        ("o.class", found.outcome),
+        ("o.cause", found.cause),
+    ):
+        if value is not None:
+            terms.append(f"{column} = ?")
+            params.append(value)
+    if found.machine is not None:
+        if version >= _MACHINES_VERSION:
+            terms.append(
+                "(o.machine = ? OR EXISTS (SELECT 1 FROM injection AS m "
+                "WHERE m.experiment_id = e.experiment_id AND m.machine = ?))"
+            )
+            params += [found.machine, found.machine]
+        elif found.machine != DEFAULT_MACHINE:
+            terms.append("0")
+    return ("WHERE " + " AND ".join(terms) if terms else ""), tuple(params)
+
+
 _SELECT_STORM = """
 SELECT region, schedule, flips, guest_s, real_world_s, max_error_s, mean_error_s,
        first_flip_error_s, guest_time, {attempts}
@@ -375,6 +435,36 @@ class _WriterLock:
             self.path.unlink()
         os.close(self._fd)
         self._fd = None
+
+
+@dataclass(frozen=True)
+class Writer:
+    """The process writing a database: its id and when it took the writer lock (Unix s)."""
+
+    pid: int
+    since: float
+
+
+def writer_of(database: Path) -> Writer | None:
+    """The live process that holds `database` open for writing (a running campaign), or
+    None. Reads the writer lock file only: never takes the lock, so it cannot get in the
+    way of a campaign starting."""
+    lock = _WriterLock(Path(database)).path
+    try:
+        text = lock.read_text(errors="replace").strip()
+        since = lock.stat().st_mtime
+    except OSError:
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        return None
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # killed without releasing: the kernel dropped its lock
+    except PermissionError:
+        pass  # alive, another user's
+    return Writer(pid, since)
 
 
 def _uri(path: Path, mode: Literal["ro", "rw", "rwc"]) -> str:
@@ -928,10 +1018,7 @@ class SQLiteStore:
                 )
                 chunk = conn.execute(query, (start, ROW_CHUNK)).fetchall()
             for values in chunk:
-                row: dict[str, object] = dict(zip(COLUMN_NAMES, values, strict=True))
-                for position in _BOOL_COLUMNS:
-                    row[COLUMN_NAMES[position]] = _opt_bool(values[position])
-                yield row
+                yield _row(values)
             last = int(chunk[-1][0]) if chunk else _INT64_MAX
             if len(chunk) < ROW_CHUNK or last == _INT64_MAX:
                 return
@@ -980,6 +1067,120 @@ class SQLiteStore:
         """`load(experiment_id).to_json()` (the `vmfault inject --json` shape), or None."""
         record = self.load(experiment_id)
         return None if record is None else record.to_json()
+
+    # ------------------------------------------------------------------ browsing
+
+    def data_version(self) -> int:
+        """SQLite's `PRAGMA data_version` of this connection: it changes whenever another
+        connection commits, and costs no read of the tables (a cheap change detector)."""
+        with self._lock, _translated(self.path):
+            return int(self._connection().execute("PRAGMA data_version").fetchone()[0])
+
+    def rows_for(self, experiment_ids: Iterable[int]) -> list[dict[str, object]]:
+        """The analysis rows (as `rows()` yields them) of the recorded ones among
+        `experiment_ids`, by experiment id, in one read transaction."""
+        wanted = json.dumps(sorted({int(i) for i in experiment_ids}))
+        with self._read() as conn:
+            where = "WHERE e.experiment_id IN (SELECT value FROM json_each(?))"
+            query = f"{_rows_select(self._version)}{where}\nORDER BY e.experiment_id"
+            return [_row(values) for values in conn.execute(query, (wanted,))]
+
+    def experiment_page(
+        self,
+        found: ExperimentFilter = ExperimentFilter(),  # noqa: B008 (frozen, never changed)
+        *,
+        offset: int = 0,
+        limit: int = 50,
+        newest_first: bool = False,
+    ) -> ExperimentPage:
+        """One page of the analysis rows matching `found`, by experiment id (or, with
+        `newest_first`, by the time they finished, latest first), and how many match in all;
+        one read transaction. `limit` is capped at PAGE_MAX_ROWS."""
+        offset = max(0, int(offset))
+        limit = max(0, min(int(limit), PAGE_MAX_ROWS))
+        with self._read() as conn:
+            where, params = _filter_clause(found, self._version)
+            total = int(conn.execute(_COUNT_QUERY + where, params).fetchone()[0])
+            order = (
+                "e.finished_at DESC, e.experiment_id DESC" if newest_first else "e.experiment_id"
+            )
+            query = f"{_rows_select(self._version)}{where}\nORDER BY {order} LIMIT ? OFFSET ?"
+            rows = [_row(values) for values in conn.execute(query, (*params, limit, offset))]
+        return ExperimentPage(found, total, offset, limit, tuple(rows))
+
+    def filter_values(self) -> dict[str, dict[str, int]]:
+        """What the experiments can be filtered by, with how many experiments have each
+        value: `stratum`, `outcome`, `cause` (crash causes and the like; experiments without
+        one left out) and `machine` (judged, or faulted); values sorted by name."""
+        found: dict[str, dict[str, int]] = {}
+        with self._read() as conn:
+            machines = (
+                "SELECT machine, count(*) FROM (SELECT experiment_id, machine FROM outcome "
+                "UNION SELECT experiment_id, machine FROM injection) GROUP BY 1 ORDER BY 1"
+                if self._version >= _MACHINES_VERSION
+                else f"SELECT '{DEFAULT_MACHINE}', count(*) FROM experiment "  # noqa: S608
+                "HAVING count(*) > 0"
+            )
+            for name, query in (
+                ("stratum", "SELECT stratum, count(*) FROM experiment GROUP BY 1 ORDER BY 1"),
+                ("outcome", "SELECT class, count(*) FROM outcome GROUP BY 1 ORDER BY 1"),
+                (
+                    "cause",
+                    "SELECT cause, count(*) FROM outcome WHERE cause IS NOT NULL "
+                    "GROUP BY 1 ORDER BY 1",
+                ),
+                ("machine", machines),
+            ):
+                found[name] = {str(value): int(n) for value, n in conn.execute(query)}
+        return found
+
+    def finish_times(self, limit: int) -> list[float]:
+        """The Unix times (s) the latest `limit` experiments finished, latest first."""
+        with self._read() as conn:
+            return [
+                float(row[0])
+                for row in conn.execute(
+                    "SELECT finished_at FROM experiment ORDER BY finished_at DESC LIMIT ?",
+                    (max(0, int(limit)),),
+                )
+            ]
+
+    def finished_since(self, since: float) -> set[int]:
+        """The ids of the experiments that finished at or after Unix time `since` (s)."""
+        with self._read() as conn:
+            return {
+                int(row[0])
+                for row in conn.execute(
+                    "SELECT experiment_id FROM experiment WHERE finished_at >= ?", (since,)
+                )
+            }
+
+    def worker_activity(self, *, since: float | None = None) -> list[WorkerActivity]:
+        """What each worker has recorded so far (only the experiments started at or after
+        Unix time `since`, if given: one run of a resumed campaign, whose workers have the
+        names of the run before), workers in the order they first started."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT e.worker, a.n, a.first, a.last, a.mean, e.experiment_id, o.class "
+                "FROM (SELECT worker, count(*) AS n, min(started_at) AS first, "
+                "max(finished_at) AS last, avg(duration_s) AS mean "
+                "FROM experiment WHERE started_at >= ? GROUP BY worker) AS a "
+                "JOIN experiment AS e ON e.worker = a.worker AND e.finished_at = a.last "
+                "JOIN outcome AS o ON o.experiment_id = e.experiment_id "
+                "ORDER BY a.first, e.worker, e.experiment_id DESC",
+                (float("-inf") if since is None else float(since),),
+            ).fetchall()
+        found: dict[str, WorkerActivity] = {}
+        for worker, n, first, last, mean, experiment_id, outcome in rows:
+            found.setdefault(
+                str(worker),
+                WorkerActivity(
+                    worker=str(worker), experiments=int(n), first_started_at=float(first),
+                    last_finished_at=float(last), mean_duration_s=float(mean),
+                    last_experiment=int(experiment_id), last_outcome=str(outcome),
+                ),
+            )  # fmt: skip
+        return list(found.values())
 
     # ------------------------------------------------------------------ lifetime
 
@@ -1141,6 +1342,15 @@ def _storm(conn: sqlite3.Connection, experiment_id: int, version: int) -> StormS
         real_world_s=real_world_s, max_error_s=max_error_s, mean_error_s=mean_error_s,
         first_flip_error_s=first, guest_time=unit, attempts=attempts,
     )  # fmt: skip
+
+
+def _row(values: Sequence[object]) -> dict[str, object]:
+    """One analysis row from the values of the rows query, booleans made bool."""
+    row: dict[str, object] = dict(zip(COLUMN_NAMES, values, strict=True))
+    for position in _BOOL_COLUMNS:
+        value = values[position]
+        row[COLUMN_NAMES[position]] = None if value is None else bool(value)
+    return row
 
 
 def _with_zeros(found: Mapping[str, int]) -> dict[str, int]:
