@@ -218,7 +218,7 @@ def qemu_argv(
         "-action",
         "panic=pause",
         "-drive",
-        f"if=none,id=vmf-snap,format=qcow2,file={scratch}",
+        f"if=none,id=vmf-snap,format=qcow2,cache=unsafe,file={scratch}",
     ]
     if config.kernel is not None:
         # A machine started from a template has no kernel to load: a reset (which loadvm

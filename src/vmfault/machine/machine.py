@@ -20,6 +20,7 @@ import functools
 import hashlib
 import itertools
 import logging
+import mmap
 import os
 import re
 import selectors
@@ -27,8 +28,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -64,7 +66,7 @@ from vmfault.machine.cowram import CowRam
 from vmfault.machine.gdbstub import GdbStub, StopReply
 from vmfault.machine.memmap import MemoryMap, parse_mtree
 from vmfault.machine.run import Run
-from vmfault.machine.rundir import RunDir
+from vmfault.machine.rundir import RunDir, ram_root
 from vmfault.machine.spawn import spawn_tied
 
 __all__ = [
@@ -767,6 +769,15 @@ class Machine:
         finally:
             path.unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def _dump_physical(self, address: int, size: int) -> Iterator[mmap.mmap]:
+        """Guest-physical memory dumped by QEMU (pmemsave) into a file in the RAM root,
+        mapped read-only; the file is removed on exit."""
+        with tempfile.NamedTemporaryFile(dir=ram_root(), prefix="dump-") as dump:
+            self.qmp("pmemsave", {"val": address, "size": size, "filename": dump.name})
+            with mmap.mmap(dump.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                yield mapped
+
     def ram_digest(self, address: int, size: int) -> str:
         """SHA-256 (hex) of a guest-physical range."""
         return hashlib.sha256(self.read_physical(address, size)).hexdigest()
@@ -876,12 +887,12 @@ class Machine:
             if self.ram_digest(start, size) != digest:
                 problems.append(f"RAM {start:#x}+{size:#x} differs")
         if snapshot.kind is SnapshotKind.TEMPLATE and self._cow is not None:
-            # Guest RAM, region by region, read whole from QEMU's mapping of it (not just
-            # the pages the page map says were written), against the template's file.
+            # Guest RAM, region by region, as QEMU itself reads it (all of it, not just the
+            # pages the page map says were written), against the template's file.
             for region in self.memory_map().ram():
                 offset = region.start if region.offset is None else region.offset
-                data = self._cow.read(offset, region.size)
-                pages = self._cow.differing_pages(offset, data)
+                with self._dump_physical(region.start, region.size) as data:
+                    pages = self._cow.differing_pages(offset, data)
                 problems += [f"RAM page {region.start + page:#x} differs" for page in pages]
         if problems:
             raise RestoreMismatchError(
