@@ -54,6 +54,7 @@ from vmfault.faults.model import FaultSpec
 from vmfault.faults.select import plan
 from vmfault.guest.image import GuestImage
 from vmfault.machine import Accel, Machine
+from vmfault.machine.disks import GuestDisk
 
 __all__ = ["Experimenter", "build_record", "vmm_error_record"]
 
@@ -98,10 +99,16 @@ class Experimenter(StartedOnEnter):
         budget_factor: float = DEFAULT_BUDGET_FACTOR,
         crash_table: CrashTable | None = None,
         console_log: Path | None = None,
+        disks: Sequence[GuestDisk] = (),
     ) -> Experimenter:
-        """An experimenter on a testbed of one machine running `argv`."""
+        """An experimenter on a testbed of one machine running `argv`, with `disks`."""
         testbed = Testbed.single(
-            image, argv, deterministic=deterministic, accel=accel, console_log=console_log
+            image,
+            argv,
+            deterministic=deterministic,
+            accel=accel,
+            console_log=console_log,
+            disks=disks,
         )
         return cls(testbed, budget_factor=budget_factor, crash_table=crash_table)
 

@@ -97,6 +97,9 @@ class GoldenRun:
     restored_s: tuple[float, ...] = ()
     """Host seconds from the start hook to the exit hook of fault-free runs restored from
     the snapshot, as experiments run (their spread is the timing noise of the host)."""
+    disks: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """The guest device (`vda`, ...) of each of the machine's disks, by name, as the agent
+    reported it (not stored)."""
 
     @property
     def span_s(self) -> float:
@@ -153,6 +156,7 @@ class GoldenRun:
             "boot_s": self.boot_s,
             "accel": self.accel,
             "deterministic": self.deterministic,
+            "disks": dict(self.disks),
         }
 
 

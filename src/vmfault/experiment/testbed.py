@@ -35,6 +35,7 @@ from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import FrameKind
 from vmfault.guest.symbols import KernelSymbols
 from vmfault.machine import Accel, Machine, RunEnd, Snapshot
+from vmfault.machine.disks import GuestDisk
 from vmfault.session import Finished, GuestSession, WorkloadResult, capture_kernel_symbols
 from vmfault.session.guest import EXIT_REPORT_TIMEOUT_S
 
@@ -83,7 +84,7 @@ IDLE_FUNCTIONS = (
 
 @dataclass(frozen=True)
 class MachineSpec:
-    """One machine of a testbed: its name and the workload its agent runs."""
+    """One machine of a testbed: its name, the workload its agent runs, its disks."""
 
     name: str
     argv: tuple[str, ...]
@@ -91,6 +92,7 @@ class MachineSpec:
     accel: Accel = Accel.TCG
     ram_mib: int = 128
     console_log: Path | None = None
+    disks: tuple[GuestDisk, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class GuestMachine:
         self.session = GuestSession(
             image, spec.argv, deterministic=spec.deterministic, accel=spec.accel,
             ram_mib=spec.ram_mib, console_log=spec.console_log, name=spec.name,
+            disks=spec.disks,
         )  # fmt: skip
         self.hooks = self.session.hooks
         self.snapshot: Snapshot | None = None
@@ -211,6 +214,7 @@ class GuestMachine:
             host_s=finished.host_s, instructions=finished.instructions, pid=result.pid,
             boot_s=self.session.boot_s, accel=(vm.accel or self.spec.accel).value,
             deterministic=self.deterministic, console=vm.console.transcript(),
+            disks=dict(self.session.disks),
         )  # fmt: skip
 
     def activity(self) -> Activity:
@@ -467,9 +471,11 @@ class Testbed(StartedOnEnter):
         deterministic: bool = False,
         accel: Accel = Accel.TCG,
         console_log: Path | None = None,
+        disks: Sequence[GuestDisk] = (),
     ) -> Testbed:
-        """A testbed of one machine running `argv`."""
-        spec = MachineSpec(name, tuple(argv), deterministic, accel, console_log=console_log)
+        """A testbed of one machine running `argv`, with `disks`."""
+        spec = MachineSpec(name, tuple(argv), deterministic, accel, console_log=console_log,
+                           disks=tuple(disks))  # fmt: skip
         return cls(image, [spec])
 
     def __iter__(self) -> Iterator[GuestMachine]:
@@ -597,10 +603,12 @@ def golden_run(
     accel: Accel = Accel.TCG,
     timeout_s: float = GOLDEN_TIMEOUT_S,
     console_log: Path | None = None,
+    disks: Sequence[GuestDisk] = (),
 ) -> GoldenRun:
-    """Boot `image`, run `argv` fault-free to completion and return what it did (no
-    snapshot is taken: `vmfault run`)."""
-    spec = MachineSpec(DEFAULT_MACHINE, tuple(argv), deterministic, accel, console_log=console_log)
+    """Boot `image` with `disks`, run `argv` fault-free to completion and return what it
+    did (no snapshot is taken: `vmfault run`)."""
+    spec = MachineSpec(DEFAULT_MACHINE, tuple(argv), deterministic, accel, console_log=console_log,
+                       disks=tuple(disks))  # fmt: skip
     machine = GuestMachine(image, spec)
     try:
         machine.boot()

@@ -182,6 +182,23 @@ BUILTIN_WORKLOADS: Mapping[str, BuiltinWorkload] = MappingProxyType(
                 (),
                 "CRC-32 (IEEE) over a deterministic buffer (--size BYTES)",
             ),
+            BuiltinWorkload(
+                "diskio",
+                "diskio.c",
+                DEFAULT_OPTIMISATION,
+                (),
+                "checksummed 4 KiB blocks written to a raw disk with O_DIRECT (--blocks N, "
+                "default 256), synced, read back and verified (--no-verify: a digest); an I/O "
+                "error or a mismatch names its block and exits non-zero",
+            ),
+            BuiltinWorkload(
+                "fsio",
+                "fsio.c",
+                DEFAULT_OPTIMISATION,
+                (),
+                "files through an ext2 file system made on the disk (--files N, --size BYTES), "
+                "synced, read back and verified (--no-verify: a digest)",
+            ),
         )
     }
 )

@@ -7,9 +7,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmfault.machine.disks import GuestDisk, disk_argv
+
 __all__ = [
     "DETERMINISTIC_RTC_BASE",
     "LOG_DIR_ENV",
+    "SCRATCH_NODE",
     "Accel",
     "MachineConfig",
     "SocketPaths",
@@ -20,6 +23,9 @@ __all__ = [
 
 DETERMINISTIC_RTC_BASE = "2020-01-01T00:00:00"
 """Fixed guest wall-clock start in deterministic mode, so transcripts do not carry today's date."""
+
+SCRATCH_NODE = "vmf-scratch"
+"""The node name of the scratch qcow2 drive that holds the machine state of snapshots."""
 
 LOG_DIR_ENV = "VMFAULT_LOG_DIR"
 """Environment variable: when set, every machine keeps its serial console log and QEMU's
@@ -66,6 +72,9 @@ class MachineConfig:
     machine_type: str = "microvm"
     deterministic: bool = False
     disk: Path | None = None
+    disks: tuple[GuestDisk, ...] = ()
+    """Virtio disks, in order (vda, vdb, ...), each a qcow2 overlay in the run directory
+    (`vmfault.machine.disks`)."""
     snapshot_drive_mib: int = 64
     incoming: Path | None = None
     """Start from a saved state file (see `Machine.save_state_file`) instead of booting."""
@@ -133,8 +142,9 @@ def qemu_argv(
     """The QEMU argument vector for `config`, executing with `accel` (not AUTO).
 
     The guest starts paused (`-S`); every control channel is a Unix socket that QEMU
-    connects to. `scratch` is the qcow2 file that holds internal snapshots. `tsc_khz`,
-    if given, tells the guest kernel its TSC rate (see `guest_tsc_khz`).
+    connects to. `scratch` is the qcow2 file that holds internal snapshots; the disks'
+    overlays are beside it (`vmfault.machine.disks.create_disk_files`). `tsc_khz`, if
+    given, tells the guest kernel its TSC rate (see `guest_tsc_khz`).
     """
     if accel is Accel.AUTO:
         raise ValueError("resolve Accel.AUTO before building a command line")
@@ -181,7 +191,7 @@ def qemu_argv(
         "-action",
         "panic=pause",
         "-drive",
-        f"if=none,id=vmf-snap,format=qcow2,file={scratch}",
+        f"if=none,id=vmf-snap,node-name={SCRATCH_NODE},format=qcow2,file={scratch}",
     ]
     if config.initrd is not None:
         argv += ["-initrd", str(config.initrd)]
@@ -200,6 +210,7 @@ def qemu_argv(
             "-device",
             f"{bus_device},drive=vmf-disk",
         ]
+    argv += disk_argv(config.disks, scratch.parent, config.machine_type)
     if config.incoming is not None:
         argv += ["-incoming", "defer"]
     argv += list(config.extra_args)

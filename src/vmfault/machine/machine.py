@@ -50,6 +50,7 @@ from vmfault.machine.accel import resolve_accel
 from vmfault.machine.channel import Channel
 from vmfault.machine.config import (
     LOG_DIR_ENV,
+    SCRATCH_NODE,
     Accel,
     MachineConfig,
     SocketPaths,
@@ -58,8 +59,10 @@ from vmfault.machine.config import (
     qemu_argv,
 )
 from vmfault.machine.console import Console
+from vmfault.machine.disks import GuestDisk, create_disk_files, disk_nodes
 from vmfault.machine.gdbstub import GdbStub, StopReply
 from vmfault.machine.memmap import MemoryMap, parse_mtree
+from vmfault.machine.nbd import BlockTap, TapPolicy
 from vmfault.machine.run import Run
 from vmfault.machine.rundir import RunDir
 from vmfault.machine.spawn import spawn_tied
@@ -80,6 +83,7 @@ _RECV_SIZE = 1 << 16
 _GDB_READ_CHUNK = 2048
 _PMEMSAVE_MIN = 1 << 20
 _log_numbers = itertools.count()
+_JOB_TIMEOUT_S = 60.0
 
 
 class Runstate(enum.Enum):
@@ -229,6 +233,10 @@ class Machine:
         self._channel: Channel | None = None
         self._memory_map: MemoryMap | None = None
         self._watching_gdb = False
+        self._taps: dict[str, BlockTap] = {}
+        self._tapped: set[str] = set()
+        self._nbd_server = False
+        self._jobs = itertools.count()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -286,6 +294,7 @@ class Machine:
         }
         scratch = run_dir / "scratch.qcow2"
         _make_qcow2(scratch, self.config.snapshot_drive_mib)
+        create_disk_files(run_dir.path, self.config.disks)
         tsc_khz = guest_tsc_khz(self.config, self.accel, _host_tsc_khz())
         self.argv = qemu_argv(self.config, self.accel, paths, scratch, tsc_khz=tsc_khz)
         qemu_log = self.qemu_log = (run_dir / "qemu.log") if kept is None else kept.qemu
@@ -408,6 +417,10 @@ class Machine:
             self.exit_code = process.wait()
         if self._gdb is not None:
             self._gdb.close()
+        for tap in self._taps.values():
+            tap.close()
+        self._taps.clear()
+        self._tapped.clear()
         loop, self._loop = self._loop, None
         if loop is not None:
             self._close_loop(loop)
@@ -730,7 +743,8 @@ class Machine:
     def save_snapshot(
         self, name: str, *, verify_ranges: Sequence[tuple[int, int]] = ()
     ) -> Snapshot:
-        """Save the whole machine state internally (qcow2) under `name`.
+        """Save the whole machine state internally (qcow2) under `name`, the disks'
+        contents with it (each in its overlay).
 
         Halts the guest and leaves it halted. Records the registers and the SHA-256 of each
         guest-physical (start, size) range in `verify_ranges`, for `restore_snapshot(verify=True)`.
@@ -739,24 +753,24 @@ class Machine:
         registers = self.gdb.read_registers()
         digests = {(start, size): self.ram_digest(start, size) for start, size in verify_ranges}
         instructions = self.instruction_count()
-        output = self.hmp(f"savevm {_snapshot_name(name)}").strip()
-        if output:
-            raise SnapshotError(f"savevm {name} failed: {output}")
+        self._untap_all()
+        self._savevm(_snapshot_name(name))
         return Snapshot(name, SnapshotKind.INTERNAL, registers, digests, instructions)
 
     def restore_snapshot(self, snapshot: Snapshot, *, verify: bool = False) -> None:
         """Restore `snapshot`; the guest is left halted at the saved state.
 
         Console and channel output from before the restore is read first (it stays in the
-        transcript; the channel's frames are cleared). With `verify`, the registers and the
-        recorded RAM digests are compared to the saved ones and SnapshotError names every
-        difference.
+        transcript; the channel's frames are cleared). Every disk gets the contents it had
+        when the snapshot was saved: a tap still attached is taken out first (`untap_disk`),
+        then the disks' overlays load the snapshot with the machine state. With `verify`,
+        the registers and the recorded RAM digests are compared to the saved ones and
+        SnapshotError names every difference.
         """
         self.halt()
         self._flush_io()
-        output = self.hmp(f"loadvm {_snapshot_name(snapshot.name)}").strip()
-        if output:
-            raise SnapshotError(f"loadvm {snapshot.name} failed: {output}")
+        self._untap_all()
+        self._loadvm(_snapshot_name(snapshot.name))
         self.channel.clear()
         self.console.skip()
         if verify:
@@ -779,6 +793,125 @@ class Machine:
                 f"restored state differs from snapshot {snapshot.name}: " + ", ".join(problems[:8])
             )
 
+    # ----------------------------------------------------------------- internal snapshots
+
+    def _snapshot_nodes(self) -> list[str]:
+        """The nodes a snapshot goes to with disks: the scratch drive and each overlay."""
+        return [SCRATCH_NODE, *(disk_nodes(i).overlay for i in range(len(self.config.disks)))]
+
+    def _savevm(self, tag: str) -> None:
+        """Save an internal snapshot `tag`: HMP `savevm`, or with disks the
+        `snapshot-save` job on the scratch drive and the overlays (see machine.disks)."""
+        if not self.config.disks:
+            output = self.hmp(f"savevm {tag}").strip()
+            if output:
+                raise SnapshotError(f"savevm {tag} failed: {output}")
+            return
+        self._job("snapshot-save", {"tag": tag, "vmstate": SCRATCH_NODE,
+                                    "devices": self._snapshot_nodes()})  # fmt: skip
+
+    def _loadvm(self, tag: str) -> None:
+        """Load the internal snapshot `tag` (as `_savevm` saved it)."""
+        if not self.config.disks:
+            output = self.hmp(f"loadvm {tag}").strip()
+            if output:
+                raise SnapshotError(f"loadvm {tag} failed: {output}")
+            return
+        self._job("snapshot-load", {"tag": tag, "vmstate": SCRATCH_NODE,
+                                    "devices": self._snapshot_nodes()})  # fmt: skip
+
+    def _delvm(self, tag: str) -> None:
+        """Delete the internal snapshot `tag` everywhere `_savevm` put it."""
+        if not self.config.disks:
+            output = self.hmp(f"delvm {tag}").strip()
+            if output:
+                raise SnapshotError(f"delvm {tag} failed: {output}")
+            return
+        self._job("snapshot-delete", {"tag": tag, "devices": self._snapshot_nodes()})
+
+    def _job(self, command: str, arguments: Mapping[str, object]) -> None:
+        """Run one QMP job to its end and dismiss it; SnapshotError with the job's error."""
+        job = f"vmf-job-{next(self._jobs)}"
+        since = len(self.events)
+        self.qmp(command, {"job-id": job, **arguments})
+
+        def concluded() -> bool:
+            return any(
+                e.name == "JOB_STATUS_CHANGE"
+                and e.data.get("id") == job
+                and e.data.get("status") == "concluded"
+                for e in self.events[since:]
+            )
+
+        if not self.wait(concluded, _JOB_TIMEOUT_S):
+            raise MachineTimeoutError(f"{command} did not finish", timeout_s=_JOB_TIMEOUT_S)
+        error = next((j.get("error") for j in self.qmp("query-jobs") if j.get("id") == job), None)
+        self.qmp("job-dismiss", {"id": job})
+        if error:
+            raise SnapshotError(f"{command} {arguments.get('tag')} failed: {error}")
+
+    # ----------------------------------------------------------------- disks
+
+    @property
+    def disks(self) -> tuple[GuestDisk, ...]:
+        """The machine's virtio disks, in order (vda, vdb, ...)."""
+        return self.config.disks
+
+    def _disk_index(self, name: str) -> int:
+        for index, disk in enumerate(self.config.disks):
+            if disk.name == name:
+                return index
+        known = ", ".join(d.name for d in self.config.disks) or "none"
+        raise UsageError(f"machine {self.name} has no disk {name!r}", hint=f"its disks: {known}")
+
+    def tap_disk(self, name: str, policy: TapPolicy) -> BlockTap:
+        """Put a tap between disk `name`'s device and its overlay, deciding with `policy`
+        (`vmfault.machine.nbd`); returns the tap, its log empty. The guest should be
+        halted. The tap stays until `untap_disk` or the next snapshot restore."""
+        self._require(Runstate.RUNNING)
+        index = self._disk_index(name)
+        nodes = disk_nodes(index)
+        if name in self._tapped:
+            self.untap_disk(name)
+        tap = self._taps.get(name)
+        if tap is None:
+            if not self._nbd_server:
+                path = str(self.run_dir / "nbd.sock")
+                self.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": path}}})
+                self._nbd_server = True
+            self.qmp("block-export-add", {"type": "nbd", "id": nodes.export,
+                                          "node-name": nodes.overlay, "name": nodes.export,
+                                          "writable": True})  # fmt: skip
+            tap = BlockTap(self.run_dir / f"tap{index}.sock", policy)
+            tap.connect(self.run_dir / "nbd.sock", nodes.export)
+            self._taps[name] = tap
+        else:
+            tap.reset(policy)
+        self.qmp("blockdev-add", {"driver": "nbd", "node-name": nodes.tap,
+                                  "server": {"type": "unix", "path": str(tap.path)},
+                                  "export": nodes.export})  # fmt: skip
+        self._tapped.add(name)
+        self.qmp("blockdev-reopen", {"options": [{"driver": "raw", "node-name": nodes.top,
+                                                  "file": nodes.tap}]})  # fmt: skip
+        return tap
+
+    def untap_disk(self, name: str) -> None:
+        """Take disk `name`'s tap out (its held requests go on first); a no-op without one.
+        The tap's log stays readable until the next `tap_disk`."""
+        if name not in self._tapped:
+            return
+        nodes = disk_nodes(self._disk_index(name))
+        tap = self._taps[name]
+        tap.release()
+        self.qmp("blockdev-reopen", {"options": [{"driver": "raw", "node-name": nodes.top,
+                                                  "file": nodes.overlay}]})  # fmt: skip
+        self.qmp("blockdev-del", {"node-name": nodes.tap})
+        self._tapped.discard(name)
+
+    def _untap_all(self) -> None:
+        for name in sorted(self._tapped):
+            self.untap_disk(name)
+
     def save_state_file(self, path: Path, *, timeout_s: float = 60.0) -> None:
         """Write the whole machine state to `path` (a migration stream) for a new process
         to start from (`MachineConfig.incoming`). Halts the guest and leaves it halted."""
@@ -800,12 +933,11 @@ class Machine:
         # running/paused ("inmigrate -> debug" after a breakpoint). Only running changes the
         # run state, so: save, run an instant, halt (now "paused"), and load the exact state
         # back; loadvm leaves the run state alone.
-        self.hmp("savevm vmf-settle")
+        self._savevm("vmf-settle")
         self.gdb.cont()
         self.gdb.halt()
-        output = self.hmp("loadvm vmf-settle").strip() + self.hmp("delvm vmf-settle").strip()
-        if output:
-            raise SnapshotError(f"could not settle the machine before saving: {output}")
+        self._loadvm("vmf-settle")
+        self._delvm("vmf-settle")
 
     def _incoming(self, path: Path, deadline: float) -> None:
         self.qmp(

@@ -21,6 +21,7 @@ from vmfault.errors import ImageError, MachineError, UsageError
 from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import HOOK_EXITED, HOOK_STARTED, AgentMode, FrameKind, agent_params
 from vmfault.machine import Accel, Frame, Machine, MachineConfig
+from vmfault.machine.disks import GuestDisk
 
 __all__ = [
     "EXIT_REPORT_TIMEOUT_S",
@@ -28,6 +29,7 @@ __all__ = [
     "AgentHooks",
     "GuestSession",
     "WorkloadResult",
+    "disk_devices",
     "machine_config",
 ]
 
@@ -100,6 +102,17 @@ class WorkloadResult:
         )
 
 
+def disk_devices(frames: Sequence[Frame]) -> dict[str, str]:
+    """The guest device (`vda`, ...) of each disk by name, from the agent's `disk` frames."""
+    found: dict[str, str] = {}
+    for frame in frames:
+        if frame.kind == FrameKind.DISK:
+            parts = frame.text.split()
+            if len(parts) >= 2 and parts[0] != "-":
+                found[parts[0]] = parts[1]
+    return found
+
+
 def machine_config(
     image: GuestImage,
     argv: Sequence[str] = (),
@@ -109,8 +122,10 @@ def machine_config(
     accel: Accel = Accel.TCG,
     ram_mib: int = 128,
     console_log: Path | None = None,
+    disks: Sequence[GuestDisk] = (),
 ) -> MachineConfig:
-    """The machine that boots `image` and has its agent run `argv` (in `mode`)."""
+    """The machine that boots `image` with `disks` and has its agent run `argv` (in
+    `mode`)."""
     append = " ".join(("quiet", *agent_params(mode=mode, argv=argv)))
     return MachineConfig(
         kernel=image.kernel,
@@ -120,6 +135,7 @@ def machine_config(
         accel=accel,
         deterministic=deterministic,
         disk=image.disk,
+        disks=tuple(disks),
         console_log=console_log,
     )
 
@@ -152,6 +168,7 @@ class GuestSession:
         ram_mib: int = 128,
         console_log: Path | None = None,
         name: str | None = None,
+        disks: Sequence[GuestDisk] = (),
     ) -> None:
         if not argv:
             raise UsageError("no workload given", hint="name a workload, e.g. `checksum`")
@@ -167,11 +184,14 @@ class GuestSession:
             accel=accel,
             ram_mib=ram_mib,
             console_log=console_log,
+            disks=disks,
         )
         self.machine = Machine(config, name=name or argv[0])
         self.launched_at = 0.0
         self.started_at = 0.0
         self.start_instructions: int | None = None
+        self.disks: dict[str, str] = {}
+        """The guest device (`vda`, ...) of each disk by name, as the agent reported it."""
 
     def __enter__(self) -> Self:
         return self
@@ -203,6 +223,13 @@ class GuestSession:
         )
         self.started_at = time.monotonic()
         self.start_instructions = vm.instruction_count()
+        self.disks = disk_devices(vm.channel.frames)
+        missing = [d.name for d in vm.disks if d.name not in self.disks]
+        if missing:
+            raise MachineError(
+                f"the guest did not report disk {missing[0]}",
+                hint="the image's kernel needs virtio_blk (vmfault's Debian kernel has it)",
+            )
 
     def begin(self) -> float:
         """Let the guest, halted at its start hook, run on toward its exit hook (which gets
