@@ -1,5 +1,5 @@
 """The experiment pipeline: restore -> reach the trigger -> inject -> read back -> observe ->
-classify -> record, one way for every fault kind.
+finish -> classify -> record, one way for every fault kind.
 
 An `Experimenter` owns a started `Testbed`. Each experiment restores every machine (the
 ones the fault does not go to run free from the snapshot), has the fault's kind
@@ -170,12 +170,14 @@ class Experimenter(StartedOnEnter):
             injected = _inject(kind, experiment, phases)
             if not injected.restart or attempt >= kind.attempts:
                 break
+            kind.finish(experiment, injected)
         held = any(i.injected for i in injected.injections)
         observed = {target.name: observe(experiment, experiment.here, injected=held)}
         for name, progress in experiment.progress.items():
             if name != target.name:
                 observed[name] = observe(experiment, progress, injected=held)
         phases.lap("observe")
+        injected = kind.finish(experiment, injected)
         return self._record(experiment, kind, injected, observed, phases)
 
     def _record(
@@ -212,6 +214,8 @@ class Experimenter(StartedOnEnter):
         if kind.latency:
             latency = _latency(verdict, experiment.injected_at, experiment.here.symptom)
         read_first = observed[target.name].read_first
+        if injected.activated is not None:
+            read_first = injected.activated
         activation = activation_of(verdict.outcome, read_before_overwrite=read_first)
         phases.lap("classify")
         return build_record(

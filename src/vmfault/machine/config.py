@@ -73,8 +73,10 @@ class MachineConfig:
     deterministic: bool = False
     disk: Path | None = None
     disks: tuple[GuestDisk, ...] = ()
-    """Virtio disks, in order (vda, vdb, ...), each a qcow2 overlay in the run directory
-    (`vmfault.machine.disks`)."""
+    """Virtio disks, in order (vda, vdb, ...) (`vmfault.machine.disks`)."""
+    tap_disks: bool = True
+    """Serve the disks through taps (`Machine.disk_tap`: faults possible); False: qcow2
+    overlays QEMU serves itself."""
     snapshot_drive_mib: int = 64
     incoming: Path | None = None
     """Start from a saved state file (see `Machine.save_state_file`) instead of booting."""
@@ -143,7 +145,7 @@ def qemu_argv(
 
     The guest starts paused (`-S`); every control channel is a Unix socket that QEMU
     connects to. `scratch` is the qcow2 file that holds internal snapshots; the disks'
-    overlays are beside it (`vmfault.machine.disks.create_disk_files`). `tsc_khz`, if
+    files and taps are beside it (`vmfault.machine.disks.prepare_disk_files`). `tsc_khz`, if
     given, tells the guest kernel its TSC rate (see `guest_tsc_khz`).
     """
     if accel is Accel.AUTO:
@@ -210,7 +212,7 @@ def qemu_argv(
             "-device",
             f"{bus_device},drive=vmf-disk",
         ]
-    argv += disk_argv(config.disks, scratch.parent, config.machine_type)
+    argv += disk_argv(config.disks, scratch.parent, config.machine_type, tapped=config.tap_disks)
     if config.incoming is not None:
         argv += ["-incoming", "defer"]
     argv += list(config.extra_args)

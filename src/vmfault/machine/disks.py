@@ -1,18 +1,23 @@
 """Guest disks: what a machine's virtio disks are made of, and how QEMU opens them.
 
 A guest disk is either a fresh zeroed disk of a size or a user's image (raw or qcow2). A
-user's image is never written: every disk is a qcow2 overlay in the machine's private run
-directory whose backing is the user's image (opened read-only) or a fresh sparse raw file,
-so the machine's internal snapshots cover the disk's contents, and a restore brings back
-the contents of the snapshot. Per disk `i`, QEMU's block graph is
+user's image is never written, and the writes of one run never reach the next: a tapped
+disk (the default) is served by a `vmfault.machine.nbd.BlockTap` in vmfault's process,
+which reads the user's image (a qcow2 image is first converted to a raw file in the run
+directory) or zeros, keeps every write itself, and saves and loads its contents with the
+machine's snapshots; the device sits on QEMU's NBD client node of the tap,
 
-    virtio-blk (serial NAME)  ->  vmf-dI (raw)  ->  vmf-dI-q (qcow2 overlay)  ->  vmf-dI-b (backing)
+    virtio-blk (serial NAME)  ->  vmf-dI (nbd)  ->  tap (vmfault)  ->  image | zeros
 
-The raw node on top passes requests through unchanged; a tap (`vmfault.machine.nbd`) goes
-in between it and the overlay while it is attached (`Machine.tap_disk`). Snapshots are
-saved and loaded on the overlay nodes themselves: QEMU 7.2's `loadvm` reopens a node above a
-snapshotted one and its I/O then hangs, so a machine with disks uses the `snapshot-save` and
-`snapshot-load` jobs with explicit nodes instead.
+An untapped disk (`MachineConfig.tap_disks = False`, no faults possible) is a qcow2 overlay
+in the run directory whose backing is the user's image (read-only) or a fresh sparse raw
+file, so QEMU's internal snapshots cover it,
+
+    virtio-blk (serial NAME)  ->  vmf-dI (qcow2 overlay)  ->  vmf-dI-b (backing, read-only)
+
+Snapshots of a machine with tapped disks are the `snapshot-save` and `snapshot-load` jobs on
+the scratch drive alone (HMP `savevm` refuses a writable disk that cannot hold a snapshot),
+with each tap saving or loading its contents beside them.
 """
 
 from __future__ import annotations
@@ -33,13 +38,16 @@ __all__ = [
     "DiskNodes",
     "GuestDisk",
     "ImageFormat",
-    "create_disk_files",
     "disk_argv",
     "disk_nodes",
     "format_size",
+    "fresh_disk",
+    "image_disk",
     "parse_disk",
     "parse_size",
+    "prepare_disk_files",
     "probe_image",
+    "tap_socket",
 ]
 
 SECTOR_BYTES = 512
@@ -92,22 +100,17 @@ class DiskNodes:
 
     @property
     def top(self) -> str:
-        """The raw node the device sits on."""
+        """The node the device sits on: the tap's NBD client, or the qcow2 overlay."""
         return f"vmf-d{self.index}"
 
     @property
-    def overlay(self) -> str:
-        """The qcow2 overlay node: what snapshots are saved on and the export serves."""
-        return f"vmf-d{self.index}-q"
-
-    @property
     def overlay_file(self) -> str:
-        """The overlay's file node."""
-        return f"vmf-d{self.index}-qf"
+        """An untapped disk's overlay file node."""
+        return f"vmf-d{self.index}-f"
 
     @property
     def backing(self) -> str:
-        """The read-only backing node (the user's image or the fresh raw file)."""
+        """An untapped disk's read-only backing node (the user's image or a fresh file)."""
         return f"vmf-d{self.index}-b"
 
     @property
@@ -116,19 +119,9 @@ class DiskNodes:
         return f"vmf-d{self.index}-bf"
 
     @property
-    def tap(self) -> str:
-        """The NBD client node of a tap, while one is attached."""
-        return f"vmf-d{self.index}-tap"
-
-    @property
     def device(self) -> str:
         """The virtio-blk device's id."""
         return f"vmf-d{self.index}-dev"
-
-    @property
-    def export(self) -> str:
-        """The name (and id) of the overlay's NBD export."""
-        return f"vmf-d{self.index}-x"
 
 
 def disk_nodes(index: int) -> DiskNodes:
@@ -227,32 +220,48 @@ def probe_image(path: Path) -> tuple[ImageFormat, int]:
     return image_format, int(info["virtual-size"])
 
 
-def disk_files(run_dir: Path, index: int) -> tuple[Path, Path]:
-    """The overlay and the fresh backing file of disk `index` in `run_dir`."""
-    return run_dir / f"disk{index}.qcow2", run_dir / f"disk{index}.raw"
+def tap_socket(run_dir: Path, index: int) -> Path:
+    """Where the tap of disk `index` listens."""
+    return run_dir / f"disk{index}.sock"
 
 
-def create_disk_files(run_dir: Path, disks: Sequence[GuestDisk]) -> None:
-    """Create every disk's overlay (and a fresh disk's sparse raw backing) in `run_dir`."""
+def _run_qemu_img(argv: list[str], what: str) -> None:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=3600)
+    except FileNotFoundError as exc:
+        raise MachineError("qemu-img is not installed", hint="run `make setup`") from exc
+    if result.returncode != 0:
+        raise MachineError(f"qemu-img could not {what}: {result.stderr.strip()}")
+
+
+def prepare_disk_files(
+    run_dir: Path, disks: Sequence[GuestDisk], *, tapped: bool
+) -> list[Path | None]:
+    """Make the files `disks` need in `run_dir`; for tapped disks, the raw base each tap
+    reads (None: zeros). Untapped disks get a qcow2 overlay (and a fresh disk a sparse raw
+    backing file); a tapped disk over a qcow2 image gets the image converted to raw."""
+    bases: list[Path | None] = []
     for index, disk in enumerate(disks):
-        overlay, fresh = disk_files(run_dir, index)
+        raw = run_dir / f"disk{index}.raw"
+        if tapped:
+            if disk.image is None or disk.image_format is ImageFormat.RAW:
+                bases.append(disk.image)
+                continue
+            _run_qemu_img(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw",
+                           str(disk.image), str(raw)], f"read disk image {disk.image}")  # fmt: skip
+            bases.append(raw)
+            continue
         backing = disk.image
         if backing is None:
-            with fresh.open("wb") as stream:
+            with raw.open("wb") as stream:
                 stream.truncate(disk.size_bytes)
-            backing = fresh
+            backing = raw
         options = f"backing_file={_escape(str(backing))},backing_fmt={disk.image_format.value}"
-        argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-o", options, str(overlay),
-                str(disk.size_bytes)]  # fmt: skip
-        try:
-            result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-        except FileNotFoundError as exc:
-            raise MachineError("qemu-img is not installed", hint="run `make setup`") from exc
-        if result.returncode != 0:
-            raise MachineError(
-                f"qemu-img could not create the overlay of disk {disk.name}: "
-                f"{result.stderr.strip()}"
-            )
+        _run_qemu_img(["qemu-img", "create", "-q", "-f", "qcow2", "-o", options,
+                       str(run_dir / f"disk{index}.qcow2"), str(disk.size_bytes)],
+                      f"create the overlay of disk {disk.name}")  # fmt: skip
+        bases.append(None)
+    return bases
 
 
 def _escape(value: str) -> str:
@@ -260,37 +269,45 @@ def _escape(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def disk_argv(disks: Sequence[GuestDisk], run_dir: Path, machine_type: str) -> list[str]:
-    """The QEMU arguments that attach `disks` (their files made by `create_disk_files`).
+def disk_argv(
+    disks: Sequence[GuestDisk], run_dir: Path, machine_type: str, *, tapped: bool
+) -> list[str]:
+    """The QEMU arguments that attach `disks` (their files made by `prepare_disk_files`;
+    a tapped disk's tap listening).
 
-    Each device shares writes (`share-rw`, so the overlay's NBD export may write too) and
-    reports every error to the guest (`werror`/`rerror=report`: QEMU would otherwise pause
-    the whole machine on ENOSPC). Flushes stop at the overlay's file: its contents are
-    thrown away with the run directory, so nothing is fsynced on the host.
+    Each device reports every error to the guest (`werror`/`rerror=report`: QEMU would
+    otherwise pause the whole machine on ENOSPC). An untapped disk's flushes stop at its
+    overlay file: its contents are thrown away with the run directory.
     """
     bus = "virtio-blk-device" if machine_type == "microvm" else "virtio-blk-pci"
     argv: list[str] = []
     for index, disk in enumerate(disks):
         nodes = disk_nodes(index)
-        overlay, fresh = disk_files(run_dir, index)
-        backing = disk.image or fresh
+        if tapped:
+            argv += [
+                "-blockdev",
+                f"driver=nbd,node-name={nodes.top},server.type=unix,"
+                f"server.path={_escape(str(tap_socket(run_dir, index)))},export={nodes.top}",
+            ]
+        else:
+            backing = disk.image or run_dir / f"disk{index}.raw"
+            argv += [
+                "-blockdev",
+                f"driver=file,node-name={nodes.backing_file},filename={_escape(str(backing))},"
+                "read-only=on",
+                "-blockdev",
+                f"driver={disk.image_format.value},node-name={nodes.backing},"
+                f"file={nodes.backing_file},read-only=on",
+                "-blockdev",
+                f"driver=file,node-name={nodes.overlay_file},"
+                f"filename={_escape(str(run_dir / f'disk{index}.qcow2'))},cache.no-flush=on",
+                "-blockdev",
+                f"driver=qcow2,node-name={nodes.top},file={nodes.overlay_file},"
+                f"backing={nodes.backing}",
+            ]
         argv += [
-            "-blockdev",
-            f"driver=file,node-name={nodes.backing_file},filename={_escape(str(backing))},"
-            "read-only=on",
-            "-blockdev",
-            f"driver={disk.image_format.value},node-name={nodes.backing},"
-            f"file={nodes.backing_file},read-only=on",
-            "-blockdev",
-            f"driver=file,node-name={nodes.overlay_file},filename={_escape(str(overlay))},"
-            "cache.no-flush=on",
-            "-blockdev",
-            f"driver=qcow2,node-name={nodes.overlay},file={nodes.overlay_file},"
-            f"backing={nodes.backing}",
-            "-blockdev",
-            f"driver=raw,node-name={nodes.top},file={nodes.overlay}",
             "-device",
-            f"{bus},id={nodes.device},drive={nodes.top},serial={disk.name},share-rw=on,"
+            f"{bus},id={nodes.device},drive={nodes.top},serial={disk.name},"
             "werror=report,rerror=report",
         ]
     return argv

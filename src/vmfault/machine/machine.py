@@ -59,10 +59,10 @@ from vmfault.machine.config import (
     qemu_argv,
 )
 from vmfault.machine.console import Console
-from vmfault.machine.disks import GuestDisk, create_disk_files, disk_nodes
+from vmfault.machine.disks import GuestDisk, prepare_disk_files, tap_socket
 from vmfault.machine.gdbstub import GdbStub, StopReply
 from vmfault.machine.memmap import MemoryMap, parse_mtree
-from vmfault.machine.nbd import BlockTap, TapPolicy
+from vmfault.machine.nbd import BlockTap, DiskStore, serve_everything
 from vmfault.machine.run import Run
 from vmfault.machine.rundir import RunDir
 from vmfault.machine.spawn import spawn_tied
@@ -234,8 +234,6 @@ class Machine:
         self._memory_map: MemoryMap | None = None
         self._watching_gdb = False
         self._taps: dict[str, BlockTap] = {}
-        self._tapped: set[str] = set()
-        self._nbd_server = False
         self._jobs = itertools.count()
 
     # ----------------------------------------------------------------- lifecycle
@@ -294,7 +292,7 @@ class Machine:
         }
         scratch = run_dir / "scratch.qcow2"
         _make_qcow2(scratch, self.config.snapshot_drive_mib)
-        create_disk_files(run_dir.path, self.config.disks)
+        self._start_taps(run_dir.path)
         tsc_khz = guest_tsc_khz(self.config, self.accel, _host_tsc_khz())
         self.argv = qemu_argv(self.config, self.accel, paths, scratch, tsc_khz=tsc_khz)
         qemu_log = self.qemu_log = (run_dir / "qemu.log") if kept is None else kept.qemu
@@ -420,7 +418,6 @@ class Machine:
         for tap in self._taps.values():
             tap.close()
         self._taps.clear()
-        self._tapped.clear()
         loop, self._loop = self._loop, None
         if loop is not None:
             self._close_loop(loop)
@@ -753,7 +750,7 @@ class Machine:
         registers = self.gdb.read_registers()
         digests = {(start, size): self.ram_digest(start, size) for start, size in verify_ranges}
         instructions = self.instruction_count()
-        self._untap_all()
+        self._quiet_taps()
         self._savevm(_snapshot_name(name))
         return Snapshot(name, SnapshotKind.INTERNAL, registers, digests, instructions)
 
@@ -762,14 +759,14 @@ class Machine:
 
         Console and channel output from before the restore is read first (it stays in the
         transcript; the channel's frames are cleared). Every disk gets the contents it had
-        when the snapshot was saved: a tap still attached is taken out first (`untap_disk`),
-        then the disks' overlays load the snapshot with the machine state. With `verify`,
+        when the snapshot was saved: its tap lets held requests go on and serves every
+        request again (`disk_tap`), then loads the snapshot with the machine state. With `verify`,
         the registers and the recorded RAM digests are compared to the saved ones and
         SnapshotError names every difference.
         """
         self.halt()
         self._flush_io()
-        self._untap_all()
+        self._quiet_taps()
         self._loadvm(_snapshot_name(snapshot.name))
         self.channel.clear()
         self.console.skip()
@@ -795,39 +792,41 @@ class Machine:
 
     # ----------------------------------------------------------------- internal snapshots
 
-    def _snapshot_nodes(self) -> list[str]:
-        """The nodes a snapshot goes to with disks: the scratch drive and each overlay."""
-        return [SCRATCH_NODE, *(disk_nodes(i).overlay for i in range(len(self.config.disks)))]
-
     def _savevm(self, tag: str) -> None:
-        """Save an internal snapshot `tag`: HMP `savevm`, or with disks the
-        `snapshot-save` job on the scratch drive and the overlays (see machine.disks)."""
-        if not self.config.disks:
+        """Save an internal snapshot `tag`: HMP `savevm`, or with tapped disks the
+        `snapshot-save` job on the scratch drive and each tap saving its contents."""
+        if not self._taps:
             output = self.hmp(f"savevm {tag}").strip()
             if output:
                 raise SnapshotError(f"savevm {tag} failed: {output}")
             return
         self._job("snapshot-save", {"tag": tag, "vmstate": SCRATCH_NODE,
-                                    "devices": self._snapshot_nodes()})  # fmt: skip
+                                    "devices": [SCRATCH_NODE]})  # fmt: skip
+        for tap in self._taps.values():
+            tap.save(tag)
 
     def _loadvm(self, tag: str) -> None:
         """Load the internal snapshot `tag` (as `_savevm` saved it)."""
-        if not self.config.disks:
+        if not self._taps:
             output = self.hmp(f"loadvm {tag}").strip()
             if output:
                 raise SnapshotError(f"loadvm {tag} failed: {output}")
             return
         self._job("snapshot-load", {"tag": tag, "vmstate": SCRATCH_NODE,
-                                    "devices": self._snapshot_nodes()})  # fmt: skip
+                                    "devices": [SCRATCH_NODE]})  # fmt: skip
+        for tap in self._taps.values():
+            tap.load(tag)
 
     def _delvm(self, tag: str) -> None:
         """Delete the internal snapshot `tag` everywhere `_savevm` put it."""
-        if not self.config.disks:
+        if not self._taps:
             output = self.hmp(f"delvm {tag}").strip()
             if output:
                 raise SnapshotError(f"delvm {tag} failed: {output}")
             return
-        self._job("snapshot-delete", {"tag": tag, "devices": self._snapshot_nodes()})
+        self._job("snapshot-delete", {"tag": tag, "devices": [SCRATCH_NODE]})
+        for tap in self._taps.values():
+            tap.delete(tag)
 
     def _job(self, command: str, arguments: Mapping[str, object]) -> None:
         """Run one QMP job to its end and dismiss it; SnapshotError with the job's error."""
@@ -857,60 +856,38 @@ class Machine:
         """The machine's virtio disks, in order (vda, vdb, ...)."""
         return self.config.disks
 
-    def _disk_index(self, name: str) -> int:
-        for index, disk in enumerate(self.config.disks):
-            if disk.name == name:
-                return index
-        known = ", ".join(d.name for d in self.config.disks) or "none"
-        raise UsageError(f"machine {self.name} has no disk {name!r}", hint=f"its disks: {known}")
+    def _start_taps(self, run_dir: Path) -> None:
+        """Make the disks' files and start their taps (before QEMU, which connects to them)."""
+        bases = prepare_disk_files(run_dir, self.config.disks, tapped=self.config.tap_disks)
+        if not self.config.tap_disks:
+            return
+        for index, (disk, base) in enumerate(zip(self.config.disks, bases, strict=True)):
+            tap = BlockTap(tap_socket(run_dir, index), DiskStore(disk.size_bytes, base))
+            self._taps[disk.name] = tap
+            tap.start()
 
-    def tap_disk(self, name: str, policy: TapPolicy) -> BlockTap:
-        """Put a tap between disk `name`'s device and its overlay, deciding with `policy`
-        (`vmfault.machine.nbd`); returns the tap, its log empty. The guest should be
-        halted. The tap stays until `untap_disk` or the next snapshot restore."""
-        self._require(Runstate.RUNNING)
-        index = self._disk_index(name)
-        nodes = disk_nodes(index)
-        if name in self._tapped:
-            self.untap_disk(name)
+    def disk_tap(self, name: str) -> BlockTap:
+        """The tap that serves disk `name`: set its policy to fault requests, read and write
+        its stored data. A snapshot restore sets it back to serving every request.
+        UsageError if the machine has no such disk or its disks are not tapped."""
         tap = self._taps.get(name)
         if tap is None:
-            if not self._nbd_server:
-                path = str(self.run_dir / "nbd.sock")
-                self.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": path}}})
-                self._nbd_server = True
-            self.qmp("block-export-add", {"type": "nbd", "id": nodes.export,
-                                          "node-name": nodes.overlay, "name": nodes.export,
-                                          "writable": True})  # fmt: skip
-            tap = BlockTap(self.run_dir / f"tap{index}.sock", policy)
-            tap.connect(self.run_dir / "nbd.sock", nodes.export)
-            self._taps[name] = tap
-        else:
-            tap.reset(policy)
-        self.qmp("blockdev-add", {"driver": "nbd", "node-name": nodes.tap,
-                                  "server": {"type": "unix", "path": str(tap.path)},
-                                  "export": nodes.export})  # fmt: skip
-        self._tapped.add(name)
-        self.qmp("blockdev-reopen", {"options": [{"driver": "raw", "node-name": nodes.top,
-                                                  "file": nodes.tap}]})  # fmt: skip
+            known = ", ".join(d.name for d in self.config.disks) or "none"
+            if any(d.name == name for d in self.config.disks):
+                raise UsageError(
+                    f"disk {name} of machine {self.name} is not tapped, so it takes no faults",
+                    hint="start the machine with tap_disks = True",
+                )
+            raise UsageError(
+                f"machine {self.name} has no disk {name!r}", hint=f"its disks: {known}"
+            )
         return tap
 
-    def untap_disk(self, name: str) -> None:
-        """Take disk `name`'s tap out (its held requests go on first); a no-op without one.
-        The tap's log stays readable until the next `tap_disk`."""
-        if name not in self._tapped:
-            return
-        nodes = disk_nodes(self._disk_index(name))
-        tap = self._taps[name]
-        tap.release()
-        self.qmp("blockdev-reopen", {"options": [{"driver": "raw", "node-name": nodes.top,
-                                                  "file": nodes.overlay}]})  # fmt: skip
-        self.qmp("blockdev-del", {"node-name": nodes.tap})
-        self._tapped.discard(name)
-
-    def _untap_all(self) -> None:
-        for name in sorted(self._tapped):
-            self.untap_disk(name)
+    def _quiet_taps(self) -> None:
+        """Every tap serves every request again, its held requests first."""
+        for tap in self._taps.values():
+            tap.release()
+            tap.set_policy(serve_everything)
 
     def save_state_file(self, path: Path, *, timeout_s: float = 60.0) -> None:
         """Write the whole machine state to `path` (a migration stream) for a new process

@@ -1,19 +1,23 @@
-"""A tap on a guest disk's requests: an NBD relay between QEMU's NBD client and its server.
+"""A tap on a guest disk: the NBD server that holds the disk's contents and sees each request.
 
-QEMU's block layer puts the tap in a disk's path (`Machine.tap_disk`): the guest's virtio
-device issues its requests to an NBD client node whose server is a `BlockTap`, which
-relays each one to QEMU's own NBD export of the disk's image, so the data never leaves
-QEMU's block layer. For every request the tap asks a `TapPolicy` what to do: pass it on,
-fail it with an errno, delay it, or hold it until released; and it logs what it did.
-The tap also reads and writes the stored data itself (through the export), with the
-guest halted. It knows nothing of faults: the policy decides.
+A tapped disk's virtio device sits on QEMU's NBD client node, whose server is a `BlockTap`
+in vmfault's process. The tap keeps the disk's contents itself (`DiskStore`: a read-only
+base, the user's raw image or zeros, under the blocks written since the machine started,
+with named snapshots of those blocks), so nothing a run writes reaches the user's image or
+the next restore. For every request the tap asks its `TapPolicy` what to do: serve it,
+fail it with an errno, delay it, or hold it until released; and it logs what it did. It
+knows nothing of faults: the policy decides.
 
-Concurrency: the tap runs in a thread of its own (QEMU blocks in its NBD client while the
-caller waits on QMP), with one selector loop over its three sockets, a wake-up pipe and a
-heap of timers. The caller's thread talks to it through `call`, which runs a function in
-the tap's thread and waits for its result. The NBD protocol spoken is the fixed newstyle
-handshake with simple replies (no structured replies, no metadata contexts), which QEMU's
-client and server both accept.
+Why not relay to QEMU's own NBD export of a qcow2 overlay: QEMU drains every disk whenever
+it stops the guest (a debug halt included), and a drain quiesces its NBD exports, so a
+request the relay forwards during a drain would never be answered and the drain would wait
+for it forever. The tap depends on nothing in QEMU to answer.
+
+Concurrency: the tap runs in a thread of its own (QEMU waits on it while the caller waits
+on QMP or the gdbstub), with one selector loop over its sockets, a wake-up pipe and a heap
+of timers. The caller's thread talks to it through `call`, which runs a function in the
+tap's thread and waits for its result. The NBD protocol spoken is the fixed newstyle
+handshake with simple replies (no structured replies), which QEMU's client accepts.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno as errno_module
+import functools
 import heapq
 import itertools
 import logging
@@ -39,8 +44,11 @@ from typing import Any, Protocol, TypeVar
 from vmfault.errors import MachineError
 
 __all__ = [
+    "BLOCK_BYTES",
     "NBD_ERRNOS",
+    "PASS",
     "BlockTap",
+    "DiskStore",
     "TapAction",
     "TapDecision",
     "TapEvent",
@@ -48,12 +56,19 @@ __all__ = [
     "TapPolicy",
     "TapRequest",
     "nbd_error",
+    "serve_everything",
 ]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 T = TypeVar("T")
+
+BLOCK_BYTES = 4096
+"""The granularity of the blocks a store keeps (and the preferred request size)."""
+MIN_REQUEST_BYTES = 512
+MAX_REQUEST_BYTES = 32 << 20
+"""Request sizes the tap asks its client for (it splits and aligns requests to them)."""
 
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
@@ -70,32 +85,24 @@ _OPT_GO = 7
 _REP_ACK = 1
 _REP_INFO = 3
 _REP_ERR_UNSUP = (1 << 31) + 1
-_REP_ERR_UNKNOWN = (1 << 31) + 6
 _INFO_EXPORT = 0
 _INFO_BLOCK_SIZE = 3
-
 _TF_HAS_FLAGS = 1 << 0
-_TF_READ_ONLY = 1 << 1
 _TF_SEND_FLUSH = 1 << 2
 _TF_SEND_FUA = 1 << 3
-_TF_ROTATIONAL = 1 << 4
-_TF_SEND_TRIM = 1 << 5
 _TF_SEND_WRITE_ZEROES = 1 << 6
-_TF_SEND_CACHE = 1 << 10
-_TF_SEND_FAST_ZERO = 1 << 11
-_RELAYED_FLAGS = (
-    _TF_HAS_FLAGS | _TF_READ_ONLY | _TF_SEND_FLUSH | _TF_SEND_FUA | _TF_ROTATIONAL
-    | _TF_SEND_TRIM | _TF_SEND_WRITE_ZEROES | _TF_SEND_CACHE | _TF_SEND_FAST_ZERO
-)  # fmt: skip
-"""Transmission flags passed on to the client: none that needs structured replies."""
+_TRANSMISSION_FLAGS = _TF_HAS_FLAGS | _TF_SEND_FLUSH | _TF_SEND_FUA | _TF_SEND_WRITE_ZEROES
+"""Flush, FUA and write-zeroes: the commands the tap serves besides read and write."""
 
 _REQUEST = struct.Struct(">IHHQQI")
 _REPLY = struct.Struct(">IIQ")
 _OPTION = struct.Struct(">QII")
 _OPTION_REPLY = struct.Struct(">QIII")
+_CMD_READ = 0
+_CMD_WRITE = 1
 _CMD_DISC = 2
-_INTERNAL_HANDLE = 1 << 63
-"""Handles of the tap's own requests to the export (the client's never set this bit)."""
+_CMD_FLUSH = 3
+_CMD_WRITE_ZEROES = 6
 
 NBD_ERRNOS: dict[int, int] = {
     errno_module.EPERM: 1,
@@ -108,7 +115,6 @@ NBD_ERRNOS: dict[int, int] = {
     errno_module.ESHUTDOWN: 108,
 }
 """The errnos the NBD protocol carries (host errno -> NBD error value)."""
-_SYSTEM_ERRNOS = {value: key for key, value in NBD_ERRNOS.items()}
 
 
 def nbd_error(errno: int) -> int:
@@ -122,8 +128,6 @@ class TapOp(enum.StrEnum):
     READ = "read"
     WRITE = "write"
     FLUSH = "flush"
-    TRIM = "trim"
-    CACHE = "cache"
     WRITE_ZEROES = "write-zeroes"
     OTHER = "other"
 
@@ -132,19 +136,12 @@ class TapOp(enum.StrEnum):
         """The op of an NBD command number."""
         return _COMMANDS.get(command, cls.OTHER)
 
-    @property
-    def writes(self) -> bool:
-        """Whether the op changes stored data (write, write-zeroes, trim)."""
-        return self in (TapOp.WRITE, TapOp.WRITE_ZEROES, TapOp.TRIM)
-
 
 _COMMANDS = {
-    0: TapOp.READ,
-    1: TapOp.WRITE,
-    3: TapOp.FLUSH,
-    4: TapOp.TRIM,
-    5: TapOp.CACHE,
-    6: TapOp.WRITE_ZEROES,
+    _CMD_READ: TapOp.READ,
+    _CMD_WRITE: TapOp.WRITE,
+    _CMD_FLUSH: TapOp.FLUSH,
+    _CMD_WRITE_ZEROES: TapOp.WRITE_ZEROES,
 }
 
 
@@ -162,7 +159,7 @@ class TapRequest:
     """One request of the guest's disk as it reached the tap."""
 
     number: int
-    """1 for the first request since the tap was connected, then 2, 3, ..."""
+    """1 for the first request since the tap's policy was set, then 2, 3, ..."""
     op: TapOp
     offset: int
     """Bytes from the start of the disk."""
@@ -174,8 +171,8 @@ class TapRequest:
 
 @dataclass(frozen=True)
 class TapDecision:
-    """What to do with one request: pass it on, fail it with `errno` (never sent on), delay
-    it by `delay_s` before sending it on, or hold it until `BlockTap.release`."""
+    """What to do with one request: serve it, fail it with `errno` (a failed write changes
+    nothing), delay it by `delay_s` before serving it, or hold it until `BlockTap.release`."""
 
     action: TapAction = TapAction.PASS
     errno: int = 0
@@ -183,6 +180,7 @@ class TapDecision:
 
 
 PASS = TapDecision()
+"""Serve the request."""
 
 
 @dataclass(frozen=True)
@@ -205,62 +203,108 @@ class TapPolicy(Protocol):
         ...
 
 
+def serve_everything(request: TapRequest) -> TapDecision:
+    """The policy of a tap without a fault: every request is served."""
+    return PASS
+
+
+class DiskStore:
+    """A disk's contents: a read-only base (a raw image read in place, or zeros) under the
+    blocks written since (BLOCK_BYTES each), with named snapshots of the written blocks.
+
+    Not thread-safe: a tap uses it from its own thread only.
+    """
+
+    def __init__(self, size_bytes: int, base: Path | None = None) -> None:
+        self.size_bytes = size_bytes
+        self._base_fd = -1 if base is None else os.open(base, os.O_RDONLY | os.O_CLOEXEC)
+        self._base_bytes = 0 if base is None else os.fstat(self._base_fd).st_size
+        self._blocks: dict[int, bytes] = {}
+        self._snapshots: dict[str, dict[int, bytes]] = {}
+
+    def _base(self, offset: int, length: int) -> bytes:
+        data = b""
+        if self._base_fd >= 0 and offset < self._base_bytes:
+            data = os.pread(self._base_fd, min(length, self._base_bytes - offset), offset)
+        return data + bytes(length - len(data))
+
+    def _block(self, index: int) -> bytes:
+        found = self._blocks.get(index)
+        return found if found is not None else self._base(index * BLOCK_BYTES, BLOCK_BYTES)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (inside the disk)."""
+        if not self._blocks:
+            return self._base(offset, length)
+        parts = []
+        end = offset + length
+        while offset < end:
+            index, within = divmod(offset, BLOCK_BYTES)
+            take = min(BLOCK_BYTES - within, end - offset)
+            found = self._blocks.get(index)
+            if found is None:
+                parts.append(self._base(offset, take))
+            else:
+                parts.append(found[within : within + take])
+            offset += take
+        return b"".join(parts)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Store `data` at `offset` (inside the disk)."""
+        view = memoryview(data)
+        while view:
+            index, within = divmod(offset, BLOCK_BYTES)
+            take = min(BLOCK_BYTES - within, len(view))
+            if take == BLOCK_BYTES:
+                self._blocks[index] = bytes(view[:take])
+            else:
+                block = bytearray(self._block(index))
+                block[within : within + take] = view[:take]
+                self._blocks[index] = bytes(block)
+            offset += take
+            view = view[take:]
+
+    def save(self, tag: str) -> None:
+        """Keep the current contents as snapshot `tag` (replacing one of that name)."""
+        self._snapshots[tag] = dict(self._blocks)
+
+    def load(self, tag: str) -> None:
+        """Bring back the contents of snapshot `tag`; MachineError if there is none."""
+        if tag not in self._snapshots:
+            raise MachineError(f"the disk has no snapshot {tag!r}")
+        self._blocks = dict(self._snapshots[tag])
+
+    def delete(self, tag: str) -> None:
+        """Forget snapshot `tag` (a no-op without one)."""
+        self._snapshots.pop(tag, None)
+
+    @property
+    def written_bytes(self) -> int:
+        """Bytes of blocks written over the base (and kept)."""
+        return len(self._blocks) * BLOCK_BYTES
+
+    def close(self) -> None:
+        """Close the base image (always safe)."""
+        if self._base_fd >= 0:
+            os.close(self._base_fd)
+            self._base_fd = -1
+
+
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
         chunk = sock.recv(size - len(data))
         if not chunk:
-            raise MachineError("the NBD peer closed the connection during the handshake")
+            raise MachineError("the NBD client closed the connection during the handshake")
         data += chunk
     return bytes(data)
 
 
-@dataclass(frozen=True)
-class ExportInfo:
-    """What an NBD export offers: its size in bytes, transmission flags, block sizes."""
-
-    size: int
-    flags: int
-    block_sizes: tuple[int, int, int] | None = None
-
-
-def client_handshake(sock: socket.socket, export: str) -> ExportInfo:
-    """Negotiate `export` with an NBD server on `sock` (fixed newstyle, NBD_OPT_GO)."""
-    magic, option_magic, flags = struct.unpack(">QQH", _recv_exact(sock, 18))
-    if magic != NBDMAGIC or option_magic != IHAVEOPT or not flags & _FLAG_FIXED_NEWSTYLE:
-        raise MachineError("the NBD server does not speak the fixed newstyle handshake")
-    sock.sendall(struct.pack(">I", _FLAG_FIXED_NEWSTYLE | (flags & _FLAG_NO_ZEROES)))
-    name = export.encode()
-    data = struct.pack(">I", len(name)) + name + struct.pack(">HH", 1, _INFO_BLOCK_SIZE)
-    sock.sendall(_OPTION.pack(IHAVEOPT, _OPT_GO, len(data)) + data)
-    size = tflags = None
-    sizes = None
-    while True:
-        magic, _, kind, length = _OPTION_REPLY.unpack(_recv_exact(sock, _OPTION_REPLY.size))
-        payload = _recv_exact(sock, length)
-        if magic != OPT_REPLY_MAGIC:
-            raise MachineError("bad NBD option reply magic")
-        if kind == _REP_ACK:
-            break
-        if kind & (1 << 31):
-            raise MachineError(f"the NBD server refused export {export!r} (reply {kind:#x})")
-        if kind == _REP_INFO and len(payload) >= 2:
-            (info,) = struct.unpack(">H", payload[:2])
-            if info == _INFO_EXPORT:
-                size, tflags = struct.unpack(">QH", payload[2:12])
-            elif info == _INFO_BLOCK_SIZE:
-                sizes = struct.unpack(">III", payload[2:14])
-    if size is None or tflags is None:
-        raise MachineError(f"the NBD server did not describe export {export!r}")
-    return ExportInfo(size, tflags, sizes)
-
-
-def server_handshake(sock: socket.socket, info: ExportInfo) -> None:
-    """Serve the handshake of one client on `sock`, describing `info`; returns when the
-    client enters the transmission phase."""
+def server_handshake(sock: socket.socket, size_bytes: int) -> None:
+    """Serve the fixed newstyle handshake of one client on `sock` for an export of
+    `size_bytes`; returns when the client enters the transmission phase."""
     sock.sendall(struct.pack(">QQH", NBDMAGIC, IHAVEOPT, _FLAG_FIXED_NEWSTYLE | _FLAG_NO_ZEROES))
     (client_flags,) = struct.unpack(">I", _recv_exact(sock, 4))
-    flags = (info.flags & _RELAYED_FLAGS) | _TF_HAS_FLAGS
 
     def reply(option: int, kind: int, payload: bytes = b"") -> None:
         sock.sendall(_OPTION_REPLY.pack(OPT_REPLY_MAGIC, option, kind, len(payload)) + payload)
@@ -272,12 +316,13 @@ def server_handshake(sock: socket.socket, info: ExportInfo) -> None:
         _recv_exact(sock, length)
         if option == _OPT_EXPORT_NAME:
             zeroes = b"" if client_flags & _FLAG_NO_ZEROES else bytes(124)
-            sock.sendall(struct.pack(">QH", info.size, flags) + zeroes)
+            sock.sendall(struct.pack(">QH", size_bytes, _TRANSMISSION_FLAGS) + zeroes)
             return
         if option in (_OPT_GO, _OPT_INFO):
-            reply(option, _REP_INFO, struct.pack(">HQH", _INFO_EXPORT, info.size, flags))
-            if info.block_sizes is not None:
-                reply(option, _REP_INFO, struct.pack(">HIII", _INFO_BLOCK_SIZE, *info.block_sizes))
+            export = struct.pack(">HQH", _INFO_EXPORT, size_bytes, _TRANSMISSION_FLAGS)
+            sizes = (MIN_REQUEST_BYTES, BLOCK_BYTES, MAX_REQUEST_BYTES)
+            reply(option, _REP_INFO, export)
+            reply(option, _REP_INFO, struct.pack(">HIII", _INFO_BLOCK_SIZE, *sizes))
             reply(option, _REP_ACK)
             if option == _OPT_GO:
                 return
@@ -288,44 +333,6 @@ def server_handshake(sock: socket.socket, info: ExportInfo) -> None:
             reply(option, _REP_ERR_UNSUP)
 
 
-class _Reader:
-    """Bytes from a non-blocking socket, taken in exact amounts as they arrive."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = bytearray()
-        self.closed = False
-
-    def fill(self) -> None:
-        try:
-            data = self.sock.recv(1 << 20)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.closed = True
-        self.buffer += data
-
-    def take(self, size: int) -> bytes | None:
-        if len(self.buffer) < size:
-            return None
-        data = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return data
-
-
-@dataclass
-class _Pending:
-    """A request sent on to the export, waiting for its reply."""
-
-    request: TapRequest
-    decision: TapDecision
-    handle: int
-    done: Callable[[int, bytes], None] | None = None
-    """For the tap's own requests: called with the errno and the data."""
-
-
 @dataclass(order=True)
 class _Timer:
     due_s: float
@@ -333,37 +340,41 @@ class _Timer:
     run: Callable[[], None] = field(compare=False)
 
 
-class BlockTap:
-    """An NBD relay with a policy, in a thread of its own (see the module docstring).
+@dataclass(frozen=True)
+class _Parked:
+    """A request waiting to be served (delayed or held)."""
 
-    Lifecycle: `BlockTap(listen, policy)` binds `listen` (mode 0600); `connect(socket,
-    export)` opens the export and starts the thread, which then serves one client at a
-    time: QEMU's NBD client node, added after it. `close()` ends everything.
+    request: TapRequest
+    decision: TapDecision
+    handle: int
+    payload: bytes
+
+
+class BlockTap:
+    """The NBD server of one guest disk, with a policy, in a thread of its own (see the
+    module docstring). `start()` listens on `path` (mode 0600) and serves one client at a
+    time: QEMU's NBD node of the disk. `close()` ends everything.
     """
 
-    def __init__(self, listen: Path, policy: TapPolicy = lambda _request: PASS) -> None:
-        self.path = listen
-        self.policy: TapPolicy = policy
+    def __init__(self, path: Path, store: DiskStore) -> None:
+        self.path = path
+        self.store = store
+        self.policy: TapPolicy = serve_everything
         self.events: list[TapEvent] = []
-        """Every request of the current client, in the order their replies went out."""
+        """The requests since the policy was last set or the log cleared, in the order
+        their replies went out."""
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            self._listener.bind(str(listen))
+            self._listener.bind(str(path))
         finally:
             os.umask(old)
         self._listener.listen(1)
-        self._upstream: socket.socket | None = None
-        self._up_reader: _Reader | None = None
         self._client: socket.socket | None = None
-        self._client_reader: _Reader | None = None
-        self._info: ExportInfo | None = None
-        self._pending: dict[int, _Pending] = {}
-        self._write_payloads: dict[int, bytes] = {}
-        self._held: list[tuple[TapRequest, TapDecision, bytes, bytes]] = []
+        self._buffer = bytearray()
+        self._held: list[_Parked] = []
         self._timers: list[_Timer] = []
         self._timer_numbers = itertools.count()
-        self._internal = itertools.count()
         self._numbers = itertools.count(1)
         self._calls: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._lock = threading.Lock()
@@ -375,33 +386,16 @@ class BlockTap:
 
     # ------------------------------------------------------------------ caller's side
 
-    @property
-    def size(self) -> int:
-        """The export's size in bytes."""
-        if self._info is None:
-            raise MachineError("the tap is not connected to an export")
-        return self._info.size
-
-    def connect(self, upstream: Path, export: str, *, timeout_s: float = 10.0) -> None:
-        """Open `export` on the NBD server at `upstream` and start serving clients."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout_s)
-        try:
-            sock.connect(str(upstream))
-            self._info = client_handshake(sock, export)
-        except OSError as exc:
-            sock.close()
-            raise MachineError(f"cannot open NBD export {export!r}: {exc}") from exc
-        sock.setblocking(False)
-        self._upstream = sock
-        self._up_reader = _Reader(sock)
-        self._thread = threading.Thread(target=self._serve, name=f"tap-{export}", daemon=True)
+    def start(self) -> None:
+        """Start serving (the thread); QEMU may connect from now on."""
+        self._thread = threading.Thread(target=self._serve, name=self.path.name, daemon=True)
         self._thread.start()
 
     def call(self, function: Callable[[], T], *, timeout_s: float = 10.0) -> T:
         """Run `function` in the tap's thread and return its result (or raise its error)."""
         if self._thread is None or not self._thread.is_alive():
-            raise MachineError("the disk tap is not running", hint=str(self._failure or ""))
+            why = "" if self._failure is None else f": {self._failure}"
+            raise MachineError(f"the disk tap {self.path.name} is not running{why}")
         future: Future[T] = Future()
         with self._lock:
             self._calls.append((function, future))
@@ -411,8 +405,9 @@ class BlockTap:
         except TimeoutError as exc:
             raise MachineError(f"the disk tap did not answer within {timeout_s:g} s") from exc
 
-    def reset(self, policy: TapPolicy) -> None:
-        """A new policy and an empty log, for the next client (numbers start at 1 again)."""
+    def set_policy(self, policy: TapPolicy) -> None:
+        """Decide with `policy` from the next request on, numbering requests from 1 again
+        and starting an empty log."""
 
         def swap() -> None:
             self.policy = policy
@@ -422,60 +417,44 @@ class BlockTap:
         self.call(swap)
 
     def release(self) -> None:
-        """Send every held request on now (in the order they came)."""
+        """Serve every held request now (in the order they came)."""
         self.call(self._release)
 
-    def release_at(self, when_s: float) -> None:
-        """Send every held request on at host monotonic time `when_s` (and any request
-        held after that at once)."""
-        self.call(lambda: self._at(when_s, self._release))
+    def read(self, offset: int, length: int) -> bytes:
+        """Read the stored data (as the guest would, without a request of its own)."""
+        return self.call(lambda: self.store.read(offset, length))
 
-    def read(self, offset: int, length: int, *, timeout_s: float = 10.0) -> bytes:
-        """Read stored data through the export (the guest should be halted)."""
-        return self._own(0, offset, length, b"", timeout_s)
+    def write(self, offset: int, data: bytes) -> None:
+        """Write the stored data (without a request of the guest's)."""
+        self.call(lambda: self.store.write(offset, data))
 
-    def write(self, offset: int, data: bytes, *, timeout_s: float = 10.0) -> None:
-        """Write stored data through the export (the guest should be halted)."""
-        self._own(1, offset, len(data), data, timeout_s)
+    def save(self, tag: str) -> None:
+        """Keep the disk's contents as snapshot `tag`."""
+        self.call(lambda: self.store.save(tag))
+
+    def load(self, tag: str) -> None:
+        """Bring back snapshot `tag` (nothing may be in flight: the guest drained)."""
+        self.call(lambda: self.store.load(tag))
+
+    def delete(self, tag: str) -> None:
+        """Forget snapshot `tag`."""
+        self.call(lambda: self.store.delete(tag))
 
     def close(self) -> None:
-        """Stop the thread and close every socket (always safe)."""
+        """Stop the thread and close every socket and the store (always safe)."""
         self._stop = True
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
         if self._thread is not None:
             self._thread.join(timeout=5.0)
-        for sock in (self._client, self._upstream, self._listener):
+        for sock in (self._client, self._listener):
             if sock is not None:
                 sock.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self.store.close()
         self.path.unlink(missing_ok=True)
-
-    def _own(self, command: int, offset: int, length: int, data: bytes, timeout_s: float) -> bytes:
-        result: Future[bytes] = Future()
-
-        def done(error: int, payload: bytes) -> None:
-            if error:
-                errno = _SYSTEM_ERRNOS.get(error, errno_module.EIO)
-                result.set_exception(
-                    MachineError(f"the disk refused the tap's own request: {os.strerror(errno)}")
-                )
-            else:
-                result.set_result(payload)
-
-        def send() -> None:
-            handle = _INTERNAL_HANDLE | next(self._internal)
-            request = TapRequest(0, TapOp.of(command), offset, length, time.monotonic())
-            self._pending[handle] = _Pending(request, PASS, handle, done)
-            self._send_up(_REQUEST.pack(REQUEST_MAGIC, 0, command, handle, offset, length) + data)
-
-        self.call(send)
-        try:
-            return result.result(timeout=timeout_s)
-        except TimeoutError as exc:
-            raise MachineError(f"the disk did not answer the tap within {timeout_s:g} s") from exc
 
     # ------------------------------------------------------------------ tap's thread
 
@@ -483,8 +462,6 @@ class BlockTap:
         selector = selectors.DefaultSelector()
         selector.register(self._listener, selectors.EVENT_READ, "listen")
         selector.register(self._wake_r, selectors.EVENT_READ, "wake")
-        assert self._upstream is not None
-        selector.register(self._upstream, selectors.EVENT_READ, "up")
         try:
             while not self._stop:
                 timeout = None
@@ -495,8 +472,6 @@ class BlockTap:
                         self._accept(selector)
                     elif key.data == "wake":
                         self._run_calls()
-                    elif key.data == "up":
-                        self._from_upstream()
                     elif key.data == "client":
                         self._from_client(selector)
                 now = time.monotonic()
@@ -521,34 +496,32 @@ class BlockTap:
             except BaseException as exc:
                 future.set_exception(exc)
 
-    def _at(self, when_s: float, run: Callable[[], None]) -> None:
-        heapq.heappush(self._timers, _Timer(when_s, next(self._timer_numbers), run))
-
     def _accept(self, selector: selectors.BaseSelector) -> None:
         conn, _ = self._listener.accept()
-        if self._client is not None:  # one client at a time: the old one is gone
-            with contextlib.suppress(KeyError, ValueError):
-                selector.unregister(self._client)
-            self._client.close()
+        self._drop_client(selector)
         conn.settimeout(10.0)
-        assert self._info is not None
         try:
-            server_handshake(conn, self._info)
+            server_handshake(conn, self.store.size_bytes)
         except (OSError, MachineError) as exc:
-            logger.info("disk tap %s: client handshake failed: %s", self.path.name, exc)
+            logger.info("disk tap %s: handshake failed: %s", self.path.name, exc)
             conn.close()
-            self._client = None
             return
         conn.setblocking(False)
         self._client = conn
-        self._client_reader = _Reader(conn)
+        self._buffer = bytearray()
         selector.register(conn, selectors.EVENT_READ, "client")
 
-    def _send(self, sock: socket.socket | None, data: bytes) -> None:
-        if sock is None:
-            return
+    def _drop_client(self, selector: selectors.BaseSelector) -> None:
+        if self._client is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                selector.unregister(self._client)
+            self._client.close()
+            self._client = None
+
+    def _send(self, data: bytes) -> None:
+        sock = self._client
         view = memoryview(data)
-        while view:
+        while view and sock is not None:
             try:
                 sent = sock.send(view)
             except BlockingIOError:
@@ -560,99 +533,67 @@ class BlockTap:
                 return
             view = view[sent:]
 
-    def _send_up(self, data: bytes) -> None:
-        self._send(self._upstream, data)
-
-    def _reply(self, request: TapRequest, decision: TapDecision, handle: int, errno: int,
-               data: bytes = b"") -> None:  # fmt: skip
-        error = nbd_error(errno) if errno else 0
-        self._send(self._client, _REPLY.pack(SIMPLE_REPLY_MAGIC, error, handle) + data)
-        self.events.append(TapEvent(request, decision, time.monotonic(), errno))
-
     def _from_client(self, selector: selectors.BaseSelector) -> None:
-        reader = self._client_reader
-        assert reader is not None
-        reader.fill()
-        while True:
-            head = reader.buffer[: _REQUEST.size]
-            if len(head) < _REQUEST.size:
+        assert self._client is not None
+        try:
+            data = self._client.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_client(selector)
+            return
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= _REQUEST.size:
+            magic, _, command, handle, offset, length = _REQUEST.unpack_from(buffer)
+            payload_size = length if command == _CMD_WRITE else 0
+            if len(buffer) < _REQUEST.size + payload_size:
                 break
-            magic, _, command, handle, offset, length = _REQUEST.unpack(bytes(head))
-            payload_size = length if command == 1 else 0
-            if len(reader.buffer) < _REQUEST.size + payload_size:
-                break
-            header = reader.take(_REQUEST.size) or b""
-            payload = reader.take(payload_size) or b""
+            payload = bytes(buffer[_REQUEST.size : _REQUEST.size + payload_size])
+            del buffer[: _REQUEST.size + payload_size]
             if magic != REQUEST_MAGIC or command == _CMD_DISC:
                 self._drop_client(selector)
                 return
-            op = TapOp.of(command)
-            request = TapRequest(next(self._numbers), op, offset, length, time.monotonic())
+            request = TapRequest(next(self._numbers), TapOp.of(command), offset, length,
+                                 time.monotonic())  # fmt: skip
             try:
                 decision = self.policy(request)
             except Exception:
-                logger.exception("disk tap policy failed; the request passes")
+                logger.exception("disk tap policy failed; the request is served")
                 decision = PASS
-            self._decide(request, decision, handle, header, payload)
-        if reader.closed:
-            self._drop_client(selector)
+            parked = _Parked(request, decision, handle, payload)
+            if decision.action is TapAction.HOLD:
+                self._held.append(parked)
+            elif decision.action is TapAction.DELAY and decision.delay_s > 0:
+                due = time.monotonic() + decision.delay_s
+                answer = functools.partial(self._answer, parked)
+                heapq.heappush(self._timers, _Timer(due, next(self._timer_numbers), answer))
+            else:
+                self._answer(parked)
 
-    def _decide(self, request: TapRequest, decision: TapDecision, handle: int, header: bytes,
-                payload: bytes) -> None:  # fmt: skip
+    def _answer(self, parked: _Parked) -> None:
+        """Serve (or fail) one request and send its reply."""
+        request, decision = parked.request, parked.decision
+        errno, data = 0, b""
         if decision.action is TapAction.FAIL:
-            self._reply(request, decision, handle, decision.errno or errno_module.EIO)
-        elif decision.action is TapAction.HOLD:
-            self._held.append((request, decision, header, payload))
-        elif decision.action is TapAction.DELAY and decision.delay_s > 0:
-            self._at(
-                time.monotonic() + decision.delay_s,
-                lambda: self._forward(request, decision, handle, header, payload),
-            )
-        else:
-            self._forward(request, decision, handle, header, payload)
-
-    def _forward(self, request: TapRequest, decision: TapDecision, handle: int, header: bytes,
-                 payload: bytes) -> None:  # fmt: skip
-        self._pending[handle] = _Pending(request, decision, handle)
-        self._send_up(header + payload)
+            errno = decision.errno or errno_module.EIO
+        elif request.offset + request.length > self.store.size_bytes:
+            errno = errno_module.ENOSPC if request.op is not TapOp.READ else errno_module.EINVAL
+        elif request.op is TapOp.READ:
+            data = self.store.read(request.offset, request.length)
+        elif request.op is TapOp.WRITE:
+            self.store.write(request.offset, parked.payload)
+        elif request.op is TapOp.WRITE_ZEROES:
+            self.store.write(request.offset, bytes(request.length))
+        elif request.op is not TapOp.FLUSH:
+            errno = errno_module.EINVAL
+        error = nbd_error(errno) if errno else 0
+        self._send(_REPLY.pack(SIMPLE_REPLY_MAGIC, error, parked.handle) + data)
+        self.events.append(TapEvent(request, decision, time.monotonic(), errno))
 
     def _release(self) -> None:
         held, self._held = self._held, []
-        for request, decision, header, payload in held:
-            (handle,) = struct.unpack(">Q", header[8:16])
-            self._forward(request, decision, handle, header, payload)
-
-    def _from_upstream(self) -> None:
-        reader = self._up_reader
-        assert reader is not None
-        reader.fill()
-        while True:
-            head = reader.buffer[: _REPLY.size]
-            if len(head) < _REPLY.size:
-                break
-            magic, error, handle = _REPLY.unpack(bytes(head))
-            pending = self._pending.get(handle)
-            if magic != SIMPLE_REPLY_MAGIC or pending is None:
-                raise MachineError(f"unexpected reply from the NBD export (handle {handle:#x})")
-            size = pending.request.length if pending.request.op is TapOp.READ and not error else 0
-            if len(reader.buffer) < _REPLY.size + size:
-                break
-            reader.take(_REPLY.size)
-            data = reader.take(size) or b""
-            del self._pending[handle]
-            if pending.done is not None:
-                pending.done(error, data)
-                continue
-            errno = _SYSTEM_ERRNOS.get(error, errno_module.EIO) if error else 0
-            self._reply(pending.request, pending.decision, handle, errno, data)
-        if reader.closed:
-            raise MachineError("QEMU's NBD export closed the tap's connection")
-
-    def _drop_client(self, selector: selectors.BaseSelector) -> None:
-        if self._client is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                selector.unregister(self._client)
-            self._client.close()
-        self._client = None
-        self._client_reader = None
-        self._release()  # nobody waits for held requests any more: let them land
+        for parked in held:
+            self._answer(parked)
