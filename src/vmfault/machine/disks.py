@@ -48,6 +48,7 @@ __all__ = [
     "prepare_disk_files",
     "probe_image",
     "tap_socket",
+    "unique_disks",
 ]
 
 SECTOR_BYTES = 512
@@ -189,6 +190,18 @@ def parse_disk(text: str, *, base: Path | None = None) -> GuestDisk:
     if base is not None and not path.is_absolute():
         path = base / path
     return image_disk(name, path)
+
+
+def unique_disks(disks: Sequence[GuestDisk]) -> tuple[GuestDisk, ...]:
+    """`disks` as a tuple; UsageError if two share a name."""
+    seen: set[str] = set()
+    for disk in disks:
+        if disk.name in seen:
+            raise UsageError(
+                f"two disks are named {disk.name!r}", hint="give each disk its own name"
+            )
+        seen.add(disk.name)
+    return tuple(disks)
 
 
 def probe_image(path: Path) -> tuple[ImageFormat, int]:
