@@ -363,6 +363,7 @@ def _single(report: CampaignReport) -> str:
         ("activation", "Activation", _activation(report)),
         ("instructions", "Instruction faults", _instructions(report)),
         ("storms", "Fault storms", _storms(report)),
+        ("disks", "Disk faults", _disks(report)),
         ("examples", "Examples", _examples(report)),
     ]
     info = report.provenance
@@ -932,6 +933,39 @@ def _storms(report: CampaignReport, layout: _Layout = _FULL) -> str:
     return out
 
 
+def _disks(report: CampaignReport, layout: _Layout = _FULL) -> str:
+    data = report.disks
+    if data is None:
+        return ""
+    out = (
+        "<p class=\"lead\">Faults in the guest's disks, made in QEMU's block layer: "
+        f"{data.requests_faulted:,} requests failed, delayed or held (or reads of corrupted "
+        "bytes) in all. A disk fault no request reached is <em>not-activated</em>.</p>"
+    )
+    out += "<h3>Outcomes per kind of disk fault</h3>"
+    out += _figure(
+        _breakdown_chart(data.by_fault, "Outcome shares per kind of disk fault", layout.width),
+        "Share of each outcome per kind of disk fault.",
+        _outcome_legend(),
+    )
+    out += _breakdown_table("Outcomes per kind of disk fault", "fault", data.by_fault)
+    values = [a.value for a in Activation]
+    out += "<h3>Activation per kind of disk fault</h3>"
+    out += _table(
+        "Activation per kind of disk fault",
+        ["fault", "injected", *values],
+        [
+            [esc(row.stratum), str(row.total), *(str(row.counts.get(v, 0)) for v in values)]
+            for row in data.activation
+        ],
+    )
+    if data.by_requests:
+        out += "<h3>Outcomes per number of requests faulted</h3>"
+        out += _breakdown_table("Outcomes per number of requests faulted", "requests",
+                                data.by_requests)  # fmt: skip
+    return out
+
+
 def _example(example: Example, prefix: str) -> str:
     title = example.outcome + (f" · {example.cause}" if example.cause else "")
     bits = ", ".join(str(b) for b in example.bits) or "-"
@@ -980,6 +1014,7 @@ def _comparison(a: CampaignReport, b: CampaignReport) -> str:
         ("activation", "Activation", _pair(a, b, names, _activation)),
         ("instructions", "Instruction faults", _pair(a, b, names, _instructions)),
         ("storms", "Fault storms", _pair(a, b, names, _storms)),
+        ("disks", "Disk faults", _pair(a, b, names, _disks)),
         ("examples", "Examples", _pair(a, b, names, _examples)),
     ]
     return _page(header, sections)
