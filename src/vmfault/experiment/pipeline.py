@@ -217,6 +217,8 @@ class Experimenter(StartedOnEnter):
         if injected.activated is not None:
             read_first = injected.activated
         activation = activation_of(verdict.outcome, read_before_overwrite=read_first)
+        if injected.activated is False and verdict.outcome.counts:
+            activation = Activation.NOT_ACTIVATED  # nothing reached the fault
         phases.lap("classify")
         return build_record(
             experiment.spec, seed=experiment.seed, index=experiment.index,

@@ -32,7 +32,8 @@ class Injected:
     restart: bool = False
     activated: bool | None = None
     """Whether the fault was reached, for a kind that knows it itself (a disk fault some
-    request reached); None: as the observation's watch says."""
+    request reached); None: as the observation's watch says. A fault not reached is
+    `not-activated` whatever the outcome."""
 
 
 class FaultKind(Protocol):
