@@ -93,6 +93,8 @@ class MachineSpec:
     ram_mib: int = 128
     console_log: Path | None = None
     disks: tuple[GuestDisk, ...] = ()
+    tap_disks: bool = True
+    """Serve the disks through taps, so that they take faults (see machine.disks)."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class GuestMachine:
         self.session = GuestSession(
             image, spec.argv, deterministic=spec.deterministic, accel=spec.accel,
             ram_mib=spec.ram_mib, console_log=spec.console_log, name=spec.name,
-            disks=spec.disks,
+            disks=spec.disks, tap_disks=spec.tap_disks,
         )  # fmt: skip
         self.hooks = self.session.hooks
         self.snapshot: Snapshot | None = None

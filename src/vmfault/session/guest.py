@@ -123,9 +123,10 @@ def machine_config(
     ram_mib: int = 128,
     console_log: Path | None = None,
     disks: Sequence[GuestDisk] = (),
+    tap_disks: bool = True,
 ) -> MachineConfig:
-    """The machine that boots `image` with `disks` and has its agent run `argv` (in
-    `mode`)."""
+    """The machine that boots `image` with `disks` (tapped, so they take faults, unless
+    `tap_disks` is false) and has its agent run `argv` (in `mode`)."""
     append = " ".join(("quiet", *agent_params(mode=mode, argv=argv)))
     return MachineConfig(
         kernel=image.kernel,
@@ -136,6 +137,7 @@ def machine_config(
         deterministic=deterministic,
         disk=image.disk,
         disks=tuple(disks),
+        tap_disks=tap_disks,
         console_log=console_log,
     )
 
@@ -169,6 +171,7 @@ class GuestSession:
         console_log: Path | None = None,
         name: str | None = None,
         disks: Sequence[GuestDisk] = (),
+        tap_disks: bool = True,
     ) -> None:
         if not argv:
             raise UsageError("no workload given", hint="name a workload, e.g. `checksum`")
@@ -185,6 +188,7 @@ class GuestSession:
             ram_mib=ram_mib,
             console_log=console_log,
             disks=disks,
+            tap_disks=tap_disks,
         )
         self.machine = Machine(config, name=name or argv[0])
         self.launched_at = 0.0
