@@ -916,7 +916,7 @@ class FaultSpec:
             "disk": disk, "sectors": sectors, "errno": errno, "delay": delay, "jitter": jitter,
             "once": once,
         }  # fmt: skip
-        if named is not None and named.kind is TargetKind.DISK and not stormy:
+        if named is not None and named.kind is TargetKind.DISK:
             others = {
                 "op": op, "function": function, "instance": instance,
                 "start_index": start_index, "max_dic": max_dic, "faults_per_run": faults_per_run,
