@@ -891,7 +891,14 @@ class Machine:
 
     def save_state_file(self, path: Path, *, timeout_s: float = 60.0) -> None:
         """Write the whole machine state to `path` (a migration stream) for a new process
-        to start from (`MachineConfig.incoming`). Halts the guest and leaves it halted."""
+        to start from (`MachineConfig.incoming`). Halts the guest and leaves it halted.
+        MachineError for a machine with tapped disks: the file would not carry their
+        contents, which live in the taps."""
+        if self._taps:
+            raise MachineError(
+                "a state file cannot carry the contents of tapped disks",
+                hint="use snapshots (save_snapshot) with disks",
+            )
         self.halt()
         if self.qmp("query-status")["status"] != "paused":
             self._settle_to_paused()
