@@ -55,7 +55,14 @@ from vmfault.experiment.testbed import Testbed, golden_run
 from vmfault.faults import Context, FaultSpec, parse_duration_s
 from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
-from vmfault.guest.workloads import SourceKind, cflags_not_compiled, idle_argv, parse_cflags
+from vmfault.guest.workloads import (
+    BUILTIN_WORKLOADS,
+    SourceKind,
+    cflags_not_compiled,
+    disk_required,
+    idle_argv,
+    parse_cflags,
+)
 from vmfault.machine import Accel, kvm_blocker, probe_boot
 from vmfault.machine.disks import GuestDisk, parse_disk, unique_disks
 from vmfault.profile.workload import profile_instructions
@@ -264,6 +271,7 @@ def run(
     spec = _spec(config, None, None, None, extra)
     _require_known(name, spec)
     disks = _guest_disks(disk)
+    disk_required(name, len(disks))
     image = prepare_image(spec, log=_progress)
     argv = [name, *(args or [])]
     if len(argv) == 1:
@@ -406,6 +414,7 @@ def inject(
     disks = _guest_disks(disk)
     if spec.disk is not None:
         spec.disk.disk_of({d.name: d.sectors for d in disks})
+    disk_required(_user_workload(workload, cflags)[0], len(disks))
     table = None
     if crash_patterns is not None:
         table = CrashTable.default().extended(CrashTable.load(crash_patterns))
@@ -633,6 +642,7 @@ def storm(
         name, extra = _user_workload(workload, cflags)
         image_spec = _spec(config, None, None, None, extra)
         _require_known(name, image_spec)
+        disk_required(name, len(_guest_disks(disk)))
         image = prepare_image(image_spec, log=_progress)
         argv = [name, *(workload_args or image.workload(name).default_args)]
     disks = _guest_disks(disk)
@@ -682,8 +692,9 @@ def workloads(
     runs = []
     for name in builtin_workload_names():
         argv = [name, *image.workload(name).default_args]
-        _progress(f"golden run: {' '.join(argv)}")
-        runs.append(golden_run(image, argv, deterministic=deterministic))
+        disks = [parse_disk("data:64M")] if BUILTIN_WORKLOADS[name].needs_disk else []
+        _progress(f"golden run: {' '.join(argv)}" + (" (on a 64M disk)" if disks else ""))
+        runs.append(golden_run(image, argv, deterministic=deterministic, disks=disks))
     out.print(_golden_table(runs))
 
 

@@ -74,6 +74,7 @@ from vmfault.guest.workloads import (
     UserWorkload,
     builtin_workload_names,
     cflags_not_compiled,
+    disk_required,
     parse_cflags,
     validate_workload_name,
 )
@@ -301,6 +302,11 @@ class GuestSection(BaseModel):
         if self.cflags and self.workload is not None and Path(self.workload).suffix != ".c":
             kind = SourceKind.BUILTIN if self.builtin else SourceKind.BINARY
             raise _from_usage(cflags_not_compiled(self.workload, kind), at=("cflags",))
+        if self.workload is not None:
+            try:
+                disk_required(self.workload, len(self.disks))
+            except UsageError as error:
+                raise _from_usage(error, at=("disks",)) from None
         seen: dict[str, int] = {}
         for index, disk in enumerate(self.disks):
             if disk.name in seen:
