@@ -26,7 +26,7 @@ from vmfault.guest.image import GuestImage
 from vmfault.machine.disks import fresh_disk
 from vmfault.session import prepare_image
 
-RUNS = 12
+RUNS = 21
 ARMS = 200
 ARGV = ("diskio", "--blocks", "256")
 DISK = fresh_disk("data", "64M")
@@ -36,14 +36,17 @@ def _median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
 
 
-def _runs(machine: GuestMachine, prepare: Callable[[], None] = lambda: None) -> list[float]:
-    """Host seconds of RUNS fault-free runs restored from the snapshot."""
-    times = []
-    for _ in range(RUNS):
-        machine.restore()
-        prepare()
-        times.append(run_to_exit([machine], timeout_s=120)[machine.name].host_s)
-    return times
+def _run(machine: GuestMachine, prepare: Callable[[], None] = lambda: None) -> float:
+    """Host seconds of one fault-free run restored from the snapshot."""
+    machine.restore()
+    prepare()
+    return run_to_exit([machine], timeout_s=120)[machine.name].host_s
+
+
+def _restore(machine: GuestMachine) -> float:
+    begun = time.perf_counter()
+    machine.restore()
+    return time.perf_counter() - begun
 
 
 def _testbed(image: GuestImage, argv: tuple[str, ...], *, disks: bool, tapped: bool) -> Testbed:
@@ -51,24 +54,16 @@ def _testbed(image: GuestImage, argv: tuple[str, ...], *, disks: bool, tapped: b
     return Testbed(image, [spec])
 
 
-def _restores(machine: GuestMachine) -> list[float]:
-    times = []
-    for _ in range(RUNS):
-        begun = time.perf_counter()
-        machine.restore()
-        times.append(time.perf_counter() - begun)
-    return times
-
-
 def main() -> None:
     image = prepare_image()
-    print(f"disk fault layer on {' '.join(ARGV)} ({DISK.spelling}), TCG, medians of {RUNS} runs")
-    with _testbed(image, ARGV, disks=True, tapped=False) as testbed:
-        plain = _runs(testbed.machine())
-        restore_untapped = _restores(testbed.machine())
-    with _testbed(image, ARGV, disks=True, tapped=True) as testbed:
-        machine = testbed.machine()
-        tapped = _runs(machine)
+    print(f"disk fault layer on {' '.join(ARGV)} ({DISK.spelling}), TCG, medians of {RUNS} "
+          "runs, interleaved (the host's speed drifts)")  # fmt: skip
+    with (
+        _testbed(image, ARGV, disks=True, tapped=False) as untapped_bed,
+        _testbed(image, ARGV, disks=True, tapped=True) as tapped_bed,
+        _testbed(image, ("checksum",), disks=False, tapped=False) as bare_bed,
+    ):
+        untapped, machine, bare = untapped_bed.machine(), tapped_bed.machine(), bare_bed.machine()
         tap = machine.vm.disk_tap(DISK.name)
         far = Sectors.parse(f"{DISK.sectors - 8}-{DISK.sectors - 1}")
         fault = DiskFault("bad-block", sectors=far)
@@ -77,7 +72,21 @@ def main() -> None:
             tap.set_policy(DiskPolicy(fault, first=far.first, last=far.last,
                                       rng=random.Random(1)))  # fmt: skip
 
-        armed = _runs(machine, arm)
+        plain: list[float] = []
+        tapped: list[float] = []
+        armed: list[float] = []
+        restores: dict[str, list[float]] = {"bare": [], "untapped": [], "tapped": []}
+        kinds: list[tuple[list[float], Callable[[], float]]] = [
+            (plain, lambda: _run(untapped)),
+            (tapped, lambda: _run(machine)),
+            (armed, lambda: _run(machine, arm)),
+        ]
+        for index in range(RUNS):
+            turn = index % len(kinds)  # each takes each place in turn: no order favoured
+            for times, run in kinds[turn:] + kinds[:turn]:
+                times.append(run())
+            for name, which in (("bare", bare), ("untapped", untapped), ("tapped", machine)):
+                restores[name].append(_restore(which))
         machine.restore()
         arming = []
         for _ in range(ARMS):
@@ -91,9 +100,6 @@ def main() -> None:
             tap.write(offset, (word ^ 1).to_bytes(8, "little"))
             tap.read(offset, 8)
             corrupting.append(time.perf_counter() - begun)
-        restore_tapped = _restores(machine)
-    with _testbed(image, ("checksum",), disks=False, tapped=False) as testbed:
-        restore_bare = _restores(testbed.machine())
 
     base = _median_ms(plain)
     print(f"  qcow2 overlay (QEMU)            {base:8.1f} ms")
@@ -104,11 +110,9 @@ def main() -> None:
           "of the tap alone)")  # fmt: skip
     print(f"arming a fault (set a tap's policy): {_median_ms(arming):.3f} ms, median of {ARMS}")
     print(f"corrupting a stored word (read, write, read back): {_median_ms(corrupting):.3f} ms")
-    bare, untapped, tapped_ms = (
-        _median_ms(times) for times in (restore_bare, restore_untapped, restore_tapped)
-    )
-    print(f"restore: no disk (loadvm) {bare:.1f} ms, untapped disk (loadvm) {untapped:.1f} ms, "
-          f"tapped disk (snapshot-load job + tap) {tapped_ms:.1f} ms")  # fmt: skip
+    bare_ms, untapped_ms, tapped_ms = (_median_ms(restores[k]) for k in restores)
+    print(f"restore: no disk (loadvm) {bare_ms:.1f} ms, untapped disk (loadvm) {untapped_ms:.1f} "
+          f"ms, tapped disk (snapshot-load job + tap) {tapped_ms:.1f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":
