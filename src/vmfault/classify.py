@@ -34,8 +34,11 @@
 
 The console (text from the injection on) is evidence: only kernel-scope patterns (rule 3) can
 change a classification; user-scope lines only annotate a crash, and a garbled console cannot
-change rules 4-8. Every `Classification` carries a one-line `reason` and, where there is one,
-the `evidence` behind it verbatim: a console line (cut to at most 400 characters), an event
+change rules 4-8. A run that is not a crash (rules 5-8) whose console shows a kernel reaction
+(a reaction-scope pattern: `I/O error, dev vda, sector N`, a file system error or remount)
+keeps its outcome and gets the reaction's name as its cause and that line as its evidence.
+Every `Classification` carries a one-line `reason` and, where there is one, the `evidence`
+behind it verbatim: a console line (cut to at most 400 characters), an event
 name, or a line of the workload's output.
 """
 
@@ -84,10 +87,12 @@ EVIDENCE_MAX_CHARS = 400
 _PANIC_EVENTS = frozenset({"GUEST_PANICKED", "GUEST_CRASHLOADED"})
 _RESET_EVENTS = frozenset({"SHUTDOWN", "RESET"})
 _PACKAGED_TABLE = "crash_patterns.toml"
+_REACTIONS_TABLE = "kernel_reactions.toml"
+_SECTOR = re.compile(r"\bsector (\d+)")
 _CAUSE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PATTERN_KEYS = ("cause", "scope", "regex", "description")
 _TABLE_HINT = (
-    "each [[pattern]] table needs cause, scope ('kernel' or 'user') and regex, "
+    "each [[pattern]] table needs cause, scope ('kernel', 'user' or 'reaction') and regex, "
     "and may have description"
 )
 _BRIEF_CHARS = 60
@@ -137,10 +142,12 @@ class Activation(StrEnum):
 
 
 class CrashScope(StrEnum):
-    """Who crashed: the kernel itself, or a user process the kernel reports on."""
+    """Who crashed: the kernel itself, or a user process the kernel reports on; or, for a
+    reaction, nobody: the kernel reports an error it handled (a failed disk request)."""
 
     USER = "user"
     KERNEL = "kernel"
+    REACTION = "reaction"
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,8 @@ class CrashTable:
 
     @classmethod
     def default(cls) -> CrashTable:
-        """The packaged table (`vmfault/data/crash_patterns.toml`), loaded once."""
+        """The packaged tables, loaded once: `vmfault/data/crash_patterns.toml` and the
+        kernel reactions of `vmfault/data/kernel_reactions.toml`."""
         return _default_table()
 
     @classmethod
@@ -217,8 +225,12 @@ class CrashTable:
 
 @functools.cache
 def _default_table() -> CrashTable:
-    resource = resources.files("vmfault").joinpath("data", _PACKAGED_TABLE)
-    return _parse_table(resource.read_text(encoding="utf-8"), f"vmfault/data/{_PACKAGED_TABLE}")
+    patterns: list[CrashPattern] = []
+    for name in (_PACKAGED_TABLE, _REACTIONS_TABLE):
+        resource = resources.files("vmfault").joinpath("data", name)
+        text = resource.read_text(encoding="utf-8")
+        patterns.extend(_parse_table(text, f"vmfault/data/{name}").patterns)
+    return CrashTable(tuple(patterns))
 
 
 def _parse_table(text: str, source: str) -> CrashTable:
@@ -263,7 +275,9 @@ def _parse_pattern(entry: Mapping[str, object], where: str) -> CrashPattern:
     try:
         scope = CrashScope(values["scope"])
     except ValueError:
-        raise problem("scope", f"must be 'kernel' or 'user', not {values['scope']!r}") from None
+        raise problem(
+            "scope", f"must be 'kernel', 'user' or 'reaction', not {values['scope']!r}"
+        ) from None
     try:
         compiled = re.compile(values["regex"], re.MULTILINE)
     except re.error as exc:
@@ -347,7 +361,8 @@ class Classification:
     outcome: Outcome
     reason: str
     cause: str | None = None
-    """The crash cause: a crash pattern's cause, `panic`, `reset` or a signal name."""
+    """The crash cause: a crash pattern's cause, `panic`, `reset` or a signal name; for
+    another outcome, the kernel's reaction (`io-error`, `fs-read-only`, ...), if any."""
     evidence: str = ""
 
 
@@ -363,11 +378,30 @@ def classify(
     Deterministic and free of I/O (apart from loading the packaged table once); UsageError if
     `detect_regex` is not a valid regex.
     """
+    crashes = table if table is not None else CrashTable.default()
+    verdict = _classify(reference, observation, crashes, detect_regex)
+    if verdict.outcome in (Outcome.CRASH, Outcome.VMM_ERROR, Outcome.NOT_INJECTED):
+        return verdict
+    reaction = crashes.match(observation.console, scope=CrashScope.REACTION)
+    if reaction is None:
+        return verdict
+    pattern, line = reaction
+    sector = _SECTOR.search(line)
+    where = f" at sector {sector.group(1)}" if sector else ""
+    return Classification(
+        verdict.outcome, f"{verdict.reason}; the kernel reported {pattern.label}{where}",
+        cause=pattern.cause, evidence=line,
+    )  # fmt: skip
+
+
+def _classify(
+    reference: Reference, observation: Observation, crashes: CrashTable, detect_regex: str
+) -> Classification:
+    """The rules 1-8, without the kernel's reactions."""
     detect = _compile_detect(detect_regex)
     obs = observation
     if not obs.injected:
         return Classification(Outcome.NOT_INJECTED, "the fault could not be injected")
-    crashes = table if table is not None else CrashTable.default()
     kernel = crashes.match(obs.console, scope=CrashScope.KERNEL)
     panic_event = next((e for e in obs.events if e in _PANIC_EVENTS), None)
     reset_event = next((e for e in obs.events if e in _RESET_EVENTS), None)

@@ -45,13 +45,27 @@ from vmfault.campaign.spec import CampaignSpec, campaign_json_schema, load_campa
 from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment.pipeline import Experimenter
-from vmfault.experiment.records import ExperimentRecord, GoldenRun, InstructionInjection, fsefi_line
+from vmfault.experiment.records import (
+    DiskInjection,
+    ExperimentRecord,
+    GoldenRun,
+    InstructionInjection,
+    fsefi_line,
+)
 from vmfault.experiment.testbed import RestoreMethod, Testbed, golden_run
 from vmfault.faults import Context, FaultSpec, parse_duration_s
 from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
-from vmfault.guest.workloads import SourceKind, cflags_not_compiled, idle_argv, parse_cflags
+from vmfault.guest.workloads import (
+    BUILTIN_WORKLOADS,
+    SourceKind,
+    cflags_not_compiled,
+    disk_required,
+    idle_argv,
+    parse_cflags,
+)
 from vmfault.machine import Accel, kvm_blocker, probe_boot
+from vmfault.machine.disks import GuestDisk, parse_disk, unique_disks
 from vmfault.profile.workload import profile_instructions
 from vmfault.report.command import report_command
 from vmfault.report.summary import Summary, store_summary, summary_tables
@@ -150,6 +164,19 @@ RestoreOpt = Annotated[
         "milliseconds) or loadvm (QEMU's internal snapshots)."
     ),
 ]
+GuestDisksOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--disk",
+        help="A virtio disk: NAME:SIZE (fresh, zeroed: data:64M) or NAME:PATH (a raw or qcow2 "
+        "image, never written); repeat for more (vda, vdb, ...).",
+    ),
+]
+
+
+def _guest_disks(texts: list[str] | None) -> tuple[GuestDisk, ...]:
+    """The disks of --disk options (one-line errors for bad names, sizes and images)."""
+    return unique_disks([parse_disk(text) for text in texts or ()])
 
 
 @image_app.command("build")
@@ -238,6 +265,7 @@ def run(
         Accel, typer.Option(help="tcg, kvm, or auto (KVM only if a probe boots).")
     ] = Accel.TCG,
     timeout: Annotated[float, typer.Option(help="Seconds the workload may run.")] = 300.0,
+    disk: GuestDisksOpt = None,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -250,11 +278,15 @@ def run(
     name, extra = _user_workload(workload, cflags)
     spec = _spec(config, None, None, None, extra)
     _require_known(name, spec)
+    disks = _guest_disks(disk)
+    disk_required(name, len(disks))
     image = prepare_image(spec, log=_progress)
     argv = [name, *(args or [])]
     if len(argv) == 1:
         argv += list(image.workload(name).default_args)
-    result = golden_run(image, argv, deterministic=deterministic, accel=accel, timeout_s=timeout)
+    result = golden_run(
+        image, argv, deterministic=deterministic, accel=accel, timeout_s=timeout, disks=disks
+    )
     if as_json:
         out.print_json(json.dumps(result.to_json()))
     else:
@@ -268,6 +300,7 @@ def run(
             + f", {result.guest_s:.3f} s guest time"
             + ("" if result.instructions is None else f", {result.instructions:,} instructions")
             + f", {result.accel}"
+            + "".join(f", disk {n} is /dev/{d}" for n, d in result.disks.items())
         )
     if result.exit_status != 0:
         raise typer.Exit(1)
@@ -321,7 +354,10 @@ def inject(
     ] = None,
     probability: Annotated[
         float | None,
-        typer.Option(help="With --op: corrupt each instance with this probability instead."),
+        typer.Option(
+            help="With --op: corrupt each instance with this probability instead. Disk "
+            "faults: fault each matching request with this probability."
+        ),
     ] = None,
     trigger: Annotated[
         str | None,
@@ -334,6 +370,26 @@ def inject(
         str | None,
         typer.Option(help="Judge the system this long after the fault, e.g. 1s (guest time)."),
     ] = None,
+    sectors: Annotated[
+        str | None,
+        typer.Option(
+            help="Disk faults: touched (a sector the golden run read or wrote, the default), "
+            "any, N or A-B (512-byte sectors)."
+        ),
+    ] = None,
+    errno: Annotated[
+        str | None,
+        typer.Option(help="Disk faults that fail requests: the errno by name (EIO, ENOSPC, ...)."),
+    ] = None,
+    delay: Annotated[
+        str | None, typer.Option(help="disk:latency: how long each request waits (50ms).")
+    ] = None,
+    jitter: Annotated[
+        str | None, typer.Option(help="disk:latency: +- this much more or less, uniform.")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Disk faults: fault only the first matching request.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 1,
     index: Annotated[int, typer.Option(help="Experiment index under the seed.")] = 0,
     workload_args: Annotated[
@@ -345,6 +401,7 @@ def inject(
     crash_patterns: Annotated[
         Path | None, typer.Option(help="TOML file of extra crash patterns.")
     ] = None,
+    disk: GuestDisksOpt = None,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -353,14 +410,20 @@ def inject(
 
     With --op, the fault goes into the result of a dynamic instance of an instruction class
     (F-SEFI's fine-grained mode): the instance executes, then bits of its result flip.
+    A disk:KIND[@NAME] target faults a disk given with --disk.
     """
     spec = FaultSpec.from_options(
         target=target, bits=bits, trigger=trigger,
         context=None if context is Context.ANY else context, op=op, function=function,
         instance=_instance(instance), start_index=start_index, max_dic=max_dic,
         faults_per_run=faults_per_run, probability=probability, period=period,
+        sectors=sectors, errno=errno, delay=delay, jitter=jitter, once=once or None,
         spell=_option_name,
     )  # fmt: skip
+    disks = _guest_disks(disk)
+    if spec.disk is not None:
+        spec.disk.disk_of({d.name: d.sectors for d in disks})
+    disk_required(_user_workload(workload, cflags)[0], len(disks))
     table = None
     if crash_patterns is not None:
         table = CrashTable.default().extended(CrashTable.load(crash_patterns))
@@ -374,15 +437,23 @@ def inject(
     if spec.instruction is not None:  # a bad function fails before any boot
         WorkloadBinary(image.workload(name).host_binary).code_range(spec.instruction.function)
     with Experimenter.single(
-        image, argv, deterministic=deterministic, budget_factor=budget, crash_table=table,
+        image,
+        argv,
+        deterministic=deterministic,
+        budget_factor=budget,
+        crash_table=table,
+        disks=disks,
         restore=restore,
-    ) as experimenter:  # fmt: skip
+    ) as experimenter:
         record = experimenter.run(spec, seed=seed, index=index)
     if as_json:
         out.print_json(json.dumps(record.to_json()))
         return
     if spec.instruction is not None:
         _print_instruction_record(record)
+        return
+    if isinstance(record.injection, DiskInjection):
+        _print_disk_record(record, record.injection)
         return
     fault = record.to_json()["fault"]
     out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
@@ -394,6 +465,35 @@ def inject(
     )
     if record.latency is not None:
         out.print(f"latency: {record.latency.value:,} {record.latency.unit.value}")
+    if record.evidence:
+        out.print(f"evidence: {record.evidence}", highlight=False, markup=False)
+
+
+def _print_disk_record(record: ExperimentRecord, injection: DiskInjection) -> None:
+    out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
+    out.print(
+        f"fault: {injection.target} on {injection.location} ({injection.trigger.spec}), "
+        f"{record.activation.value}: {injection.requests_faulted} of "
+        f"{injection.requests_seen} matching requests faulted",
+        highlight=False,
+        markup=False,
+    )
+    if injection.fault == "corrupt" and injection.before is not None:
+        out.print(
+            f"stored word at byte {injection.offset}: {injection.before:#018x} -> "
+            f"{injection.after or 0:#018x}, read back {injection.readback or 0:#018x}",
+            highlight=False,
+        )
+    for request in injection.requests[:10]:
+        what = request.errno or (
+            "" if request.delay_s is None else f"{request.delay_s * 1e3:.1f} ms"
+        )
+        out.print(
+            f"  #{request.number} {request.op} sector {request.sector} (+{request.sectors}) "
+            f"{request.action} {what}",
+            highlight=False,
+            markup=False,
+        )
     if record.evidence:
         out.print(f"evidence: {record.evidence}", highlight=False, markup=False)
 
@@ -530,6 +630,7 @@ def storm(
     deterministic: Annotated[bool, typer.Option(help="icount mode: exact guest time.")] = False,
     budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 2.0,
     restore: RestoreOpt = RestoreMethod.TEMPLATE,
+    disk: GuestDisksOpt = None,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -552,10 +653,17 @@ def storm(
         name, extra = _user_workload(workload, cflags)
         image_spec = _spec(config, None, None, None, extra)
         _require_known(name, image_spec)
+        disk_required(name, len(_guest_disks(disk)))
         image = prepare_image(image_spec, log=_progress)
         argv = [name, *(workload_args or image.workload(name).default_args)]
+    disks = _guest_disks(disk)
     with Experimenter.single(
-        image, argv, deterministic=deterministic, budget_factor=budget, restore=restore
+        image,
+        argv,
+        deterministic=deterministic,
+        budget_factor=budget,
+        disks=disks,
+        restore=restore,
     ) as experimenter:
         record = experimenter.run(spec, seed=seed)
     if as_json:
@@ -600,8 +708,9 @@ def workloads(
     runs = []
     for name in builtin_workload_names():
         argv = [name, *image.workload(name).default_args]
-        _progress(f"golden run: {' '.join(argv)}")
-        runs.append(golden_run(image, argv, deterministic=deterministic))
+        disks = [parse_disk("data:64M")] if BUILTIN_WORKLOADS[name].needs_disk else []
+        _progress(f"golden run: {' '.join(argv)}" + (" (on a 64M disk)" if disks else ""))
+        runs.append(golden_run(image, argv, deterministic=deterministic, disks=disks))
     out.print(_golden_table(runs))
 
 

@@ -416,7 +416,14 @@ def test_json_schema_describes_the_file() -> None:
         "rate_unit",
         "compression",
         "period",
+        "disk",
+        "sectors",
+        "errno",
+        "delay",
+        "jitter",
+        "once",
     }
+    assert set(schema["$defs"]["DiskEntry"]["properties"]) == {"name", "size", "image"}
     json.dumps(schema)
 
 

@@ -84,9 +84,13 @@ def workload_argv(spec: CampaignSpec, image: GuestImage) -> tuple[str, ...]:
 
 
 def campaign_machines(spec: CampaignSpec, argv: tuple[str, ...]) -> tuple[MachineSpec, ...]:
-    """The testbed of the campaign: the one machine of `[guest]`, running `argv`."""
+    """The testbed of the campaign: the one machine of `[guest]`, running `argv`, with the
+    disks of `[[guest.disks]]`."""
     guest = spec.guest
-    return (MachineSpec(DEFAULT_MACHINE, argv, guest.deterministic, Accel(guest.accel)),)
+    return (
+        MachineSpec(DEFAULT_MACHINE, argv, guest.deterministic, Accel(guest.accel),
+                    disks=spec.guest_disks()),
+    )  # fmt: skip
 
 
 def _qemu_version() -> str:

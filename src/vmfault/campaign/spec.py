@@ -19,6 +19,9 @@ A campaign file is TOML with a `[campaign]` table, a `[guest]` table and one or 
     bits = 1                 # an int: that many random bits; a string: the bits grammar
     trigger = "time"
 
+Guest disks are `[[guest.disks]]` tables (name, and size or image), faulted by families
+with `target = "disk:KIND"`.
+
 `load_campaign` reports every mistake as one `UsageError` line naming the file, the key
 (`faults[0].bits`), what is wrong, the value found and what is allowed.
 """
@@ -71,14 +74,23 @@ from vmfault.guest.workloads import (
     UserWorkload,
     builtin_workload_names,
     cflags_not_compiled,
+    disk_required,
     parse_cflags,
     validate_workload_name,
 )
 from vmfault.machine.config import Accel
+from vmfault.machine.disks import (
+    DISK_NAME,
+    GuestDisk,
+    fresh_disk,
+    image_disk,
+    parse_size,
+)
 
 __all__ = [
     "CampaignSection",
     "CampaignSpec",
+    "DiskEntry",
     "FaultFamily",
     "GuestSection",
     "campaign_json_schema",
@@ -94,6 +106,9 @@ _SHOWN_VALUE_MAX_CHARS = 60
 _INSTRUCTION = "instruction"
 _STORM = "storm"
 _STRATUM_KEYS = frozenset({"name", "experiments"})
+_SECTOR = 512
+_UNKNOWN_SIZE = 1 << 62
+"""The size of a disk image not looked at (a stored spec): no sector lies outside it."""
 """The keys of a `[[faults]]` table about the stratum; the others are fault options."""
 
 
@@ -180,6 +195,49 @@ class CampaignSection(BaseModel):
         return self
 
 
+class DiskEntry(BaseModel):
+    """One `[[guest.disks]]` table: a virtio disk of the guest (vda, vdb, ... in order).
+
+    `size` makes a fresh zeroed disk (`"64M"`); `image` puts the disk over a raw or qcow2
+    image (relative to the campaign file), which is never written. The guest's workload
+    finds it as /dev/disk/by-id/virtio-NAME.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    name: str = Field(pattern=DISK_NAME.pattern, description="the disk's name (its virtio serial)")
+    size: str | None = Field(default=None, description="a fresh zeroed disk of this size: 64M")
+    image: str | None = Field(default=None, description="a raw or qcow2 image, never written")
+
+    _size_bytes: int | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _size_or_image(self, info: ValidationInfo) -> Self:
+        if (self.size is None) == (self.image is None):
+            raise _error(
+                "give size or image, not both"
+                if self.size is not None
+                else "missing size (or image)",
+                hint='size = "64M" for a fresh disk, or image = "disk.qcow2"',
+                at=("image" if self.image is not None else "size",),
+            )
+        try:
+            if self.size is not None:
+                self._size_bytes = fresh_disk(self.name, parse_size(self.size)).size_bytes
+                return self
+            base = _base_dir(info)
+            if base is not None and self.image is not None:
+                self._size_bytes = image_disk(self.name, _resolve(base, self.image)).size_bytes
+        except UsageError as error:
+            raise _from_usage(error, at=("size" if self.size is not None else "image",)) from None
+        return self
+
+    @property
+    def size_bytes(self) -> int | None:
+        """The disk's size in bytes (None for an image not looked at: a stored spec)."""
+        return self._size_bytes
+
+
 class GuestSection(BaseModel):
     """The `[guest]` table: the workload and how the machine runs it.
 
@@ -212,6 +270,7 @@ class GuestSection(BaseModel):
     deterministic: StrictBool = False
     accel: Accel = Accel.TCG
     crash_patterns: str | None = None
+    disks: tuple[DiskEntry, ...] = ()
 
     @property
     def builtin(self) -> bool:
@@ -246,6 +305,20 @@ class GuestSection(BaseModel):
         if self.cflags and self.workload is not None and Path(self.workload).suffix != ".c":
             kind = SourceKind.BUILTIN if self.builtin else SourceKind.BINARY
             raise _from_usage(cflags_not_compiled(self.workload, kind), at=("cflags",))
+        if self.workload is not None:
+            try:
+                disk_required(self.workload, len(self.disks))
+            except UsageError as error:
+                raise _from_usage(error, at=("disks",)) from None
+        seen: dict[str, int] = {}
+        for index, disk in enumerate(self.disks):
+            if disk.name in seen:
+                raise _error(
+                    f"two disks are named {disk.name!r} (also disks[{seen[disk.name]}])",
+                    hint="give each disk its own name",
+                    at=("disks", index, "name"),
+                )
+            seen[disk.name] = index
         return self
 
     @field_validator("cflags", mode="before")
@@ -351,6 +424,20 @@ class FaultFamily(BaseModel):
     )
     period: str | None = Field(
         default=None, description="guest time run after the (last) flip, then judged: 1s"
+    )
+    disk: str | None = Field(
+        default=None, description="disk faults: the disk's name (default: the only disk)"
+    )
+    sectors: str | int | None = Field(
+        default=None, description="disk faults: touched (default), any, N or A-B (512-byte sectors)"
+    )
+    errno: str | None = Field(
+        default=None, description="disk faults that fail requests: EIO (default), ENOSPC, ..."
+    )
+    delay: str | None = Field(default=None, description="disk:latency: per request, 50ms")
+    jitter: str | None = Field(default=None, description="disk:latency: +- uniform, 10ms")
+    once: StrictBool | None = Field(
+        default=None, description="disk faults: only the first matching request"
     )
 
     _spec: FaultSpec | None = PrivateAttr(default=None)
@@ -471,6 +558,19 @@ class CampaignSpec(BaseModel):
                     at=("faults", index, "name"),
                 )
             seen[family.name] = index
+        sizes = {d.name: (d.size_bytes or _UNKNOWN_SIZE) // _SECTOR for d in self.guest.disks}
+        for index, family in enumerate(self.faults):
+            fault = family.fault_spec().disk
+            if fault is not None:
+                try:
+                    fault.disk_of(sizes)
+                except UsageError as error:
+                    key = "sectors"
+                    if not sizes:
+                        key = "target"
+                    elif fault.disk not in sizes and (fault.disk is not None or len(sizes) > 1):
+                        key = "disk"
+                    raise _from_usage(error, at=("faults", index, key)) from None
         for index, family in enumerate(self.faults):
             kind = family.fault_spec().trigger.kind
             if kind is TriggerKind.INSTRUCTIONS and not self.guest.deterministic:
@@ -514,6 +614,14 @@ class CampaignSpec(BaseModel):
         return UserWorkload(
             name=self.workload_name, path=self.resolve(self.guest.workload),
             args=self.guest.args, cflags=self.guest.cflags,
+        )  # fmt: skip
+
+    def guest_disks(self) -> tuple[GuestDisk, ...]:
+        """The guest's disks, images resolved against the campaign file (and looked at)."""
+        return tuple(
+            fresh_disk(d.name, d.size) if d.size is not None
+            else image_disk(d.name, self.resolve(d.image or ""))
+            for d in self.guest.disks
         )  # fmt: skip
 
     def crash_patterns_path(self) -> Path | None:

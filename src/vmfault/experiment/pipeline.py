@@ -1,5 +1,5 @@
 """The experiment pipeline: restore -> reach the trigger -> inject -> read back -> observe ->
-classify -> record, one way for every fault kind.
+finish -> classify -> record, one way for every fault kind.
 
 An `Experimenter` owns a started `Testbed`. Each experiment restores every machine (the
 ones the fault does not go to run free from the snapshot), has the fault's kind
@@ -55,6 +55,7 @@ from vmfault.faults.model import FaultSpec
 from vmfault.faults.select import plan
 from vmfault.guest.image import GuestImage
 from vmfault.machine import Accel, Machine
+from vmfault.machine.disks import GuestDisk
 
 __all__ = ["Experimenter", "build_record", "vmm_error_record"]
 
@@ -100,12 +101,18 @@ class Experimenter(StartedOnEnter):
         crash_table: CrashTable | None = None,
         console_log: Path | None = None,
         restore: RestoreMethod = RestoreMethod.TEMPLATE,
+        disks: Sequence[GuestDisk] = (),
     ) -> Experimenter:
-        """An experimenter on a testbed of one machine running `argv`."""
+        """An experimenter on a testbed of one machine running `argv`, with `disks`."""
         testbed = Testbed.single(
-            image, argv, deterministic=deterministic, accel=accel, console_log=console_log,
+            image,
+            argv,
+            deterministic=deterministic,
+            accel=accel,
+            console_log=console_log,
+            disks=disks,
             restore=restore,
-        )  # fmt: skip
+        )
         return cls(testbed, budget_factor=budget_factor, crash_table=crash_table)
 
     def start(self) -> Mapping[str, GoldenRun]:
@@ -166,6 +173,7 @@ class Experimenter(StartedOnEnter):
             injected = _inject(kind, experiment, phases)
             if not injected.restart or attempt >= kind.attempts:
                 break
+            kind.finish(experiment, injected)
         held = any(i.injected for i in injected.injections)
         observed = {target.name: observe(experiment, experiment.here, injected=held)}
         for name, progress in experiment.progress.items():
@@ -173,6 +181,7 @@ class Experimenter(StartedOnEnter):
                 observed[name] = observe(experiment, progress, injected=held)
         phases.lap("observe")
         _verify_after_code_writes(target, injected)
+        injected = kind.finish(experiment, injected)
         return self._record(experiment, kind, injected, observed, phases)
 
     def _record(
@@ -209,7 +218,11 @@ class Experimenter(StartedOnEnter):
         if kind.latency:
             latency = _latency(verdict, experiment.injected_at, experiment.here.symptom)
         read_first = observed[target.name].read_first
+        if injected.activated is not None:
+            read_first = injected.activated
         activation = activation_of(verdict.outcome, read_before_overwrite=read_first)
+        if injected.activated is False and verdict.outcome.counts:
+            activation = Activation.NOT_ACTIVATED  # nothing reached the fault
         phases.lap("classify")
         return build_record(
             experiment.spec, seed=experiment.seed, index=experiment.index,

@@ -7,8 +7,9 @@ without loading QEMU's machinery.
 - `GoldenRun`: one machine's fault-free run, the reference of every experiment.
 - `Injection` and one subclass per shape of fault: `RegisterInjection`, `MemoryInjection`
   (memory words and kernel code), `InstructionInjection` (F-SEFI's instruction results),
-  `FlipInjection` (one flip of a storm) and `ControlInjection` (a control run, which
-  injects nothing). `INJECTION_TYPES` finds a class by its `kind`.
+  `FlipInjection` (one flip of a storm), `DiskInjection` (a disk fault: the requests it
+  failed, delayed, held, or the stored bytes it corrupted) and `ControlInjection` (a
+  control run, which injects nothing). `INJECTION_TYPES` finds a class by its `kind`.
 - `MachineRun`: what one machine of the testbed did in an experiment.
 - `StormSummary`: a storm's schedule and timing.
 - `ExperimentRecord`: everything one experiment produced.
@@ -32,8 +33,11 @@ from vmfault.faults.values import ValueFormat, decode_value, format_value
 __all__ = [
     "CONTROL",
     "DEFAULT_MACHINE",
+    "DISK_COLUMNS",
     "INJECTION_TYPES",
     "ControlInjection",
+    "DiskInjection",
+    "DiskRequest",
     "ExperimentRecord",
     "FlipInjection",
     "GoldenRun",
@@ -45,6 +49,7 @@ __all__ = [
     "StormSummary",
     "TriggerPoint",
     "bit_positions",
+    "disk_columns",
     "fsefi_json",
     "fsefi_line",
     "injection_from_fields",
@@ -106,6 +111,9 @@ class GoldenRun:
     restored_vcpu_s: tuple[float, ...] = ()
     """CPU seconds QEMU's vCPU threads had in those runs (the engine's, not stored: hang
     budgets count them, so a loaded host does not turn a slow run into a hang)."""
+    disks: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """The guest device (`vda`, ...) of each of the machine's disks, by name, as the agent
+    reported it (not stored)."""
 
     @property
     def span_s(self) -> float:
@@ -164,6 +172,7 @@ class GoldenRun:
             "boot_s": self.boot_s,
             "accel": self.accel,
             "deterministic": self.deterministic,
+            "disks": dict(self.disks),
         }
 
 
@@ -363,6 +372,137 @@ class InstructionInjection(MemoryInjection):
     pid: int | None = None
 
 
+MAX_LISTED_REQUESTS = 64
+"""Requests a disk injection lists one by one (its counts cover them all)."""
+
+
+@dataclass(frozen=True)
+class DiskRequest:
+    """One request of the guest's disk that a disk fault reached, and what it did to it."""
+
+    number: int
+    """The request's number, counted from 1 at the fault's arming."""
+    op: str
+    """`read`, `write`, `flush`, `trim`, `write-zeroes`."""
+    sector: int
+    """Its first 512-byte sector."""
+    sectors: int
+    """How many sectors it spans (0 for a flush)."""
+    action: str
+    """`failed`, `delayed`, `held`, or for a corruption `corrupted` (a read that returned
+    the corrupted bytes) and `overwrote` (a write over them: the corruption is gone)."""
+    errno: str | None = None
+    """The errno a failed request returned."""
+    delay_s: float | None = None
+    """Host seconds a delayed or held request waited before it went on."""
+    after_s: float = 0.0
+    """Host seconds from the fault's arming to the request's arrival."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data."""
+        return dataclasses.asdict(self)
+
+
+def _requests_of(value: Any) -> tuple[DiskRequest, ...]:
+    return tuple(r if isinstance(r, DiskRequest) else DiskRequest(**r) for r in value or ())
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiskInjection(Injection):
+    """A disk fault: where it went, what it does, and every request it reached.
+
+    A fault in requests (bad-block, read-error, write-error, flush-error, latency, stall)
+    counts the requests that reached it while it was armed (`requests_seen`) and the ones
+    it failed, delayed or held (`requests_faulted`, by action in `counts`, the first
+    MAX_LISTED_REQUESTS in `requests`). A corruption (`disk:corrupt`) flips `mask` in the
+    64-bit word at byte `offset` of the disk, with `before`, `after` and `readback` that
+    word's stored values (little-endian, read through QEMU), and counts the reads that
+    returned it (`corrupted`) until a write overwrote it. `injected` says the fault was
+    armed (or the corruption read back as written); a fault no request reached is not
+    activated.
+    """
+
+    kind: ClassVar[str] = "disk"
+
+    disk: str = ""
+    device: str = ""
+    """The guest's device of the disk (`vda`)."""
+    fault: str = ""
+    """`bad-block`, `read-error`, `write-error`, `flush-error`, `latency`, `stall`, `corrupt`."""
+    first_sector: int | None = None
+    last_sector: int | None = None
+    """The sectors the fault applies to (inclusive); None: every sector."""
+    errno: str | None = None
+    delay_s: float | None = None
+    jitter_s: float | None = None
+    probability: float | None = None
+    once: bool = False
+    offset: int | None = None
+    """A corruption's byte offset on the disk."""
+    requests_seen: int = 0
+    requests_faulted: int = 0
+    counts: Mapping[str, int] = field(default_factory=dict)
+    requests: tuple[DiskRequest, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "requests", _requests_of(self.requests))
+        object.__setattr__(self, "counts", dict(self.counts))
+
+    @property
+    def sectors_text(self) -> str:
+        """`2048`, `2048-2055` or `any`."""
+        if self.first_sector is None or self.last_sector is None:
+            return "any"
+        if self.first_sector == self.last_sector:
+            return str(self.first_sector)
+        return f"{self.first_sector}-{self.last_sector}"
+
+    @property
+    def reached(self) -> bool:
+        """Whether any request reached the fault (for a corruption: read it)."""
+        return self.requests_faulted > 0
+
+    def fields(self) -> dict[str, Any]:
+        """As `Injection.fields`, the requests and counts as plain data."""
+        data = super().fields()
+        data["requests"] = [r.to_json() for r in self.requests]
+        data["counts"] = dict(self.counts)
+        return data
+
+    def disk_json(self) -> dict[str, Any]:
+        """The record's `disk` object: the disk, the fault, what it reached."""
+        return {
+            "disk": self.disk, "device": self.device, "fault": self.fault,
+            "sectors": self.sectors_text, "errno": self.errno, "delay_s": self.delay_s,
+            "jitter_s": self.jitter_s, "probability": self.probability, "once": self.once,
+            "offset": _hex(self.offset), "before": _hex(self.before), "after": _hex(self.after),
+            "readback": _hex(self.readback), "requests_seen": self.requests_seen,
+            "requests_faulted": self.requests_faulted, "counts": dict(self.counts),
+            "requests": [r.to_json() for r in self.requests],
+        }  # fmt: skip
+
+
+DISK_COLUMNS: tuple[str, ...] = (
+    "disk", "disk_fault", "sector_first", "sector_last", "errno", "requests_faulted",
+)  # fmt: skip
+"""The analysis columns of a disk fault, derived from its injection's fields."""
+
+
+def disk_columns(detail: Mapping[str, Any] | None) -> dict[str, object]:
+    """The DISK_COLUMNS of an injection from its kind's own fields (`detail_json`); all
+    None for an injection that is no disk fault."""
+    if not detail or "fault" not in detail or "disk" not in detail:
+        return dict.fromkeys(DISK_COLUMNS)
+    return {
+        "disk": detail.get("disk"),
+        "disk_fault": detail.get("fault"),
+        "sector_first": detail.get("first_sector"),
+        "sector_last": detail.get("last_sector"),
+        "errno": detail.get("errno"),
+        "requests_faulted": detail.get("requests_faulted"),
+    }
+
+
 def _control_point() -> TriggerPoint:
     return TriggerPoint(spec=CONTROL)
 
@@ -391,6 +531,7 @@ INJECTION_TYPES: Mapping[str, type[Injection]] = {
         MemoryInjection,
         FlipInjection,
         InstructionInjection,
+        DiskInjection,
         ControlInjection,
     )
 }
@@ -565,7 +706,7 @@ class ExperimentRecord:
     def to_json(self) -> dict[str, Any]:
         """The `vmfault inject --json` object. Instruction faults add `instruction` (F-SEFI's
         log fields of the first) and storms `storm`; both list the other injections in
-        `extra_injections`."""
+        `extra_injections`. Disk faults add `disk` (`DiskInjection.disk_json`)."""
         first = self.injection
         data: dict[str, Any] = {
             "outcome": self.outcome.value,
@@ -597,6 +738,8 @@ class ExperimentRecord:
             ]
         elif self.extra_injections:
             data["extra_injections"] = [i.to_json() for i in self.extra_injections]
+        if isinstance(first, DiskInjection):
+            data["disk"] = first.disk_json()
         if self.storm is not None:
             data["storm"] = self.storm.to_json()
         return data

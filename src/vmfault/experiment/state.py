@@ -143,6 +143,10 @@ class Experiment:
         self.window_s: tuple[float, float] | None = None
         """The part of the execution (running seconds from the snapshot, start and end)
         the fault's moments are drawn in and its progress counted over; None: all of it."""
+        self.stall_rule = True
+        """Whether the observation may declare the target hung early when its vCPU sits
+        idle (`vmfault.experiment.observe`); a fault that slows the guest's devices turns it
+        off, since an idle vCPU then waits for them."""
 
     @property
     def seed(self) -> int:

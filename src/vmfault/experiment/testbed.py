@@ -49,6 +49,7 @@ from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import FrameKind
 from vmfault.guest.symbols import KernelSymbols
 from vmfault.machine import Accel, Machine, RamFile, RunEnd, Snapshot, Template
+from vmfault.machine.disks import GuestDisk
 from vmfault.machine.rundir import RunDir, ram_root
 from vmfault.session import Finished, GuestSession, WorkloadResult, capture_kernel_symbols
 from vmfault.session.guest import EXIT_REPORT_TIMEOUT_S
@@ -127,11 +128,13 @@ class StartState:
     templates: Mapping[str, Template]
     goldens: Mapping[str, GoldenRun]
     timelines: Mapping[str, Timeline | None]
+    disk_devices: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
+    """Per machine, the guest device of each disk as the agent reported it at boot."""
 
 
 @dataclass(frozen=True)
 class MachineSpec:
-    """One machine of a testbed: its name and the workload its agent runs."""
+    """One machine of a testbed: its name, the workload its agent runs, its disks."""
 
     name: str
     argv: tuple[str, ...]
@@ -139,6 +142,9 @@ class MachineSpec:
     accel: Accel = Accel.TCG
     ram_mib: int = 128
     console_log: Path | None = None
+    disks: tuple[GuestDisk, ...] = ()
+    tap_disks: bool = True
+    """Serve the disks through taps, so that they take faults (see machine.disks)."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,7 @@ class GuestMachine:
         *,
         template: Template | None = None,
         ram_file: RamFile | None = None,
+        disk_devices: Mapping[str, str] | None = None,
     ) -> None:
         self.image = image
         self.spec = spec
@@ -189,7 +196,8 @@ class GuestMachine:
         self.session = GuestSession(
             image, spec.argv, deterministic=spec.deterministic, accel=spec.accel,
             ram_mib=spec.ram_mib, console_log=spec.console_log, name=spec.name,
-            template=template, ram_file=ram_file,
+            disks=spec.disks, tap_disks=spec.tap_disks, template=template, ram_file=ram_file,
+            disk_devices=disk_devices,
         )  # fmt: skip
         self.hooks = self.session.hooks
         self.snapshot: Snapshot | None = None if template is None else template.snapshot
@@ -272,6 +280,7 @@ class GuestMachine:
             host_s=finished.host_s, instructions=finished.instructions, pid=result.pid,
             boot_s=self.session.boot_s, accel=(vm.accel or self.spec.accel).value,
             deterministic=self.deterministic, console=vm.console.transcript(),
+            disks=dict(self.session.disks),
         )  # fmt: skip
 
     def activity(self) -> Activity:
@@ -555,6 +564,12 @@ class Testbed(StartedOnEnter):
             raise UsageError(f"the start state has no templates of machines {names}")
         self.image = image
         self.judge = judge
+        untapped = [s.name for s in machines if s.disks and not s.tap_disks]
+        if restore is RestoreMethod.TEMPLATE and untapped and start_state is None:
+            # Disks QEMU serves itself (qcow2 overlays) live in one QEMU's files: clones
+            # could not share them, so these machines restore with loadvm.
+            logger.info("machines %s have untapped disks: restored with loadvm", untapped)
+            restore = RestoreMethod.LOADVM
         self.restore_method = RestoreMethod.TEMPLATE if start_state is not None else restore
         self._given = start_state
         self.template_dir = template_dir
@@ -563,7 +578,10 @@ class Testbed(StartedOnEnter):
         self.machines: dict[str, GuestMachine] = {}
         for spec in machines:
             template = None if start_state is None else start_state.templates[spec.name]
-            self.machines[spec.name] = GuestMachine(image, spec, template=template)
+            devices = None if start_state is None else start_state.disk_devices.get(spec.name)
+            self.machines[spec.name] = GuestMachine(
+                image, spec, template=template, disk_devices=devices
+            )
 
     @classmethod
     def single(
@@ -576,9 +594,11 @@ class Testbed(StartedOnEnter):
         accel: Accel = Accel.TCG,
         console_log: Path | None = None,
         restore: RestoreMethod = RestoreMethod.TEMPLATE,
+        disks: Sequence[GuestDisk] = (),
     ) -> Testbed:
-        """A testbed of one machine running `argv`."""
-        spec = MachineSpec(name, tuple(argv), deterministic, accel, console_log=console_log)
+        """A testbed of one machine running `argv`, with `disks`."""
+        spec = MachineSpec(name, tuple(argv), deterministic, accel, console_log=console_log,
+                           disks=tuple(disks))  # fmt: skip
         return cls(image, [spec], restore=restore)
 
     def __iter__(self) -> Iterator[GuestMachine]:
@@ -612,11 +632,12 @@ class Testbed(StartedOnEnter):
         experiments need. From a `StartState`, each machine's golden run is run once and
         checked against the state's (MachineError if it differs)."""
         if self.restore_method is RestoreMethod.TEMPLATE and self._given is None:
-            templates = self._make_templates()
+            templates, devices = self._make_templates()
             for machine in self:
                 self.machines[machine.name] = GuestMachine(
-                    self.image, machine.spec, template=templates[machine.name]
-                )
+                    self.image, machine.spec, template=templates[machine.name],
+                    disk_devices=devices[machine.name],
+                )  # fmt: skip
         for machine in self:
             machine.boot()
         if self.restore_method is RestoreMethod.LOADVM:
@@ -646,9 +667,10 @@ class Testbed(StartedOnEnter):
             machine.arm()
         return self.goldens
 
-    def _make_templates(self) -> dict[str, Template]:
+    def _make_templates(self) -> tuple[dict[str, Template], dict[str, dict[str, str]]]:
         """Boot every machine with its RAM in a shared file, halt all at their start hooks
-        (one consistent point), save a template of each, and shut them down."""
+        (one consistent point), save a template of each, and shut them down; the templates
+        and the guest devices of each machine's disks, by machine name."""
         if self.template_dir is None:
             self._own_dir = RunDir(ram_root())
             directory = self._own_dir.path
@@ -670,7 +692,7 @@ class Testbed(StartedOnEnter):
             for machine in booted:
                 machine.close()
                 (directory / machine.name / "live").unlink(missing_ok=True)
-        return templates
+        return templates, {m.name: dict(m.session.disks) for m in booted}
 
     def _adopt(self, state: StartState) -> None:
         """Check each machine's golden run against the state's and take the state's
@@ -701,6 +723,7 @@ class Testbed(StartedOnEnter):
             templates=templates,
             goldens=self.goldens,
             timelines={m.name: m.timeline for m in self},
+            disk_devices={m.name: dict(m.session.disks) for m in self},
         )
 
     def retime(self, *, runs: int = 1, timeout_s: float = GOLDEN_TIMEOUT_S) -> None:
@@ -784,10 +807,12 @@ def golden_run(
     accel: Accel = Accel.TCG,
     timeout_s: float = GOLDEN_TIMEOUT_S,
     console_log: Path | None = None,
+    disks: Sequence[GuestDisk] = (),
 ) -> GoldenRun:
-    """Boot `image`, run `argv` fault-free to completion and return what it did (no
-    snapshot is taken: `vmfault run`)."""
-    spec = MachineSpec(DEFAULT_MACHINE, tuple(argv), deterministic, accel, console_log=console_log)
+    """Boot `image` with `disks`, run `argv` fault-free to completion and return what it
+    did (no snapshot is taken: `vmfault run`)."""
+    spec = MachineSpec(DEFAULT_MACHINE, tuple(argv), deterministic, accel, console_log=console_log,
+                       disks=tuple(disks))  # fmt: skip
     machine = GuestMachine(image, spec)
     try:
         machine.boot()

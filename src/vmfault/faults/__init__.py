@@ -1,6 +1,7 @@
 """Fault models: what a fault is and how its random parts are chosen (pure, no I/O)."""
 
 from vmfault.faults.model import (
+    DISK_FAULTS,
     INSTRUCTION_OPS,
     MEMORY_REGIONS,
     REGISTER_GROUPS,
@@ -8,9 +9,12 @@ from vmfault.faults.model import (
     BitMode,
     BitModel,
     Context,
+    DiskFault,
     FaultSpec,
     InstructionFault,
     OptionError,
+    SectorChoice,
+    Sectors,
     Target,
     TargetKind,
     Trigger,
@@ -21,6 +25,7 @@ from vmfault.faults.select import BitChoice, Plan, choose_bits, choose_in_ranges
 from vmfault.faults.units import parse_duration_s, parse_ranges
 
 __all__ = [
+    "DISK_FAULTS",
     "INSTRUCTION_OPS",
     "MEMORY_REGIONS",
     "REGISTER_GROUPS",
@@ -29,10 +34,13 @@ __all__ = [
     "BitMode",
     "BitModel",
     "Context",
+    "DiskFault",
     "FaultSpec",
     "InstructionFault",
     "OptionError",
     "Plan",
+    "SectorChoice",
+    "Sectors",
     "Target",
     "TargetKind",
     "Trigger",

@@ -18,7 +18,12 @@ Users write faults as short strings, the same on the command line and in campaig
   the choice of instances in an `InstructionFault`;
 - control runs: `none` injects nothing (no name, no bits, no trigger, no context); its
   experiments must come out benign, and the share that does not is the campaign's
-  false-positive rate.
+  false-positive rate;
+- disk faults: `disk:bad-block`, `disk:read-error`, `disk:write-error`, `disk:flush-error`,
+  `disk:latency`, `disk:stall`, `disk:corrupt`, optionally `@NAME` for the disk
+  (`disk:corrupt@data`; default: the machine's only disk), with their options in a
+  `DiskFault` (sectors, errno, delay, jitter, probability, once); their trigger may also
+  be `request` / `request:N` (from the Nth request to the disk on).
 
 Parsing raises UsageError naming the bad text and what is allowed. `FaultSpec.from_options`
 builds a spec from the raw options of a campaign `[[faults]]` table or the command line and
@@ -31,6 +36,7 @@ import contextlib
 import dataclasses
 import difflib
 import enum
+import errno as errno_module
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -41,18 +47,23 @@ from vmfault.faults.schedule import RateUnit, Schedule, Storm
 from vmfault.faults.units import parse_duration_s, parse_ranges
 
 __all__ = [
+    "DISK_FAULTS",
     "INSTRUCTION_FAMILIES",
     "INSTRUCTION_OPS",
     "MEMORY_REGIONS",
     "OP_CLASSES",
     "REGISTER_GROUPS",
     "REGISTER_WIDTHS",
+    "SECTOR_BYTES",
     "BitMode",
     "BitModel",
     "Context",
+    "DiskFault",
     "FaultSpec",
     "InstructionFault",
     "OptionError",
+    "SectorChoice",
+    "Sectors",
     "Target",
     "TargetKind",
     "Trigger",
@@ -96,6 +107,17 @@ INSTRUCTION_OPS: tuple[str, ...] = OP_CLASSES + INSTRUCTION_FAMILIES
 _OP_ALIASES = {"sarl": "sar", "idivl": "idiv", "imull": "imul", "xorl": "xor", "cmpl": "cmp"}
 MAX_RESULT_BITS = 128
 """The widest instruction result a fault can flip (an XMM register)."""
+DISK_FAULTS: tuple[str, ...] = (
+    "bad-block", "read-error", "write-error", "flush-error", "latency", "stall", "corrupt",
+)  # fmt: skip
+"""The kinds of disk fault (`disk:KIND`)."""
+ERRNO_FAULTS: tuple[str, ...] = ("bad-block", "read-error", "write-error", "flush-error")
+"""Disk faults that fail requests, with an errno."""
+SECTOR_BYTES = 512
+"""Bytes per sector: disk faults count sectors of 512 bytes, as the guest's kernel does."""
+DEFAULT_DELAY_S = 0.05
+"""The delay of `disk:latency` unless `delay` says otherwise."""
+_DISK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,19}$")
 
 
 class TargetKind(enum.StrEnum):
@@ -105,6 +127,8 @@ class TargetKind(enum.StrEnum):
     MEMORY = "memory"
     KERNEL_CODE = "kernel-code"
     INSTRUCTION = "instruction"
+    DISK = "disk"
+    """A guest disk's requests or stored data, through QEMU's block layer."""
     NONE = "none"
     """A control run: nothing is corrupted (spelled `none`, without a name)."""
 
@@ -178,7 +202,8 @@ class Target:
     ALLOWED = (
         "register:NAME|gpr|pointer|flags|sse|x87|all, memory:ram|kernel-text|kernel-data|"
         "process|0xADDRESS|0xSTART-0xEND[,...]|@SYMBOL[+OFFSET], kernel-code:hot|FUNCTION, "
-        "instruction:OP[@FUNCTION], none (a control run)"
+        "instruction:OP[@FUNCTION], disk:" + "|".join(DISK_FAULTS) + "[@DISK], "
+        "none (a control run)"
     )
 
     @classmethod
@@ -224,6 +249,9 @@ class Target:
         elif kind is TargetKind.INSTRUCTION:
             op, _, function = name.partition("@")
             name = canonical_op(op) + (f"@{function.strip()}" if function.strip() else "")
+        elif kind is TargetKind.DISK:
+            fault, _, disk = name.partition("@")
+            name = _disk_fault_name(fault) + (f"@{_disk_name(disk)}" if disk.strip() else "")
         return cls(kind, name)
 
     @property
@@ -267,6 +295,43 @@ class Target:
         if self.kind is not TargetKind.INSTRUCTION:
             return None
         return self.name.partition("@")[2] or None
+
+    @property
+    def disk_fault(self) -> str | None:
+        """The kind of a `disk:KIND[@DISK]` target (`bad-block`, ...)."""
+        return self.name.partition("@")[0] if self.kind is TargetKind.DISK else None
+
+    @property
+    def disk(self) -> str | None:
+        """The disk a `disk:KIND@DISK` target names (None: the machine's only disk)."""
+        if self.kind is not TargetKind.DISK:
+            return None
+        return self.name.partition("@")[2] or None
+
+
+def _disk_fault_name(text: str) -> str:
+    """The disk fault named `text`; UsageError naming the closest ones otherwise."""
+    name = text.strip().lower()
+    if name in DISK_FAULTS:
+        return name
+    close = difflib.get_close_matches(name, DISK_FAULTS, n=2)
+    raise UsageError(
+        f"unknown disk fault {text!r}",
+        hint=("did you mean " + " or ".join(close) + "? " if close else "")
+        + "allowed: "
+        + ", ".join(DISK_FAULTS),
+    )
+
+
+def _disk_name(text: str) -> str:
+    """A disk's name as written (`data`); UsageError if it cannot be one."""
+    name = text.strip()
+    if not _DISK_NAME.match(name):
+        raise UsageError(
+            f"invalid disk name {name!r}",
+            hint="disk names have 1-20 letters, digits, '_' or '-', starting with a letter",
+        )
+    return name
 
 
 class BitMode(enum.StrEnum):
@@ -361,6 +426,8 @@ class TriggerKind(enum.StrEnum):
     TIME = "time"
     EXECUTION = "exec"
     INSTRUCTIONS = "icount"
+    REQUEST = "request"
+    """From the Nth request to the disk on (`count`; disk faults only)."""
 
 
 @dataclass(frozen=True)
@@ -373,7 +440,7 @@ class Trigger:
     count: int = 1
     instructions: int | None = None
 
-    ALLOWED = "time, time:20ms, exec:SYMBOL|0xADDR[#N], icount, icount:N"
+    ALLOWED = "time, time:20ms, exec:SYMBOL|0xADDR[#N], icount, icount:N, request[:N] (disks)"
 
     @classmethod
     def parse(cls, text: str | None) -> Trigger:
@@ -390,6 +457,11 @@ class Trigger:
                 return cls(kind, time_s=parse_duration_s(rest) if rest else None)
             if kind is TriggerKind.INSTRUCTIONS:
                 return cls(kind, instructions=int(rest, 0) if rest else None)
+            if kind is TriggerKind.REQUEST:
+                nth = int(rest, 0) if rest else 1
+                if nth < 1:
+                    raise ValueError
+                return cls(kind, count=nth)
             location, _, count = rest.partition("#")
             if not location or (count and int(count) < 1):
                 raise ValueError
@@ -492,6 +564,158 @@ class InstructionFault:
         return Target(TargetKind.INSTRUCTION, self.spelling)
 
 
+class SectorChoice(enum.StrEnum):
+    """Which sectors of a disk a disk fault goes to."""
+
+    TOUCHED = "touched"
+    """One sector the golden run read or wrote, drawn per experiment."""
+    ANY = "any"
+    """Every sector (one drawn per experiment, for corruption)."""
+    RANGE = "range"
+    """The sectors `first`..`last` (inclusive)."""
+
+
+@dataclass(frozen=True)
+class Sectors:
+    """The sectors of a disk fault: `touched`, `any`, or a range `first`-`last` (inclusive,
+    512-byte sectors from the start of the disk)."""
+
+    choice: SectorChoice = SectorChoice.TOUCHED
+    first: int = 0
+    last: int = 0
+
+    ALLOWED = "touched, any, N, A-B (512-byte sectors, inclusive)"
+
+    @classmethod
+    def parse(cls, text: str | int) -> Sectors:
+        """`touched`, `any`, `2048` or `2048-2055` (decimal or 0x)."""
+        if isinstance(text, int):
+            text = str(text)
+        word = text.strip().lower()
+        if word in (SectorChoice.TOUCHED.value, SectorChoice.ANY.value):
+            return cls(SectorChoice(word))
+        first_text, dash, last_text = word.partition("-")
+        try:
+            first = int(first_text.strip(), 0)
+            last = int(last_text.strip(), 0) if dash else first
+        except ValueError:
+            raise _bad("sectors", text, cls.ALLOWED) from None
+        if not 0 <= first <= last:
+            raise _bad("sectors", text, "a range A-B with 0 <= A <= B")
+        return cls(SectorChoice.RANGE, first, last)
+
+    @property
+    def spelling(self) -> str:
+        """`touched`, `any`, `2048` or `2048-2055`."""
+        if self.choice is not SectorChoice.RANGE:
+            return self.choice.value
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+def errno_number(name: str) -> int:
+    """The number of the errno called `name` (`EIO`, `enospc`); UsageError otherwise."""
+    upper = name.strip().upper()
+    number = getattr(errno_module, upper, None)
+    if not isinstance(number, int) or errno_module.errorcode.get(number) is None:
+        close = difflib.get_close_matches(upper, sorted(errno_module.errorcode.values()), n=3)
+        raise UsageError(
+            f"unknown errno {name!r}",
+            hint="give an errno by name, e.g. EIO, ENOSPC, EROFS"
+            + (f" (did you mean {' or '.join(close)}?)" if close else ""),
+        )
+    return number
+
+
+@dataclass(frozen=True)
+class DiskFault:
+    """What a disk fault does, beyond its kind (the target `disk:KIND`).
+
+    `fault` is the kind; `disk` the disk's name (None: the machine's only disk);
+    `sectors` where it applies (not for flush-error, whose requests carry no sectors);
+    `errno` (by name) what failed requests return; `delay_s` and `jitter_s` (seconds) how
+    long latency holds each request (the delay plus a uniform draw in +-jitter, never
+    below 0); `probability` the chance that each matching request is faulted (None: every
+    one) and `once` whether only the first one is. A corruption flips `bits` of a 64-bit
+    word of one sector of stored data.
+    """
+
+    fault: str
+    disk: str | None = None
+    sectors: Sectors = field(default_factory=Sectors)
+    errno: str = "EIO"
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    probability: float | None = None
+    once: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fault", _disk_fault_name(self.fault))
+        if self.disk is not None:
+            object.__setattr__(self, "disk", _disk_name(self.disk))
+        object.__setattr__(self, "errno", errno_module.errorcode[errno_number(self.errno)])
+        if self.fault == "flush-error" and self.sectors != Sectors(SectorChoice.ANY):
+            object.__setattr__(self, "sectors", Sectors(SectorChoice.ANY))
+        if self.delay_s < 0 or self.jitter_s < 0:
+            raise UsageError("a delay is never negative", hint='e.g. delay = "50ms"')
+        if self.probability is not None and not 0.0 < self.probability <= 1.0:
+            raise UsageError(
+                f"probability {self.probability} is outside (0, 1]",
+                hint="give the chance that each request is faulted, e.g. 0.1",
+            )
+
+    @property
+    def fails(self) -> bool:
+        """Whether the fault fails requests (with `errno`)."""
+        return self.fault in ERRNO_FAULTS
+
+    @property
+    def corrupts(self) -> bool:
+        """Whether the fault changes stored data instead of requests."""
+        return self.fault == "corrupt"
+
+    @property
+    def target(self) -> Target:
+        """The `disk:KIND[@DISK]` target of this fault."""
+        return Target(TargetKind.DISK, self.fault + (f"@{self.disk}" if self.disk else ""))
+
+    def disk_of(self, disks: Mapping[str, int]) -> str:
+        """The name of the disk this fault goes to among `disks` (name -> size in sectors),
+        checking that its sectors lie on it; UsageError for an unknown name, no disk, a
+        choice among several, or sectors outside the disk."""
+        names = ", ".join(disks) or "none"
+        if self.disk is None:
+            if len(disks) != 1:
+                raise UsageError(
+                    "a disk fault needs a disk"
+                    if not disks
+                    else f"which disk? the machine has {names}",
+                    hint="add a disk (--disk data:64M, or [[guest.disks]])"
+                    if not disks
+                    else "name one: disk:KIND@NAME (campaign files: disk = NAME)",
+                )
+            name = next(iter(disks))
+        elif self.disk not in disks:
+            raise UsageError(f"no disk named {self.disk!r}", hint=f"the machine's disks: {names}")
+        else:
+            name = self.disk
+        sectors = disks[name]
+        if self.sectors.choice is SectorChoice.RANGE and self.sectors.last >= sectors:
+            raise UsageError(
+                f"sectors {self.sectors.spelling} lie outside disk {name} "
+                f"({sectors} sectors of {SECTOR_BYTES} bytes)",
+                hint=f"give sectors between 0 and {sectors - 1}",
+            )
+        return name
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data (sectors in their spelling)."""
+        return {
+            "fault": self.fault, "disk": self.disk, "sectors": self.sectors.spelling,
+            "errno": self.errno, "delay_s": self.delay_s, "jitter_s": self.jitter_s,
+            "probability": self.probability, "once": self.once,
+        }  # fmt: skip
+
+
 @dataclass(frozen=True)
 class FaultSpec:
     """A fault family as the user gave it; random parts are resolved per experiment.
@@ -514,6 +738,8 @@ class FaultSpec:
     the workload ends or the hang budget runs out."""
     machine: str | None = None
     """The machine of the experiment's testbed the fault goes to; None: its default machine."""
+    disk: DiskFault | None = None
+    """What a disk fault (`disk:` target) does; set from the target when left out."""
 
     def __post_init__(self) -> None:
         if self.period_s is not None and self.period_s <= 0:
@@ -521,6 +747,16 @@ class FaultSpec:
         if self.target.kind is TargetKind.NONE:
             self._check_control()
             return
+        if self.target.kind is TargetKind.DISK:
+            self._check_disk()
+            return
+        if self.disk is not None:
+            raise UsageError(f"a disk fault needs a disk target, not {self.target.spelling}")
+        if self.trigger.kind is TriggerKind.REQUEST:
+            raise UsageError(
+                "a request trigger counts a disk's requests: it applies to disk faults only",
+                hint="use a time or exec trigger",
+            )
         if self.storm is not None:
             self._check_storm()
             return
@@ -563,6 +799,7 @@ class FaultSpec:
             "context": self.context is not Context.ANY,
             "storm": self.storm is not None,
             "instruction": self.instruction is not None,
+            "disk": self.disk is not None,
         }
         for what, given in changes.items():
             if given:
@@ -595,6 +832,34 @@ class FaultSpec:
                 hint="remove context; memory:process flips wait for the workload itself",
             )
 
+    def _check_disk(self) -> None:
+        fault, disk = self.target.disk_fault, self.target.disk
+        assert fault is not None
+        if self.disk is None:
+            object.__setattr__(self, "disk", DiskFault(fault, disk))
+        elif (self.disk.fault, self.disk.disk) != (fault, disk):
+            raise UsageError(
+                f"target {self.target.spelling} does not match the disk fault "
+                f"{self.disk.target.spelling}",
+                hint="build the spec with FaultSpec.from_options",
+            )
+        if self.storm is not None or self.instruction is not None:
+            raise UsageError("a disk fault is neither a storm nor an instruction fault")
+        if self.context is not Context.ANY:
+            raise UsageError(
+                "a disk fault does not wait for a CPU context", hint="remove the context"
+            )
+        if fault == "corrupt":
+            self.bits.check_width(MEMORY_CELL_BITS, "a word of a sector")
+            if self.trigger.kind is TriggerKind.REQUEST:
+                raise UsageError(
+                    "a corruption is made with the guest halted: a request trigger does not "
+                    "apply to it",
+                    hint="use a time or exec trigger",
+                )
+        elif self.bits != BitModel():
+            raise UsageError(f"bits apply to disk:corrupt, not to disk:{fault}", hint="remove bits")
+
     @classmethod
     def of_instruction(cls, fault: InstructionFault, bits: BitModel | None = None) -> FaultSpec:
         """The spec of an instruction-result fault."""
@@ -623,6 +888,12 @@ class FaultSpec:
         rate_unit: RateUnit | str | None = None,
         compression: float | None = None,
         period: str | None = None,
+        disk: str | None = None,
+        sectors: str | int | None = None,
+        errno: str | None = None,
+        delay: str | None = None,
+        jitter: str | None = None,
+        once: bool | None = None,
         spell: Callable[[str], str] = _same,
     ) -> FaultSpec:
         """The spec that a campaign `[[faults]]` table or the command line describes.
@@ -631,14 +902,46 @@ class FaultSpec:
         for an option the user left out; `context` "any" also counts as not given). The
         target is `target`, or `instruction:OP[@FUNCTION]` from `op` and `function` when
         `target` is None or `"instruction"`. `flips` with `interval` or `rate` (and
-        `compression`) makes a storm on a memory region. OptionError names the first option
-        that is invalid or does not combine; messages spell option names with `spell`.
+        `compression`) makes a storm on a memory region. A `disk:KIND` target takes `disk`,
+        `sectors`, `errno`, `delay`, `jitter`, `probability`, `once`, `bits` (corrupt) and
+        `trigger` (also `request:N`), `period` and `machine`. OptionError names the first
+        option that is invalid or does not combine; messages spell option names with `spell`.
         """
         named = None
+        stormy = flips is not None or interval is not None or rate is not None
         if target is not None and target.strip() != TargetKind.INSTRUCTION.value:
-            stormy = flips is not None or interval is not None or rate is not None
             with _option("target"):
                 named = _storm_region(target) if stormy else Target.parse(target)
+        disk_options: dict[str, object] = {
+            "disk": disk, "sectors": sectors, "errno": errno, "delay": delay, "jitter": jitter,
+            "once": once,
+        }  # fmt: skip
+        if named is not None and named.kind is TargetKind.DISK:
+            others = {
+                "op": op, "function": function, "instance": instance,
+                "start_index": start_index, "max_dic": max_dic, "faults_per_run": faults_per_run,
+                "bit_range": bit_range, "flips": flips, "interval": interval, "rate": rate,
+                "rate_unit": rate_unit, "compression": compression,
+                "context": None if context is None or str(context).strip().lower() == "any"
+                else context,
+            }  # fmt: skip
+            disk_fault = _disk_fault(named, disk_options, others, probability, bits, trigger, spell)
+            with _option("bits"):
+                model = BitModel.parse(bits)
+            with _option("trigger"):
+                when = Trigger.parse(trigger)
+            period_s = _period_s(period, spell)
+            key = "trigger" if when.kind is TriggerKind.REQUEST else "bits"
+            with _option(key):
+                return cls(disk_fault.target, model, when, period_s=period_s, machine=machine,
+                           disk=disk_fault)  # fmt: skip
+        for key, value in disk_options.items():
+            if value is not None:
+                raise OptionError(
+                    f"{spell(key)} applies only to disk faults",
+                    key=key,
+                    hint=f"remove {spell(key)}, or give a disk:KIND target",
+                )
         if target is None and op is None:
             raise OptionError(
                 f"give exactly one of {spell('target')} and {spell('op')}",
@@ -700,6 +1003,12 @@ class FaultSpec:
             model = BitModel.parse(bits)
         with _option("trigger"):
             when = Trigger.parse(trigger)
+        if when.kind is TriggerKind.REQUEST:
+            raise OptionError(
+                "a request trigger counts a disk's requests: it applies to disk faults only",
+                key="trigger",
+                hint=f"use {spell('trigger')} time or exec:SYMBOL",
+            )
         with _option("bits" if storm is None else "target"):
             return cls(named, model, when, where, storm=storm, period_s=period_s, machine=machine)
 
@@ -719,6 +1028,8 @@ class FaultSpec:
             data["period_s"] = self.period_s
         if self.machine is not None:
             data["machine"] = self.machine
+        if self.disk is not None:
+            data["disk"] = self.disk.to_json()
         return data
 
 
@@ -790,6 +1101,94 @@ def _instruction_fault(
     _check_instances(instance, start, max_dic, count, probability, spell)
     with _option("op"):
         return InstructionFault(op, function, instance, start, max_dic, count, probability)
+
+
+def _disk_fault(
+    named: Target,
+    options: Mapping[str, object],
+    others: Mapping[str, object],
+    probability: float | None,
+    bits: int | str | None,
+    trigger: str | None,
+    spell: Callable[[str], str],
+) -> DiskFault:
+    """The DiskFault of a `disk:` target and its options (see `FaultSpec.from_options`)."""
+    fault = named.disk_fault
+    assert fault is not None
+    for key, value in others.items():
+        if value is not None:
+            raise OptionError(
+                f"{spell(key)} does not apply to disk faults",
+                key=key,
+                hint=f"remove {spell(key)}",
+            )
+    disk = options["disk"]
+    name = named.disk
+    if disk is not None:
+        with _option("disk"):
+            given = _disk_name(str(disk))
+        if name is not None and name != given:
+            raise OptionError(
+                f"{spell('disk')} {given!r} disagrees with {spell('target')} {named.spelling!r}",
+                key="disk",
+                hint=f"name the disk once: in the {spell('target')} or in {spell('disk')}",
+            )
+        name = given
+
+    def refuse(key: str, why: str) -> None:
+        if (key == "probability" and probability is not None) or options.get(key) is not None:
+            raise OptionError(
+                f"{spell(key)} does not apply to disk:{fault} ({why})",
+                key=key,
+                hint=f"remove {spell(key)}",
+            )
+
+    if fault == "flush-error":
+        refuse("sectors", "a flush carries no sectors")
+    if fault not in ERRNO_FAULTS:
+        refuse("errno", "it fails no request")
+    if fault != "latency":
+        refuse("delay", "only disk:latency delays requests")
+        refuse("jitter", "only disk:latency delays requests")
+    if fault == "corrupt":
+        refuse("probability", "it changes stored data, not requests")
+        refuse("once", "it changes stored data, not requests")
+    elif bits is not None:
+        raise OptionError(
+            f"{spell('bits')} apply to disk:corrupt, not to disk:{fault}",
+            key="bits",
+            hint=f"remove {spell('bits')}",
+        )
+    if fault == "corrupt" and trigger is not None and trigger.strip().startswith("request"):
+        raise OptionError(
+            "a corruption is made with the guest halted: a request trigger does not apply",
+            key="trigger",
+            hint=f"use {spell('trigger')} time or exec:SYMBOL",
+        )
+    chosen = Sectors()
+    if options["sectors"] is not None:
+        with _option("sectors"):
+            chosen = Sectors.parse(options["sectors"])  # type: ignore[arg-type]
+    code = "EIO"
+    if options["errno"] is not None:
+        with _option("errno"):
+            code = errno_module.errorcode[errno_number(str(options["errno"]))]
+    delay_s = DEFAULT_DELAY_S if fault == "latency" else 0.0
+    jitter_s = 0.0
+    for key in ("delay", "jitter"):
+        text = options[key]
+        if text is not None:
+            with _option(key):
+                value = parse_duration_s(str(text))
+            if key == "delay":
+                delay_s = value
+            else:
+                jitter_s = value
+    once = options["once"]
+    with _option("probability"):
+        return DiskFault(
+            fault, name, chosen, code, delay_s, jitter_s, probability, bool(once),
+        )  # fmt: skip
 
 
 def _instruction_bits(

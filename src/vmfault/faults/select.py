@@ -98,7 +98,8 @@ class Plan:
     trigger's time or instruction count is fixed here (drawn over the golden run when the
     spec left it open). Memory addresses are chosen later, from the machine's memory;
     instruction-result bits once the instruction is known (width 0 and no bits here). A
-    control run (target `none`) has width 0, no bits and no trigger.
+    control run (target `none`) has width 0, no bits and no trigger; a disk fault in
+    requests has width 0 and no bits, a corruption the bits of a 64-bit word.
     """
 
     spec: FaultSpec
@@ -141,7 +142,12 @@ def plan(
         width = REGISTER_WIDTHS[register]
     elif spec.target.kind is TargetKind.KERNEL_CODE:
         width = 8  # one byte of an instruction
-    bits = choose_bits(spec.bits, width, rng_for(seed, index, "bits"))
+    elif spec.target.kind is TargetKind.DISK and spec.target.disk_fault != "corrupt":
+        width = 0  # a fault in requests: no bits
+    if width:
+        bits = choose_bits(spec.bits, width, rng_for(seed, index, "bits"))
+    else:
+        bits = BitChoice(0, spec.bits.mode, 0)
     trigger = spec.trigger
     time_s = instructions = None
     timing = rng_for(seed, index, "trigger")

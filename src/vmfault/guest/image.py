@@ -27,12 +27,14 @@ from elftools.elf.sections import SymbolTableSection
 from vmfault.errors import ImageError, UsageError
 from vmfault.guest.initramfs import guest_entries, write_newc
 from vmfault.guest.kernel import (
+    DISK_MODULES,
     GUEST_MODULES,
     KernelBuild,
     find_kernel_deb,
     prepare_debian_kernel,
     prepare_user_kernel,
     sha256_file,
+    split_modules,
 )
 from vmfault.guest.protocol import HOOK_EXITED, HOOK_STARTED, encode_argv
 from vmfault.guest.runtime import RuntimeFile, runtime_files
@@ -339,13 +341,15 @@ def _build(inputs: ImageInputs, kernel: KernelBuild, digest: str, staging: Path,
             job.result()
     hooks = _symbol_addresses(staging / AGENT_NAME, (HOOK_STARTED, HOOK_EXITED))
 
+    every_machine, with_disks = split_modules(kernel.modules, DISK_MODULES)
     archive = write_newc(
         guest_entries(
             agent=(staging / AGENT_NAME).read_bytes(),
             busybox=inputs.busybox.read_bytes(),
             workloads=[(w.name, (workload_dir / w.name).read_bytes()) for w in inputs.workloads],
-            modules=[(m.path.name, m.path.read_bytes()) for m in kernel.modules],
+            modules=[(m.path.name, m.path.read_bytes()) for m in every_machine],
             runtime=[(r.guest_path, r.host_path.read_bytes()) for r in _runtime(inputs.workloads)],
+            disk_modules=[(m.path.name, m.path.read_bytes()) for m in with_disks],
         )
     )
     with (staging / INITRD_NAME).open("wb") as stream:

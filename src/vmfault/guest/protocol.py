@@ -71,6 +71,9 @@ class FrameKind(StrEnum):
 
     HELLO = "hello"
     LOG = "log"
+    DISK = "disk"
+    """One virtio disk: `NAME DEVICE SECTORS` (the host's name for it, vda..., its size in
+    512-byte sectors), sent at boot."""
     START = "start"
     OUT = "out"
     ERR = "err"

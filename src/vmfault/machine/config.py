@@ -7,10 +7,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmfault.machine.disks import GuestDisk, disk_argv
+
 __all__ = [
     "DETERMINISTIC_RTC_BASE",
     "LOG_DIR_ENV",
     "RAM_BACKEND_ID",
+    "SCRATCH_NODE",
     "Accel",
     "MachineConfig",
     "RamFile",
@@ -26,6 +29,9 @@ DETERMINISTIC_RTC_BASE = "2020-01-01T00:00:00"
 RAM_BACKEND_ID = "vmf-ram"
 """The id of the memory backend of guest RAM held in a file (also its region's name in
 QEMU's memory tree)."""
+
+SCRATCH_NODE = "vmf-scratch"
+"""The node name of the scratch qcow2 drive that holds the machine state of snapshots."""
 
 LOG_DIR_ENV = "VMFAULT_LOG_DIR"
 """Environment variable: when set, every machine keeps its serial console log and QEMU's
@@ -87,6 +93,11 @@ class MachineConfig:
     machine_type: str = "microvm"
     deterministic: bool = False
     disk: Path | None = None
+    disks: tuple[GuestDisk, ...] = ()
+    """Virtio disks, in order (vda, vdb, ...) (`vmfault.machine.disks`)."""
+    tap_disks: bool = True
+    """Serve the disks through taps (`Machine.disk_tap`: faults possible); False: qcow2
+    overlays QEMU serves itself."""
     snapshot_drive_mib: int = 64
     incoming: Path | None = None
     """Start from a saved state file (see `Machine.save_state_file`) instead of booting."""
@@ -163,8 +174,9 @@ def qemu_argv(
     """The QEMU argument vector for `config`, executing with `accel` (not AUTO).
 
     The guest starts paused (`-S`); every control channel is a Unix socket that QEMU
-    connects to. `scratch` is the qcow2 file that holds internal snapshots. `tsc_khz`,
-    if given, tells the guest kernel its TSC rate (see `guest_tsc_khz`).
+    connects to. `scratch` is the qcow2 file that holds internal snapshots; the disks'
+    files and taps are beside it (`vmfault.machine.disks.prepare_disk_files`). `tsc_khz`, if
+    given, tells the guest kernel its TSC rate (see `guest_tsc_khz`).
     """
     if accel is Accel.AUTO:
         raise ValueError("resolve Accel.AUTO before building a command line")
@@ -218,7 +230,7 @@ def qemu_argv(
         "-action",
         "panic=pause",
         "-drive",
-        f"if=none,id=vmf-snap,format=qcow2,cache=unsafe,file={scratch}",
+        f"if=none,id=vmf-snap,node-name={SCRATCH_NODE},format=qcow2,cache=unsafe,file={scratch}",
     ]
     if config.kernel is not None:
         # A machine started from a template has no kernel to load: a reset (which loadvm
@@ -242,6 +254,7 @@ def qemu_argv(
             "-device",
             f"{bus_device},drive=vmf-disk",
         ]
+    argv += disk_argv(config.disks, scratch.parent, config.machine_type, tapped=config.tap_disks)
     if config.incoming is not None:
         argv += ["-incoming", "defer"]
     argv += list(config.extra_args)

@@ -979,6 +979,39 @@ def _storms(report: CampaignReport, layout: Layout = _FULL) -> str:
     return out
 
 
+def _disks(report: CampaignReport, layout: Layout = _FULL) -> str:
+    data = report.disks
+    if data is None:
+        return ""
+    out = (
+        "<p class=\"lead\">Faults in the guest's disks, made in QEMU's block layer: "
+        f"{data.requests_faulted:,} requests failed, delayed or held (or reads of corrupted "
+        "bytes) in all. A disk fault no request reached is <em>not-activated</em>.</p>"
+    )
+    out += "<h3>Outcomes per kind of disk fault</h3>"
+    out += _figure(
+        _breakdown_chart(data.by_fault, "Outcome shares per kind of disk fault", layout.width),
+        "Share of each outcome per kind of disk fault.",
+        _outcome_legend(),
+    )
+    out += _breakdown_table("Outcomes per kind of disk fault", "fault", data.by_fault)
+    values = [a.value for a in Activation]
+    out += "<h3>Activation per kind of disk fault</h3>"
+    out += _table(
+        "Activation per kind of disk fault",
+        ["fault", "injected", *values],
+        [
+            [esc(row.stratum), str(row.total), *(str(row.counts.get(v, 0)) for v in values)]
+            for row in data.activation
+        ],
+    )
+    if data.by_requests:
+        out += "<h3>Outcomes per number of requests faulted</h3>"
+        out += _breakdown_table("Outcomes per number of requests faulted", "requests",
+                                data.by_requests)  # fmt: skip
+    return out
+
+
 def _example(example: Example, layout: Layout) -> str:
     prefix = layout.prefix
     title = example.outcome + (f" · {example.cause}" if example.cause else "")
@@ -1198,6 +1231,7 @@ REPORT_SECTIONS: tuple[Section, ...] = (
     Section("activation", "Activation", _activation),
     Section("instructions", "Instruction faults", _instructions),
     Section("storms", "Fault storms", _storms),
+    Section("disks", "Disk faults", _disks),
     Section("examples", "Examples", _examples),
 )
 """The sections of a campaign's report, in the report's order."""
@@ -1212,6 +1246,7 @@ COMPARISON_SECTIONS: tuple[ComparisonSection, ...] = (
     ComparisonSection("activation", "Activation", _paired(_activation)),
     ComparisonSection("instructions", "Instruction faults", _paired(_instructions)),
     ComparisonSection("storms", "Fault storms", _paired(_storms)),
+    ComparisonSection("disks", "Disk faults", _paired(_disks)),
     ComparisonSection("examples", "Examples", _paired(_examples)),
 )
 """The sections of the comparison of two campaigns, in the page's order."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +23,7 @@ from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import HOOK_EXITED, HOOK_STARTED, AgentMode, FrameKind, agent_params
 from vmfault.machine import Accel, Frame, Machine, MachineConfig, Template
 from vmfault.machine.config import RamFile
+from vmfault.machine.disks import GuestDisk
 
 __all__ = [
     "EXIT_REPORT_TIMEOUT_S",
@@ -30,6 +31,7 @@ __all__ = [
     "AgentHooks",
     "GuestSession",
     "WorkloadResult",
+    "disk_devices",
     "machine_config",
 ]
 
@@ -102,6 +104,17 @@ class WorkloadResult:
         )
 
 
+def disk_devices(frames: Sequence[Frame]) -> dict[str, str]:
+    """The guest device (`vda`, ...) of each disk by name, from the agent's `disk` frames."""
+    found: dict[str, str] = {}
+    for frame in frames:
+        if frame.kind == FrameKind.DISK:
+            parts = frame.text.split()
+            if len(parts) >= 2 and parts[0] != "-":
+                found[parts[0]] = parts[1]
+    return found
+
+
 def machine_config(
     image: GuestImage,
     argv: Sequence[str] = (),
@@ -111,10 +124,13 @@ def machine_config(
     accel: Accel = Accel.TCG,
     ram_mib: int = 128,
     console_log: Path | None = None,
+    disks: Sequence[GuestDisk] = (),
+    tap_disks: bool = True,
     ram_file: RamFile | None = None,
 ) -> MachineConfig:
-    """The machine that boots `image` and has its agent run `argv` (in `mode`); with
-    `ram_file`, its RAM is that file (shared: to save a template of it)."""
+    """The machine that boots `image` with `disks` (tapped, so they take faults, unless
+    `tap_disks` is false) and has its agent run `argv` (in `mode`); with `ram_file`, its
+    RAM is that file (shared: to save a template of it)."""
     append = " ".join(("quiet", *agent_params(mode=mode, argv=argv)))
     return MachineConfig(
         kernel=image.kernel,
@@ -124,6 +140,8 @@ def machine_config(
         accel=accel,
         deterministic=deterministic,
         disk=image.disk,
+        disks=tuple(disks),
+        tap_disks=tap_disks,
         console_log=console_log,
         ram_file=ram_file,
     )
@@ -139,6 +157,8 @@ def clone_config(config: MachineConfig, template: Template) -> MachineConfig:
         initrd=None,
         ram_file=RamFile(template.ram, shared=False),
         ram_mib=template.ram_mib,
+        disks=template.disks,
+        tap_disks=True,
         snapshot_drive=template.drive,
         loadvm=template.snapshot.name,
     )
@@ -177,8 +197,11 @@ class GuestSession:
         ram_mib: int = 128,
         console_log: Path | None = None,
         name: str | None = None,
+        disks: Sequence[GuestDisk] = (),
+        tap_disks: bool = True,
         template: Template | None = None,
         ram_file: RamFile | None = None,
+        disk_devices: Mapping[str, str] | None = None,
     ) -> None:
         if not argv:
             raise UsageError("no workload given", hint="name a workload, e.g. `checksum`")
@@ -194,16 +217,21 @@ class GuestSession:
             accel=accel,
             ram_mib=ram_mib,
             console_log=console_log,
+            disks=disks,
+            tap_disks=tap_disks,
             ram_file=ram_file,
         )
         if template is not None:
             config = clone_config(config, template)
         self.template = template
+        self._disk_devices = disk_devices
         self.machine = Machine(config, name=name or argv[0])
         self.launched_at = 0.0
         self.started_at = 0.0
         self.start_instructions: int | None = None
         self._begun_vcpu_s = 0.0
+        self.disks: dict[str, str] = {}
+        """The guest device (`vda`, ...) of each disk by name, as the agent reported it."""
 
     def __enter__(self) -> Self:
         return self
@@ -236,6 +264,17 @@ class GuestSession:
             )
         self.started_at = time.monotonic()
         self.start_instructions = vm.instruction_count()
+        if self.template is not None and self._disk_devices is not None:
+            # The agent reported its disks at boot, before the template was saved.
+            self.disks = dict(self._disk_devices)
+        else:
+            self.disks = disk_devices(vm.channel.frames)
+        missing = [d.name for d in vm.disks if d.name not in self.disks]
+        if missing:
+            raise MachineError(
+                f"the guest did not report disk {missing[0]}",
+                hint="the image's kernel needs virtio_blk (vmfault's Debian kernel has it)",
+            )
 
     def begin(self) -> float:
         """Let the guest, halted at its start hook, run on toward its exit hook (which gets

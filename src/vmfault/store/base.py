@@ -17,7 +17,13 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
 from vmfault.errors import VmfaultError
-from vmfault.experiment.records import DEFAULT_MACHINE, ExperimentRecord, GoldenRun, Injection
+from vmfault.experiment.records import (
+    DEFAULT_MACHINE,
+    DISK_COLUMNS,
+    ExperimentRecord,
+    GoldenRun,
+    Injection,
+)
 
 __all__ = [
     "COLUMNS",
@@ -162,10 +168,26 @@ COLUMNS: tuple[Column, ...] = (
         "float",
         "storm experiments: the real-world seconds a rate-model storm stands for",
     ),
+    Column("disk", "str", "disk faults: the disk's name; None for other experiments"),
+    Column(
+        "disk_fault",
+        "str",
+        "disk faults: bad-block, read-error, write-error, flush-error, latency, stall, corrupt",
+    ),
+    Column("sector_first", "int", "disk faults: the first faulted sector (None: every sector)"),
+    Column("sector_last", "int", "disk faults: the last faulted sector (None: every sector)"),
+    Column("errno", "str", "disk faults that fail requests: the errno they return"),
+    Column(
+        "requests_faulted",
+        "int",
+        "disk faults: requests failed, delayed or held (corrupt: reads of the corrupted bytes)",
+    ),
 )
 """The analysis row of one experiment, in column order."""
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
+if COLUMN_NAMES[-len(DISK_COLUMNS) :] != DISK_COLUMNS:
+    raise AssertionError("the disk columns end the analysis row, in DISK_COLUMNS order")
 
 
 @dataclass(frozen=True)

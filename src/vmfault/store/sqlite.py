@@ -43,11 +43,13 @@ from vmfault.classify import Activation, Latency, LatencyUnit, Outcome
 from vmfault.errors import UsageError
 from vmfault.experiment.records import (
     DEFAULT_MACHINE,
+    DISK_COLUMNS,
     ExperimentRecord,
     GoldenRun,
     Injection,
     MachineRun,
     StormSummary,
+    disk_columns,
     injection_from_fields,
 )
 from vmfault.store.base import (
@@ -277,7 +279,7 @@ SELECT e.experiment_id, e.stratum, e.seed, e.idx,
        i.rip, i.user_mode, {progress},
        e.worker, e.started_at, e.finished_at, e.duration_s,
        o.phases_json, o.output, o.stderr,
-       {storm_columns}
+       {storm_columns}, {detail}
 FROM experiment AS e
 JOIN outcome AS o ON o.experiment_id = e.experiment_id
 LEFT JOIN injection AS i ON i.experiment_id = e.experiment_id AND i.ordinal = 0
@@ -292,15 +294,17 @@ _ROWS_QUERY = _ROWS_QUERY_TEMPLATE.format(
     progress="i.progress",
     storm_columns="st.flips, st.guest_s, st.real_world_s",
     storm_join="LEFT JOIN storm AS st ON st.experiment_id = e.experiment_id",
+    detail="i.detail_json",
 )
 _ROWS_QUERY_V2 = _ROWS_QUERY_TEMPLATE.format(
     progress="NULL",
     storm_columns="st.flips, st.guest_s, st.real_world_s",
     storm_join="LEFT JOIN storm AS st ON st.experiment_id = e.experiment_id",
+    detail="NULL",
 )
 """The rows of a version-2 database (read-only): no trigger progress."""
 _ROWS_QUERY_V1 = _ROWS_QUERY_TEMPLATE.format(
-    progress="NULL", storm_columns="NULL, NULL, NULL", storm_join=""
+    progress="NULL", storm_columns="NULL, NULL, NULL", storm_join="", detail="NULL"
 )
 """The rows of a version-1 database (read-only): no storm table, the storm columns None."""
 
@@ -319,8 +323,9 @@ def _rows_select(version: int) -> str:
         storm_join = "LEFT JOIN storm AS st ON st.experiment_id = e.experiment_id"
     else:
         storm_columns, storm_join = "NULL, NULL, NULL", ""
+    detail = "i.detail_json" if version >= _MACHINES_VERSION else "NULL"
     return _ROWS_SELECT_TEMPLATE.format(
-        progress=progress, storm_columns=storm_columns, storm_join=storm_join
+        progress=progress, storm_columns=storm_columns, storm_join=storm_join, detail=detail
     )
 
 
@@ -366,6 +371,8 @@ _LOAD_QUERY = _LOAD_QUERY_TEMPLATE.format(judged="o.machine")
 _LOAD_QUERY_OLD = _LOAD_QUERY_TEMPLATE.format(judged=f"'{DEFAULT_MACHINE}'")
 """A record of schema 1 or 2: the judged machine is the one machine."""
 _BOOL_COLUMNS = frozenset({COLUMN_NAMES.index("injected"), COLUMN_NAMES.index("user_mode")})
+_SELECTED_COLUMNS = COLUMN_NAMES[: -len(DISK_COLUMNS)]
+"""The analysis columns the rows query selects; the disk columns follow from detail_json."""
 
 
 @dataclass(frozen=True)
@@ -1345,11 +1352,14 @@ def _storm(conn: sqlite3.Connection, experiment_id: int, version: int) -> StormS
 
 
 def _row(values: Sequence[object]) -> dict[str, object]:
-    """One analysis row from the values of the rows query, booleans made bool."""
-    row: dict[str, object] = dict(zip(COLUMN_NAMES, values, strict=True))
+    """One analysis row from the values of the rows query, booleans made bool; the disk
+    columns come from the first injection's detail (the query's last value)."""
+    row: dict[str, object] = dict(zip(_SELECTED_COLUMNS, values[:-1], strict=True))
     for position in _BOOL_COLUMNS:
         value = values[position]
         row[COLUMN_NAMES[position]] = None if value is None else bool(value)
+    detail = values[-1]
+    row.update(disk_columns(json.loads(detail) if isinstance(detail, str) and detail else None))
     return row
 
 

@@ -1,6 +1,6 @@
 """Fault kinds, found by the registry `KINDS`: the target's prefix (`register`, `memory`,
-`kernel-code`, `instruction`, `none` for control runs), or `storm` for a memory family with a
-schedule of flips.
+`kernel-code`, `instruction`, `disk`, `none` for control runs), or `storm` for a memory family
+with a schedule of flips.
 
 A new kind is a module implementing `FaultKind` plus one entry here.
 """
@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from vmfault.errors import UsageError
 from vmfault.experiment.kinds.base import FaultKind, Injected, KindFactory
 from vmfault.experiment.kinds.control import ControlKind
+from vmfault.experiment.kinds.disk import DiskKind
 from vmfault.experiment.kinds.instruction import InstructionKind
 from vmfault.experiment.kinds.kernel_code import KernelCodeKind
 from vmfault.experiment.kinds.memory import MemoryKind
@@ -25,6 +26,7 @@ KINDS: Mapping[str, KindFactory] = {
     "kernel-code": KernelCodeKind,
     "instruction": InstructionKind,
     "storm": StormKind,
+    "disk": DiskKind,
     "none": ControlKind,
 }
 """The fault kinds by name."""

@@ -8,13 +8,15 @@
  *
  * Everything meant for the host leaves on the isa-debugcon port 0xe9 as frames:
  *   '@' KIND ' ' LENGTH '\n' PAYLOAD
- * with LENGTH the payload size in decimal ASCII. Kinds: hello, log, start, out, err,
- * exit, kallsyms, idle.
+ * with LENGTH the payload size in decimal ASCII. Kinds: hello, log, disk, start, out, err,
+ * exit, kallsyms, idle. A `disk` frame names one virtio disk: "NAME DEVICE SECTORS", its
+ * name being the serial the host gave it (also linked as /dev/disk/by-id/virtio-NAME).
  *
  * PID 1 must never exit (the kernel panics when it does), so every path ends in
  * idle_forever() or a power-off.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -40,6 +42,8 @@
 #define CMDLINE_BYTES 4096
 #define MAX_ARGS 256
 #define MODULE_LIST "/etc/vmfault/modules"
+#define DISK_MODULE_LIST "/etc/vmfault/modules.disk"
+#define DISK_LINKS "/dev/disk/by-id"
 #define WORKLOAD_DIR "/w/"
 
 static int debugcon_ok;
@@ -160,9 +164,9 @@ static void mount_filesystems(void)
     }
 }
 
-static void load_modules(void)
+static void load_modules(const char *list_path)
 {
-    FILE *list = fopen(MODULE_LIST, "r");
+    FILE *list = fopen(list_path, "r");
     char path[512];
     int loaded = 0, total = 0;
     if (!list)
@@ -204,6 +208,47 @@ static size_t read_file(const char *path, char *buf, size_t size)
     close(fd);
     buf[used] = '\0';
     return used;
+}
+
+/*
+ * Report every virtio disk (vda, vdb, ...) with the serial the host gave it, and link it as
+ * /dev/disk/by-id/virtio-SERIAL as udev would. Returns how many there are.
+ */
+static int report_disks(void)
+{
+    DIR *dir = opendir("/sys/block");
+    struct dirent *entry;
+    int count = 0;
+    if (!dir)
+        return 0;
+    mkdir("/dev/disk", 0755);
+    mkdir(DISK_LINKS, 0755);
+    while ((entry = readdir(dir)) != NULL) {
+        char path[300], serial[64], sectors[32], link[400], target[300], frame[200];
+        if (strncmp(entry->d_name, "vd", 2) != 0 || strlen(entry->d_name) > 32)
+            continue;
+        snprintf(path, sizeof path, "/sys/block/%s/serial", entry->d_name);
+        if (read_file(path, serial, sizeof serial) == 0)
+            serial[0] = '\0';
+        serial[strcspn(serial, "\r\n ")] = '\0';
+        snprintf(path, sizeof path, "/sys/block/%s/size", entry->d_name);
+        if (read_file(path, sectors, sizeof sectors) == 0)
+            snprintf(sectors, sizeof sectors, "0");
+        sectors[strcspn(sectors, "\r\n ")] = '\0';
+        if (serial[0] && !strchr(serial, '/')) {
+            snprintf(link, sizeof link, DISK_LINKS "/virtio-%s", serial);
+            snprintf(target, sizeof target, "../../%s", entry->d_name);
+            unlink(link);
+            if (symlink(target, link) != 0)
+                agent_log("%s: %s", link, strerror(errno));
+        }
+        snprintf(frame, sizeof frame, "%s %s %s", serial[0] ? serial : "-", entry->d_name,
+                 sectors);
+        send_text("disk", frame);
+        count++;
+    }
+    closedir(dir);
+    return count;
 }
 
 /* The value of `key=` on the kernel command line, copied into out; 0 when absent. */
@@ -536,7 +581,9 @@ int main(void)
     snprintf(hello, sizeof hello, "vmfault-agent " PROTOCOL_VERSION " %s", uts.release);
     send_text("hello", hello);
 
-    load_modules();
+    load_modules(MODULE_LIST);
+    if (report_disks() > 0)
+        load_modules(DISK_MODULE_LIST); /* file systems, for workloads that make one */
     /* Boot quietly, then let every kernel message through: user-level crash reports such
      * as "segfault at ..." are KERN_INFO and are evidence for classifying an outcome. */
     write_sysctl("/proc/sys/kernel/printk", "7\n");
