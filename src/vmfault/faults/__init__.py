@@ -18,7 +18,7 @@ from vmfault.faults.model import (
     canonical_op,
 )
 from vmfault.faults.select import BitChoice, Plan, choose_bits, choose_in_ranges, plan, rng_for
-from vmfault.faults.units import parse_duration_s, parse_ranges
+from vmfault.faults.units import Budget, parse_duration_s, parse_ranges
 
 __all__ = [
     "INSTRUCTION_OPS",
@@ -28,6 +28,7 @@ __all__ = [
     "BitChoice",
     "BitMode",
     "BitModel",
+    "Budget",
     "Context",
     "FaultSpec",
     "InstructionFault",

@@ -131,6 +131,8 @@ def plan(
     if spec.target.kind is TargetKind.NONE:
         # A control run chooses nothing: no location, no bits, no trigger time.
         return Plan(spec, seed, index, None, 0, BitChoice(0, spec.bits.mode, 0), None, None)
+    if spec.target.kind is TargetKind.NETWORK:
+        width = 0  # frames: what a network fault does is decided frame by frame
     if spec.target.kind is TargetKind.INSTRUCTION:
         # The result's width is known only once the faulted instruction is: its bits are
         # drawn then (`vmfault.faults.instructions.choose_result_bits`).
@@ -141,7 +143,11 @@ def plan(
         width = REGISTER_WIDTHS[register]
     elif spec.target.kind is TargetKind.KERNEL_CODE:
         width = 8  # one byte of an instruction
-    bits = choose_bits(spec.bits, width, rng_for(seed, index, "bits"))
+    bits = (
+        BitChoice(0, spec.bits.mode, 0)
+        if width == 0
+        else choose_bits(spec.bits, width, rng_for(seed, index, "bits"))
+    )
     trigger = spec.trigger
     time_s = instructions = None
     timing = rng_for(seed, index, "trigger")

@@ -5,7 +5,7 @@ It knows nothing about faults, experiments or campaigns; those layers use it.
 
 from vmfault.machine.accel import kvm_blocker, probe_boot, resolve_accel
 from vmfault.machine.channel import Channel, Frame, FrameParser
-from vmfault.machine.config import Accel, MachineConfig
+from vmfault.machine.config import Accel, MachineConfig, Nic
 from vmfault.machine.console import Console, ConsoleMatch
 from vmfault.machine.gdbstub import GdbStub, StopReply
 from vmfault.machine.machine import Machine, QMPEvent, Runstate, Snapshot, SnapshotKind
@@ -24,6 +24,7 @@ __all__ = [
     "MachineConfig",
     "MemoryMap",
     "MemoryRegion",
+    "Nic",
     "QMPEvent",
     "Run",
     "RunEnd",

@@ -20,7 +20,7 @@ from vmfault.classify import signal_name
 from vmfault.errors import ImageError, MachineError, UsageError
 from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import HOOK_EXITED, HOOK_STARTED, AgentMode, FrameKind, agent_params
-from vmfault.machine import Accel, Frame, Machine, MachineConfig
+from vmfault.machine import Accel, Frame, Machine, MachineConfig, Nic
 
 __all__ = [
     "EXIT_REPORT_TIMEOUT_S",
@@ -80,6 +80,18 @@ class WorkloadResult:
         return 128 + (self.signal_number or 0)
 
     @classmethod
+    def running(cls, frames: Sequence[Frame], ran_s: float) -> WorkloadResult:
+        """What a workload still running (a daemon, stopped by the host after `ran_s`
+        seconds) reported so far: its output, no exit status."""
+        start = next((f for f in frames if f.kind == FrameKind.START), None)
+        return cls(
+            stdout=b"".join(f.payload for f in frames if f.kind == FrameKind.OUT),
+            stderr=b"".join(f.payload for f in frames if f.kind == FrameKind.ERR),
+            exit_code=None, signal=None, signal_number=None, guest_duration_s=ran_s,
+            pid=int(start.text) if start is not None else None,
+        )  # fmt: skip
+
+    @classmethod
     def from_frames(cls, frames: Sequence[Frame]) -> WorkloadResult | None:
         """Assemble the result from channel frames; None until an `exit` frame arrived."""
         exit_frame = next((f for f in frames if f.kind == FrameKind.EXIT), None)
@@ -109,9 +121,18 @@ def machine_config(
     accel: Accel = Accel.TCG,
     ram_mib: int = 128,
     console_log: Path | None = None,
+    on_console: bool = False,
+    nic: Nic | None = None,
+    address: str | None = None,
+    hosts: Sequence[tuple[str, str]] = (),
 ) -> MachineConfig:
-    """The machine that boots `image` and has its agent run `argv` (in `mode`)."""
-    append = " ".join(("quiet", *agent_params(mode=mode, argv=argv)))
+    """The machine that boots `image` and has its agent run `argv` (in `mode`).
+
+    `on_console` runs the workload on the serial console; `nic` gives the machine a
+    network card, which the agent configures at `address` with `hosts` in /etc/hosts
+    (see `vmfault.guest.protocol.agent_params`)."""
+    params = agent_params(mode=mode, argv=argv, on_console=on_console, address=address, hosts=hosts)
+    append = " ".join(("quiet", *params))
     return MachineConfig(
         kernel=image.kernel,
         initrd=image.initrd,
@@ -121,6 +142,7 @@ def machine_config(
         deterministic=deterministic,
         disk=image.disk,
         console_log=console_log,
+        nic=nic,
     )
 
 
@@ -152,6 +174,10 @@ class GuestSession:
         ram_mib: int = 128,
         console_log: Path | None = None,
         name: str | None = None,
+        on_console: bool = False,
+        nic: Nic | None = None,
+        address: str | None = None,
+        hosts: Sequence[tuple[str, str]] = (),
     ) -> None:
         if not argv:
             raise UsageError("no workload given", hint="name a workload, e.g. `checksum`")
@@ -167,6 +193,10 @@ class GuestSession:
             accel=accel,
             ram_mib=ram_mib,
             console_log=console_log,
+            on_console=on_console,
+            nic=nic,
+            address=address,
+            hosts=hosts,
         )
         self.machine = Machine(config, name=name or argv[0])
         self.launched_at = 0.0

@@ -48,6 +48,7 @@ from vmfault.experiment.records import (
     Injection,
     MachineRun,
     StormSummary,
+    Traffic,
     injection_from_fields,
 )
 from vmfault.store.base import (
@@ -58,7 +59,7 @@ from vmfault.store.base import (
     StoreError,
 )
 
-__all__ = ["APPLICATION_ID", "BUSY_TIMEOUT_S", "SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["APPLICATION_ID", "BUSY_TIMEOUT_S", "SCHEMA_VERSION", "TRAFFIC_KEY", "SQLiteStore"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -71,6 +72,8 @@ _STORM_VERSION = 2
 """The first schema version with the storm table."""
 _MACHINES_VERSION = 3
 """The first schema version that names machines and kinds."""
+TRAFFIC_KEY = "traffic"
+"""The key of an experiment's traffic in its first injection's `detail_json`."""
 APPLICATION_ID = 0x564D4674
 """`PRAGMA application_id` of a vmfault database (`VMFt`)."""
 BUSY_TIMEOUT_S = 10.0
@@ -797,7 +800,9 @@ class SQLiteStore:
         spec_json = json.dumps(record.spec)
         latency = record.latency
         injections = [
-            _injection_params(experiment_id, ordinal, injection)
+            _injection_params(
+                experiment_id, ordinal, injection, record.traffic if ordinal == 0 else None
+            )
             for ordinal, injection in enumerate(record.injections)
         ]
         judged = record.result
@@ -946,6 +951,7 @@ class SQLiteStore:
             query = _LOAD_QUERY if self._version >= _MACHINES_VERSION else _LOAD_QUERY_OLD
             row = cursor.execute(query, (experiment_id,)).fetchone()
             injections = _injections(conn, experiment_id, self._version)
+            traffic = _traffic(conn, experiment_id, self._version)
             storm = _storm(conn, experiment_id, self._version)
             others = _machine_runs(conn, experiment_id, self._version)
         if row is None or not injections:
@@ -969,6 +975,7 @@ class SQLiteStore:
             activation=Activation(row["activation"]),
             phases_s=json.loads(row["phases_json"]),
             storm=storm,
+            traffic=traffic,
         )
 
     def injections(self, experiment_id: int) -> tuple[Injection, ...]:
@@ -1043,9 +1050,15 @@ def _golden_row(conn: sqlite3.Connection, machine: str, key: str, version: int) 
     )  # fmt: skip
 
 
-def _injection_params(experiment_id: int, ordinal: int, injection: Injection) -> tuple[object, ...]:
+def _injection_params(
+    experiment_id: int, ordinal: int, injection: Injection, traffic: Traffic | None = None
+) -> tuple[object, ...]:
+    """The row of one injection. The experiment's traffic (a testbed with a network) rides
+    in the first injection's `detail_json` under TRAFFIC_KEY: no column of its own."""
     fields = injection.fields()
     detail = {k: v for k, v in fields.items() if k not in _INJECTION_COLUMNS}
+    if traffic is not None:
+        detail[TRAFFIC_KEY] = traffic.to_json()
     for name in _HEX_COLUMNS:
         fields[name] = _hex(fields.get(name))
     user_mode = fields["user_mode"]
@@ -1094,6 +1107,7 @@ def _injections(
         detail = values.pop("detail_json")
         if detail:
             values.update(json.loads(detail))
+            values.pop(TRAFFIC_KEY, None)
         kind = values.pop("kind") or _old_kind(values)
         if kind == "instruction" and "op" not in values:  # schema 1 and 2 kept no detail
             values["op"] = str(values["target"]).partition(":")[2].partition("@")[0]
@@ -1125,6 +1139,19 @@ def _machine_runs(
         )
         for row in rows
     )
+
+
+def _traffic(conn: sqlite3.Connection, experiment_id: int, version: int) -> Traffic | None:
+    if version < _MACHINES_VERSION:
+        return None
+    row = conn.execute(
+        "SELECT detail_json FROM injection WHERE experiment_id = ? AND ordinal = 0",
+        (experiment_id,),
+    ).fetchone()
+    if row is None or not row[0]:
+        return None
+    data = json.loads(row[0]).get(TRAFFIC_KEY)
+    return None if data is None else Traffic.from_json(data)
 
 
 def _storm(conn: sqlite3.Connection, experiment_id: int, version: int) -> StormSummary | None:

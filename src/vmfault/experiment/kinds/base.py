@@ -60,6 +60,11 @@ class FaultKind(Protocol):
         """The record of this fault when it could not be placed, saying `reason`."""
         ...
 
+    def finish(self, experiment: Experiment, injected: Injected) -> Injected:
+        """The injections as they are once every machine's run ended: a kind whose fault
+        acts on for a while (a network fault) adds what it did; others change nothing."""
+        return injected
+
 
 class KindFactory(Protocol):
     """Makes the kind object that serves one machine."""
