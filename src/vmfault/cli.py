@@ -37,7 +37,6 @@ from vmfault.campaign.runner import (
     campaign_machines,
     prepare_campaign,
     run_campaign,
-    workload_argv,
 )
 from vmfault.campaign.sefi import parse_sefi_ini, sefi_campaign_toml
 from vmfault.campaign.spec import CampaignSpec, campaign_json_schema, load_campaign
@@ -798,9 +797,10 @@ def replay(
     plan = plan_campaign(spec)
     planned = plan.experiment(experiment_id)
     image = campaign_image(spec, log=_progress)
-    argv = workload_argv(spec, image)
-    testbed = Testbed(image, campaign_machines(spec, argv))
-    with Experimenter(testbed, budget_factor=spec.campaign.budget) as experimenter:
+    testbed = Testbed(
+        image, campaign_machines(spec, image), judge=spec.campaign.judge, network=spec.networked
+    )
+    with Experimenter(testbed, budget_factor=spec.campaign.hang_budget) as experimenter:
         mark = experimenter.machine.console.mark()
         record = experimenter.run(planned.spec, seed=planned.seed, index=planned.index)
         console = experimenter.machine.console.transcript(mark)
@@ -828,7 +828,7 @@ def replay(
         "same outcome as recorded"
         if same
         else "outcome differs from the record"
-        + ("" if spec.guest.deterministic else " (not a deterministic campaign)")
+        + ("" if spec.deterministic else " (not a deterministic campaign)")
     )
 
 

@@ -16,15 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vmfault._version import __version__
 from vmfault.campaign.executor import Completed, Executor, Job, LocalExecutor
 from vmfault.campaign.planner import CampaignPlan, plan_campaign, should_stop
-from vmfault.campaign.spec import CampaignSpec
+from vmfault.campaign.spec import CampaignSpec, GuestSection
 from vmfault.campaign.worker import Goldens, WorkerSetup
 from vmfault.errors import MachineError, VmfaultError
 from vmfault.experiment.records import DEFAULT_MACHINE
 from vmfault.experiment.testbed import MachineSpec
+from vmfault.faults.units import Budget
 from vmfault.guest.image import GuestImage, ImageSpec
 from vmfault.guest.workloads import idle_argv
 from vmfault.machine import Accel
@@ -68,25 +70,51 @@ class CampaignProgress:
 
 
 def campaign_image(spec: CampaignSpec, *, log: Callable[[str], None] | None = None) -> GuestImage:
-    """The guest image with the campaign's workload in it (built or found in the cache)."""
-    user = spec.user_workload()
-    return prepare_image(ImageSpec(user_workloads=(user,) if user else ()), log=log)
+    """The guest image with the campaign's workloads in it (built or found in the cache)."""
+    return prepare_image(ImageSpec(user_workloads=spec.user_workloads()), log=log)
 
 
-def workload_argv(spec: CampaignSpec, image: GuestImage) -> tuple[str, ...]:
-    """The workload command line of the campaign (default arguments when none are given)."""
-    idle = spec.guest.idle_s
+def _argv(table: GuestSection, name: str, image: GuestImage) -> tuple[str, ...]:
+    """The command line of a `[guest]` or `[[machine]]` table's workload."""
+    idle = table.idle_s
     if idle is not None:
         return idle_argv(idle)
-    name = spec.workload_name
-    args = tuple(spec.guest.args) or image.workload(name).default_args
+    args = tuple(table.args) or image.workload(name).default_args
     return (name, *args)
 
 
-def campaign_machines(spec: CampaignSpec, argv: tuple[str, ...]) -> tuple[MachineSpec, ...]:
-    """The testbed of the campaign: the one machine of `[guest]`, running `argv`."""
+def workload_argv(spec: CampaignSpec, image: GuestImage) -> tuple[str, ...]:
+    """The workload command line of the campaign (default arguments when none are given);
+    of the first machine when there are `[[machine]]` tables."""
+    if spec.machine:
+        return campaign_machines(spec, image)[0].argv
+    assert spec.guest is not None
+    return _argv(spec.guest, spec.workload_name, image)
+
+
+def campaign_machines(spec: CampaignSpec, image: GuestImage) -> tuple[MachineSpec, ...]:
+    """The testbed of the campaign: its `[[machine]]` tables, or the one machine of
+    `[guest]`."""
     guest = spec.guest
-    return (MachineSpec(DEFAULT_MACHINE, argv, guest.deterministic, Accel(guest.accel)),)
+    deterministic = guest is not None and guest.deterministic
+    accel = Accel(guest.accel) if guest is not None else Accel.TCG
+    if not spec.machine:
+        assert guest is not None
+        argv = _argv(guest, spec.workload_name, image)
+        return (MachineSpec(DEFAULT_MACHINE, argv, deterministic, accel),)
+    machines = []
+    for table in spec.machine:
+        options: dict[str, Any] = {
+            "deterministic": deterministic if table.deterministic is None else table.deterministic,
+            "accel": accel if table.accel is None else Accel(table.accel),
+        }
+        steps = table.script_steps()
+        if steps is not None:
+            machines.append(MachineSpec.scripted(table.name, steps, **options))
+            continue
+        argv = _argv(table, table.workload_name, image)
+        machines.append(MachineSpec(table.name, argv, daemon=table.daemon, **options))
+    return tuple(machines)
 
 
 def _qemu_version() -> str:
@@ -136,7 +164,7 @@ def prepare_campaign(
             spec_json=spec.to_json(), file_sha256=spec.file_sha256,
             total_planned=plan.total, provenance=provenance,
         )  # fmt: skip
-    return Prepared(spec, plan, store, image, argv, campaign_machines(spec, argv))
+    return Prepared(spec, plan, store, image, argv, campaign_machines(spec, image))
 
 
 def _check_goldens(goldens: list[Goldens], prepared: Prepared) -> None:
@@ -184,7 +212,8 @@ def run_campaign(
     count = min(workers or spec.campaign.workers, len(missing))
     setup = WorkerSetup(
         image_root=prepared.image.root, machines=prepared.machines,
-        budget_factor=spec.campaign.budget, crash_patterns=spec.crash_patterns_path(),
+        judge=spec.campaign.judge, network=spec.networked,
+        budget_factor=spec.campaign.hang_budget, crash_patterns=spec.crash_patterns_path(),
     )  # fmt: skip
     own = executor is None
     log_path = Path(f"{store.path}.log")
@@ -195,7 +224,7 @@ def run_campaign(
             # Ours from the start: a failed or interrupted start closes the workers it booted.
             executor = local = LocalExecutor(setup, workers=count, log=log_path, job_timeout_s=0.0)
             local.start()
-            local.job_timeout_s = _job_timeout(local.goldens, spec.campaign.budget)
+            local.job_timeout_s = _job_timeout(local.goldens, spec.campaign.hang_budget)
         _check_goldens(executor.goldens, prepared)
         jobs = (
             Job(i, (planned := plan.experiment(i)).spec, planned.seed, planned.index,
@@ -238,11 +267,16 @@ def _converged(prepared: Prepared) -> bool:
     return should_stop(counts, margin=settings.margin, confidence=settings.confidence)
 
 
-def _job_timeout(goldens: list[Goldens], budget: float) -> float:
+def _job_timeout(goldens: list[Goldens], budget: Budget | float) -> float:
+    """Host seconds one experiment may take before its worker is replaced: 20 hang budgets
+    (of the longest golden run), at least JOB_TIMEOUT_MIN_S."""
+    if not isinstance(budget, Budget):
+        budget = Budget(factor=budget)
     longest = max(
         max((golden.host_s, *golden.restored_s)) for runs in goldens for golden in runs.values()
     )
-    return max(JOB_TIMEOUT_MIN_S, 20 * budget * longest)
+    allowed = budget.guest_s if budget.guest_s is not None else budget.factor * longest
+    return max(JOB_TIMEOUT_MIN_S, 20 * allowed)
 
 
 def file_sha256(path: Path) -> str:

@@ -25,8 +25,9 @@ from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment.pipeline import Experimenter, vmm_error_record
 from vmfault.experiment.records import ExperimentRecord, GoldenRun
-from vmfault.experiment.testbed import DEFAULT_BUDGET_FACTOR, MachineSpec, Testbed
+from vmfault.experiment.testbed import MachineSpec, Testbed
 from vmfault.faults import FaultSpec
+from vmfault.faults.units import DEFAULT_BUDGET_FACTOR, Budget
 from vmfault.guest.image import load_image
 
 __all__ = ["Goldens", "WorkerSetup", "main", "read_message", "write_message"]
@@ -45,7 +46,10 @@ class WorkerSetup:
     image_root: Path
     machines: tuple[MachineSpec, ...]
     judge: str | None = None
-    budget_factor: float = DEFAULT_BUDGET_FACTOR
+    budget_factor: float | Budget = DEFAULT_BUDGET_FACTOR
+    """The hang budget: golden runs, or a `Budget` (guest seconds)."""
+    network: bool = False
+    """Whether the machines are joined by vmfault's network."""
     crash_patterns: Path | None = None
     name: str = "worker"
 
@@ -81,7 +85,9 @@ class _Worker:
 
     def boot(self) -> Goldens:
         self.close()
-        testbed = Testbed(self.image, self.setup.machines, judge=self.setup.judge)
+        testbed = Testbed(
+            self.image, self.setup.machines, judge=self.setup.judge, network=self.setup.network
+        )
         experimenter = Experimenter(
             testbed, budget_factor=self.setup.budget_factor, crash_table=self.table
         )
@@ -99,7 +105,8 @@ class _Worker:
         except VmfaultError as exc:  # the machine failed under us: replace it
             reason = f"the VMM failed during the experiment: {exc.one_line()}"
             self.close()
-            return vmm_error_record(spec, seed=seed, index=index, reason=reason)
+            machine = spec.machine or self.setup.judge or self.setup.machines[0].name
+            return vmm_error_record(spec, seed=seed, index=index, reason=reason, machine=machine)
 
     def close(self) -> None:
         if self.experimenter is not None:

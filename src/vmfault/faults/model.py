@@ -708,7 +708,8 @@ class FaultSpec:
         if named is not None and named.kind is TargetKind.NETWORK:
             _check_network_options(
                 {
-                    "context": context, "flips": flips, "interval": interval, "rate": rate,
+                    "context": None if context in (None, Context.ANY, "any") else context,
+                    "flips": flips, "interval": interval, "rate": rate,
                     "rate_unit": rate_unit, "compression": compression, "op": op,
                     "function": function, "instance": instance, "start_index": start_index,
                     "max_dic": max_dic, "faults_per_run": faults_per_run,
@@ -727,12 +728,12 @@ class FaultSpec:
                     key=key,
                     hint=f'remove {spell(key)}, or set {spell("target")} = "network:KIND"',
                 )
-        where = Context.ANY if context is None else _context(context, spell)
+        in_context = Context.ANY if context is None else _context(context, spell)
         if named is not None and named.kind is TargetKind.NONE:
             _check_control_options(
                 {
                     "bits": bits, "trigger": trigger,
-                    "context": None if where is Context.ANY else where,
+                    "context": None if in_context is Context.ANY else in_context,
                     "flips": flips, "interval": interval, "rate": rate, "rate_unit": rate_unit,
                     "compression": compression, "op": op, "function": function,
                     "instance": instance, "start_index": start_index, "max_dic": max_dic,
@@ -746,7 +747,7 @@ class FaultSpec:
         if named is None or named.kind is TargetKind.INSTRUCTION:
             fault = _instruction_fault(
                 named, op, function, instance, start_index, max_dic, faults_per_run,
-                probability, trigger, where, spell,
+                probability, trigger, in_context, spell,
             )  # fmt: skip
         else:
             given = {
@@ -762,7 +763,9 @@ class FaultSpec:
                         key=key,
                         hint=f"remove {spell(key)}, or set {instruction_target}",
                     )
-        storm = _storm(flips, interval, rate, rate_unit, compression, bits, trigger, where, spell)
+        storm = _storm(
+            flips, interval, rate, rate_unit, compression, bits, trigger, in_context, spell
+        )
         period_s = _period_s(period, spell)
         if fault is not None:
             if storm is not None or period_s is not None:
@@ -782,7 +785,9 @@ class FaultSpec:
         with _option("trigger"):
             when = Trigger.parse(trigger)
         with _option("bits" if storm is None else "target"):
-            return cls(named, model, when, where, storm=storm, period_s=period_s, machine=machine)
+            return cls(
+                named, model, when, in_context, storm=storm, period_s=period_s, machine=machine
+            )
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for records and JSON output."""
@@ -1072,6 +1077,8 @@ def _network_fault(
 ) -> NetworkFault:
     """The network fault the options describe; OptionError naming the option at fault."""
     kind = NetworkKind(target.name)
+    if isinstance(bits, str) and bits.strip().isdigit():
+        bits = int(bits)  # the command line gives every option as text
     given = {**options, "bits": bits, "probability": probability}
     if kind is NetworkKind.PARTITION:
         given["machine"] = machine
