@@ -762,7 +762,7 @@ class SQLiteStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     golden.machine, key, bytes(golden.stdout), bytes(golden.stderr),
-                    golden.exit_status, golden.signal, float(golden.host_s),
+                    _golden_status(golden), golden.signal, float(golden.host_s),
                     float(golden.guest_s), golden.instructions, golden.pid,
                     json.dumps(list(golden.restored_s)), _now(),
                 ),
@@ -1048,6 +1048,13 @@ def _golden_row(conn: sqlite3.Connection, machine: str, key: str, version: int) 
         host_s=float(host_s), instructions=instructions, pid=pid, recorded_at=recorded_at,
         restored_s=tuple(float(s) for s in json.loads(restored)) if restored else (),
     )  # fmt: skip
+
+
+def _golden_status(golden: GoldenRun) -> int | None:
+    """The exit status column of a golden run: None for a daemon stopped while it ran."""
+    if golden.exit_code is None and golden.signal is None:
+        return None
+    return golden.exit_status
 
 
 def _injection_params(
