@@ -13,7 +13,7 @@ import logging
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from vmfault.campaign.executor import Completed, Executor, Job, LocalExecutor
 from vmfault.campaign.planner import CampaignPlan, plan_campaign, should_stop
 from vmfault.campaign.spec import CampaignSpec, GuestSection
 from vmfault.campaign.worker import Goldens, WorkerSetup
-from vmfault.errors import MachineError, VmfaultError
+from vmfault.errors import MachineError, UsageError, VmfaultError
 from vmfault.experiment.records import DEFAULT_MACHINE
 from vmfault.experiment.testbed import MachineSpec
 from vmfault.faults.units import Budget
@@ -88,20 +88,27 @@ def workload_argv(spec: CampaignSpec, image: GuestImage) -> tuple[str, ...]:
     of the first machine when there are `[[machine]]` tables."""
     if spec.machine:
         return campaign_machines(spec, image)[0].argv
-    assert spec.guest is not None
     return _argv(spec.guest, spec.workload_name, image)
 
 
-def campaign_machines(spec: CampaignSpec, image: GuestImage) -> tuple[MachineSpec, ...]:
-    """The testbed of the campaign: its `[[machine]]` tables, or the one machine of
-    `[guest]`."""
+def campaign_machines(
+    spec: CampaignSpec, image: GuestImage | Sequence[str]
+) -> tuple[MachineSpec, ...]:
+    """The testbed of the campaign: its `[[machine]]` tables (their workloads' default
+    arguments from `image`), or the one machine of `[guest]` running `image`'s workload
+    (or the command line given instead of an image)."""
     guest = spec.guest
-    deterministic = guest is not None and guest.deterministic
-    accel = Accel(guest.accel) if guest is not None else Accel.TCG
+    deterministic = guest.deterministic
+    accel = Accel(guest.accel)
     if not spec.machine:
-        assert guest is not None
-        argv = _argv(guest, spec.workload_name, image)
+        argv = (
+            _argv(guest, spec.workload_name, image)
+            if isinstance(image, GuestImage)
+            else tuple(image)
+        )
         return (MachineSpec(DEFAULT_MACHINE, argv, deterministic, accel),)
+    if not isinstance(image, GuestImage):
+        raise UsageError("the machines of a campaign need its image for their workloads")
     machines = []
     for table in spec.machine:
         options: dict[str, Any] = {
@@ -213,7 +220,7 @@ def run_campaign(
     setup = WorkerSetup(
         image_root=prepared.image.root, machines=prepared.machines,
         judge=spec.campaign.judge, network=spec.networked,
-        budget_factor=spec.campaign.hang_budget, crash_patterns=spec.crash_patterns_path(),
+        budget_factor=_budget(spec), crash_patterns=spec.crash_patterns_path(),
     )  # fmt: skip
     own = executor is None
     log_path = Path(f"{store.path}.log")
@@ -265,6 +272,13 @@ def _converged(prepared: Prepared) -> bool:
     found = prepared.store.counts_by_stratum()
     counts = {stratum.name: found.get(stratum.name, {}) for stratum in prepared.plan.strata}
     return should_stop(counts, margin=settings.margin, confidence=settings.confidence)
+
+
+def _budget(spec: CampaignSpec) -> float | Budget:
+    """The campaign's hang budget as a worker takes it: a number of golden runs, or a
+    `Budget` of guest seconds."""
+    budget = spec.campaign.hang_budget
+    return budget.factor if budget.guest_s is None else budget
 
 
 def _job_timeout(goldens: list[Goldens], budget: Budget | float) -> float:

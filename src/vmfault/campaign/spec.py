@@ -204,8 +204,8 @@ class CampaignSection(BaseModel):
                 raise _from_usage(error) from None
             if budget.guest_s is None and not budget.factor > 1:
                 raise _error(
-                    f"a budget of {budget.factor:g} golden runs is no longer than a golden run",
-                    hint='give more than 1 (golden runs) or a duration such as "20s"',
+                    "out of range",
+                    hint='allowed: budget > 1 (golden runs), or a guest duration such as "20s"',
                 )
         return value
 
@@ -659,7 +659,7 @@ class CampaignSpec(BaseModel):
     model_config = _MODEL_CONFIG
 
     campaign: CampaignSection
-    guest: GuestSection | None = None
+    guest: GuestSection = Field(default_factory=GuestSection)
     machine: tuple[MachineSection, ...] = Field(
         default=(), description="the machines of each experiment, instead of [guest]"
     )
@@ -671,7 +671,7 @@ class CampaignSpec(BaseModel):
     def _machines(self) -> Self:
         guest = self.guest
         if not self.machine:
-            if guest is None:
+            if "guest" not in self.model_fields_set:
                 raise _error("missing required table [guest]", hint=_SCHEMA_HINT, at=("guest",))
             if not guest.runs_something:
                 raise _error(
@@ -679,7 +679,7 @@ class CampaignSpec(BaseModel):
                     hint='workload = "checksum" (a built-in name or a file), or idle = "2s"',
                     at=("guest", "workload"),
                 )
-        elif guest is not None and (guest.runs_something or guest.args or guest.cflags):
+        elif guest.runs_something or guest.args or guest.cflags:
             raise _error(
                 "[guest] gives no workload beside [[machine]] tables",
                 hint="give the workload in each [[machine]] table; [guest] may give "
@@ -750,7 +750,7 @@ class CampaignSpec(BaseModel):
     @property
     def deterministic(self) -> bool:
         """Whether any machine runs in deterministic mode."""
-        default = self.guest is not None and self.guest.deterministic
+        default = self.guest.deterministic
         return any(
             default if table.deterministic is None else table.deterministic
             for table in self.machine
@@ -801,7 +801,6 @@ class CampaignSpec(BaseModel):
         for the idle system); of the first `[[machine]]` when there are machines."""
         if self.machine:
             return self.machine[0].workload_name
-        assert self.guest is not None
         workload = self.guest.workload
         if workload is None:
             return "idle"
@@ -816,9 +815,7 @@ class CampaignSpec(BaseModel):
     def user_workloads(self) -> tuple[UserWorkload, ...]:
         """The users' workloads to build into the image (a file run by several machines,
         once)."""
-        tables: tuple[GuestSection, ...] = self.machine or (
-            (self.guest,) if self.guest is not None else ()
-        )
+        tables: tuple[GuestSection, ...] = self.machine or (self.guest,)
         found: dict[str, UserWorkload] = {}
         for table in tables:
             if table.builtin or table.workload is None:
@@ -832,13 +829,16 @@ class CampaignSpec(BaseModel):
 
     def crash_patterns_path(self) -> Path | None:
         """The extra crash-pattern table, resolved, or None."""
-        if self.guest is None or self.guest.crash_patterns is None:
+        if self.guest.crash_patterns is None:
             return None
         return self.resolve(self.guest.crash_patterns)
 
     def to_toml_dict(self) -> dict[str, Any]:
         """The campaign as a campaign file's tables (no loader fields, no unset keys)."""
-        return self.model_dump(mode="json", exclude=set(_LOADER_FIELDS), exclude_none=True)
+        tables = self.model_dump(mode="json", exclude=set(_LOADER_FIELDS), exclude_none=True)
+        if not self.machine:
+            tables.pop("machine", None)
+        return tables
 
     def to_json(self) -> str:
         """The whole spec, loader fields included, as JSON text (see `from_json`)."""
