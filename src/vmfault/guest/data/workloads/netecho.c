@@ -8,9 +8,11 @@
  *   netecho --connect HOST [--port P] [--count N] [--size BYTES] [--udp] [--timeout-ms T]
  *       Send N messages (default 100) of BYTES bytes (default 256) and check each reply.
  *       Over TCP a wrong reply exits 2 (DETECTED), no reply within T ms (default 10000)
- *       exits 3. Over UDP (--udp, T default 200 ms, no retransmission) each message that
+ *       exits 3. Over UDP (--udp, T default 500 ms, no retransmission) each message that
  *       gets no reply in time is lost, each reply with a wrong checksum is corrupted; any
- *       of either exits 1 with a DETECTED summary.
+ *       of either exits 1 with a DETECTED summary. Before the counted messages the UDP
+ *       client probes until the server answers (10 s at most, else exit 3), as the TCP
+ *       client retries its connection: the server may start after it.
  *
  * HOST is a name from /etc/hosts (the guest agent writes it) or an IPv4 address. The
  * summary line on stdout is the same in every fault-free run; nothing else is printed on
@@ -34,6 +36,8 @@
 #define MAX_SIZE 65000
 #define MAX_CLIENTS 16
 #define HEADER_BYTES 8 /* UDP: sequence number, CRC-32 */
+#define PROBE 0xffffffffu /* UDP: the sequence number of a probe */
+#define READY_MS 10000    /* how long a client waits for its server to answer at all */
 
 static uint32_t crc_table[256];
 
@@ -339,6 +343,21 @@ static int client_udp(struct sockaddr_in *addr, int count, int size, int timeout
         return 1;
     }
     size_t frame = HEADER_BYTES + (size_t)size;
+    long long ready_by = now_ms() + READY_MS;
+    for (int answered = 0; !answered;) {
+        put32(out, PROBE);
+        put32(out + 4, crc32_of(out + HEADER_BYTES, 0));
+        send(fd, out, HEADER_BYTES, 0);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 50) > 0) {
+            ssize_t n = recv(fd, in, sizeof in, MSG_DONTWAIT);
+            answered = n >= HEADER_BYTES && get32(in) == PROBE;
+        }
+        if (!answered && now_ms() >= ready_by) {
+            printf("netecho: timeout reaching the server over udp\n");
+            return 3;
+        }
+    }
     for (int i = 0; i < count; i++) {
         put32(out, (uint32_t)i);
         fill(out + HEADER_BYTES, (size_t)size, (uint32_t)i);
@@ -411,7 +430,7 @@ int main(int argc, char **argv)
         return 64;
     }
     if (timeout_ms < 0)
-        timeout_ms = udp ? 200 : 10000;
+        timeout_ms = udp ? 500 : 10000;
     return udp ? client_udp(&addr, count, size, timeout_ms)
                : client_tcp(&addr, count, size, timeout_ms);
 }
