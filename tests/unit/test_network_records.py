@@ -19,6 +19,10 @@ from vmfault.experiment.records import (
     Traffic,
     TriggerPoint,
 )
+from vmfault.report.data import build_report
+from vmfault.report.html import render_html
+from vmfault.report.summary import store_summary, summary_tables
+from vmfault.stats import IntervalMethod
 from vmfault.store.sqlite import TRAFFIC_KEY
 
 
@@ -112,3 +116,44 @@ def test_a_daemon_golden_run_keeps_no_exit_status(tmp_path: Path) -> None:
         stored = store.save_golden(DAEMON)
         assert stored.exit_code is None and stored.signal is None
         assert store.save_golden(DAEMON) == stored  # the same again changes nothing
+
+
+def test_the_analysis_row_of_a_networked_experiment(tmp_path: Path) -> None:
+    record = network_record(4)
+    with create_store(tmp_path / "net.db") as store:
+        store.record(4, "network:corrupt", record, worker="w", started_at=1.0, finished_at=2.0)
+        (row,) = store.rows()
+    assert (row["machine"], row["judged"]) == ("client", "client")
+    assert json.loads(str(row["machine_outcomes"])) == {"client": "detected", "server": "benign"}
+    assert row["frames"] == 178
+    assert (row["frames_dropped"], row["frames_corrupted"]) == (0, 3)
+    links = json.loads(str(row["traffic_json"]))
+    assert [(link["source"], link["seen"]) for link in links] == [("client", 90), ("server", 88)]
+
+
+def test_status_and_report_show_machines_and_network(tmp_path: Path) -> None:
+    with create_store(tmp_path / "net.db") as store:
+        for i in range(3):
+            store.record(i, "network:corrupt", network_record(i), worker="w", started_at=1.0,
+                         finished_at=2.0)  # fmt: skip
+        summary = store_summary(store, confidence=0.95, method=IntervalMethod.WILSON)
+        report = build_report(store)
+    data = summary.to_json()
+    client = data["machines"]["client"]
+    assert client["outcomes"]["detected"] == 3 and client["judged"] == 3
+    assert client["failure_rate"] == 1.0 and client["interval"][0] > 0.3
+    assert data["machines"]["server"]["outcomes"]["benign"] == 3
+    network = data["network"]
+    assert network["experiments"] == 3 and network["frames"] == 3 * 178
+    assert network["links"][0] == {
+        "source": "client", "destination": "server", "seen": 270, "delivered": 270,
+        "dropped": 0, "corrupted": 6, "delayed": 0, "duplicated": 0, "reordered": 0,
+        "overflow": 0,
+    }  # fmt: skip
+    assert network["strata"]["network:corrupt"]["frames_mean"] == 178
+    assert network["strata"]["network:corrupt"]["corrupted"] == 9
+    titles = [str(table.title) for table in summary_tables(summary)]
+    assert "per machine (wilson, 95%)" in titles
+    assert any(title.startswith("network: 534 frames") for title in titles)
+    page = render_html([report])
+    assert "Outcomes per machine" in page and "Frames per link direction" in page

@@ -46,6 +46,7 @@ from vmfault.report.svg import (
     rate_bars,
     stacked_rows,
 )
+from vmfault.report.testbed import LINK_COUNTS
 from vmfault.stats import IntervalMethod, Rate, wilson
 
 __all__ = ["CONTENT_SECURITY_POLICY", "rate_difference", "render_html"]
@@ -363,6 +364,7 @@ def _single(report: CampaignReport) -> str:
         ("activation", "Activation", _activation(report)),
         ("instructions", "Instruction faults", _instructions(report)),
         ("storms", "Fault storms", _storms(report)),
+        ("testbed", "Machines and network", _testbed(report)),
         ("examples", "Examples", _examples(report)),
     ]
     info = report.provenance
@@ -932,6 +934,55 @@ def _storms(report: CampaignReport, layout: _Layout = _FULL) -> str:
     return out
 
 
+def _testbed(report: CampaignReport, layout: _Layout = _FULL) -> str:
+    """Each machine's outcomes (a testbed of several machines) and the network's frames."""
+    summary = report.summary
+    out = ""
+    if summary.machines:
+        out += _table(
+            "Outcomes per machine (each classified against its own golden run); judged: the "
+            f"experiments that took its outcome; not benign with {_method(report)}",
+            ["machine", "judged", *COUNTED_OUTCOMES, "not benign", "interval"],
+            [
+                [
+                    esc(item.machine), str(item.judged),
+                    *(str(item.counts.get(name, 0)) for name in COUNTED_OUTCOMES),
+                    _pct(item.failure.rate) if item.total else "-",
+                    _interval(item.failure) if item.total else "-",
+                ]
+                for item in summary.machines
+            ],
+        )  # fmt: skip
+    network = summary.network
+    if network is not None:
+        out += _table(
+            f"Frames per link direction over {network.experiments} experiments "
+            f"({network.frames} frames); dropped to reordered: what network faults did; "
+            "overflow: lost at a card its guest did not read",
+            ["link", *LINK_COUNTS],
+            [
+                [esc(f"{link.source} \u2192 {link.destination}"),
+                 *(str(link.counts[name]) for name in LINK_COUNTS)]
+                for link in network.links
+            ],
+        )  # fmt: skip
+        out += _table(
+            "Frames per experiment, per stratum, and what network faults did to them",
+            ["stratum", "experiments", "mean", "least", "most", *_FAULT_COUNTS],
+            [
+                [esc(item.stratum), str(item.experiments), f"{item.frames_mean:.0f}",
+                 str(item.frames_min), str(item.frames_max),
+                 *(str(item.fault[name]) for name in _FAULT_COUNTS)]
+                for item in network.strata
+            ],
+        )  # fmt: skip
+    del layout  # tables only: no figure to size
+    return out
+
+
+_FAULT_COUNTS = ("dropped", "corrupted", "delayed", "duplicated", "reordered")
+
+
 def _example(example: Example, prefix: str) -> str:
     title = example.outcome + (f" · {example.cause}" if example.cause else "")
     bits = ", ".join(str(b) for b in example.bits) or "-"
@@ -980,6 +1031,7 @@ def _comparison(a: CampaignReport, b: CampaignReport) -> str:
         ("activation", "Activation", _pair(a, b, names, _activation)),
         ("instructions", "Instruction faults", _pair(a, b, names, _instructions)),
         ("storms", "Fault storms", _pair(a, b, names, _storms)),
+        ("testbed", "Machines and network", _pair(a, b, names, _testbed)),
         ("examples", "Examples", _pair(a, b, names, _examples)),
     ]
     return _page(header, sections)

@@ -158,6 +158,16 @@ COLUMNS: tuple[Column, ...] = (
         "float",
         "storm experiments: the real-world seconds a rate-model storm stands for",
     ),
+    Column("machine", "str", "the machine of the testbed the (first) fault went to"),
+    Column("judged", "str", "the machine whose outcome is the experiment's"),
+    Column("machine_outcomes", "str", "every machine's outcome, as a JSON object"),
+    Column("frames", "int", "frames that crossed the network in the experiment (a network)"),
+    Column("frames_dropped", "int", "network faults: frames the fault dropped"),
+    Column("frames_corrupted", "int", "network faults: frames the fault corrupted"),
+    Column("frames_delayed", "int", "network faults: frames the fault held back"),
+    Column("frames_duplicated", "int", "network faults: frames the fault delivered twice"),
+    Column("frames_reordered", "int", "network faults: frames overtaken by later ones"),
+    Column("traffic_json", "str", "frames per link direction (seen, delivered, ...), JSON"),
 )
 """The analysis row of one experiment, in column order."""
 

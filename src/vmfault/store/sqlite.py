@@ -267,7 +267,8 @@ SELECT e.experiment_id, e.stratum, e.seed, e.idx,
        i.rip, i.user_mode, {progress},
        e.worker, e.started_at, e.finished_at, e.duration_s,
        o.phases_json, o.output, o.stderr,
-       {storm_columns}
+       {storm_columns},
+       {machine_columns}
 FROM experiment AS e
 JOIN outcome AS o ON o.experiment_id = e.experiment_id
 LEFT JOIN injection AS i ON i.experiment_id = e.experiment_id AND i.ordinal = 0
@@ -276,20 +277,40 @@ WHERE e.experiment_id >= ?
 ORDER BY e.experiment_id
 LIMIT ?
 """
+_MACHINE_COLUMNS = """i.machine, o.machine,
+       json_patch(json_object(o.machine, o.class), coalesce(
+           (SELECT json_group_object(m.machine, m.class) FROM machine_run AS m
+            WHERE m.experiment_id = e.experiment_id), '{}')),
+       json_extract(i.detail_json, '$.traffic.frames'),
+       json_extract(i.detail_json, '$.frames_dropped'),
+       json_extract(i.detail_json, '$.frames_corrupted'),
+       json_extract(i.detail_json, '$.frames_delayed'),
+       json_extract(i.detail_json, '$.frames_duplicated'),
+       json_extract(i.detail_json, '$.frames_reordered'),
+       json_extract(i.detail_json, '$.traffic.links')"""
+"""The columns on machines and networks, derived from `machine_run` and `detail_json`."""
+_OLD_MACHINE_COLUMNS = (
+    f"'{DEFAULT_MACHINE}', '{DEFAULT_MACHINE}', json_object('{DEFAULT_MACHINE}', o.class), "
+    "NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+)
+"""The same of a database before schema 3: one machine, no network."""
 _ROWS_QUERY = _ROWS_QUERY_TEMPLATE.format(
     progress="i.progress",
     storm_columns="st.flips, st.guest_s, st.real_world_s",
     storm_join="LEFT JOIN storm AS st ON st.experiment_id = e.experiment_id",
+    machine_columns=_MACHINE_COLUMNS,
 )
 _ROWS_QUERY_V2 = _ROWS_QUERY_TEMPLATE.format(
     progress="NULL",
     storm_columns="st.flips, st.guest_s, st.real_world_s",
     storm_join="LEFT JOIN storm AS st ON st.experiment_id = e.experiment_id",
+    machine_columns=_OLD_MACHINE_COLUMNS,
 )
 """The rows of a version-2 database (read-only): no trigger progress."""
 _ROWS_QUERY_V1 = _ROWS_QUERY_TEMPLATE.format(
-    progress="NULL", storm_columns="NULL, NULL, NULL", storm_join=""
-)
+    progress="NULL", storm_columns="NULL, NULL, NULL", storm_join="",
+    machine_columns=_OLD_MACHINE_COLUMNS,
+)  # fmt: skip
 """The rows of a version-1 database (read-only): no storm table, the storm columns None."""
 _SELECT_STORM = """
 SELECT region, schedule, flips, guest_s, real_world_s, max_error_s, mean_error_s,
