@@ -43,9 +43,15 @@ from vmfault.campaign.spec import CampaignSpec, campaign_json_schema, load_campa
 from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment.pipeline import Experimenter
-from vmfault.experiment.records import ExperimentRecord, GoldenRun, InstructionInjection, fsefi_line
+from vmfault.experiment.records import (
+    DEFAULT_MACHINE,
+    ExperimentRecord,
+    GoldenRun,
+    InstructionInjection,
+    fsefi_line,
+)
 from vmfault.experiment.testbed import Testbed, golden_run
-from vmfault.faults import Context, FaultSpec, parse_duration_s
+from vmfault.faults import Budget, Context, FaultSpec, parse_duration_s
 from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
 from vmfault.guest.workloads import SourceKind, cflags_not_compiled, idle_argv, parse_cflags
@@ -141,6 +147,10 @@ KernelOpt = Annotated[Path | None, typer.Option(help="Your own kernel (vmlinux o
 InitrdOpt = Annotated[Path | None, typer.Option(help="Your own initrd; vmfault's is appended.")]
 DiskOpt = Annotated[Path | None, typer.Option(help="A raw disk image attached as virtio-blk.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+BudgetOpt = Annotated[
+    str | None,
+    typer.Option(help="Hang budget: golden runs (default 2) or a guest duration such as 20s."),
+]
 
 
 @image_app.command("build")
@@ -267,8 +277,11 @@ def run(
 @app.command(context_settings={"ignore_unknown_options": True})
 def inject(
     workload: Annotated[
-        str, typer.Option("--workload", "-w", help="Built-in name, C file or binary.")
-    ],
+        str | None,
+        typer.Option(
+            "--workload", "-w", help="Built-in name, C file or binary (omit with --testbed)."
+        ),
+    ] = None,
     target: Annotated[
         str | None,
         typer.Option(
@@ -331,29 +344,85 @@ def inject(
         list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
     ] = None,
     deterministic: Annotated[bool, typer.Option(help="icount mode: repeatable runs.")] = False,
-    budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 2.0,
+    budget: BudgetOpt = None,
     crash_patterns: Annotated[
         Path | None, typer.Option(help="TOML file of extra crash patterns.")
     ] = None,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
+    testbed_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--testbed",
+            help="A campaign file whose [[machine]] tables (and judge, network, budget) make "
+            "the machines of the experiment, instead of --workload.",
+        ),
+    ] = None,
+    machine: Annotated[
+        str | None,
+        typer.Option(help="The machine the fault goes to (default: the judged one)."),
+    ] = None,
+    link: Annotated[
+        str | None, typer.Option(help="Network faults: the link, e.g. client-server.")
+    ] = None,
+    direction: Annotated[
+        str | None, typer.Option(help="Network faults: both, in or out (from the first named).")
+    ] = None,
+    burst: Annotated[
+        float | None, typer.Option(help="network:loss: mean frames lost in a row.")
+    ] = None,
+    where: Annotated[
+        str | None, typer.Option(help="network:corrupt: any, headers or payload.")
+    ] = None,
+    delay: Annotated[str | None, typer.Option(help="network:delay and reorder: e.g. 50ms.")] = None,
+    jitter: Annotated[str | None, typer.Option(help="network:delay: e.g. 10ms.")] = None,
+    bandwidth: Annotated[str | None, typer.Option(help="network:rate: e.g. 1mbit.")] = None,
+    groups: Annotated[
+        str | None,
+        typer.Option(help="network:partition: groups split by |, names by commas: a|b,c."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run one experiment: inject one fault into WORKLOAD and classify what happens.
 
     With --op, the fault goes into the result of a dynamic instance of an instruction class
     (F-SEFI's fine-grained mode): the instance executes, then bits of its result flip.
+    With --testbed, the experiment runs on a campaign file's machines; --machine names the
+    one the fault goes to, and network:KIND targets act on the frames between them.
     """
     spec = FaultSpec.from_options(
         target=target, bits=bits, trigger=trigger,
         context=None if context is Context.ANY else context, op=op, function=function,
         instance=_instance(instance), start_index=start_index, max_dic=max_dic,
         faults_per_run=faults_per_run, probability=probability, period=period,
+        machine=machine, link=link, direction=direction, burst=burst, where=where,
+        delay=delay, jitter=jitter, bandwidth=bandwidth, groups=_groups(groups),
         spell=_option_name,
     )  # fmt: skip
     table = None
     if crash_patterns is not None:
         table = CrashTable.default().extended(CrashTable.load(crash_patterns))
+    if testbed_file is not None:
+        if workload is not None or workload_args or cflags or deterministic:
+            raise UsageError(
+                "--testbed gives the machines and their workloads",
+                hint="remove --workload, --args, --cflags and --deterministic",
+            )
+        record = _inject_on_testbed(testbed_file, spec, budget, table, seed=seed, index=index)
+        _print_record(record, spec, as_json=as_json)
+        return
+    if workload is None:
+        raise UsageError("no workload given", hint="add --workload NAME, or --testbed FILE")
+    if spec.machine not in (None, DEFAULT_MACHINE):
+        raise UsageError(
+            f"no machine {spec.machine!r}: --workload makes one machine, {DEFAULT_MACHINE}",
+            hint="give --testbed FILE for a testbed of several machines",
+        )
+    if spec.network is not None:
+        raise UsageError(
+            f"{spec.target.spelling} needs machines joined by a network",
+            hint="give --testbed FILE with two or more [[machine]] tables",
+        )
     name, extra = _user_workload(workload, cflags)
     image_spec = _spec(config, None, None, None, extra)
     _require_known(name, image_spec)
@@ -364,9 +433,15 @@ def inject(
     if spec.instruction is not None:  # a bad function fails before any boot
         WorkloadBinary(image.workload(name).host_binary).code_range(spec.instruction.function)
     with Experimenter.single(
-        image, argv, deterministic=deterministic, budget_factor=budget, crash_table=table
-    ) as experimenter:
+        image, argv, deterministic=deterministic, budget_factor=_budget(budget),
+        crash_table=table,
+    ) as experimenter:  # fmt: skip
         record = experimenter.run(spec, seed=seed, index=index)
+    _print_record(record, spec, as_json=as_json)
+
+
+def _print_record(record: ExperimentRecord, spec: FaultSpec, *, as_json: bool) -> None:
+    """`vmfault inject`'s output: the record as JSON, or its outcome and fault in lines."""
     if as_json:
         out.print_json(json.dumps(record.to_json()))
         return
@@ -375,16 +450,81 @@ def inject(
         return
     fault = record.to_json()["fault"]
     out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
-    out.print(
-        f"fault: {fault['target']} at {fault['location']} bits {fault['bits']} "
-        f"{fault['before']} -> {fault['after']} ({record.injection.trigger})",
-        highlight=False,
-        markup=False,
-    )
+    if spec.network is not None:
+        period = "" if spec.network.duration_s is None else f" for {spec.network.duration_s:g} s"
+        line = (
+            f"fault: {fault['target']} on {fault['location']} from "
+            f"{record.injection.trigger.spec} on {fault['machine']}{period}"
+        )
+    else:
+        line = (
+            f"fault: {fault['target']} at {fault['location']} bits {fault['bits']} "
+            f"{fault['before']} -> {fault['after']} ({record.injection.trigger})"
+        )
+    out.print(line, highlight=False, markup=False)
     if record.latency is not None:
         out.print(f"latency: {record.latency.value:,} {record.latency.unit.value}")
     if record.evidence:
         out.print(f"evidence: {record.evidence}", highlight=False, markup=False)
+    if len(record.machines) > 1:
+        for run in record.machines:
+            out.print(
+                f"{run.machine}: {run.outcome.value}: {run.reason}", highlight=False, markup=False
+            )
+    network = record.to_json().get("network")
+    if network is not None:
+        counts = ", ".join(f"{network[k]} {k}" for k in _NETWORK_COUNTS if network.get(k))
+        out.print(f"frames: {counts or 'none'}", highlight=False, markup=False)
+
+
+_NETWORK_COUNTS = ("seen", "dropped", "corrupted", "delayed", "duplicated", "reordered")
+
+
+def _groups(text: str | None) -> list[list[str]] | None:
+    """`a|b,c` as the groups [["a"], ["b", "c"]] of a partition."""
+    if text is None:
+        return None
+    return [
+        [name.strip() for name in group.split(",") if name.strip()] for group in text.split("|")
+    ]
+
+
+def _budget(text: str | None) -> Budget:
+    """The hang budget a --budget gives (default: 2 golden runs)."""
+    return Budget() if text is None else Budget.parse(text)
+
+
+def _inject_on_testbed(
+    path: Path,
+    spec: FaultSpec,
+    budget: str | None,
+    table: CrashTable | None,
+    *,
+    seed: int,
+    index: int,
+) -> ExperimentRecord:
+    """One experiment on the machines of the campaign file at `path`."""
+    campaign = load_campaign(path)
+    if spec.network is not None:
+        if not campaign.networked:
+            raise UsageError(
+                f"{spec.target.spelling} needs machines joined by a network",
+                hint=f"give {path} two or more [[machine]] tables",
+            )
+        spec.network.check(list(campaign.machine_names))
+    if table is None and campaign.crash_patterns_path() is not None:
+        patterns = campaign.crash_patterns_path()
+        assert patterns is not None
+        table = CrashTable.default().extended(CrashTable.load(patterns))
+    image = campaign_image(campaign, log=_progress)
+    testbed = Testbed(
+        image, campaign_machines(campaign, image), judge=campaign.campaign.judge,
+        network=campaign.networked,
+    )  # fmt: skip
+    chosen = campaign.campaign.hang_budget if budget is None else Budget.parse(budget)
+    testbed.machine(spec.machine)  # a machine that is not there: one line, before booting
+    with Experimenter(testbed, budget_factor=chosen, crash_table=table) as experimenter:
+        return experimenter.run(spec, seed=seed, index=index)
 
 
 def _check_function(user: tuple[UserWorkload, ...], function: str | None) -> None:
@@ -517,7 +657,7 @@ def storm(
         list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
     ] = None,
     deterministic: Annotated[bool, typer.Option(help="icount mode: exact guest time.")] = False,
-    budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 2.0,
+    budget: BudgetOpt = None,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -543,7 +683,7 @@ def storm(
         image = prepare_image(image_spec, log=_progress)
         argv = [name, *(workload_args or image.workload(name).default_args)]
     with Experimenter.single(
-        image, argv, deterministic=deterministic, budget_factor=budget
+        image, argv, deterministic=deterministic, budget_factor=_budget(budget)
     ) as experimenter:
         record = experimenter.run(spec, seed=seed)
     if as_json:
