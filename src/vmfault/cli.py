@@ -399,6 +399,7 @@ def inject(
         delay=delay, jitter=jitter, bandwidth=bandwidth, groups=_groups(groups),
         spell=_option_name,
     )  # fmt: skip
+    hang_budget = None if budget is None else Budget.parse(budget)
     table = None
     if crash_patterns is not None:
         table = CrashTable.default().extended(CrashTable.load(crash_patterns))
@@ -408,7 +409,7 @@ def inject(
                 "--testbed gives the machines and their workloads",
                 hint="remove --workload, --args, --cflags and --deterministic",
             )
-        record = _inject_on_testbed(testbed_file, spec, budget, table, seed=seed, index=index)
+        record = _inject_on_testbed(testbed_file, spec, hang_budget, table, seed=seed, index=index)
         _print_record(record, spec, as_json=as_json)
         return
     if workload is None:
@@ -433,7 +434,7 @@ def inject(
     if spec.instruction is not None:  # a bad function fails before any boot
         WorkloadBinary(image.workload(name).host_binary).code_range(spec.instruction.function)
     with Experimenter.single(
-        image, argv, deterministic=deterministic, budget_factor=_budget(budget),
+        image, argv, deterministic=deterministic, budget_factor=hang_budget or Budget(),
         crash_table=table,
     ) as experimenter:  # fmt: skip
         record = experimenter.run(spec, seed=seed, index=index)
@@ -497,7 +498,7 @@ def _budget(text: str | None) -> Budget:
 def _inject_on_testbed(
     path: Path,
     spec: FaultSpec,
-    budget: str | None,
+    budget: Budget | None,
     table: CrashTable | None,
     *,
     seed: int,
@@ -505,6 +506,11 @@ def _inject_on_testbed(
 ) -> ExperimentRecord:
     """One experiment on the machines of the campaign file at `path`."""
     campaign = load_campaign(path)
+    names = campaign.machine_names
+    if spec.machine is not None and spec.machine not in names:
+        raise UsageError(
+            f"no machine {spec.machine!r} in {path}", hint="machines: " + ", ".join(names)
+        )
     if spec.network is not None:
         if not campaign.networked:
             raise UsageError(
@@ -521,8 +527,7 @@ def _inject_on_testbed(
         image, campaign_machines(campaign, image), judge=campaign.campaign.judge,
         network=campaign.networked,
     )  # fmt: skip
-    chosen = campaign.campaign.hang_budget if budget is None else Budget.parse(budget)
-    testbed.machine(spec.machine)  # a machine that is not there: one line, before booting
+    chosen = campaign.campaign.hang_budget if budget is None else budget
     with Experimenter(testbed, budget_factor=chosen, crash_table=table) as experimenter:
         return experimenter.run(spec, seed=seed, index=index)
 
