@@ -3,20 +3,12 @@ anything is built or booted."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.unit.test_network_options import FAULT, HEAD
-
-
-def vmfault(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmfault", *args],
-        capture_output=True, text=True, timeout=120, check=False, cwd=cwd,
-    )  # fmt: skip
+from vmfault import cli
 
 
 @pytest.mark.parametrize(
@@ -40,9 +32,19 @@ def vmfault(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
          "--testbed gives the machines and their workloads"),
     ],
 )  # fmt: skip
-def test_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_input_is_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
     (tmp_path / "net.toml").write_text(HEAD + FAULT)
-    done = vmfault("inject", *args, cwd=tmp_path)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], done.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "campaign_image", lambda *_, **__: pytest.fail("built an image"))
+    monkeypatch.setattr(cli, "prepare_image", lambda *_, **__: pytest.fail("built an image"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["inject", *args])
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
