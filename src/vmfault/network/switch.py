@@ -33,6 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from vmfault.errors import MachineError
+
 __all__ = [
     "BROADCAST",
     "FRAME_MAX_BYTES",
@@ -237,9 +239,9 @@ class Switch:
             return {key: dataclasses.replace(value) for key, value in self._counters.items()}
 
     def check(self) -> None:
-        """Raise what stopped the switch's thread, if anything did."""
+        """MachineError if the switch's thread stopped on an error (the testbed is broken)."""
         if self._error is not None:
-            raise RuntimeError(f"the network switch failed: {self._error}") from self._error
+            raise MachineError(f"the network switch failed: {self._error}") from self._error
 
     # ------------------------------------------------------------------ the thread
 
