@@ -381,6 +381,8 @@ class ControlInjection(Injection):
 COUNTS = ("seen", "delivered", "dropped", "corrupted", "delayed", "duplicated", "reordered",
           "overflow")  # fmt: skip
 """The counters of a `LinkCounts`, in order."""
+FAULT_COUNTS = ("seen", "dropped", "corrupted", "delayed", "duplicated", "reordered")
+"""What a network fault counts (the switch counts the rest: delivered, overflow)."""
 
 
 @dataclass(frozen=True)
@@ -480,8 +482,9 @@ class NetworkInjection(Injection):
 
     @property
     def totals(self) -> dict[str, int]:
-        """Every counter summed over the links."""
-        return _totals(self.links)
+        """What the fault counted (FAULT_COUNTS), summed over the links."""
+        summed = _totals(self.links)
+        return {name: summed[name] for name in FAULT_COUNTS}
 
     def fields(self) -> dict[str, Any]:
         """As `Injection.fields`, the counts and corruptions as plain data, with the
