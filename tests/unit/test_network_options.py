@@ -215,7 +215,7 @@ def test_bad_faults_of_machines(tmp_path: Path, change: str, message: str) -> No
         ('name = "client"', 'name = "server"', "machine[1].name: duplicate machine name"),
         ('name = "client"', 'name = "Client!"', "machine[1].name: invalid name"),
         ("daemon = true", 'daemon = true\nscript = [{ sleep = "1s" }]',
-         "give one of workload, idle and script"),
+         "give one of workload, idle, script and command"),
     ],
 )  # fmt: skip
 def test_bad_machine_tables(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -243,5 +243,26 @@ def test_guest_beside_machines_gives_defaults_only(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as caught:
         load(tmp_path, HEAD + '\n[guest]\nworkload = "checksum"\n' + FAULT)
     assert "guest.workload: [guest] gives no workload beside [[machine]] tables" in (
+        caught.value.message
+    )
+
+
+def test_a_machine_may_run_a_guest_command(tmp_path: Path) -> None:
+    command = HEAD.replace(
+        'workload = "netecho"\nargs = ["--serve"]',
+        'command = ["/bin/sh", "-c", "httpd -p 80 && exec netecho --serve"]',
+    )
+    spec = load(tmp_path, command + FAULT)
+    assert spec.machine[0].command == ("/bin/sh", "-c", "httpd -p 80 && exec netecho --serve")
+    assert spec.user_workloads() == ()
+    for bad in ('command = ["sh", "-c", "x"]', "command = []"):
+        with pytest.raises(UsageError) as caught:
+            load(tmp_path, HEAD.replace('workload = "netecho"\nargs = ["--serve"]', bad) + FAULT)
+        assert "machine[0].command: a command is a guest program's absolute path" in (
+            caught.value.message
+        )
+    with pytest.raises(UsageError) as caught:
+        load(tmp_path, HEAD.replace('args = ["--serve"]', 'command = ["/bin/true"]') + FAULT)
+    assert "give one of workload, idle, script and command (got workload, command)" in (
         caught.value.message
     )

@@ -119,6 +119,9 @@ def campaign_machines(
         if steps is not None:
             machines.append(MachineSpec.scripted(table.name, steps, **options))
             continue
+        if table.command is not None:
+            machines.append(MachineSpec(table.name, table.command, daemon=table.daemon, **options))
+            continue
         argv = _argv(table, table.workload_name, image)
         machines.append(MachineSpec(table.name, argv, daemon=table.daemon, **options))
     return tuple(machines)

@@ -423,30 +423,49 @@ class ScriptStep(BaseModel):
         return Expect(tuple(patterns), parse_duration_s(self.timeout))
 
 
+_JOBS = ("workload", "idle", "script", "command")
+"""What a `[[machine]]` runs: exactly one of these."""
+
+
 class MachineSection(GuestSection):
     """One `[[machine]]` table: a named machine of the experiment's testbed.
 
     As `[guest]`, plus `name` (a host name: the other machines reach it by it), `daemon`
-    (it serves the others: runs until they are done, then is stopped) and `script` (a
-    shell on its console, driven by these steps, instead of a workload). `deterministic`
-    and `accel` default to `[guest]`'s. `crash_patterns` belongs in `[guest]`.
+    (it serves the others: runs until they are done, then is stopped), `script` (a shell
+    on its console, driven by these steps, instead of a workload) and `command` (a command
+    line of the guest's own userland, busybox and the built-in workloads, instead of a
+    workload: `["/bin/sh", "-c", "httpd -p 80 -h /www && exec netecho --serve"]`).
+    `deterministic` and `accel` default to `[guest]`'s. `crash_patterns` belongs in
+    `[guest]`.
     """
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$", description="host name of the machine")
     daemon: StrictBool = False
     script: tuple[ScriptStep, ...] | None = None
+    command: tuple[str, ...] | None = Field(
+        default=None, description='a guest command line instead of a workload: ["/bin/sh", ...]'
+    )
     deterministic: StrictBool | None = None  # type: ignore[assignment]
     accel: Accel | None = None  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _one_job(self) -> Self:
-        jobs = [k for k in ("workload", "idle", "script") if getattr(self, k) is not None]
+        jobs = [k for k in _JOBS if getattr(self, k) is not None]
         if len(jobs) != 1:
             raise _error(
-                "give one of workload, idle and script"
+                "give one of workload, idle, script and command"
                 + (f" (got {', '.join(jobs)})" if jobs else ""),
-                hint='workload = "netecho", idle = "2s", or script = [{ send = "..." }, ...]',
+                hint='workload = "netecho", idle = "2s", script = [{ send = "..." }, ...], or '
+                'command = ["/bin/sh", "-c", "..."]',
                 at=(jobs[1] if len(jobs) > 1 else "workload",),
+            )
+        if self.command is not None and (
+            not self.command or not self.command[0].startswith("/") or self.args
+        ):  # fmt: skip
+            raise _error(
+                "a command is a guest program's absolute path and its arguments, in one array",
+                hint='e.g. command = ["/bin/sh", "-c", "httpd -p 80 && exec netecho --serve"]',
+                at=("command",),
             )
         if self.script is not None and self.daemon:
             raise _error(
@@ -470,9 +489,12 @@ class MachineSection(GuestSection):
 
     @property
     def workload_name(self) -> str:
-        """The workload's name in the guest (`idle`, `script` when there is none)."""
+        """The workload's name in the guest (`idle`, `script` or `command` when there is
+        none)."""
         if self.script is not None:
             return "script"
+        if self.command is not None:
+            return "command"
         if self.workload is None:
             return "idle"
         return self.workload if self.builtin else Path(self.workload).stem
