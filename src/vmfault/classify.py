@@ -18,11 +18,14 @@
    the cause is the signal's name (`SIGSEGV`, `SIGILL`, ...), the evidence the first user-scope
    console line (`segfault at ...`, `traps: NAME[PID] trap invalid opcode ...`), if any.
 5. **hang**: no completion: the hang budget ran out (`timed_out`), the vCPU stalled idle
-   longer than any idle stretch of the golden run (`stalled_s`, declared early), or the
+   longer than any idle stretch of the golden run (`stalled_s`, declared early), a step of
+   the machine's console script timed out (`script_failure`: the text it waited for did
+   not come in time; the console's last lines are the evidence), or the
    workload never reported its exit and nothing above explains why. Except that an
    experiment observed for
    a fixed period (`period_s`, the failure-rate mode) whose workload still ran at the end
-   of the period is **benign**: nothing failed within the period.
+   of the period is **benign**: nothing failed within the period; and so is a daemon
+   stopped while it still ran (`stopped`), once the machines it serves were done.
 6. **detected**: the workload finished and reported the error itself: its exit code differs
    from the golden run's (a non-zero exit where the golden run exited 0, typically), or its
    stdout or stderr matches the detect pattern (default `DETECTED`, as in
@@ -352,6 +355,12 @@ class Observation:
     stalled_s: float | None = None
     """Set when the run was declared a hang early: the host seconds the vCPU sat idle,
     nothing runnable, with the workload unfinished (the stall rule)."""
+    stopped: bool = False
+    """A daemon was stopped while its workload still ran, the machines it serves done."""
+    script_failure: str = ""
+    """Why the machine's console script failed (`script step 2 timed out (10 s)`)."""
+    script_tail: str = ""
+    """The console's last lines when the script failed."""
 
 
 @dataclass(frozen=True)
@@ -432,6 +441,13 @@ def _classify(
             Outcome.CRASH, f"killed by {name}", cause=name, evidence=user[1] if user else ""
         )
 
+    if obs.script_failure and not obs.finished:
+        tail = " | ".join(line.strip() for line in obs.script_tail.splitlines()[-3:])
+        return Classification(Outcome.HANG, obs.script_failure, evidence=tail[-EVIDENCE_MAX_CHARS:])
+    if obs.stopped and not obs.finished and not obs.timed_out:
+        return Classification(
+            Outcome.BENIGN, "the daemon ran until the machines it serves were done"
+        )
     if obs.period_s is not None and not obs.finished and not obs.timed_out:
         return Classification(
             Outcome.BENIGN,

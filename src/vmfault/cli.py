@@ -38,7 +38,6 @@ from vmfault.campaign.runner import (
     campaign_machines,
     prepare_campaign,
     run_campaign,
-    workload_argv,
 )
 from vmfault.campaign.sefi import parse_sefi_ini, sefi_campaign_toml
 from vmfault.campaign.spec import CampaignSpec, campaign_json_schema, load_campaign
@@ -46,6 +45,7 @@ from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment.pipeline import Experimenter
 from vmfault.experiment.records import (
+    DEFAULT_MACHINE,
     DiskInjection,
     ExperimentRecord,
     GoldenRun,
@@ -53,7 +53,7 @@ from vmfault.experiment.records import (
     fsefi_line,
 )
 from vmfault.experiment.testbed import RestoreMethod, Testbed, golden_run
-from vmfault.faults import Context, FaultSpec, parse_duration_s
+from vmfault.faults import Budget, Context, FaultSpec, parse_duration_s
 from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
 from vmfault.guest.workloads import (
@@ -177,6 +177,12 @@ GuestDisksOpt = Annotated[
 def _guest_disks(texts: list[str] | None) -> tuple[GuestDisk, ...]:
     """The disks of --disk options (one-line errors for bad names, sizes and images)."""
     return unique_disks([parse_disk(text) for text in texts or ()])
+
+
+BudgetOpt = Annotated[
+    str | None,
+    typer.Option(help="Hang budget: golden runs (default 2) or a guest duration such as 20s."),
+]
 
 
 @image_app.command("build")
@@ -309,8 +315,11 @@ def run(
 @app.command(context_settings={"ignore_unknown_options": True})
 def inject(
     workload: Annotated[
-        str, typer.Option("--workload", "-w", help="Built-in name, C file or binary.")
-    ],
+        str | None,
+        typer.Option(
+            "--workload", "-w", help="Built-in name, C file or binary (omit with --testbed)."
+        ),
+    ] = None,
     target: Annotated[
         str | None,
         typer.Option(
@@ -382,10 +391,15 @@ def inject(
         typer.Option(help="Disk faults that fail requests: the errno by name (EIO, ENOSPC, ...)."),
     ] = None,
     delay: Annotated[
-        str | None, typer.Option(help="disk:latency: how long each request waits (50ms).")
+        str | None,
+        typer.Option(
+            help="disk:latency: how long each request waits; network:delay and "
+            "reorder: how long frames are held (e.g. 50ms)."
+        ),
     ] = None,
     jitter: Annotated[
-        str | None, typer.Option(help="disk:latency: +- this much more or less, uniform.")
+        str | None,
+        typer.Option(help="disk:latency and network:delay: +- this much more or less, uniform."),
     ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Disk faults: fault only the first matching request.")
@@ -396,7 +410,7 @@ def inject(
         list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
     ] = None,
     deterministic: Annotated[bool, typer.Option(help="icount mode: repeatable runs.")] = False,
-    budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 2.0,
+    budget: BudgetOpt = None,
     restore: RestoreOpt = RestoreMethod.TEMPLATE,
     crash_patterns: Annotated[
         Path | None, typer.Option(help="TOML file of extra crash patterns.")
@@ -404,6 +418,35 @@ def inject(
     disk: GuestDisksOpt = None,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
+    testbed_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--testbed",
+            help="A campaign file whose [[machine]] tables (and judge, network, budget) make "
+            "the machines of the experiment, instead of --workload.",
+        ),
+    ] = None,
+    machine: Annotated[
+        str | None,
+        typer.Option(help="The machine the fault goes to (default: the judged one)."),
+    ] = None,
+    link: Annotated[
+        str | None, typer.Option(help="Network faults: the link, e.g. client-server.")
+    ] = None,
+    direction: Annotated[
+        str | None, typer.Option(help="Network faults: both, in or out (from the first named).")
+    ] = None,
+    burst: Annotated[
+        float | None, typer.Option(help="network:loss: mean frames lost in a row.")
+    ] = None,
+    where: Annotated[
+        str | None, typer.Option(help="network:corrupt: any, headers or payload.")
+    ] = None,
+    bandwidth: Annotated[str | None, typer.Option(help="network:rate: e.g. 1mbit.")] = None,
+    groups: Annotated[
+        str | None,
+        typer.Option(help="network:partition: groups split by |, names by commas: a|b,c."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run one experiment: inject one fault into WORKLOAD and classify what happens.
@@ -411,23 +454,50 @@ def inject(
     With --op, the fault goes into the result of a dynamic instance of an instruction class
     (F-SEFI's fine-grained mode): the instance executes, then bits of its result flip.
     A disk:KIND[@NAME] target faults a disk given with --disk.
+
+    With --testbed, the experiment runs on a campaign file's machines; --machine names the
+    one the fault goes to, and network:KIND targets act on the frames between them.
     """
     spec = FaultSpec.from_options(
         target=target, bits=bits, trigger=trigger,
         context=None if context is Context.ANY else context, op=op, function=function,
         instance=_instance(instance), start_index=start_index, max_dic=max_dic,
         faults_per_run=faults_per_run, probability=probability, period=period,
-        sectors=sectors, errno=errno, delay=delay, jitter=jitter, once=once or None,
+        sectors=sectors, errno=errno, once=once or None,
+        machine=machine, link=link, direction=direction, burst=burst, where=where,
+        delay=delay, jitter=jitter, bandwidth=bandwidth, groups=_groups(groups),
         spell=_option_name,
     )  # fmt: skip
+    hang_budget = None if budget is None else Budget.parse(budget)
     disks = _guest_disks(disk)
     if spec.disk is not None:
         spec.disk.disk_of({d.name: d.sectors for d in disks})
-    disk_required(_user_workload(workload, cflags)[0], len(disks))
     table = None
     if crash_patterns is not None:
         table = CrashTable.default().extended(CrashTable.load(crash_patterns))
+    if testbed_file is not None:
+        if workload is not None or workload_args or cflags or deterministic or disks:
+            raise UsageError(
+                "--testbed gives the machines and their workloads",
+                hint="remove --workload, --args, --cflags, --deterministic and --disk",
+            )
+        record = _inject_on_testbed(testbed_file, spec, hang_budget, table, seed=seed, index=index)
+        _print_record(record, spec, as_json=as_json)
+        return
+    if workload is None:
+        raise UsageError("no workload given", hint="add --workload NAME, or --testbed FILE")
+    if spec.machine not in (None, DEFAULT_MACHINE):
+        raise UsageError(
+            f"no machine {spec.machine!r}: --workload makes one machine, {DEFAULT_MACHINE}",
+            hint="give --testbed FILE for a testbed of several machines",
+        )
+    if spec.network is not None:
+        raise UsageError(
+            f"{spec.target.spelling} needs machines joined by a network",
+            hint="give --testbed FILE with two or more [[machine]] tables",
+        )
     name, extra = _user_workload(workload, cflags)
+    disk_required(name, len(disks))
     image_spec = _spec(config, None, None, None, extra)
     _require_known(name, image_spec)
     if spec.instruction is not None:
@@ -440,12 +510,17 @@ def inject(
         image,
         argv,
         deterministic=deterministic,
-        budget_factor=budget,
+        budget_factor=hang_budget or Budget(),
         crash_table=table,
         disks=disks,
         restore=restore,
     ) as experimenter:
         record = experimenter.run(spec, seed=seed, index=index)
+    _print_record(record, spec, as_json=as_json)
+
+
+def _print_record(record: ExperimentRecord, spec: FaultSpec, *, as_json: bool) -> None:
+    """`vmfault inject`'s output: the record as JSON, or its outcome and fault in lines."""
     if as_json:
         out.print_json(json.dumps(record.to_json()))
         return
@@ -457,16 +532,85 @@ def inject(
         return
     fault = record.to_json()["fault"]
     out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
-    out.print(
-        f"fault: {fault['target']} at {fault['location']} bits {fault['bits']} "
-        f"{fault['before']} -> {fault['after']} ({record.injection.trigger})",
-        highlight=False,
-        markup=False,
-    )
+    if spec.network is not None:
+        period = "" if spec.network.duration_s is None else f" for {spec.network.duration_s:g} s"
+        line = (
+            f"fault: {fault['target']} on {fault['location']} from "
+            f"{record.injection.trigger.spec} on {fault['machine']}{period}"
+        )
+    else:
+        line = (
+            f"fault: {fault['target']} at {fault['location']} bits {fault['bits']} "
+            f"{fault['before']} -> {fault['after']} ({record.injection.trigger})"
+        )
+    out.print(line, highlight=False, markup=False)
     if record.latency is not None:
         out.print(f"latency: {record.latency.value:,} {record.latency.unit.value}")
     if record.evidence:
         out.print(f"evidence: {record.evidence}", highlight=False, markup=False)
+    if len(record.machines) > 1:
+        for run in record.machines:
+            out.print(
+                f"{run.machine}: {run.outcome.value}: {run.reason}", highlight=False, markup=False
+            )
+    network = record.to_json().get("network")
+    if network is not None:
+        counts = ", ".join(f"{network[k]} {k}" for k in _NETWORK_COUNTS if network.get(k))
+        out.print(f"frames: {counts or 'none'}", highlight=False, markup=False)
+
+
+_NETWORK_COUNTS = ("seen", "dropped", "corrupted", "delayed", "duplicated", "reordered")
+
+
+def _groups(text: str | None) -> list[list[str]] | None:
+    """`a|b,c` as the groups [["a"], ["b", "c"]] of a partition."""
+    if text is None:
+        return None
+    return [
+        [name.strip() for name in group.split(",") if name.strip()] for group in text.split("|")
+    ]
+
+
+def _budget(text: str | None) -> Budget:
+    """The hang budget a --budget gives (default: 2 golden runs)."""
+    return Budget() if text is None else Budget.parse(text)
+
+
+def _inject_on_testbed(
+    path: Path,
+    spec: FaultSpec,
+    budget: Budget | None,
+    table: CrashTable | None,
+    *,
+    seed: int,
+    index: int,
+) -> ExperimentRecord:
+    """One experiment on the machines of the campaign file at `path`."""
+    campaign = load_campaign(path)
+    names = campaign.machine_names
+    if spec.machine is not None and spec.machine not in names:
+        raise UsageError(
+            f"no machine {spec.machine!r} in {path}", hint="machines: " + ", ".join(names)
+        )
+    if spec.network is not None:
+        if not campaign.networked:
+            raise UsageError(
+                f"{spec.target.spelling} needs machines joined by a network",
+                hint=f"give {path} two or more [[machine]] tables",
+            )
+        spec.network.check(list(campaign.machine_names))
+    if table is None and campaign.crash_patterns_path() is not None:
+        patterns = campaign.crash_patterns_path()
+        assert patterns is not None
+        table = CrashTable.default().extended(CrashTable.load(patterns))
+    image = campaign_image(campaign, log=_progress)
+    testbed = Testbed(
+        image, campaign_machines(campaign, image), judge=campaign.campaign.judge,
+        network=campaign.networked,
+    )  # fmt: skip
+    chosen = campaign.campaign.hang_budget if budget is None else budget
+    with Experimenter(testbed, budget_factor=chosen, crash_table=table) as experimenter:
+        return experimenter.run(spec, seed=seed, index=index)
 
 
 def _print_disk_record(record: ExperimentRecord, injection: DiskInjection) -> None:
@@ -628,7 +772,7 @@ def storm(
         list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
     ] = None,
     deterministic: Annotated[bool, typer.Option(help="icount mode: exact guest time.")] = False,
-    budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 2.0,
+    budget: BudgetOpt = None,
     restore: RestoreOpt = RestoreMethod.TEMPLATE,
     disk: GuestDisksOpt = None,
     cflags: CflagsOpt = None,
@@ -661,7 +805,7 @@ def storm(
         image,
         argv,
         deterministic=deterministic,
-        budget_factor=budget,
+        budget_factor=_budget(budget),
         disks=disks,
         restore=restore,
     ) as experimenter:
@@ -962,9 +1106,10 @@ def replay(
     plan = plan_campaign(spec)
     planned = plan.experiment(experiment_id)
     image = campaign_image(spec, log=_progress)
-    argv = workload_argv(spec, image)
-    testbed = Testbed(image, campaign_machines(spec, argv))
-    with Experimenter(testbed, budget_factor=spec.campaign.budget) as experimenter:
+    testbed = Testbed(
+        image, campaign_machines(spec, image), judge=spec.campaign.judge, network=spec.networked
+    )
+    with Experimenter(testbed, budget_factor=spec.campaign.hang_budget) as experimenter:
         mark = experimenter.machine.console.mark()
         record = experimenter.run(planned.spec, seed=planned.seed, index=planned.index)
         console = experimenter.machine.console.transcript(mark)
@@ -992,7 +1137,7 @@ def replay(
         "same outcome as recorded"
         if same
         else "outcome differs from the record"
-        + ("" if spec.guest.deterministic else " (not a deterministic campaign)")
+        + ("" if spec.deterministic else " (not a deterministic campaign)")
     )
 
 

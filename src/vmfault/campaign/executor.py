@@ -244,7 +244,10 @@ class LocalExecutor:
 
     def _failed(self, job: Job, proc: _Process, reason: str) -> Completed:
         now = time.time()
-        record = vmm_error_record(job.spec, seed=job.seed, index=job.index, reason=reason)
+        machine = job.spec.machine or self.setup.judge or self.setup.machines[0].name
+        record = vmm_error_record(
+            job.spec, seed=job.seed, index=job.index, reason=reason, machine=machine
+        )
         return Completed(job, record, proc.name, now, now)
 
     def close(self) -> None:

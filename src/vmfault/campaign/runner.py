@@ -13,18 +13,20 @@ import logging
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vmfault._version import __version__
 from vmfault.campaign.executor import Completed, Executor, Job, LocalExecutor
 from vmfault.campaign.planner import CampaignPlan, plan_campaign, should_stop
-from vmfault.campaign.spec import CampaignSpec
+from vmfault.campaign.spec import CampaignSpec, GuestSection
 from vmfault.campaign.worker import Goldens, WorkerSetup
-from vmfault.errors import MachineError, VmfaultError
+from vmfault.errors import MachineError, UsageError, VmfaultError
 from vmfault.experiment.records import DEFAULT_MACHINE
 from vmfault.experiment.testbed import MachineSpec, RestoreMethod
+from vmfault.faults.units import Budget
 from vmfault.guest.image import GuestImage, ImageSpec
 from vmfault.guest.workloads import idle_argv
 from vmfault.machine import Accel
@@ -68,29 +70,61 @@ class CampaignProgress:
 
 
 def campaign_image(spec: CampaignSpec, *, log: Callable[[str], None] | None = None) -> GuestImage:
-    """The guest image with the campaign's workload in it (built or found in the cache)."""
-    user = spec.user_workload()
-    return prepare_image(ImageSpec(user_workloads=(user,) if user else ()), log=log)
+    """The guest image with the campaign's workloads in it (built or found in the cache)."""
+    return prepare_image(ImageSpec(user_workloads=spec.user_workloads()), log=log)
 
 
-def workload_argv(spec: CampaignSpec, image: GuestImage) -> tuple[str, ...]:
-    """The workload command line of the campaign (default arguments when none are given)."""
-    idle = spec.guest.idle_s
+def _argv(table: GuestSection, name: str, image: GuestImage) -> tuple[str, ...]:
+    """The command line of a `[guest]` or `[[machine]]` table's workload."""
+    idle = table.idle_s
     if idle is not None:
         return idle_argv(idle)
-    name = spec.workload_name
-    args = tuple(spec.guest.args) or image.workload(name).default_args
+    args = tuple(table.args) or image.workload(name).default_args
     return (name, *args)
 
 
-def campaign_machines(spec: CampaignSpec, argv: tuple[str, ...]) -> tuple[MachineSpec, ...]:
-    """The testbed of the campaign: the one machine of `[guest]`, running `argv`, with the
-    disks of `[[guest.disks]]`."""
+def workload_argv(spec: CampaignSpec, image: GuestImage) -> tuple[str, ...]:
+    """The workload command line of the campaign (default arguments when none are given);
+    of the first machine when there are `[[machine]]` tables."""
+    if spec.machine:
+        return campaign_machines(spec, image)[0].argv
+    return _argv(spec.guest, spec.workload_name, image)
+
+
+def campaign_machines(
+    spec: CampaignSpec, image: GuestImage | Sequence[str]
+) -> tuple[MachineSpec, ...]:
+    """The testbed of the campaign: its `[[machine]]` tables (their workloads' default
+    arguments from `image`), or the one machine of `[guest]` running `image`'s workload
+    (or the command line given instead of an image)."""
     guest = spec.guest
-    return (
-        MachineSpec(DEFAULT_MACHINE, argv, guest.deterministic, Accel(guest.accel),
-                    disks=spec.guest_disks()),
-    )  # fmt: skip
+    deterministic = guest.deterministic
+    accel = Accel(guest.accel)
+    if not spec.machine:
+        argv = (
+            _argv(guest, spec.workload_name, image)
+            if isinstance(image, GuestImage)
+            else tuple(image)
+        )
+        return (MachineSpec(DEFAULT_MACHINE, argv, deterministic, accel, disks=spec.guest_disks()),)
+    if not isinstance(image, GuestImage):
+        raise UsageError("the machines of a campaign need its image for their workloads")
+    machines = []
+    for table in spec.machine:
+        options: dict[str, Any] = {
+            "deterministic": deterministic if table.deterministic is None else table.deterministic,
+            "accel": accel if table.accel is None else Accel(table.accel),
+        }
+        steps = table.script_steps()
+        if steps is not None:
+            machines.append(MachineSpec.scripted(table.name, steps, **options))
+            continue
+        if table.command is not None:
+            machines.append(MachineSpec(table.name, table.command, daemon=table.daemon, **options))
+            continue
+        argv = _argv(table, table.workload_name, image)
+        machines.append(MachineSpec(table.name, argv, daemon=table.daemon, **options))
+    return tuple(machines)
 
 
 def _qemu_version() -> str:
@@ -140,7 +174,7 @@ def prepare_campaign(
             spec_json=spec.to_json(), file_sha256=spec.file_sha256,
             total_planned=plan.total, provenance=provenance,
         )  # fmt: skip
-    return Prepared(spec, plan, store, image, argv, campaign_machines(spec, argv))
+    return Prepared(spec, plan, store, image, argv, campaign_machines(spec, image))
 
 
 def _check_goldens(goldens: list[Goldens], prepared: Prepared) -> None:
@@ -189,7 +223,8 @@ def run_campaign(
     restore = RestoreMethod(spec.campaign.restore)
     setup = WorkerSetup(
         image_root=prepared.image.root, machines=prepared.machines,
-        budget_factor=spec.campaign.budget, crash_patterns=spec.crash_patterns_path(),
+        judge=spec.campaign.judge, network=spec.networked,
+        budget_factor=_budget(spec), crash_patterns=spec.crash_patterns_path(),
         restore=restore,
     )  # fmt: skip
     own = executor is None
@@ -202,7 +237,7 @@ def run_campaign(
             # Ours from the start: a failed or interrupted start closes the workers it booted.
             executor = local = LocalExecutor(setup, workers=count, log=log_path, job_timeout_s=0.0)
             local.start()
-            local.job_timeout_s = _job_timeout(local.goldens, spec.campaign.budget)
+            local.job_timeout_s = _job_timeout(local.goldens, spec.campaign.hang_budget)
         _check_goldens(executor.goldens, prepared)
         jobs = (
             Job(i, (planned := plan.experiment(i)).spec, planned.seed, planned.index,
@@ -245,11 +280,23 @@ def _converged(prepared: Prepared) -> bool:
     return should_stop(counts, margin=settings.margin, confidence=settings.confidence)
 
 
-def _job_timeout(goldens: list[Goldens], budget: float) -> float:
+def _budget(spec: CampaignSpec) -> float | Budget:
+    """The campaign's hang budget as a worker takes it: a number of golden runs, or a
+    `Budget` of guest seconds."""
+    budget = spec.campaign.hang_budget
+    return budget.factor if budget.guest_s is None else budget
+
+
+def _job_timeout(goldens: list[Goldens], budget: Budget | float) -> float:
+    """Host seconds one experiment may take before its worker is replaced: 20 hang budgets
+    (of the longest golden run), at least JOB_TIMEOUT_MIN_S."""
+    if not isinstance(budget, Budget):
+        budget = Budget(factor=budget)
     longest = max(
         max((golden.host_s, *golden.restored_s)) for runs in goldens for golden in runs.values()
     )
-    return max(JOB_TIMEOUT_MIN_S, 20 * budget * longest)
+    allowed = budget.guest_s if budget.guest_s is not None else budget.factor * longest
+    return max(JOB_TIMEOUT_MIN_S, 20 * allowed)
 
 
 def file_sha256(path: Path) -> str:

@@ -25,14 +25,9 @@ from vmfault.classify import CrashTable
 from vmfault.errors import RestoreMismatchError, UsageError, VmfaultError
 from vmfault.experiment.pipeline import Experimenter, vmm_error_record
 from vmfault.experiment.records import ExperimentRecord, GoldenRun
-from vmfault.experiment.testbed import (
-    DEFAULT_BUDGET_FACTOR,
-    MachineSpec,
-    RestoreMethod,
-    StartState,
-    Testbed,
-)
+from vmfault.experiment.testbed import MachineSpec, RestoreMethod, StartState, Testbed
 from vmfault.faults import FaultSpec
+from vmfault.faults.units import DEFAULT_BUDGET_FACTOR, Budget
 from vmfault.guest.image import load_image
 
 __all__ = [
@@ -59,7 +54,10 @@ class WorkerSetup:
     image_root: Path
     machines: tuple[MachineSpec, ...]
     judge: str | None = None
-    budget_factor: float = DEFAULT_BUDGET_FACTOR
+    budget_factor: float | Budget = DEFAULT_BUDGET_FACTOR
+    """The hang budget: golden runs, or a `Budget` (guest seconds)."""
+    network: bool = False
+    """Whether the machines are joined by vmfault's network."""
     crash_patterns: Path | None = None
     name: str = "worker"
     restore: RestoreMethod = RestoreMethod.TEMPLATE
@@ -71,7 +69,8 @@ def make_start_state(setup: WorkerSetup, directory: Path) -> StartState:
     caller removes it when its workers are done), and time their golden runs on clones:
     what every worker of this host starts from."""
     image = load_image(setup.image_root)
-    testbed = Testbed(image, setup.machines, judge=setup.judge, template_dir=directory)
+    testbed = Testbed(image, setup.machines, judge=setup.judge, network=setup.network,
+                      template_dir=directory)  # fmt: skip
     with testbed:
         return testbed.start_state()
 
@@ -108,8 +107,8 @@ class _Worker:
     def boot(self) -> Goldens:
         self.close()
         setup = self.setup
-        testbed = Testbed(self.image, setup.machines, judge=setup.judge, restore=setup.restore,
-                          start_state=setup.start_state)  # fmt: skip
+        testbed = Testbed(self.image, setup.machines, judge=setup.judge, network=setup.network,
+                          restore=setup.restore, start_state=setup.start_state)  # fmt: skip
         experimenter = Experimenter(
             testbed, budget_factor=self.setup.budget_factor, crash_table=self.table
         )
@@ -127,7 +126,8 @@ class _Worker:
         except VmfaultError as exc:  # the machine failed under us: replace it
             reason = f"the VMM failed during the experiment: {exc.one_line()}"
             self.close()
-            return vmm_error_record(spec, seed=seed, index=index, reason=reason)
+            machine = spec.machine or self.setup.judge or self.setup.machines[0].name
+            return vmm_error_record(spec, seed=seed, index=index, reason=reason, machine=machine)
 
     def close(self) -> None:
         if self.experimenter is not None:

@@ -17,6 +17,7 @@ observation. Experiment `index` under `seed` makes the same choices every time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -34,14 +35,16 @@ from vmfault.classify import (
 )
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment.kinds import KINDS, FaultKind, Injected, kind_name
-from vmfault.experiment.observe import Observed, observe
+from vmfault.experiment.observe import Observed, observe, release
 from vmfault.experiment.records import (
     DEFAULT_MACHINE,
     ExperimentRecord,
     GoldenRun,
     Injection,
+    LinkCounts,
     MachineRun,
     StormSummary,
+    Traffic,
 )
 from vmfault.experiment.state import Experiment, Phases, Symptom
 from vmfault.experiment.testbed import (
@@ -53,6 +56,7 @@ from vmfault.experiment.testbed import (
 )
 from vmfault.faults.model import FaultSpec
 from vmfault.faults.select import plan
+from vmfault.faults.units import Budget
 from vmfault.guest.image import GuestImage
 from vmfault.machine import Accel, Machine
 from vmfault.machine.disks import GuestDisk
@@ -74,16 +78,14 @@ class Experimenter(StartedOnEnter):
         self,
         testbed: Testbed,
         *,
-        budget_factor: float = DEFAULT_BUDGET_FACTOR,
+        budget_factor: float | Budget = DEFAULT_BUDGET_FACTOR,
         crash_table: CrashTable | None = None,
     ) -> None:
-        if not budget_factor > 0:
-            raise UsageError(
-                f"a hang budget of {budget_factor:g} golden runs ends every experiment at once",
-                hint="give a budget above 0, e.g. 2 (golden runs)",
-            )
+        self.budget = (
+            budget_factor if isinstance(budget_factor, Budget) else Budget(factor=budget_factor)
+        )
+        """The hang budget: golden runs, or guest seconds (`Budget.parse("20s")`)."""
         self.testbed = testbed
-        self.budget_factor = budget_factor
         self.crash_table = crash_table
         self._kinds: dict[tuple[str, str], FaultKind] = {}
         self._prepared: set[tuple[str, FaultSpec]] = set()
@@ -97,7 +99,7 @@ class Experimenter(StartedOnEnter):
         *,
         deterministic: bool = False,
         accel: Accel = Accel.TCG,
-        budget_factor: float = DEFAULT_BUDGET_FACTOR,
+        budget_factor: float | Budget = DEFAULT_BUDGET_FACTOR,
         crash_table: CrashTable | None = None,
         console_log: Path | None = None,
         restore: RestoreMethod = RestoreMethod.TEMPLATE,
@@ -163,22 +165,33 @@ class Experimenter(StartedOnEnter):
         )  # fmt: skip
         phases = Phases()
         attempt = 0
-        while True:
-            attempt += 1
-            self.testbed.restore()
-            experiment = Experiment(self.testbed, target, spec, choices,
-                                    budget_factor=self.budget_factor, attempt=attempt)  # fmt: skip
-            _release_others(experiment.testbed, target)
-            phases.lap("restore")
-            injected = _inject(kind, experiment, phases)
-            if not injected.restart or attempt >= kind.attempts:
-                break
-            kind.finish(experiment, injected)
-        held = any(i.injected for i in injected.injections)
-        observed = {target.name: observe(experiment, experiment.here, injected=held)}
-        for name, progress in experiment.progress.items():
-            if name != target.name:
-                observed[name] = observe(experiment, progress, injected=held)
+        experiment: Experiment | None = None
+        try:
+            while True:
+                attempt += 1
+                self.testbed.restore()
+                experiment = Experiment(self.testbed, target, spec, choices, budget=self.budget,
+                                        attempt=attempt, release=release)  # fmt: skip
+                experiment.release()
+                phases.lap("restore")
+                injected = _inject(kind, experiment, phases)
+                if not injected.restart or attempt >= kind.attempts:
+                    break
+                experiment.end_crew()
+                kind.finish(experiment, injected)
+            held = any(i.injected for i in injected.injections)
+            if not held:
+                experiment.end_crew()
+            observed = {target.name: observe(experiment, experiment.here, injected=held)}
+            if experiment.crew is not None:
+                observed.update(experiment.crew.join())
+                experiment.crew = None
+            for name, progress in experiment.progress.items():
+                if name not in observed:  # no crew: a machine not observed yet
+                    observed[name] = observe(experiment, progress, injected=held)
+        finally:
+            if experiment is not None:
+                experiment.end_crew()
         phases.lap("observe")
         _verify_after_code_writes(target, injected)
         injected = kind.finish(experiment, injected)
@@ -228,8 +241,28 @@ class Experimenter(StartedOnEnter):
             experiment.spec, seed=experiment.seed, index=experiment.index,
             injections=injected.injections, machines=runs,
             judged=self._judged(runs, target.name), latency=latency, activation=activation,
-            phases_s=phases.seconds, storm=injected.summary,
+            phases_s=phases.seconds, storm=injected.summary, traffic=self._traffic(injected),
         )  # fmt: skip
+
+    def _traffic(self, injected: Injected) -> Traffic | None:
+        """The frames each link direction carried in the experiment, with what the fault
+        did to them (a testbed with a network; None otherwise)."""
+        switch = self.testbed.switch
+        if switch is None:
+            return None
+        faults = {
+            (link.source, link.destination): link
+            for injection in injected.injections
+            for link in getattr(injection, "links", ())
+            if isinstance(link, LinkCounts)
+        }
+        links = []
+        for (source, destination), counted in sorted(switch.counters().items()):
+            fault = faults.get((source, destination), LinkCounts(source, destination))
+            links.append(dataclasses.replace(
+                fault, seen=counted.seen, delivered=counted.delivered, overflow=counted.overflow
+            ))  # fmt: skip
+        return Traffic(tuple(links))
 
     def _judged(self, runs: Sequence[MachineRun], target: str) -> str:
         """The machine whose outcome is the experiment's: the testbed's judge, else the
@@ -240,13 +273,6 @@ class Experimenter(StartedOnEnter):
         if by_name[target].outcome is Outcome.NOT_INJECTED:
             return target
         return max(runs, key=lambda run: (run.outcome.severity, run.machine == target)).machine
-
-
-def _release_others(testbed: Testbed, target: GuestMachine) -> None:
-    """Let every machine but the target run on from the snapshot."""
-    for machine in testbed:
-        if machine is not target and machine.vm.alive:
-            machine.vm.cont()
 
 
 def _verify_after_code_writes(target: GuestMachine, injected: Injected) -> None:
@@ -308,6 +334,7 @@ def build_record(
     activation: Activation = Activation.UNKNOWN,
     phases_s: Mapping[str, float] | None = None,
     storm: StormSummary | None = None,
+    traffic: Traffic | None = None,
 ) -> ExperimentRecord:
     """The record of one experiment (the one place records are made). The spec is kept in
     its JSON form exactly (lists, not tuples), so a stored record reloads equal."""
@@ -315,7 +342,7 @@ def build_record(
         index=index, seed=seed, spec=json.loads(json.dumps(spec.to_json())),
         injections=tuple(injections),
         machines=tuple(machines), judged=judged, latency=latency, activation=activation,
-        phases_s=dict(phases_s or {}), storm=storm,
+        phases_s=dict(phases_s or {}), storm=storm, traffic=traffic,
     )  # fmt: skip
 
 

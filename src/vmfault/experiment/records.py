@@ -8,10 +8,13 @@ without loading QEMU's machinery.
 - `Injection` and one subclass per shape of fault: `RegisterInjection`, `MemoryInjection`
   (memory words and kernel code), `InstructionInjection` (F-SEFI's instruction results),
   `FlipInjection` (one flip of a storm), `DiskInjection` (a disk fault: the requests it
-  failed, delayed, held, or the stored bytes it corrupted) and `ControlInjection` (a
-  control run, which injects nothing). `INJECTION_TYPES` finds a class by its `kind`.
+  failed, delayed, held, or the stored bytes it corrupted), `NetworkInjection` (a network
+  fault, with what it did to frames per link direction) and `ControlInjection` (a control
+  run, which injects nothing). `INJECTION_TYPES` finds a class by its `kind`.
 - `MachineRun`: what one machine of the testbed did in an experiment.
 - `StormSummary`: a storm's schedule and timing.
+- `Traffic`: the frames that crossed a testbed's network in an experiment, per direction
+  of each link (`LinkCounts`).
 - `ExperimentRecord`: everything one experiment produced.
 
 Values (addresses, masks, register contents) are ints here and hex strings in JSON, since
@@ -43,10 +46,13 @@ __all__ = [
     "GoldenRun",
     "Injection",
     "InstructionInjection",
+    "LinkCounts",
     "MachineRun",
     "MemoryInjection",
+    "NetworkInjection",
     "RegisterInjection",
     "StormSummary",
+    "Traffic",
     "TriggerPoint",
     "bit_positions",
     "disk_columns",
@@ -523,6 +529,136 @@ class ControlInjection(Injection):
     trigger: TriggerPoint = field(default_factory=_control_point)
 
 
+COUNTS = ("seen", "delivered", "dropped", "corrupted", "delayed", "duplicated", "reordered",
+          "overflow")  # fmt: skip
+"""The counters of a `LinkCounts`, in order."""
+FAULT_COUNTS = ("seen", "dropped", "corrupted", "delayed", "duplicated", "reordered")
+"""What a network fault counts (the switch counts the rest: delivered, overflow)."""
+
+
+@dataclass(frozen=True)
+class LinkCounts:
+    """Frames on one direction of a link, from `source` to `destination`: `seen` entered
+    it, `delivered` reached the destination's card, and a network fault `dropped`,
+    `corrupted`, `delayed`, `duplicated` or `reordered` (overtaken by later frames) some of
+    them; `overflow` were lost because the destination's guest did not read its card."""
+
+    source: str
+    destination: str
+    seen: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    corrupted: int = 0
+    delayed: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    overflow: int = 0
+
+    @property
+    def direction(self) -> str:
+        """`source>destination`."""
+        return f"{self.source}>{self.destination}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LinkCounts:
+        """The inverse of `to_json` (unknown keys ignored)."""
+        return cls(
+            str(data["source"]), str(data["destination"]),
+            **{name: int(data.get(name, 0)) for name in COUNTS},
+        )  # fmt: skip
+
+
+def _totals(links: tuple[LinkCounts, ...]) -> dict[str, int]:
+    return {name: sum(getattr(link, name) for link in links) for name in COUNTS}
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The frames that crossed a testbed's network in one experiment, per link direction
+    (sorted), as the switch counted them from the restore to the end."""
+
+    links: tuple[LinkCounts, ...] = ()
+
+    @property
+    def frames(self) -> int:
+        """Frames that entered a link (a broadcast counts once per machine it reaches)."""
+        return sum(link.seen for link in self.links)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Every counter summed over the links."""
+        return _totals(self.links)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data: `frames` and `links`."""
+        return {"frames": self.frames, "links": [link.to_json() for link in self.links]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Traffic:
+        """The inverse of `to_json`."""
+        return cls(tuple(LinkCounts.from_json(item) for item in data.get("links", ())))
+
+
+@dataclass(frozen=True)
+class CorruptedBit:
+    """One bit a network fault flipped: in the `frame`th frame (from 1, from the fault's
+    start) from `source` to `destination`, at byte `offset`, bit `bit` (0-7)."""
+
+    source: str
+    destination: str
+    frame: int
+    offset: int
+    bit: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkInjection(Injection):
+    """A network fault: where it acted (`location`: the link, card or groups; `machine`:
+    the machine whose clock triggered it, or whose card it acted on), for how long, and
+    what it did to the frames, per link direction (`links`) and bit by bit for the
+    corruptions (`corruptions`, the first ones). `mode` is the fault's kind (`loss`, ...)."""
+
+    kind: ClassVar[str] = "network"
+
+    link: str | None = None
+    direction: str = "both"
+    period_s: float | None = None
+    """Guest seconds the fault acted (None: to the end of the experiment)."""
+    links: tuple[LinkCounts, ...] = ()
+    corruptions: tuple[CorruptedBit, ...] = ()
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """What the fault counted (FAULT_COUNTS), summed over the links."""
+        summed = _totals(self.links)
+        return {name: summed[name] for name in FAULT_COUNTS}
+
+    def fields(self) -> dict[str, Any]:
+        """As `Injection.fields`, the counts and corruptions as plain data, with the
+        totals (`frames_seen`, `frames_dropped`, ...) beside them."""
+        data = super().fields()
+        data["links"] = [link.to_json() for link in self.links]
+        data["corruptions"] = [dataclasses.astuple(bit) for bit in self.corruptions]
+        data.update({f"frames_{name}": value for name, value in self.totals.items()})
+        return data
+
+    @classmethod
+    def from_fields(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """`fields()`-shaped values turned back into constructor arguments."""
+        return {
+            **values,
+            "links": tuple(LinkCounts.from_json(item) for item in values.get("links") or ()),
+            "corruptions": tuple(
+                CorruptedBit(str(a), str(b), int(c), int(d), int(e))
+                for a, b, c, d, e in values.get("corruptions") or ()
+            ),
+        }
+
+
 INJECTION_TYPES: Mapping[str, type[Injection]] = {
     cls.kind: cls
     for cls in (
@@ -533,6 +669,7 @@ INJECTION_TYPES: Mapping[str, type[Injection]] = {
         InstructionInjection,
         DiskInjection,
         ControlInjection,
+        NetworkInjection,
     )
 }
 """Injection classes by `kind`, for readers that rebuild records."""
@@ -542,6 +679,8 @@ def injection_from_fields(kind: str, values: Mapping[str, Any]) -> Injection:
     """Rebuild an injection of `kind` from `fields()`-shaped values (extra keys ignored;
     an unknown kind gives a plain `Injection`)."""
     cls = INJECTION_TYPES.get(kind, Injection)
+    if cls is NetworkInjection:
+        values = NetworkInjection.from_fields(values)
     names = {f.name for f in dataclasses.fields(cls)}
     point = TriggerPoint(
         spec=str(values.get("trigger") or ""),
@@ -635,6 +774,8 @@ class ExperimentRecord:
     phases_s: Mapping[str, float] = field(default_factory=dict)
     storm: StormSummary | None = None
     """Storm experiments: the schedule and its timing."""
+    traffic: Traffic | None = None
+    """Experiments on a testbed with a network: the frames on each link direction."""
 
     def __post_init__(self) -> None:
         if not self.injections:
@@ -742,6 +883,15 @@ class ExperimentRecord:
             data["disk"] = first.disk_json()
         if self.storm is not None:
             data["storm"] = self.storm.to_json()
+        if isinstance(first, NetworkInjection):
+            data["network"] = {
+                "kind": first.mode, "where": first.location, "link": first.link,
+                "direction": first.direction, "period_s": first.period_s, **first.totals,
+                "links": [link.to_json() for link in first.links],
+                "corruptions": [dataclasses.asdict(bit) for bit in first.corruptions],
+            }  # fmt: skip
+        if self.traffic is not None:
+            data["traffic"] = self.traffic.to_json()
         return data
 
     def storm_json(self) -> dict[str, Any]:

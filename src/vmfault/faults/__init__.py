@@ -22,7 +22,7 @@ from vmfault.faults.model import (
     canonical_op,
 )
 from vmfault.faults.select import BitChoice, Plan, choose_bits, choose_in_ranges, plan, rng_for
-from vmfault.faults.units import parse_duration_s, parse_ranges
+from vmfault.faults.units import Budget, parse_duration_s, parse_ranges
 
 __all__ = [
     "DISK_FAULTS",
@@ -33,6 +33,7 @@ __all__ = [
     "BitChoice",
     "BitMode",
     "BitModel",
+    "Budget",
     "Context",
     "DiskFault",
     "FaultSpec",

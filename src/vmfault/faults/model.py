@@ -24,6 +24,9 @@ Users write faults as short strings, the same on the command line and in campaig
   (`disk:corrupt@data`; default: the machine's only disk), with their options in a
   `DiskFault` (sectors, errno, delay, jitter, probability, once); their trigger may also
   be `request` / `request:N` (from the Nth request to the disk on).
+- network faults: `network:loss|corrupt|delay|duplicate|reorder|rate|partition` act on
+  frames between the machines of a testbed (`vmfault.faults.network`), on a `link`, a
+  `machine`'s card or every link, from a trigger for a `period`.
 
 Parsing raises UsageError naming the bad text and what is allowed. `FaultSpec.from_options`
 builds a spec from the raw options of a campaign `[[faults]]` table or the command line and
@@ -38,11 +41,19 @@ import difflib
 import enum
 import errno as errno_module
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vmfault.errors import UsageError
+from vmfault.faults.network import (
+    Direction,
+    NetworkFault,
+    NetworkKind,
+    Where,
+    parse_bandwidth,
+    parse_link,
+)
 from vmfault.faults.schedule import RateUnit, Schedule, Storm
 from vmfault.faults.units import parse_duration_s, parse_ranges
 
@@ -129,6 +140,8 @@ class TargetKind(enum.StrEnum):
     INSTRUCTION = "instruction"
     DISK = "disk"
     """A guest disk's requests or stored data, through QEMU's block layer."""
+    NETWORK = "network"
+    """Frames between the machines of a testbed (`network:KIND`)."""
     NONE = "none"
     """A control run: nothing is corrupted (spelled `none`, without a name)."""
 
@@ -203,7 +216,7 @@ class Target:
         "register:NAME|gpr|pointer|flags|sse|x87|all, memory:ram|kernel-text|kernel-data|"
         "process|0xADDRESS|0xSTART-0xEND[,...]|@SYMBOL[+OFFSET], kernel-code:hot|FUNCTION, "
         "instruction:OP[@FUNCTION], disk:" + "|".join(DISK_FAULTS) + "[@DISK], "
-        "none (a control run)"
+        "network:loss|corrupt|delay|duplicate|reorder|rate|partition, none (a control run)"
     )
 
     @classmethod
@@ -252,6 +265,13 @@ class Target:
         elif kind is TargetKind.DISK:
             fault, _, disk = name.partition("@")
             name = _disk_fault_name(fault) + (f"@{_disk_name(disk)}" if disk.strip() else "")
+        elif kind is TargetKind.NETWORK:
+            name = name.lower()
+            if name not in NetworkKind.__members__.values():
+                raise UsageError(
+                    f"unknown network fault {name!r}",
+                    hint="allowed: " + ", ".join(f"network:{k.value}" for k in NetworkKind),
+                )
         return cls(kind, name)
 
     @property
@@ -740,10 +760,33 @@ class FaultSpec:
     """The machine of the experiment's testbed the fault goes to; None: its default machine."""
     disk: DiskFault | None = None
     """What a disk fault (`disk:` target) does; set from the target when left out."""
+    """The machine of the experiment's testbed the fault goes to; None: its default machine.
+    A network fault with a machine acts on that machine's card."""
+    network: NetworkFault | None = None
+    """What a network fault does to frames, on which links, for how long (its period is
+    `network.duration_s`; `period_s` stays None)."""
 
     def __post_init__(self) -> None:
         if self.period_s is not None and self.period_s <= 0:
             raise UsageError(f"period {self.period_s} s is not positive", hint="e.g. period 1s")
+        if (self.target.kind is TargetKind.NETWORK) != (self.network is not None):
+            raise UsageError(
+                "a network fault needs a network target, and a network target its fault",
+                hint="build the spec with FaultSpec.from_options",
+            )
+        if self.network is not None:
+            if self.network.kind.value != self.target.name:
+                raise UsageError(
+                    f"target {self.target.spelling} is not network:{self.network.kind}"
+                )
+            if self.network.nic != self.machine:
+                raise UsageError("a network fault on a card names the card's machine as machine")
+            if self.bits != BitModel() or self.context is not Context.ANY or self.period_s:
+                raise UsageError(
+                    "a network fault takes no bit model, context or observation period",
+                    hint="its period is how long it acts",
+                )
+            return
         if self.target.kind is TargetKind.NONE:
             self._check_control()
             return
@@ -894,6 +937,12 @@ class FaultSpec:
         delay: str | None = None,
         jitter: str | None = None,
         once: bool | None = None,
+        link: str | None = None,
+        direction: str | None = None,
+        burst: float | None = None,
+        where: str | None = None,
+        bandwidth: str | None = None,
+        groups: Sequence[Sequence[str]] | None = None,
         spell: Callable[[str], str] = _same,
     ) -> FaultSpec:
         """The spec that a campaign `[[faults]]` table or the command line describes.
@@ -904,8 +953,11 @@ class FaultSpec:
         `target` is None or `"instruction"`. `flips` with `interval` or `rate` (and
         `compression`) makes a storm on a memory region. A `disk:KIND` target takes `disk`,
         `sectors`, `errno`, `delay`, `jitter`, `probability`, `once`, `bits` (corrupt) and
-        `trigger` (also `request:N`), `period` and `machine`. OptionError names the first
-        option that is invalid or does not combine; messages spell option names with `spell`.
+        `trigger` (also `request:N`), `period` and `machine`. A `network:KIND` target takes
+        the network options (`link`, `machine`, `direction`, `probability`, `burst`, `bits`
+        as a number, `where`, `delay`, `jitter`, `bandwidth`, `groups`, `trigger`,
+        `period`; see `vmfault.faults.network`). OptionError names the first option that is
+        invalid or does not combine; messages spell option names with `spell`.
         """
         named = None
         stormy = flips is not None or interval is not None or rate is not None
@@ -916,7 +968,18 @@ class FaultSpec:
             "disk": disk, "sectors": sectors, "errno": errno, "delay": delay, "jitter": jitter,
             "once": once,
         }  # fmt: skip
+        network_only = {
+            "link": link, "direction": direction, "burst": burst, "where": where,
+            "bandwidth": bandwidth, "groups": groups,
+        }  # fmt: skip
         if named is not None and named.kind is TargetKind.DISK:
+            for key, option in network_only.items():
+                if option is not None:
+                    raise OptionError(
+                        f"{spell(key)} applies only to network faults",
+                        key=key,
+                        hint=f'remove {spell(key)}, or set {spell("target")} = "network:KIND"',
+                    )
             others = {
                 "op": op, "function": function, "instance": instance,
                 "start_index": start_index, "max_dic": max_dic, "faults_per_run": faults_per_run,
@@ -935,13 +998,23 @@ class FaultSpec:
             with _option(key):
                 return cls(disk_fault.target, model, when, period_s=period_s, machine=machine,
                            disk=disk_fault)  # fmt: skip
+        networked_target = named is not None and named.kind is TargetKind.NETWORK
         for key, value in disk_options.items():
-            if value is not None:
+            if value is None:
+                continue
+            if key in ("delay", "jitter"):
+                if networked_target:
+                    continue  # network:delay takes them too
                 raise OptionError(
-                    f"{spell(key)} applies only to disk faults",
+                    f"{spell(key)} applies only to disk and network faults",
                     key=key,
-                    hint=f"remove {spell(key)}, or give a disk:KIND target",
+                    hint=f"remove {spell(key)}, or give a disk:latency or network:delay target",
                 )
+            raise OptionError(
+                f"{spell(key)} applies only to disk faults",
+                key=key,
+                hint=f"remove {spell(key)}, or give a disk:KIND target",
+            )
         if target is None and op is None:
             raise OptionError(
                 f"give exactly one of {spell('target')} and {spell('op')}",
@@ -949,12 +1022,39 @@ class FaultSpec:
                 hint=f"{spell('target')} register:rip for a register, {spell('op')} fadd for an "
                 "instruction result",
             )
-        where = Context.ANY if context is None else _context(context, spell)
+        networked = {
+            "link": link, "direction": direction, "burst": burst, "where": where,
+            "delay": delay, "jitter": jitter, "bandwidth": bandwidth, "groups": groups,
+        }  # fmt: skip
+        if named is not None and named.kind is TargetKind.NETWORK:
+            _check_network_options(
+                {
+                    "context": None if context in (None, Context.ANY, "any") else context,
+                    "flips": flips, "interval": interval, "rate": rate,
+                    "rate_unit": rate_unit, "compression": compression, "op": op,
+                    "function": function, "instance": instance, "start_index": start_index,
+                    "max_dic": max_dic, "faults_per_run": faults_per_run,
+                    "bit_range": bit_range,
+                },
+                spell,
+            )  # fmt: skip
+            network = _network_fault(named, machine, bits, probability, period, networked, spell)
+            with _option("trigger"):
+                when = Trigger.parse(trigger)
+            return cls(named, trigger=when, machine=machine, network=network)
+        for key, value in networked.items():
+            if value is not None:
+                raise OptionError(
+                    f"{spell(key)} applies only to network faults",
+                    key=key,
+                    hint=f'remove {spell(key)}, or set {spell("target")} = "network:KIND"',
+                )
+        in_context = Context.ANY if context is None else _context(context, spell)
         if named is not None and named.kind is TargetKind.NONE:
             _check_control_options(
                 {
                     "bits": bits, "trigger": trigger,
-                    "context": None if where is Context.ANY else where,
+                    "context": None if in_context is Context.ANY else in_context,
                     "flips": flips, "interval": interval, "rate": rate, "rate_unit": rate_unit,
                     "compression": compression, "op": op, "function": function,
                     "instance": instance, "start_index": start_index, "max_dic": max_dic,
@@ -968,7 +1068,7 @@ class FaultSpec:
         if named is None or named.kind is TargetKind.INSTRUCTION:
             fault = _instruction_fault(
                 named, op, function, instance, start_index, max_dic, faults_per_run,
-                probability, trigger, where, spell,
+                probability, trigger, in_context, spell,
             )  # fmt: skip
         else:
             given = {
@@ -984,7 +1084,9 @@ class FaultSpec:
                         key=key,
                         hint=f"remove {spell(key)}, or set {instruction_target}",
                     )
-        storm = _storm(flips, interval, rate, rate_unit, compression, bits, trigger, where, spell)
+        storm = _storm(
+            flips, interval, rate, rate_unit, compression, bits, trigger, in_context, spell
+        )
         period_s = _period_s(period, spell)
         if fault is not None:
             if storm is not None or period_s is not None:
@@ -1010,7 +1112,9 @@ class FaultSpec:
                 hint=f"use {spell('trigger')} time or exec:SYMBOL",
             )
         with _option("bits" if storm is None else "target"):
-            return cls(named, model, when, where, storm=storm, period_s=period_s, machine=machine)
+            return cls(
+                named, model, when, in_context, storm=storm, period_s=period_s, machine=machine
+            )
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for records and JSON output."""
@@ -1030,6 +1134,8 @@ class FaultSpec:
             data["machine"] = self.machine
         if self.disk is not None:
             data["disk"] = self.disk.to_json()
+        if self.network is not None:
+            data["network"] = self.network.to_json()
         return data
 
 
@@ -1350,3 +1456,157 @@ def _period_s(period: str | None, spell: Callable[[str], str]) -> float | None:
             hint=f"e.g. {spell('period')} 1s",
         )
     return seconds
+
+
+def _check_network_options(given: Mapping[str, object], spell: Callable[[str], str]) -> None:
+    """OptionError naming the first of `given` that is set: options a network fault does
+    not take."""
+    for key, value in given.items():
+        if value is not None:
+            raise OptionError(
+                f"{spell(key)} does not apply to a network fault",
+                key=key,
+                hint=f"remove {spell(key)}",
+            )
+
+
+_NETWORK_OPTIONS: Mapping[NetworkKind, frozenset[str]] = {
+    NetworkKind.LOSS: frozenset({"probability", "burst"}),
+    NetworkKind.CORRUPT: frozenset({"probability", "bits", "where"}),
+    NetworkKind.DELAY: frozenset({"delay", "jitter"}),
+    NetworkKind.DUPLICATE: frozenset({"probability"}),
+    NetworkKind.REORDER: frozenset({"probability", "delay"}),
+    NetworkKind.RATE: frozenset({"bandwidth"}),
+    NetworkKind.PARTITION: frozenset({"groups"}),
+}
+"""The options of each network fault kind beyond where it acts (`link`, `machine`,
+`direction`) and when (`trigger`, `period`)."""
+
+
+def _network_fault(
+    target: Target,
+    machine: str | None,
+    bits: int | str | None,
+    probability: float | None,
+    period: str | None,
+    options: Mapping[str, Any],
+    spell: Callable[[str], str],
+) -> NetworkFault:
+    """The network fault the options describe; OptionError naming the option at fault."""
+    kind = NetworkKind(target.name)
+    if isinstance(bits, str) and bits.strip().isdigit():
+        bits = int(bits)  # the command line gives every option as text
+    given = {**options, "bits": bits, "probability": probability}
+    if kind is NetworkKind.PARTITION:
+        given["machine"] = machine
+    for key, value in given.items():
+        if value is None or key in _NETWORK_OPTIONS[kind]:
+            continue
+        if key in ("link", "machine", "direction") and kind is not NetworkKind.PARTITION:
+            continue
+        allowed = ", ".join(spell(k) for k in sorted(_NETWORK_OPTIONS[kind]))
+        raise OptionError(
+            f"{spell(key)} does not apply to network:{kind.value}",
+            key=key,
+            hint=f"network:{kind.value} takes {allowed}"
+            + ("" if kind is NetworkKind.PARTITION else f", {spell('link')} or "
+               f"{spell('machine')}, {spell('direction')}"),
+        )  # fmt: skip
+    values: dict[str, Any] = {"kind": kind, "nic": machine}
+    if kind is NetworkKind.LOSS and probability is None:
+        raise OptionError(
+            f"network:loss needs {spell('probability')}",
+            key="probability",
+            hint=f"e.g. {spell('probability')} 0.1; add {spell('burst')} for bursts",
+        )
+    if kind is NetworkKind.DELAY and options["delay"] is None:
+        raise OptionError(f"network:delay needs {spell('delay')}", key="delay", hint="e.g. 50ms")
+    if kind is NetworkKind.RATE and options["bandwidth"] is None:
+        raise OptionError(
+            f"network:rate needs {spell('bandwidth')}", key="bandwidth", hint="e.g. 1mbit"
+        )
+    if kind is NetworkKind.PARTITION and not options["groups"]:
+        raise OptionError(
+            f"network:partition needs {spell('groups')}",
+            key="groups",
+            hint='e.g. groups = [["client"], ["server"]]',
+        )
+    if probability is not None:
+        if isinstance(probability, bool) or not 0.0 <= probability <= 1.0:
+            raise OptionError(
+                f"probability {probability} is outside [0, 1]",
+                key="probability",
+                hint="the share of frames, e.g. 0.1 for 10%",
+            )
+        values["probability"] = float(probability)
+    if options["link"] is not None:
+        with _option("link"):
+            values["link"] = parse_link(options["link"])
+    if options["direction"] is not None:
+        try:
+            values["direction"] = Direction(str(options["direction"]).strip().lower())
+        except ValueError:
+            raise OptionError(
+                f"invalid {spell('direction')} {options['direction']!r}",
+                key="direction",
+                hint="allowed: " + ", ".join(Direction),
+            ) from None
+        if values["direction"] is not Direction.BOTH and options["link"] is None and (
+            machine is None
+        ):  # fmt: skip
+            raise OptionError(
+                f"{spell('direction')} needs a {spell('link')} or a {spell('machine')}",
+                key="direction",
+                hint="in and out are seen from the (first) machine named",
+            )
+    if options["burst"] is not None:
+        values["burst"] = float(options["burst"])
+    if bits is not None:
+        if isinstance(bits, bool) or not isinstance(bits, int):
+            raise OptionError(
+                f"{spell('bits')} of network:corrupt is a number of bits, not {bits!r}",
+                key="bits",
+                hint=f"e.g. {spell('bits')} 1",
+            )
+        values["bits"] = bits
+    if options["where"] is not None:
+        try:
+            values["where"] = Where(str(options["where"]).strip().lower())
+        except ValueError:
+            raise OptionError(
+                f"invalid {spell('where')} {options['where']!r}",
+                key="where",
+                hint="allowed: " + ", ".join(Where),
+            ) from None
+    for key in ("delay", "jitter"):
+        if options[key] is not None:
+            with _option(key):
+                values[f"{key}_s"] = parse_duration_s(options[key])
+    if options["bandwidth"] is not None:
+        with _option("bandwidth"):
+            values["bandwidth_bps"] = parse_bandwidth(options["bandwidth"])
+    if options["groups"] is not None:
+        groups = options["groups"]
+        if isinstance(groups, str) or not all(
+            not isinstance(group, str) and all(isinstance(name, str) for name in group)
+            for group in groups
+        ):
+            raise OptionError(
+                f"{spell('groups')} must be lists of machine names",
+                key="groups",
+                hint='e.g. groups = [["client"], ["server"]]',
+            )
+        values["groups"] = tuple(tuple(group) for group in groups)
+    values["duration_s"] = _period_s(period, spell)
+    try:
+        return NetworkFault(**values)
+    except UsageError as error:
+        found = (k for word, k in _NETWORK_ERROR_KEYS if word in error.message)
+        raise OptionError(error.message, key=next(found, "target"), hint=error.hint) from None
+
+
+_NETWORK_ERROR_KEYS = (
+    ("partition", "groups"), ("burst", "burst"), ("bits", "bits"), ("link", "link"),
+    ("delay", "delay"), ("jitter", "jitter"), ("period", "period"),
+)  # fmt: skip
+"""Which option a `NetworkFault` error is about, by a word of its message."""

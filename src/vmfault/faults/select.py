@@ -132,6 +132,8 @@ def plan(
     if spec.target.kind is TargetKind.NONE:
         # A control run chooses nothing: no location, no bits, no trigger time.
         return Plan(spec, seed, index, None, 0, BitChoice(0, spec.bits.mode, 0), None, None)
+    if spec.target.kind is TargetKind.NETWORK:
+        width = 0  # frames: what a network fault does is decided frame by frame
     if spec.target.kind is TargetKind.INSTRUCTION:
         # The result's width is known only once the faulted instruction is: its bits are
         # drawn then (`vmfault.faults.instructions.choose_result_bits`).

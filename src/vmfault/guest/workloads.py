@@ -179,6 +179,14 @@ BUILTIN_WORKLOADS: Mapping[str, BuiltinWorkload] = MappingProxyType(
                 "double-precision N x N matrix multiply on deterministic inputs (--size N)",
             ),
             BuiltinWorkload(
+                "netecho",
+                "netecho.c",
+                DEFAULT_OPTIMISATION,
+                (),
+                "checksummed request/response over the network: --serve (a daemon) or "
+                "--connect HOST --count N [--udp]; a mismatch or a timeout exits non-zero",
+            ),
+            BuiltinWorkload(
                 "crc32",
                 "crc32.c",
                 DEFAULT_OPTIMISATION,

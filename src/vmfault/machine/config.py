@@ -16,6 +16,7 @@ __all__ = [
     "SCRATCH_NODE",
     "Accel",
     "MachineConfig",
+    "Nic",
     "RamFile",
     "SocketPaths",
     "guest_tsc_khz",
@@ -74,6 +75,21 @@ class RamFile:
 
 
 @dataclass(frozen=True)
+class Nic:
+    """A virtio network card whose frames go to a datagram socket the caller owns.
+
+    `fd` is one end of a Unix datagram socket pair (or a connected datagram socket),
+    inherited by QEMU under the same number (`-netdev dgram,local.type=fd`): each Ethernet
+    frame the guest sends is one datagram on it, and each datagram written to its peer is
+    one frame the guest receives. Nothing reaches the host's network. `mac` is the card's
+    address (`52:54:00:...`).
+    """
+
+    mac: str
+    fd: int
+
+
+@dataclass(frozen=True)
 class MachineConfig:
     """Everything needed to start one guest. Plain data: hashable, comparable, reusable.
 
@@ -114,6 +130,8 @@ class MachineConfig:
     """Where the whole serial console transcript goes; None keeps it in the run directory
     (or in `$VMFAULT_LOG_DIR`, which gets a copy in any case)."""
     qemu_binary: str = "qemu-system-x86_64"
+    nic: Nic | None = None
+    """A network card joined to a socket of the caller's (None: no network card)."""
     extra_args: tuple[str, ...] = field(default=())
 
     def kernel_cmdline(self) -> str:
@@ -253,6 +271,14 @@ def qemu_argv(
             f"if=none,id=vmf-disk,format=raw,file={config.disk}",
             "-device",
             f"{bus_device},drive=vmf-disk",
+        ]
+    if config.nic is not None:
+        nic_device = "virtio-net-device" if config.machine_type == "microvm" else "virtio-net-pci"
+        argv += [
+            "-netdev",
+            f"dgram,id=vmf-net,local.type=fd,local.str={config.nic.fd}",
+            "-device",
+            f"{nic_device},netdev=vmf-net,mac={config.nic.mac}",
         ]
     argv += disk_argv(config.disks, scratch.parent, config.machine_type, tapped=config.tap_disks)
     if config.incoming is not None:

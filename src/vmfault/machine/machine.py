@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import fcntl
 import functools
 import hashlib
 import itertools
@@ -29,8 +30,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+import termios
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -329,7 +331,8 @@ class Machine:
         self.argv = qemu_argv(self.config, self.accel, paths, scratch, tsc_khz=tsc_khz)
         qemu_log = self.qemu_log = (run_dir / "qemu.log") if kept is None else kept.qemu
         try:
-            self._process = spawn_tied(self.argv, output=qemu_log)
+            fds = () if self.config.nic is None else (self.config.nic.fd,)
+            self._process = spawn_tied(self.argv, output=qemu_log, pass_fds=fds)
         except OSError as exc:
             raise LaunchError(
                 f"cannot run {self.argv[0]}: {exc.strerror}",
@@ -712,6 +715,79 @@ class Machine:
         """Single-step until `condition()` holds, at most `steps` (`run.step_until`)."""
         self._require(Runstate.RUNNING)
         return run.step_until(self, condition, steps=steps)
+
+    def send_console(self, data: bytes, *, timeout_s: float = 5.0) -> None:
+        """Type `data` on the serial console: the guest reads it as input. Bytes the guest
+        has not read yet wait in the console's socket (see `unread_console_input`).
+        MachineTimeoutError if QEMU takes none of it for `timeout_s`."""
+        self._require(Runstate.RUNNING)
+        sock = self._sockets["console"]
+        view = memoryview(data)
+        deadline = time.monotonic() + timeout_s
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_WRITE)
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not selector.select(left):
+                        raise MachineTimeoutError(
+                            f"the console of {self.name} took no input for {timeout_s:g} s",
+                            timeout_s=timeout_s,
+                        ) from None
+
+    def drop_console_input(self, *, timeout_s: float = 5.0) -> None:
+        """Drop console input QEMU has not read yet: its console is given a fresh socket
+        (QMP `chardev-change`). With the guest halted and then restored, no byte typed
+        before the restore reaches the restored guest (bytes QEMU already read are in the
+        device's state, which the restore replaces). Console output is kept."""
+        self._require(Runstate.RUNNING)
+        if self.unread_console_input() <= 0:
+            return
+        self.halt()
+        self._flush_io()
+        path = self.run_dir / f"console-{next(_log_numbers)}.sock"
+        listener = _listen(path)
+        try:
+            address = {"type": "unix", "data": {"path": str(path)}}
+            backend = {"type": "socket", "data": {"addr": address, "server": False}}
+            self.qmp("chardev-change", {"id": "vmf-con", "backend": backend})
+            with selectors.DefaultSelector() as selector:
+                selector.register(listener, selectors.EVENT_READ)
+                if not selector.select(timeout_s):
+                    raise MachineTimeoutError(
+                        f"QEMU did not connect the new console of {self.name}",
+                        timeout_s=timeout_s,
+                    )
+            conn, _ = listener.accept()
+        finally:
+            listener.close()
+            path.unlink(missing_ok=True)
+        conn.setblocking(False)
+        old = self._sockets["console"]
+        if self._loop is not None:
+            with contextlib.suppress(ValueError, KeyError):
+                self._loop.remove_reader(old.fileno())
+            self._loop.add_reader(conn.fileno(), self._on_console)
+        old.close()
+        self._sockets["console"] = conn
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Schedule `coroutine` on the machine's event loop. It runs whenever the machine's
+        I/O is pumped (any wait on it, from whichever thread waits) and is cancelled when
+        the machine closes. Call it while no other thread pumps the machine."""
+        if self._loop is None:
+            raise StateError("machine not launched", state=self.runstate.value, required="running")
+        return self._loop.create_task(coroutine)
+
+    def unread_console_input(self) -> int:
+        """Bytes typed on the console (`send_console`) that QEMU has not read yet."""
+        sock = self._sockets.get("console")
+        if sock is None:
+            return 0
+        buffer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        return int.from_bytes(buffer, "little", signed=True)
 
     def qmp(
         self,

@@ -37,7 +37,14 @@ from vmfault.experiment.records import GoldenRun
 from vmfault.faults import DISK_FAULTS, REGISTER_GROUPS
 from vmfault.faults.units import parse_duration_s
 from vmfault.guest.workloads import BUILTIN_WORKLOADS, idle_argv
-from vmfault.report.summary import CONTROL_TARGET, FalsePositive, Summary, control_strata, summarize
+from vmfault.report.summary import (
+    CONTROL_TARGET,
+    FalsePositive,
+    Summary,
+    control_strata,
+    summarize,
+    with_testbed,
+)
 from vmfault.stats import IntervalMethod, Rate, rate
 from vmfault.store import CampaignInfo
 
@@ -467,6 +474,7 @@ def build_report(
         method=method,
         controls=control_strata(_spec(info)),
     )
+    summary = with_testbed(summary, store.rows(), confidence=confidence, method=method)
     label = db if db is not None else str(getattr(store, "path", "campaign.db"))
     rows = ReportRows(label, confidence=confidence, method=method)
     for row in store.rows():

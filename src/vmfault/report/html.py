@@ -47,6 +47,7 @@ from vmfault.report.svg import (
     rate_bars,
     stacked_rows,
 )
+from vmfault.report.testbed import LINK_COUNTS
 from vmfault.stats import IntervalMethod, Rate, wilson
 
 __all__ = [
@@ -1012,6 +1013,55 @@ def _disks(report: CampaignReport, layout: Layout = _FULL) -> str:
     return out
 
 
+def _testbed(report: CampaignReport, layout: Layout = _FULL) -> str:
+    """Each machine's outcomes (a testbed of several machines) and the network's frames."""
+    summary = report.summary
+    out = ""
+    if summary.machines:
+        out += _table(
+            "Outcomes per machine (each classified against its own golden run); judged: the "
+            f"experiments that took its outcome; not benign with {_method(report)}",
+            ["machine", "judged", *COUNTED_OUTCOMES, "not benign", "interval"],
+            [
+                [
+                    esc(item.machine), str(item.judged),
+                    *(str(item.counts.get(name, 0)) for name in COUNTED_OUTCOMES),
+                    _pct(item.failure.rate) if item.total else "-",
+                    _interval(item.failure) if item.total else "-",
+                ]
+                for item in summary.machines
+            ],
+        )  # fmt: skip
+    network = summary.network
+    if network is not None:
+        out += _table(
+            f"Frames per link direction over {network.experiments} experiments "
+            f"({network.frames} frames); dropped to reordered: what network faults did; "
+            "overflow: lost at a card its guest did not read",
+            ["link", *LINK_COUNTS],
+            [
+                [esc(f"{link.source} \u2192 {link.destination}"),
+                 *(str(link.counts[name]) for name in LINK_COUNTS)]
+                for link in network.links
+            ],
+        )  # fmt: skip
+        out += _table(
+            "Frames per experiment, per stratum, and what network faults did to them",
+            ["stratum", "experiments", "mean", "least", "most", *_FAULT_COUNTS],
+            [
+                [esc(item.stratum), str(item.experiments), f"{item.frames_mean:.0f}",
+                 str(item.frames_min), str(item.frames_max),
+                 *(str(item.fault[name]) for name in _FAULT_COUNTS)]
+                for item in network.strata
+            ],
+        )  # fmt: skip
+    del layout  # tables only: no figure to size
+    return out
+
+
+_FAULT_COUNTS = ("dropped", "corrupted", "delayed", "duplicated", "reordered")
+
+
 def _example(example: Example, layout: Layout) -> str:
     prefix = layout.prefix
     title = example.outcome + (f" · {example.cause}" if example.cause else "")
@@ -1232,6 +1282,7 @@ REPORT_SECTIONS: tuple[Section, ...] = (
     Section("instructions", "Instruction faults", _instructions),
     Section("storms", "Fault storms", _storms),
     Section("disks", "Disk faults", _disks),
+    Section("testbed", "Machines and network", _testbed),
     Section("examples", "Examples", _examples),
 )
 """The sections of a campaign's report, in the report's order."""
@@ -1247,6 +1298,7 @@ COMPARISON_SECTIONS: tuple[ComparisonSection, ...] = (
     ComparisonSection("instructions", "Instruction faults", _paired(_instructions)),
     ComparisonSection("storms", "Fault storms", _paired(_storms)),
     ComparisonSection("disks", "Disk faults", _paired(_disks)),
+    ComparisonSection("testbed", "Machines and network", _paired(_testbed)),
     ComparisonSection("examples", "Examples", _paired(_examples)),
 )
 """The sections of the comparison of two campaigns, in the page's order."""

@@ -10,7 +10,8 @@ positive of the classification or of the testbed.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import dataclasses
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vmfault.classify import Outcome
+from vmfault.report.testbed import LINK_COUNTS, MachineOutcomes, NetworkTotals, testbed_totals
 from vmfault.stats import IntervalMethod, Rate, outcome_rates
 from vmfault.stats import rate as rate_of
 from vmfault.store.base import CampaignInfo
@@ -31,6 +33,7 @@ __all__ = [
     "store_summary",
     "summarize",
     "summary_tables",
+    "with_testbed",
 ]
 
 _ORDER = [o.value for o in Outcome]
@@ -126,10 +129,15 @@ class Summary:
     method: IntervalMethod
     confidence: float
     false_positive: FalsePositive | None = None
+    machines: tuple[MachineOutcomes, ...] = ()
+    """Every machine's outcomes, when the testbed has several machines."""
+    network: NetworkTotals | None = None
+    """The frames on the testbed's network (None without one)."""
 
     def to_json(self) -> dict[str, Any]:
         """`vmfault campaign status --json`: total, done, the false-positive rate (null
-        without a control family), outcomes, intervals, strata."""
+        without a control family), outcomes, intervals, strata; with several machines
+        `machines` (each one's outcomes and failure rate), with a network `network`."""
 
         def intervals(rates: Mapping[str, Rate]) -> dict[str, list[float]]:
             return {name: [r.low, r.high] for name, r in rates.items()}
@@ -155,7 +163,10 @@ class Summary:
                 }
                 for name, (done, counts, rates) in self.strata.items()
             },
-        }
+            **({"machines": {m.machine: m.to_json() for m in self.machines}}
+               if self.machines else {}),
+            **({"network": self.network.to_json()} if self.network is not None else {}),
+        }  # fmt: skip
 
 
 def _sorted(counts: Mapping[str, int]) -> dict[str, int]:
@@ -213,9 +224,10 @@ class CountSource(Protocol):
 
 
 def store_summary(store: CountSource, *, confidence: float, method: IntervalMethod) -> Summary:
-    """The summary of everything `store` holds so far."""
+    """The summary of everything `store` holds so far (with the machines' outcomes and the
+    network's frames when the store yields analysis rows)."""
     info = store.campaign_info()
-    return summarize(
+    summary = summarize(
         info.name,
         info.total_planned,
         store.outcome_counts(),
@@ -223,6 +235,25 @@ def store_summary(store: CountSource, *, confidence: float, method: IntervalMeth
         confidence=confidence,
         method=method,
         controls=control_strata(_spec(info)),
+    )
+    rows = getattr(store, "rows", None)
+    if rows is None:
+        return summary
+    return with_testbed(summary, rows(), confidence=confidence, method=method)
+
+
+def with_testbed(
+    summary: Summary,
+    rows: Iterable[Mapping[str, object]],
+    *,
+    confidence: float,
+    method: IntervalMethod,
+) -> Summary:
+    """`summary` with the machines' outcomes (kept when there are several) and the
+    network's totals, from analysis rows."""
+    machines, network = testbed_totals(rows, confidence=confidence, method=method)
+    return dataclasses.replace(
+        summary, machines=machines if len(machines) > 1 else (), network=network
     )
 
 
@@ -263,7 +294,48 @@ def summary_tables(summary: Summary) -> list[Table]:
             interval = "" if rate is None else f" {rate.rate:.0%} [{rate.low:.0%}, {rate.high:.0%}]"
             cells.append(f"{outcome} {count}{interval}")
         strata.add_row(name, str(done), "; ".join(cells))
-    return [*tables, overall, strata]
+    return [*tables, overall, strata, *_testbed_tables(summary, method)]
+
+
+def _testbed_tables(summary: Summary, method: str) -> list[Table]:
+    """The per machine table (several machines) and the network's tables (a network)."""
+    tables = []
+    if summary.machines:
+        machines = Table(title=f"per machine ({method})")
+        for column in ("machine", "judged", *(o for o in _ORDER if o != "not-injected"),
+                       "not benign", "interval"):  # fmt: skip
+            machines.add_column(column, justify="left" if column == "machine" else "right")
+        for item in summary.machines:
+            r = item.failure
+            machines.add_row(
+                escape(item.machine), str(item.judged), *(str(n) for n in item.counts.values()),
+                f"{r.rate:.1%}" if r.trials else "-", f"[{r.low:.1%}, {r.high:.1%}]",
+            )  # fmt: skip
+        tables.append(machines)
+    network = summary.network
+    if network is not None:
+        links = Table(title=f"network: {network.frames} frames in {network.experiments} "
+                      "experiments, per link direction")  # fmt: skip
+        links.add_column("link")
+        for name in LINK_COUNTS:
+            links.add_column(name, justify="right")
+        for link in network.links:
+            links.add_row(
+                escape(f"{link.source} > {link.destination}"),
+                *(str(link.counts[name]) for name in LINK_COUNTS),
+            )
+        frames = Table(title="frames per experiment, and what network faults did")
+        for column in ("stratum", "experiments", "mean", "least", "most", "dropped",
+                       "corrupted", "delayed", "duplicated", "reordered"):  # fmt: skip
+            frames.add_column(column, justify="left" if column == "stratum" else "right")
+        for stratum in network.strata:
+            frames.add_row(
+                escape(stratum.stratum), str(stratum.experiments), f"{stratum.frames_mean:.0f}",
+                str(stratum.frames_min), str(stratum.frames_max),
+                *(str(n) for n in stratum.fault.values()),
+            )  # fmt: skip
+        tables += [links, frames]
+    return tables
 
 
 def _false_positive_table(found: FalsePositive, method: str) -> Table:

@@ -21,7 +21,7 @@ from vmfault.classify import signal_name
 from vmfault.errors import ImageError, MachineError, UsageError
 from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import HOOK_EXITED, HOOK_STARTED, AgentMode, FrameKind, agent_params
-from vmfault.machine import Accel, Frame, Machine, MachineConfig, Template
+from vmfault.machine import Accel, Frame, Machine, MachineConfig, Nic, Template
 from vmfault.machine.config import RamFile
 from vmfault.machine.disks import GuestDisk
 
@@ -84,6 +84,18 @@ class WorkloadResult:
         return 128 + (self.signal_number or 0)
 
     @classmethod
+    def running(cls, frames: Sequence[Frame], ran_s: float) -> WorkloadResult:
+        """What a workload still running (a daemon, stopped by the host after `ran_s`
+        seconds) reported so far: its output, no exit status."""
+        start = next((f for f in frames if f.kind == FrameKind.START), None)
+        return cls(
+            stdout=b"".join(f.payload for f in frames if f.kind == FrameKind.OUT),
+            stderr=b"".join(f.payload for f in frames if f.kind == FrameKind.ERR),
+            exit_code=None, signal=None, signal_number=None, guest_duration_s=ran_s,
+            pid=int(start.text) if start is not None else None,
+        )  # fmt: skip
+
+    @classmethod
     def from_frames(cls, frames: Sequence[Frame]) -> WorkloadResult | None:
         """Assemble the result from channel frames; None until an `exit` frame arrived."""
         exit_frame = next((f for f in frames if f.kind == FrameKind.EXIT), None)
@@ -127,11 +139,20 @@ def machine_config(
     disks: Sequence[GuestDisk] = (),
     tap_disks: bool = True,
     ram_file: RamFile | None = None,
+    on_console: bool = False,
+    nic: Nic | None = None,
+    address: str | None = None,
+    hosts: Sequence[tuple[str, str]] = (),
 ) -> MachineConfig:
     """The machine that boots `image` with `disks` (tapped, so they take faults, unless
     `tap_disks` is false) and has its agent run `argv` (in `mode`); with `ram_file`, its
-    RAM is that file (shared: to save a template of it)."""
-    append = " ".join(("quiet", *agent_params(mode=mode, argv=argv)))
+    RAM is that file (shared: to save a template of it).
+
+    `on_console` runs the workload on the serial console; `nic` gives the machine a
+    network card, which the agent configures at `address` with `hosts` in /etc/hosts
+    (see `vmfault.guest.protocol.agent_params`)."""
+    params = agent_params(mode=mode, argv=argv, on_console=on_console, address=address, hosts=hosts)
+    append = " ".join(("quiet", *params))
     return MachineConfig(
         kernel=image.kernel,
         initrd=image.initrd,
@@ -144,6 +165,7 @@ def machine_config(
         tap_disks=tap_disks,
         console_log=console_log,
         ram_file=ram_file,
+        nic=nic,
     )
 
 
@@ -202,6 +224,10 @@ class GuestSession:
         template: Template | None = None,
         ram_file: RamFile | None = None,
         disk_devices: Mapping[str, str] | None = None,
+        on_console: bool = False,
+        nic: Nic | None = None,
+        address: str | None = None,
+        hosts: Sequence[tuple[str, str]] = (),
     ) -> None:
         if not argv:
             raise UsageError("no workload given", hint="name a workload, e.g. `checksum`")
@@ -220,6 +246,10 @@ class GuestSession:
             disks=disks,
             tap_disks=tap_disks,
             ram_file=ram_file,
+            on_console=on_console,
+            nic=nic,
+            address=address,
+            hosts=hosts,
         )
         if template is not None:
             config = clone_config(config, template)

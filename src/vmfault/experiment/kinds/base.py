@@ -65,10 +65,11 @@ class FaultKind(Protocol):
         ...
 
     def finish(self, experiment: Experiment, injected: Injected) -> Injected:
-        """After the observation (and before a restart), with the target halted: take out
-        what the fault left in the machine (a disk's tap) and complete the injections with
-        what happened to the fault while the guest ran. A snapshot restore takes such parts
-        out too, so a failed experiment leaves nothing behind."""
+        """After the observation of every machine (and before a restart), with the
+        target halted: take out what the fault left in the machine (a disk's tap), and
+        return the injections completed with what the fault did while the guest ran (a
+        disk's requests, a network fault's frames); others change nothing. A snapshot
+        restore takes such parts out too, so a failed experiment leaves nothing behind."""
         return injected
 
 
