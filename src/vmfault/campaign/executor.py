@@ -1,8 +1,9 @@
 """Executors run experiments somewhere and hand back their records.
 
 The runner needs only the `Executor` protocol; `LocalExecutor` runs worker processes on
-this machine (one QEMU each). A distributed executor plugs in by implementing the same
-three members.
+this machine (one QEMU each), `vmfault.campaign.cluster.DaskExecutor` Dask workers on
+any number of hosts. Both yield each experiment once: one lost to the infrastructure
+runs again (`Attempts`) and is never recorded as an outcome of its fault.
 """
 
 from __future__ import annotations
@@ -13,25 +14,29 @@ import selectors
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from vmfault.campaign.worker import Goldens, WorkerSetup, read_message, write_message
+from vmfault.classify import signal_name
 from vmfault.errors import MachineError, UsageError
-from vmfault.experiment.pipeline import vmm_error_record
+from vmfault.experiment.pipeline import infra_failure_record, vmm_error_record
 from vmfault.experiment.records import ExperimentRecord
 from vmfault.faults import FaultSpec
 from vmfault.machine.spawn import spawn_tied
 
-__all__ = ["Completed", "Executor", "Job", "LocalExecutor"]
+__all__ = ["MAX_ATTEMPTS", "Attempts", "Completed", "Executor", "Job", "LocalExecutor"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 BOOT_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 10.0
+MAX_ATTEMPTS = 3
+"""Runs of one experiment before it is given up as lost to the infrastructure."""
 
 
 @dataclass(frozen=True)
@@ -105,12 +110,56 @@ class _Process:
                 stream.close()
 
 
+class Attempts:
+    """How often each experiment was lost to the infrastructure, and when to give it up.
+
+    An experiment lost (its worker killed by a signal or the OOM killer, its node gone,
+    its QEMU killed from outside, its deadline passed) runs again, up to `max_attempts`
+    runs in all. Then it is given up: as `vmm-error` if every attempt overran its
+    deadline (QEMU stops answering under this fault wherever it runs: the VMM failing
+    under the guest's fault), else as `infra-failure`, which no rate counts and which
+    `campaign resume` runs again.
+    """
+
+    def __init__(self, max_attempts: int = MAX_ATTEMPTS) -> None:
+        self.max_attempts = max_attempts
+        self.losses: dict[int, list[tuple[str, bool]]] = {}
+
+    def lose(self, job: Job, reason: str, *, worker: str, deadline: bool) -> Completed | None:
+        """Note that `job` was lost for `reason` (`deadline`: it overran its deadline).
+        None: run it again; else the record that gives it up."""
+        losses = self.losses.setdefault(job.experiment_id, [])
+        losses.append((reason, deadline))
+        if len(losses) < self.max_attempts:
+            logger.warning(
+                "experiment %d lost (%s): running it again (attempt %d of %d)",
+                job.experiment_id, reason, len(losses) + 1, self.max_attempts,
+            )  # fmt: skip
+            return None
+        now = time.time()
+        tried = f"on {len(losses)} attempts; the last: {reason}"
+        if all(overran for _, overran in losses):
+            record = vmm_error_record(
+                job.spec, seed=job.seed, index=job.index,
+                reason=f"QEMU gave no answer within the experiment's deadline {tried}",
+                evidence="; ".join(why for why, _ in losses),
+            )  # fmt: skip
+        else:
+            record = infra_failure_record(
+                job.spec, seed=job.seed, index=job.index,
+                reason=f"lost to the infrastructure {tried}",
+            )  # fmt: skip
+        logger.warning("experiment %d given up: %s", job.experiment_id, record.reason)
+        return Completed(job, record, worker, now, now)
+
+
 class LocalExecutor:
     """Worker processes on this machine, each with one long-lived QEMU.
 
     `start()` boots them and collects each one's golden run. A worker that dies or
-    overruns `job_timeout_s` is killed and replaced, and its experiment is recorded as
-    `vmm-error`. `close()` kills every worker (their QEMUs die with them).
+    overruns `job_timeout_s` is killed and replaced, and its experiment runs again
+    (`Attempts`); a worker whose QEMU was killed from outside answers `lost` and boots a
+    fresh testbed. `close()` kills every worker (their QEMUs die with them).
     """
 
     def __init__(self, setup: WorkerSetup, *, workers: int, log: Path,
@@ -164,26 +213,34 @@ class LocalExecutor:
         for _ in range(self.workers):
             self._spawn()
 
-    def _replace(self, proc: _Process) -> None:
+    def _replace(self, proc: _Process) -> _Process:
         self._selector.unregister(proc.stdout)
         self._procs.remove(proc)
         proc.kill()
-        self._spawn()
+        return self._spawn()
 
     def run(self, jobs: Iterable[Job]) -> Iterator[Completed]:
-        """Run `jobs`, yielding each result as soon as it is available."""
+        """Run `jobs`, yielding each result as soon as it is available; an experiment lost
+        to the infrastructure runs again (see `Attempts`)."""
         pending = iter(jobs)
+        again: deque[Job] = deque()
+        attempts = Attempts()
         exhausted = False
 
         def feed(proc: _Process) -> None:
             nonlocal exhausted
-            if exhausted:
-                return
-            job = next(pending, None)
-            if job is None:
-                exhausted = True
-                return
-            proc.send(job, self.job_timeout_s)
+            job = again.popleft() if again else None
+            if job is None and not exhausted:
+                job = next(pending, None)
+                exhausted = job is None
+            if job is not None:
+                proc.send(job, self.job_timeout_s)
+
+        def lost(job: Job, proc: _Process, reason: str, *, deadline: bool) -> Completed | None:
+            given_up = attempts.lose(job, reason, worker=proc.name, deadline=deadline)
+            if given_up is None:
+                again.append(job)
+            return given_up
 
         for proc in list(self._procs):
             feed(proc)
@@ -198,7 +255,7 @@ class LocalExecutor:
                 try:
                     message = proc.receive()
                 except EOFError:
-                    message = ("died", job.experiment_id, f"{proc.name} exited")
+                    message = ("exited", job.experiment_id, self._exit_reason(proc))
                 kind = message[0]
                 if kind == "usage-error":
                     raise UsageError(message[2])
@@ -206,25 +263,37 @@ class LocalExecutor:
                 if kind == "done":
                     _, _, record, started, finished = message
                     yield Completed(job, record, proc.name, started, finished)
-                    feed(proc)
-                    continue
-                yield self._failed(job, proc, message[2])
-                self._replace(proc)
-                feed(self._procs[-1])
+                elif kind == "lost":  # the worker lives on, with a fresh testbed
+                    given_up = lost(job, proc, message[2], deadline=False)
+                    if given_up is not None:
+                        yield given_up
+                else:
+                    given_up = lost(job, proc, message[2], deadline=False)
+                    if given_up is not None:
+                        yield given_up
+                    proc = self._replace(proc)
+                feed(proc)
             for proc in [p for p in self._procs if p.job is not None]:
                 if time.monotonic() > proc.deadline:
                     job = proc.job
                     assert job is not None
                     proc.job = None
                     reason = f"{proc.name} gave no answer within {self.job_timeout_s:g} s"
-                    yield self._failed(job, proc, reason)
-                    self._replace(proc)
-                    feed(self._procs[-1])
+                    given_up = lost(job, proc, reason, deadline=True)
+                    if given_up is not None:
+                        yield given_up
+                    feed(self._replace(proc))
 
-    def _failed(self, job: Job, proc: _Process, reason: str) -> Completed:
-        now = time.time()
-        record = vmm_error_record(job.spec, seed=job.seed, index=job.index, reason=reason)
-        return Completed(job, record, proc.name, now, now)
+    def _exit_reason(self, proc: _Process) -> str:
+        """Why a worker's pipe ended: how its process ended (it is killed if it lives)."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.process.wait(timeout=STOP_TIMEOUT_S)
+        code = proc.process.poll()
+        if code is None:
+            return f"{proc.name} closed its pipe"
+        if code < 0:
+            return f"{proc.name} was killed by {signal_name(-code)}"
+        return f"{proc.name} exited with status {code}"
 
     def close(self) -> None:
         """Stop every worker, killing those that do not finish in time; safe to call more

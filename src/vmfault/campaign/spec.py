@@ -32,6 +32,7 @@ import json
 import re
 import tomllib
 from collections.abc import Iterable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Self, Union, get_args, get_origin
@@ -79,8 +80,11 @@ from vmfault.machine.config import Accel
 __all__ = [
     "CampaignSection",
     "CampaignSpec",
+    "DaskSection",
+    "ExecutorName",
     "FaultFamily",
     "GuestSection",
+    "SlurmSection",
     "campaign_json_schema",
     "load_campaign",
 ]
@@ -136,6 +140,50 @@ def _resolve(base: Path | None, text: str) -> Path:
     return base / path
 
 
+class ExecutorName(StrEnum):
+    """Where a campaign's experiments run."""
+
+    LOCAL = "local"
+    """Worker processes on this machine (the default)."""
+    DASK = "dask"
+    """The workers of an existing Dask cluster (`[dask] scheduler` or `--scheduler`)."""
+    SLURM = "slurm"
+    """Dask workers in SLURM jobs, submitted by the campaign (`[slurm]`)."""
+
+
+class DaskSection(BaseModel):
+    """The `[dask]` table: the Dask cluster a `dask` campaign runs on."""
+
+    model_config = _MODEL_CONFIG
+
+    scheduler: str | None = Field(
+        default=None, pattern=r"^(tcp|tls|ucx)://\S+$", description="tcp://HOST:PORT"
+    )
+
+
+class SlurmSection(BaseModel):
+    """The `[slurm]` table: the SLURM jobs of a `slurm` campaign (dask-jobqueue's
+    SLURMCluster). Each job runs `cores` Dask workers, one testbed each, in `memory` in
+    all; the campaign asks for `jobs` jobs."""
+
+    model_config = _MODEL_CONFIG
+
+    cores: StrictInt = Field(ge=1, le=1024, description="workers (testbeds) per job")
+    memory: str = Field(pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B?$", description="per job, e.g. 8GB")
+    walltime: str = Field(
+        pattern=r"^(\d+-)?\d{1,2}(:\d{2}){1,2}$", description="per job, e.g. 02:00:00"
+    )
+    jobs: StrictInt = Field(ge=1, le=10_000, description="SLURM jobs to run")
+    queue: str | None = Field(default=None, min_length=1, description="the partition")
+    account: str | None = Field(default=None, min_length=1)
+    job_extra_directives: tuple[str, ...] = Field(
+        default=(), description='more #SBATCH lines, e.g. ["--qos=long"]'
+    )
+    interface: str | None = Field(
+        default=None, min_length=1, description="network interface of the Dask workers, e.g. ib0"
+    )
+
+
 class CampaignSection(BaseModel):
     """The `[campaign]` table: identity, size and pace of the campaign.
 
@@ -154,6 +202,7 @@ class CampaignSection(BaseModel):
     workers: StrictInt = Field(default=1, ge=1, le=64)
     stop_early: StrictBool = False
     budget: StrictFloat = Field(default=2.0, gt=1)
+    executor: ExecutorName = ExecutorName.LOCAL
 
     @model_validator(mode="after")
     def _one_size(self) -> Self:
@@ -453,6 +502,8 @@ class CampaignSpec(BaseModel):
     campaign: CampaignSection
     guest: GuestSection
     faults: tuple[FaultFamily, ...] = Field(min_length=1)
+    dask: DaskSection | None = None
+    slurm: SlurmSection | None = None
     source: Path | None = None
     file_sha256: str = ""
 
@@ -476,6 +527,12 @@ class CampaignSpec(BaseModel):
                     hint="set deterministic = true, or use a time or exec trigger",
                     at=("faults", index, "trigger"),
                 )
+        if self.campaign.executor is ExecutorName.SLURM and self.slurm is None:
+            raise _error(
+                "executor = slurm needs a [slurm] table",
+                hint="add [slurm] with cores, memory, walltime and jobs",
+                at=("campaign", "executor"),
+            )
         shared = sum(1 for family in self.faults if family.experiments is None)
         total = self.campaign.experiments
         if total is not None and total < shared:

@@ -861,6 +861,24 @@ class SQLiteStore:
                     ),
                 )  # fmt: skip
 
+    def forget_infra_failures(self) -> list[int]:
+        """Delete every experiment given up as lost to the infrastructure (`infra-failure`:
+        no outcome of its fault), in one transaction, so that it runs again; their ids."""
+        with self._write() as conn:
+            ids = [
+                int(row[0])
+                for row in conn.execute(
+                    "SELECT experiment_id FROM outcome WHERE class = ? ORDER BY experiment_id",
+                    (Outcome.INFRA_FAILURE.value,),
+                )
+            ]
+            for table in ("storm", "machine_run", "injection", "outcome", "experiment"):
+                conn.executemany(
+                    f"DELETE FROM {table} WHERE experiment_id = ?",  # noqa: S608 (constants)
+                    [(i,) for i in ids],
+                )
+        return ids
+
     def has(self, experiment_id: int) -> bool:
         """Whether `experiment_id` is recorded."""
         with self._read() as conn:
