@@ -309,7 +309,7 @@ class DaskExecutor:
             for i, address in enumerate(workers)
         ]
         try:
-            for future in as_completed(starts, timeout=START_TIMEOUT_S):
+            for future in as_completed(starts, loop=self.client.loop, timeout=START_TIMEOUT_S):
                 self._started(future.result())
         except TimeoutError:
             if not self.workers:
@@ -364,7 +364,7 @@ class DaskExecutor:
         again: deque[Job] = deque()
         attempts = Attempts()
         yielded: set[int] = set()
-        finished = as_completed()
+        finished = as_completed(loop=self.client.loop)
 
         def fill() -> None:
             window = max(1, len(self.cluster.vm_workers())) * self.window_per_worker
