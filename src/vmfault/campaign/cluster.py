@@ -362,7 +362,7 @@ class DaskExecutor:
 
         pending = iter(jobs)
         again: deque[Job] = deque()
-        attempts = Attempts()
+        attempts = Attempts(notify=self._log)
         yielded: set[int] = set()
         finished = as_completed(loop=self.client.loop)
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -37,6 +37,8 @@ BOOT_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 3
 """Runs of one experiment before it is given up as lost to the infrastructure."""
+WORKER_PROGRAM = (sys.executable, "-m", "vmfault.campaign.worker")
+"""The command line of a local worker process (`vmfault.campaign.worker.main`)."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,9 @@ class Executor(Protocol):
 
 
 class _Process:
-    def __init__(self, name: str, setup: WorkerSetup, log: Path) -> None:
+    def __init__(self, name: str, setup: WorkerSetup, log: Path, program: Sequence[str]) -> None:
         self.name = name
-        argv = [sys.executable, "-m", "vmfault.campaign.worker"]
-        self.process = spawn_tied(argv, output=log, pipes=True)
+        self.process = spawn_tied(program, output=log, pipes=True)
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin: IO[bytes] = self.process.stdin
         self.stdout: IO[bytes] = self.process.stdout
@@ -121,9 +122,12 @@ class Attempts:
     `campaign resume` runs again.
     """
 
-    def __init__(self, max_attempts: int = MAX_ATTEMPTS) -> None:
+    def __init__(
+        self, max_attempts: int = MAX_ATTEMPTS, *, notify: Callable[[str], None] | None = None
+    ) -> None:
         self.max_attempts = max_attempts
         self.losses: dict[int, list[tuple[str, bool]]] = {}
+        self._notify = notify
 
     def lose(self, job: Job, reason: str, *, worker: str, deadline: bool) -> Completed | None:
         """Note that `job` was lost for `reason` (`deadline`: it overran its deadline).
@@ -131,10 +135,10 @@ class Attempts:
         losses = self.losses.setdefault(job.experiment_id, [])
         losses.append((reason, deadline))
         if len(losses) < self.max_attempts:
-            logger.warning(
-                "experiment %d lost (%s): running it again (attempt %d of %d)",
-                job.experiment_id, reason, len(losses) + 1, self.max_attempts,
-            )  # fmt: skip
+            self._say(
+                f"experiment {job.experiment_id} lost ({reason}): running it again "
+                f"(attempt {len(losses) + 1} of {self.max_attempts})"
+            )
             return None
         now = time.time()
         tried = f"on {len(losses)} attempts; the last: {reason}"
@@ -149,8 +153,13 @@ class Attempts:
                 job.spec, seed=job.seed, index=job.index,
                 reason=f"lost to the infrastructure {tried}",
             )  # fmt: skip
-        logger.warning("experiment %d given up: %s", job.experiment_id, record.reason)
+        self._say(f"experiment {job.experiment_id} given up: {record.reason}")
         return Completed(job, record, worker, now, now)
+
+    def _say(self, message: str) -> None:
+        logger.warning("%s", message)
+        if self._notify is not None:
+            self._notify(message)
 
 
 class LocalExecutor:
@@ -162,12 +171,15 @@ class LocalExecutor:
     fresh testbed. `close()` kills every worker (their QEMUs die with them).
     """
 
-    def __init__(self, setup: WorkerSetup, *, workers: int, log: Path,
-                 job_timeout_s: float) -> None:  # fmt: skip
+    def __init__(self, setup: WorkerSetup, *, workers: int, log: Path, job_timeout_s: float,
+                 notify: Callable[[str], None] | None = None,
+                 program: Sequence[str] = WORKER_PROGRAM) -> None:  # fmt: skip
         self.setup = setup
         self.workers = workers
         self.log = log
         self.job_timeout_s = job_timeout_s
+        self.notify = notify
+        self.program = tuple(program)
         self.goldens: list[Goldens] = []
         self._procs: list[_Process] = []
         self._spawned = 0
@@ -182,7 +194,7 @@ class LocalExecutor:
 
     def _spawn(self) -> _Process:
         self._spawned += 1
-        proc = _Process(f"worker-{self._spawned}", self.setup, self.log)
+        proc = _Process(f"worker-{self._spawned}", self.setup, self.log, self.program)
         message = self._await_ready(proc)
         self.goldens.append(message)
         self._procs.append(proc)
@@ -224,7 +236,7 @@ class LocalExecutor:
         to the infrastructure runs again (see `Attempts`)."""
         pending = iter(jobs)
         again: deque[Job] = deque()
-        attempts = Attempts()
+        attempts = Attempts(notify=self.notify)
         exhausted = False
 
         def feed(proc: _Process) -> None:

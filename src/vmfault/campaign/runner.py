@@ -203,7 +203,9 @@ def run_campaign(
             dask.start()
         elif executor is None:
             # Ours from the start: a failed or interrupted start closes the workers it booted.
-            executor = local = LocalExecutor(setup, workers=count, log=log_path, job_timeout_s=0.0)
+            executor = local = LocalExecutor(
+                setup, workers=count, log=log_path, job_timeout_s=0.0, notify=log
+            )
             local.start()
             local.job_timeout_s = _job_timeout(local.goldens, spec.campaign.budget)
         _check_goldens(executor.goldens, prepared)
