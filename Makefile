@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python bench/instructions.py
 	$(BIN)/python bench/storm.py
 	$(BIN)/python bench/hangs.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

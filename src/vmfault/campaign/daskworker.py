@@ -17,6 +17,7 @@ IDLE_TIMEOUT_S (its coordinator gone) is destroyed; the next task boots it again
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -40,6 +41,7 @@ from vmfault.campaign.cluster import VM_RESOURCE
 from vmfault.campaign.worker import (
     Answer,
     Goldens,
+    LostError,
     WorkerSetup,
     _Worker,
     job_timeout_s,
@@ -67,6 +69,8 @@ BOOT_TIMEOUT_S = 600.0
 runs, host seconds."""
 IDLE_TIMEOUT_S = 900.0
 """A testbed without a task for this long (its coordinator gone) is destroyed."""
+ABORT_GRACE_S = 60.0
+"""How long an experiment past its deadline may take to end once its QEMU is killed."""
 
 T = TypeVar("T")
 Experiment = tuple[int, FaultSpec, int, int]
@@ -107,6 +111,8 @@ class TestbedHost:
         self.deadline_s = 0.0
         self._worker: _Worker | None = None
         self._lock = threading.Lock()
+        self._closing = threading.Lock()
+        self._closed = False
         self._calls: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None]
         self._calls = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="vmfault-testbed", daemon=True)
@@ -123,6 +129,11 @@ class TestbedHost:
                 continue
             if call is None:
                 self._drop()
+                with self._closing:
+                    while not self._calls.empty():
+                        left = self._calls.get_nowait()
+                        if left is not None:
+                            left[1].set_exception(LostError("the worker's testbed was closed"))
                 return
             function, future = call
             if not future.set_running_or_notify_cancel():
@@ -134,7 +145,11 @@ class TestbedHost:
 
     def _call(self, function: Callable[[], T]) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._calls.put((function, future))
+        with self._closing:
+            if self._closed:
+                future.set_exception(LostError("the worker's testbed was closed"))
+            else:
+                self._calls.put((function, future))
         return future
 
     def _drop(self) -> None:
@@ -176,17 +191,28 @@ class TestbedHost:
         if worker is None:
             return ("lost", experiment_id, "the worker's testbed was destroyed")
         future = self._call(lambda: serve(worker, experiment_id, spec, seed, index))
+        reason = f"no answer within {self.deadline_s:g} s"
         try:
-            return future.result(timeout=self.deadline_s)
+            try:
+                return future.result(timeout=self.deadline_s)
+            except concurrent.futures.TimeoutError:
+                worker.abort(reason)
+                return future.result(timeout=ABORT_GRACE_S)
         except concurrent.futures.TimeoutError:
-            reason = f"no answer within {self.deadline_s:g} s"
-            worker.abort(reason)
-            return future.result()
+            return ("lost", experiment_id, f"{reason}, nor after its QEMU was killed")
+        except LostError as exc:
+            return ("lost", experiment_id, exc.one_line())
 
-    def close(self) -> None:
-        """Destroy the testbed (every QEMU reaped) and end its thread."""
-        self._calls.put(None)
-        self._thread.join(timeout=60.0)
+    def close(self, *, wait_s: float = 60.0) -> None:
+        """Destroy the testbed (the experiment under way ended, every QEMU reaped) and end
+        its thread; calls still waiting are answered lost."""
+        with self._closing:
+            self._closed = True
+            self._calls.put(None)
+        worker = self._worker
+        if worker is not None:
+            worker.abort("the worker's testbed was closed")
+        self._thread.join(timeout=wait_s)
 
 
 def _key(data: bytes) -> str:
@@ -212,11 +238,11 @@ class TestbedPlugin(WorkerPlugin):
         if worker.state.total_resources.get(VM_RESOURCE, 0) >= 1:
             self.host = TestbedHost(self.worker_setup, self.bundle, self.crash_patterns)
 
-    def teardown(self, worker: Worker) -> None:
-        """Destroy the testbed."""
-        if self.host is not None:
-            self.host.close()
-            self.host = None
+    async def teardown(self, worker: Worker) -> None:
+        """Destroy the testbed (on a thread: the worker's event loop goes on)."""
+        host, self.host = self.host, None
+        if host is not None:
+            await asyncio.get_running_loop().run_in_executor(None, host.close)
 
 
 def _host(plugin_name: str) -> tuple[str, TestbedHost]:

@@ -241,12 +241,20 @@ class LocalExecutor:
 
         def feed(proc: _Process) -> None:
             nonlocal exhausted
-            job = again.popleft() if again else None
-            if job is None and not exhausted:
-                job = next(pending, None)
-                exhausted = job is None
-            if job is not None:
-                proc.send(job, self.job_timeout_s)
+            while True:
+                job = again.popleft() if again else None
+                if job is None and not exhausted:
+                    job = next(pending, None)
+                    exhausted = job is None
+                if job is None:
+                    return
+                try:
+                    proc.send(job, self.job_timeout_s)
+                    return
+                except OSError:  # the worker died while idle: the job never ran there
+                    proc.job = None
+                    again.appendleft(job)
+                    proc = self._replace(proc)
 
         def lost(job: Job, proc: _Process, reason: str, *, deadline: bool) -> Completed | None:
             given_up = attempts.lose(job, reason, worker=proc.name, deadline=deadline)
