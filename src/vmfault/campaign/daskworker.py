@@ -8,11 +8,12 @@ the blobs shipped with the task, every file checked by its SHA-256), boots its t
 and takes the golden runs, once; `run_batch` then runs a batch of experiments on it, one
 after another, each with its deadline.
 
-The testbed lives on a thread of the plugin's own, which starts every QEMU (they are tied
-to that thread and die with the worker process) and runs every experiment; the task's
-thread only waits. The experiments themselves run through `vmfault.campaign.worker`'s
-`_Worker`, as in the local executor's worker processes. A testbed left idle for
-IDLE_TIMEOUT_S (its coordinator gone) is destroyed; the next task boots it again.
+The testbed is a worker process of the local executor's kind (`vmfault.campaign.worker`,
+over its pipes), so every experiment runs through the same `_Worker` wherever it runs,
+apart from the Dask worker's own threads. It is started from a thread of the plugin's
+own, to which it is tied: it dies with the Dask worker, and its QEMU with it. A testbed
+left idle for IDLE_TIMEOUT_S (its coordinator gone) is stopped; the next task boots it
+again.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import hashlib
 import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from distributed import WorkerPlugin, get_worker
@@ -38,15 +39,8 @@ from vmfault.campaign.artifacts import (
     materialize_file,
 )
 from vmfault.campaign.cluster import VM_RESOURCE
-from vmfault.campaign.worker import (
-    Answer,
-    Goldens,
-    LostError,
-    WorkerSetup,
-    _Worker,
-    job_timeout_s,
-    serve,
-)
+from vmfault.campaign.executor import STOP_TIMEOUT_S, Job, WorkerProcess
+from vmfault.campaign.worker import Answer, Goldens, LostError, WorkerSetup, job_timeout_s
 from vmfault.errors import MachineError, VmfaultError
 from vmfault.faults import FaultSpec
 from vmfault.guest.image import default_cache_root
@@ -69,8 +63,6 @@ BOOT_TIMEOUT_S = 600.0
 runs, host seconds."""
 IDLE_TIMEOUT_S = 900.0
 """A testbed without a task for this long (its coordinator gone) is destroyed."""
-ABORT_GRACE_S = 60.0
-"""How long an experiment past its deadline may take to end once its QEMU is killed."""
 
 T = TypeVar("T")
 Experiment = tuple[int, FaultSpec, int, int]
@@ -99,17 +91,26 @@ class BatchResult:
 
 
 class TestbedHost:
-    """One testbed on a thread of its own: built on first use from the shipped image,
-    reused for every experiment, destroyed by `close()` or after IDLE_TIMEOUT_S idle."""
+    """The testbed of one Dask worker: a worker process (`vmfault.campaign.worker`, the
+    local executor's) started on first use from the shipped image, reused for every
+    experiment, stopped by `close()` or after IDLE_TIMEOUT_S idle.
+
+    The worker process runs apart from the Dask worker's threads (no lock shared with its
+    event loop); it is started from a thread of the host's own, to which it is tied, and
+    dies with the Dask worker.
+    """
 
     def __init__(self, setup: WorkerSetup, bundle: ImageBundle,
-                 crash_patterns: tuple[BundleFile, bytes] | None) -> None:  # fmt: skip
+                 crash_patterns: tuple[BundleFile, bytes] | None, log: Path) -> None:  # fmt: skip
         self.setup = setup
         self.bundle = bundle
         self.crash_patterns = crash_patterns
+        self.log = log
         self.goldens: Goldens | None = None
         self.deadline_s = 0.0
-        self._worker: _Worker | None = None
+        self._local: WorkerSetup | None = None
+        self._process: WorkerProcess | None = None
+        self._started = 0
         self._lock = threading.Lock()
         self._closing = threading.Lock()
         self._closed = False
@@ -119,16 +120,18 @@ class TestbedHost:
         self._thread.start()
 
     def _serve(self) -> None:
-        """The testbed's thread: runs the calls it is given, one at a time."""
+        """The host's thread: starts worker processes (tied to it), one call at a time."""
         while True:
             try:
                 call = self._calls.get(timeout=IDLE_TIMEOUT_S)
             except queue.Empty:
-                with self._lock:
-                    self._drop()
+                if self._lock.acquire(blocking=False):
+                    try:
+                        self._stop()
+                    finally:
+                        self._lock.release()
                 continue
             if call is None:
-                self._drop()
                 with self._closing:
                     while not self._calls.empty():
                         left = self._calls.get_nowait()
@@ -152,12 +155,26 @@ class TestbedHost:
                 self._calls.put((function, future))
         return future
 
-    def _drop(self) -> None:
-        """Destroy the testbed (on the testbed's thread)."""
-        if self._worker is not None:
-            self._worker.close()
-        self._worker = None
+    def _stop(self) -> None:
+        process, self._process = self._process, None
         self.goldens = None
+        if process is not None:
+            process.stop(STOP_TIMEOUT_S)
+
+    def _start(self) -> Goldens:
+        """A new worker process, booted (the lock held); its golden runs."""
+        local = self._local
+        assert local is not None
+        self._started += 1
+        name = f"testbed-{self._started}"
+        process = self._call(lambda: WorkerProcess(name, local, self.log)).result(
+            timeout=BOOT_TIMEOUT_S
+        )
+        goldens = process.await_ready(BOOT_TIMEOUT_S)
+        self._process = process
+        self.deadline_s = job_timeout_s([goldens], local.budget_factor)
+        self.goldens = goldens
+        return goldens
 
     def ready(self, blobs: Mapping[str, bytes] | None) -> Goldens:
         """The testbed's golden runs, after writing the image and booting it if not done
@@ -165,58 +182,54 @@ class TestbedHost:
         with self._lock:
             if self.goldens is not None:
                 return self.goldens
-            cache = default_cache_root()
-            root = materialize(self.bundle, blobs, cache)
-            patterns = None
-            if self.crash_patterns is not None:
-                item, data = self.crash_patterns
-                patterns = cache / item.path
-                materialize_file(patterns, item, {_key(data): data})
-            setup = dataclasses.replace(self.setup, image_root=root, crash_patterns=patterns)
-
-            def boot() -> Goldens:
-                self._drop()
-                self._worker = _Worker(setup)
-                return self._worker.boot()
-
-            goldens = self._call(boot).result(timeout=BOOT_TIMEOUT_S)
-            self.deadline_s = job_timeout_s([goldens], setup.budget_factor)
-            self.goldens = goldens
-            return goldens
+            if self._local is None:
+                cache = default_cache_root()
+                root = materialize(self.bundle, blobs, cache)
+                patterns = None
+                if self.crash_patterns is not None:
+                    item, data = self.crash_patterns
+                    patterns = cache / item.path
+                    materialize_file(patterns, item, {blob_key(item.sha256): data})
+                self._local = dataclasses.replace(
+                    self.setup, image_root=root, crash_patterns=patterns
+                )
+            return self._start()
 
     def serve(self, experiment_id: int, spec: FaultSpec, seed: int, index: int) -> Answer:
-        """Run one experiment on the testbed's thread and answer for it; one that overruns
-        its deadline has its QEMU killed and is answered `lost`."""
-        worker = self._worker
-        if worker is None:
-            return ("lost", experiment_id, "the worker's testbed was destroyed")
-        future = self._call(lambda: serve(worker, experiment_id, spec, seed, index))
-        reason = f"no answer within {self.deadline_s:g} s"
-        try:
+        """Run one experiment on the worker process and answer for it; one that exits or
+        overruns its deadline (then killed) is answered `lost`, and the next experiment
+        boots a new worker process."""
+        with self._lock:
             try:
-                return future.result(timeout=self.deadline_s)
-            except concurrent.futures.TimeoutError:
-                worker.abort(reason)
-                return future.result(timeout=ABORT_GRACE_S)
-        except concurrent.futures.TimeoutError:
-            return ("lost", experiment_id, f"{reason}, nor after its QEMU was killed")
-        except LostError as exc:
-            return ("lost", experiment_id, exc.one_line())
+                if self._process is None:
+                    self._start()
+            except VmfaultError as exc:
+                return ("lost", experiment_id, f"a new testbed did not start: {exc.one_line()}")
+            process = self._process
+            assert process is not None
+            job = Job(experiment_id, spec, seed, index, "")
+            try:
+                answer = process.answer(job, self.deadline_s)
+            except OSError as exc:  # its pipe broke: it died between two experiments
+                answer = ("exited", experiment_id, f"{process.name}: {exc.strerror}")
+            if answer[0] in ("exited", "overran"):
+                process.kill()
+                self._process = None
+                return ("lost", experiment_id, str(answer[2]))
+            return answer
 
-    def close(self, *, wait_s: float = 60.0) -> None:
-        """Destroy the testbed (the experiment under way ended, every QEMU reaped) and end
-        its thread; calls still waiting are answered lost."""
+    def close(self) -> None:
+        """Stop the worker process (its QEMU reaped) and end the host's thread; calls still
+        waiting are answered lost."""
         with self._closing:
             self._closed = True
             self._calls.put(None)
-        worker = self._worker
-        if worker is not None:
-            worker.abort("the worker's testbed was closed")
-        self._thread.join(timeout=wait_s)
-
-
-def _key(data: bytes) -> str:
-    return blob_key(hashlib.sha256(data).hexdigest())
+        process = self._process
+        if process is not None:
+            process.kill()  # the experiment under way is of no use: end it now
+        with self._lock:
+            self._stop()
+        self._thread.join(timeout=STOP_TIMEOUT_S)
 
 
 class TestbedPlugin(WorkerPlugin):
@@ -236,7 +249,8 @@ class TestbedPlugin(WorkerPlugin):
     def setup(self, worker: Worker) -> None:
         """Make the host (nothing boots before the first task)."""
         if worker.state.total_resources.get(VM_RESOURCE, 0) >= 1:
-            self.host = TestbedHost(self.worker_setup, self.bundle, self.crash_patterns)
+            log = Path(worker.local_directory) / "vmfault-testbed.log"
+            self.host = TestbedHost(self.worker_setup, self.bundle, self.crash_patterns, log)
 
     async def teardown(self, worker: Worker) -> None:
         """Destroy the testbed (on a thread: the worker's event loop goes on)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from vmfault.campaign.worker import Goldens, WorkerSetup, read_message, write_message
+from vmfault.campaign.worker import Answer, Goldens, WorkerSetup, read_message, write_message
 from vmfault.classify import signal_name
 from vmfault.errors import MachineError, UsageError
 from vmfault.experiment.pipeline import infra_failure_record, vmm_error_record
@@ -28,7 +28,16 @@ from vmfault.experiment.records import ExperimentRecord
 from vmfault.faults import FaultSpec
 from vmfault.machine.spawn import spawn_tied
 
-__all__ = ["MAX_ATTEMPTS", "Attempts", "Completed", "Executor", "Job", "LocalExecutor"]
+__all__ = [
+    "MAX_ATTEMPTS",
+    "WORKER_PROGRAM",
+    "Attempts",
+    "Completed",
+    "Executor",
+    "Job",
+    "LocalExecutor",
+    "WorkerProcess",
+]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -74,9 +83,14 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-class _Process:
-    def __init__(self, name: str, setup: WorkerSetup, log: Path, program: Sequence[str]) -> None:
+class WorkerProcess:
+    """One worker process (`vmfault.campaign.worker`), over its pipes; started tied to the
+    calling thread (it dies with it, see `spawn_tied`)."""
+
+    def __init__(self, name: str, setup: WorkerSetup, log: Path,
+                 program: Sequence[str] = WORKER_PROGRAM) -> None:  # fmt: skip
         self.name = name
+        self.log = log
         self.process = spawn_tied(program, output=log, pipes=True)
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin: IO[bytes] = self.process.stdin
@@ -92,6 +106,58 @@ class _Process:
 
     def receive(self) -> Any:
         return read_message(self.stdout)
+
+    def await_ready(self, timeout_s: float = BOOT_TIMEOUT_S) -> Goldens:
+        """The worker's golden runs once it has booted; MachineError (the process killed)
+        if it does not within `timeout_s`, exits or cannot start."""
+        with selectors.DefaultSelector() as one:
+            one.register(self.stdout, selectors.EVENT_READ)
+            if not one.select(timeout_s):
+                self.kill()
+                raise MachineError(f"{self.name} did not boot in {timeout_s:g} s")
+        try:
+            kind, payload = self.receive()
+        except EOFError:
+            self.kill()
+            raise MachineError(
+                f"{self.name} exited during start-up", hint=f"see its log: {self.log}"
+            ) from None
+        if kind != "ready":
+            self.kill()
+            raise MachineError(f"{self.name} could not start: {payload}")
+        assert isinstance(payload, dict)
+        return payload
+
+    def answer(self, job: Job, timeout_s: float) -> Answer:
+        """Run `job` and wait for the answer (`vmfault.campaign.worker.Answer`). A worker
+        that exits or gives no answer within `timeout_s` is killed and answered `exited`
+        or `overran`, with the reason."""
+        self.send(job, timeout_s)
+        with selectors.DefaultSelector() as one:
+            one.register(self.stdout, selectors.EVENT_READ)
+            if not one.select(timeout_s):
+                self.kill()
+                return ("overran", job.experiment_id, f"{self.name} gave no answer within "
+                        f"{timeout_s:g} s")  # fmt: skip
+        try:
+            answer: Answer = self.receive()
+        except EOFError:
+            return ("exited", job.experiment_id, self.exit_reason())
+        finally:
+            self.job = None
+        return answer
+
+    def exit_reason(self) -> str:
+        """Why the worker's pipe ended: how its process ended (it is killed if it lives)."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        code = self.process.poll()
+        self.kill()
+        if code is None:
+            return f"{self.name} closed its pipe"
+        if code < 0:
+            return f"{self.name} was killed by {signal_name(-code)}"
+        return f"{self.name} exited with status {code}"
 
     def stop(self, timeout_s: float) -> None:
         """Ask the worker to finish (end of its input): it destroys its machine, reaps its
@@ -181,7 +247,7 @@ class LocalExecutor:
         self.notify = notify
         self.program = tuple(program)
         self.goldens: list[Goldens] = []
-        self._procs: list[_Process] = []
+        self._procs: list[WorkerProcess] = []
         self._spawned = 0
         self._selector = selectors.DefaultSelector()
 
@@ -192,40 +258,20 @@ class LocalExecutor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _spawn(self) -> _Process:
+    def _spawn(self) -> WorkerProcess:
         self._spawned += 1
-        proc = _Process(f"worker-{self._spawned}", self.setup, self.log, self.program)
-        message = self._await_ready(proc)
-        self.goldens.append(message)
+        proc = WorkerProcess(f"worker-{self._spawned}", self.setup, self.log, self.program)
+        self.goldens.append(proc.await_ready())
         self._procs.append(proc)
         self._selector.register(proc.stdout, selectors.EVENT_READ, proc)
         return proc
-
-    def _await_ready(self, proc: _Process) -> Goldens:
-        with selectors.DefaultSelector() as one:
-            one.register(proc.stdout, selectors.EVENT_READ)
-            if not one.select(BOOT_TIMEOUT_S):
-                proc.kill()
-                raise MachineError(f"{proc.name} did not boot in {BOOT_TIMEOUT_S:g} s")
-        try:
-            kind, payload = proc.receive()
-        except EOFError:
-            proc.kill()
-            raise MachineError(
-                f"{proc.name} exited during start-up", hint=f"see its log: {self.log}"
-            ) from None
-        if kind != "ready":
-            proc.kill()
-            raise MachineError(f"{proc.name} could not start: {payload}")
-        assert isinstance(payload, dict)
-        return payload
 
     def start(self) -> None:
         """Start every worker (they boot one after another on purpose: boots are CPU-bound)."""
         for _ in range(self.workers):
             self._spawn()
 
-    def _replace(self, proc: _Process) -> _Process:
+    def _replace(self, proc: WorkerProcess) -> WorkerProcess:
         self._selector.unregister(proc.stdout)
         self._procs.remove(proc)
         proc.kill()
@@ -239,7 +285,7 @@ class LocalExecutor:
         attempts = Attempts(notify=self.notify)
         exhausted = False
 
-        def feed(proc: _Process) -> None:
+        def feed(proc: WorkerProcess) -> None:
             nonlocal exhausted
             while True:
                 job = again.popleft() if again else None
@@ -256,7 +302,7 @@ class LocalExecutor:
                     again.appendleft(job)
                     proc = self._replace(proc)
 
-        def lost(job: Job, proc: _Process, reason: str, *, deadline: bool) -> Completed | None:
+        def lost(job: Job, proc: WorkerProcess, reason: str, *, deadline: bool) -> Completed | None:
             given_up = attempts.lose(job, reason, worker=proc.name, deadline=deadline)
             if given_up is None:
                 again.append(job)
@@ -275,7 +321,7 @@ class LocalExecutor:
                 try:
                     message = proc.receive()
                 except EOFError:
-                    message = ("exited", job.experiment_id, self._exit_reason(proc))
+                    message = ("exited", job.experiment_id, proc.exit_reason())
                 kind = message[0]
                 if kind == "usage-error":
                     raise UsageError(message[2])
@@ -303,17 +349,6 @@ class LocalExecutor:
                     if given_up is not None:
                         yield given_up
                     feed(self._replace(proc))
-
-    def _exit_reason(self, proc: _Process) -> str:
-        """Why a worker's pipe ended: how its process ended (it is killed if it lives)."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.process.wait(timeout=STOP_TIMEOUT_S)
-        code = proc.process.poll()
-        if code is None:
-            return f"{proc.name} closed its pipe"
-        if code < 0:
-            return f"{proc.name} was killed by {signal_name(-code)}"
-        return f"{proc.name} exited with status {code}"
 
     def close(self) -> None:
         """Stop every worker, killing those that do not finish in time; safe to call more

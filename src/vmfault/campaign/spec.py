@@ -19,6 +19,10 @@ A campaign file is TOML with a `[campaign]` table, a `[guest]` table and one or 
     bits = 1                 # an int: that many random bits; a string: the bits grammar
     trigger = "time"
 
+Where the experiments run is `executor` in `[campaign]` (`local`, `dask` with a `[dask]`
+table's `scheduler`, or `slurm` with a `[slurm]` table: queue, account, walltime, cores,
+memory, jobs, job_extra_directives; see `vmfault.campaign.cluster`).
+
 `load_campaign` reports every mistake as one `UsageError` line naming the file, the key
 (`faults[0].bits`), what is wrong, the value found and what is allowed.
 """

@@ -16,9 +16,7 @@ executor runs it again.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import pickle
 import signal
 import struct
@@ -128,7 +126,7 @@ class _Worker:
     is built, an experiment run, and a machine's failure turned into a record (`vmm-error`,
     QEMU failing under the fault) or into a LostError (the infrastructure's doing).
 
-    Used by the worker process of the local executor and by the Dask worker plugin alike.
+    Run by the worker processes of the local executor and of the Dask worker plugin alike.
     """
 
     def __init__(self, setup: WorkerSetup) -> None:
@@ -139,7 +137,6 @@ class _Worker:
             table = CrashTable.default().extended(CrashTable.load(setup.crash_patterns))
         self.table = table
         self.experimenter: Experimenter | None = None
-        self._aborted = ""
 
     def boot(self) -> Goldens:
         """A fresh testbed: booted, snapshotted, golden runs taken; its golden runs."""
@@ -165,7 +162,6 @@ class _Worker:
                 self.close()
                 raise LostError(f"a fresh testbed did not boot: {exc.one_line()}") from exc
         assert self.experimenter is not None
-        self._aborted = ""
         failure = ""
         try:
             record = self.experimenter.run(spec, seed=seed, index=index)
@@ -187,8 +183,6 @@ class _Worker:
     def _machines_end(self) -> tuple[str, str]:
         """(why the experiment was lost, or ""; QEMU's evidence of a machine that died, or
         ""). A QEMU that died is reaped here, its exit status kept."""
-        if self._aborted:
-            return self._aborted, ""
         if self.experimenter is None:
             return "", ""
         for machine in self.experimenter.testbed:
@@ -206,21 +200,6 @@ class _Worker:
                 )
             return "", qemu_evidence(code, output)
         return "", ""
-
-    def abort(self, reason: str) -> None:
-        """From another thread: end the experiment under way by killing its QEMUs; `run`
-        then raises LostError(reason)."""
-        self._aborted = reason
-        experimenter = self.experimenter
-        if experimenter is None:
-            return
-        for machine in experimenter.testbed:
-            # The running thread is stuck in the experiment, so it has not reaped this
-            # QEMU: the pid is still QEMU's.
-            pid = machine.vm.pid
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
 
     def close(self) -> None:
         """Destroy the testbed (every QEMU reaped); safe to call more than once."""

@@ -490,6 +490,8 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._writer: _WriterLock | None = None
         self._version = SCHEMA_VERSION
+        self._spec_ids: dict[str, int] = {}
+        """fault_spec ids this writer has committed, by spec JSON (one writer: they stay)."""
         try:
             if new is None and not path.is_file():
                 raise UsageError(
@@ -802,12 +804,16 @@ class SQLiteStore:
         ]
         judged = record.result
         with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO fault_spec (spec_json) VALUES (?)", (spec_json,))
-            spec_id = int(
+            spec_id = self._spec_ids.get(spec_json)
+            if spec_id is None:
                 conn.execute(
-                    "SELECT spec_id FROM fault_spec WHERE spec_json = ?", (spec_json,)
-                ).fetchone()[0]
-            )
+                    "INSERT OR IGNORE INTO fault_spec (spec_json) VALUES (?)", (spec_json,)
+                )
+                spec_id = int(
+                    conn.execute(
+                        "SELECT spec_id FROM fault_spec WHERE spec_json = ?", (spec_json,)
+                    ).fetchone()[0]
+                )
             try:
                 conn.execute(
                     "INSERT INTO experiment (experiment_id, stratum, seed, idx, spec_id, worker, "
@@ -860,6 +866,7 @@ class SQLiteStore:
                         storm.first_flip_error_s, storm.guest_time, storm.attempts,
                     ),
                 )  # fmt: skip
+        self._spec_ids[spec_json] = spec_id  # committed
 
     def forget_infra_failures(self) -> list[int]:
         """Delete every experiment given up as lost to the infrastructure (`infra-failure`:
