@@ -76,6 +76,17 @@ def vmfault(*args: str, cwd: Path, env: dict[str, str] | None = None,
     )  # fmt: skip
 
 
+def children(pid: int) -> set[int]:
+    """The child processes of every thread of `pid`."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found |= {int(child) for child in (task / "children").read_text().split()}
+        except OSError:
+            continue
+    return found
+
+
 def rows(db: Path, tmp_path: Path) -> dict[int, dict[str, str]]:
     out = tmp_path / f"{db.stem}.csv"
     done = vmfault("campaign", "export", str(db), "--format", "csv", "-o", str(out), cwd=tmp_path)
@@ -192,7 +203,7 @@ def test_a_dask_worker_and_the_coordinator_killed_mid_campaign_lose_and_duplicat
     try:
         assert wait_for(lambda: committed(db) >= 10, 300), "the campaign made no progress"
         victim = dask_cluster.workers[0]
-        its_qemu = qemu_children_of({victim.pid})
+        its_qemu = qemu_children_of(children(victim.pid))
         assert its_qemu, "the Dask worker runs no QEMU"
         victim.send_signal(signal.SIGKILL)
         victim.wait()
@@ -249,15 +260,17 @@ def test_local_workers_and_qemus_killed_from_outside_leave_no_vmm_error(
     assert coordinator.returncode == 0, stderr
     assert json.loads(stdout)["done"] == 30
     said = " ".join(stderr.split())
-    lost_worker = re.findall(r"experiment (\d+) lost \((worker-\d+) was killed by SIGKILL\)", said)
-    lost_qemu = re.findall(r"experiment (\d+) lost \(the QEMU of machine guest was killed", said)
-    assert lost_worker and lost_qemu, said
+    # The kills land during an experiment or between two (then nothing is lost): either
+    # way no record blames them, and what was lost ran again.
+    lost = re.findall(r"experiment (\d+) lost \(([^)]*)\)", said)
     found = rows(db, tmp_path)
     assert sorted(found) == list(range(30))
-    for experiment, worker in lost_worker:
-        assert found[int(experiment)]["worker"] != worker
-    for experiment in [e for e, _ in lost_worker] + lost_qemu:
-        assert found[int(experiment)]["outcome"] not in ("vmm-error", "infra-failure")
+    assert "worker-3" in {row["worker"] for row in found.values()}, "no worker replaced"
+    for experiment, why in lost:
+        assert found[int(experiment)]["outcome"] not in ("vmm-error", "infra-failure"), why
+        killed = re.match(r"(worker-\d+) was killed by SIGKILL", why)
+        if killed:
+            assert found[int(experiment)]["worker"] != killed.group(1)
     for row in found.values():
         assert not re.search(r"was killed|exited|worker-\d|from outside", row["reason"]), row
 

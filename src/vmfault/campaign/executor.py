@@ -315,7 +315,11 @@ class LocalExecutor:
             wait_s = max(0.0, min(p.deadline for p in self._procs if p.job is not None) - now)
             for key, _ in self._selector.select(wait_s):
                 proc = key.data
-                if proc not in self._procs or proc.job is None:
+                if proc not in self._procs:
+                    continue
+                if proc.job is None:  # an idle worker's pipe ended: it died between jobs
+                    proc.exit_reason()
+                    feed(self._replace(proc))
                     continue
                 job = proc.job
                 try:
