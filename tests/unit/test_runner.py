@@ -37,7 +37,7 @@ from vmfault.experiment.records import (
 )
 from vmfault.experiment.testbed import MachineSpec
 from vmfault.guest.image import GuestImage
-from vmfault.report.summary import summarize
+from vmfault.report.summary import summarize, summary_tables
 from vmfault.store import SQLiteStore
 
 ARGV = ("checksum", "4096")
@@ -763,6 +763,9 @@ def test_experiments_given_up_as_infra_failures_run_again_on_resume(
     assert summary.infra_failures == 2
     assert summary.rates["benign"].rate == 1.0 and summary.rates["benign"].trials == 8
     assert "infra-failure" not in summary.rates
+    assert summary.to_json()["infra_failures"] == 2
+    caption = str(summary_tables(summary)[0].caption)
+    assert caption.startswith("infra-failure: 2 lost to the infrastructure on every attempt")
 
     resumed = campaigns.reopen(prepared)
     again = FakeExecutor(same_goldens(1), store=resumed.store)
