@@ -146,10 +146,13 @@ def main() -> None:
         try:
             over_dask = rate("dask", tmp, ClusterOptions(ExecutorName.DASK, scheduler=address))
         finally:
-            for process in processes:
+            for process in reversed(processes):  # the workers first, then the scheduler
                 process.terminate()
-            for process in processes:
-                process.wait()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
         print(f"2 local workers: {local:.2f} experiments/s; 2 Dask workers on this host: "
               f"{over_dask:.2f} experiments/s; Dask / local = {over_dask / local:.2f}")  # fmt: skip
         each = over_dask / 2
