@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/disk.py
 	$(BIN)/python bench/network.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

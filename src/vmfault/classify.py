@@ -6,8 +6,10 @@
    else was seen. Never counted as an outcome.
 2. **vmm-error**: the VMM itself misbehaved (`vmm_problem` is set: a QMP command failed,
    isolation broke, ...), or QEMU died without a guest-caused reason (no guest panic, no kernel
-   crash line on the console, no guest SHUTDOWN/RESET event). A VMM error is never hidden behind
-   a guest outcome.
+   crash line on the console, no guest SHUTDOWN/RESET event); the evidence is QEMU's exit
+   status or signal and the last lines of its stderr. A VMM error is never hidden behind a
+   guest outcome. (QEMU killed from outside, by the OOM killer or an operator, is no VMM
+   error: a campaign runs that experiment again, see `vmfault.campaign.worker`.)
 3. **crash, kernel**: the guest panicked (`guest_panicked`, or a GUEST_PANICKED or
    GUEST_CRASHLOADED event), or a kernel-scope crash pattern matches the console. The cause is
    that of the kernel pattern on the earliest console line (`null-dereference`, `page-fault`,
@@ -80,6 +82,7 @@ __all__ = [
     "classify",
     "latency_bucket",
     "latency_histogram",
+    "qemu_evidence",
     "signal_name",
 ]
 
@@ -111,20 +114,26 @@ class Outcome(StrEnum):
     HANG = "hang"
     VMM_ERROR = "vmm-error"
     NOT_INJECTED = "not-injected"
+    INFRA_FAILURE = "infra-failure"
+    """Not an outcome of the fault: the experiment was lost to the infrastructure (its
+    worker or QEMU killed from outside, a lost node) on every attempt, and given up."""
 
     @property
     def counts(self) -> bool:
-        """Whether the outcome counts in statistics: false only for NOT_INJECTED."""
-        return self is not Outcome.NOT_INJECTED
+        """Whether the outcome counts in statistics: false for NOT_INJECTED and
+        INFRA_FAILURE."""
+        return self not in (Outcome.NOT_INJECTED, Outcome.INFRA_FAILURE)
 
     @property
     def severity(self) -> int:
         """How bad the outcome is, for judging several machines by the worst: benign 0,
-        detected, sdc, hang, crash, vmm-error 5 (not-injected: -1, no outcome)."""
+        detected, sdc, hang, crash, vmm-error 5 (not-injected -1 and infra-failure -2: no
+        outcome)."""
         return _SEVERITY[self]
 
 
 _SEVERITY = {
+    Outcome.INFRA_FAILURE: -2,
     Outcome.NOT_INJECTED: -1,
     Outcome.BENIGN: 0,
     Outcome.DETECTED: 1,
@@ -343,6 +352,8 @@ class Observation:
     qemu_alive: bool = True
     qemu_exit_code: int | None = None
     """QEMU's exit status if it died; negative: killed by that signal (subprocess style)."""
+    qemu_output: str = ""
+    """The end of QEMU's own stdout and stderr when it died (evidence of a VMM error)."""
     timed_out: bool = False
     """The hang budget ran out before the workload finished."""
     vmm_problem: str = ""
@@ -421,7 +432,11 @@ def _classify(
         found is not None for found in (panic_event, kernel, reset_event)
     )
     if not obs.qemu_alive and not guest_caused:
-        return Classification(Outcome.VMM_ERROR, _qemu_death(obs.qemu_exit_code))
+        return Classification(
+            Outcome.VMM_ERROR,
+            _qemu_death(obs.qemu_exit_code),
+            evidence=qemu_evidence(obs.qemu_exit_code, obs.qemu_output),
+        )
 
     if kernel is not None or obs.guest_panicked or panic_event is not None:
         return _kernel_crash(crashes, obs, kernel, panic_event)
@@ -508,6 +523,25 @@ def _qemu_death(exit_code: int | None) -> str:
     if exit_code < 0:
         return f"QEMU was killed by {signal_name(-exit_code)} without a guest-caused reason"
     return f"QEMU exited with status {exit_code} without a guest-caused reason"
+
+
+QEMU_EVIDENCE_LINES = 3
+"""Lines of QEMU's own output kept as the evidence of a VMM error."""
+
+
+def qemu_evidence(exit_code: int | None, output: str) -> str:
+    """QEMU's end as evidence: `exit status 1` or `killed by SIGSEGV`, then the last
+    QEMU_EVIDENCE_LINES non-empty lines of its stderr, joined by ` | `."""
+    if exit_code is None:
+        end = "QEMU: no exit status"
+    elif exit_code < 0:
+        end = f"QEMU: killed by {signal_name(-exit_code)}"
+    else:
+        end = f"QEMU: exit status {exit_code}"
+    lines = [" ".join(line.split()) for line in output.splitlines() if line.strip()]
+    tail = lines[-QEMU_EVIDENCE_LINES:]
+    text = end + ("; stderr: " + " | ".join(tail) if tail else "; no stderr")
+    return text[:EVIDENCE_MAX_CHARS]
 
 
 def signal_name(number: int) -> str:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, NoReturn
@@ -28,6 +29,7 @@ from rich.progress import (
 from rich.table import Table
 
 from vmfault._version import __version__
+from vmfault.campaign.cluster import Cluster, ClusterOptions, cluster_options, connect
 from vmfault.campaign.executor import Completed
 from vmfault.campaign.planner import plan_campaign
 from vmfault.campaign.runner import (
@@ -40,7 +42,12 @@ from vmfault.campaign.runner import (
     run_campaign,
 )
 from vmfault.campaign.sefi import parse_sefi_ini, sefi_campaign_toml
-from vmfault.campaign.spec import CampaignSpec, campaign_json_schema, load_campaign
+from vmfault.campaign.spec import (
+    CampaignSpec,
+    ExecutorName,
+    campaign_json_schema,
+    load_campaign,
+)
 from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment.pipeline import Experimenter
@@ -901,16 +908,21 @@ def _run(
     method: IntervalMethod,
     serve: bool = False,
     port: int | None = None,
+    cluster: Cluster | None = None,
 ) -> None:
+    def go() -> None:
+        _run_campaign(prepared, workers, as_json=as_json, confidence=confidence, method=method,
+                      cluster=cluster)  # fmt: skip
+
     if not serve:
-        _run_campaign(prepared, workers, as_json=as_json, confidence=confidence, method=method)
+        go()
         return
     from vmfault.serve import LiveServer  # noqa: PLC0415 (web stack loaded only to serve)
 
     with LiveServer([prepared.store.path], port=port, confidence=confidence, method=method) as web:
         err.print(f"dashboard (while the campaign runs): {web.url}", highlight=False, markup=False)
         try:
-            _run_campaign(prepared, workers, as_json=as_json, confidence=confidence, method=method)
+            go()
         finally:
             prepared.store.close()  # the writer is done: the page's last update says so
 
@@ -922,6 +934,7 @@ def _run_campaign(
     as_json: bool,
     confidence: float,
     method: IntervalMethod,
+    cluster: Cluster | None = None,
 ) -> None:
     store = prepared.store
     columns = (
@@ -947,8 +960,33 @@ def _run_campaign(
                 task, completed=progress.done, rate=f"{progress.rate_per_s:.1f}/s", outcomes=counts
             )
 
-        run_campaign(prepared, workers=workers, on_record=on_record, log=_progress)
+        run_campaign(prepared, workers=workers, on_record=on_record, log=_progress, cluster=cluster)
     _print_summary(store_summary(store, confidence=confidence, method=method), as_json=as_json)
+
+
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(help="local, dask or slurm (default: campaign.executor, else local)."),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(help="The Dask scheduler, tcp://HOST:PORT (implies --executor dask)."),
+]
+
+
+@contextlib.contextmanager
+def _cluster(options: ClusterOptions | None, db: Path) -> Iterator[Cluster | None]:
+    """The Dask cluster of a campaign, connected (None for local workers), closed after."""
+    if options is None:
+        yield None
+        return
+    if options.executor is ExecutorName.SLURM:
+        _progress("submitting the SLURM jobs of the campaign's Dask workers")
+    cluster = connect(options, log_directory=Path(f"{db}.slurm"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @campaign_app.command("run")
@@ -957,6 +995,8 @@ def campaign_run(
     db: Annotated[Path | None, typer.Option(help="Results database (default: NAME.db).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Override campaign.workers.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing database.")] = False,
+    executor: ExecutorOpt = None,
+    scheduler: SchedulerOpt = None,
     confidence: ConfidenceOpt = 0.95,
     method: MethodOpt = IntervalMethod.WILSON,
     as_json: JsonOpt = False,
@@ -965,6 +1005,7 @@ def campaign_run(
 ) -> None:
     """Run a campaign; every record is committed as it finishes."""
     spec = load_campaign(file)
+    options = cluster_options(spec, executor=executor, scheduler=scheduler)
     path = db or Path(f"{spec.campaign.name}.db")
     if path.exists():
         if not overwrite:
@@ -976,32 +1017,38 @@ def campaign_run(
         for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
             stale.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prepared = prepare_campaign(spec, path, resume=False, log=_progress)
-    _run(
-        prepared, workers, as_json=as_json, confidence=confidence, method=method,
-        serve=serve, port=port,
-    )  # fmt: skip
+    with _cluster(options, path) as cluster:
+        prepared = prepare_campaign(spec, path, resume=False, log=_progress)
+        _run(
+            prepared, workers, as_json=as_json, confidence=confidence, method=method,
+            serve=serve, port=port, cluster=cluster,
+        )  # fmt: skip
 
 
 @campaign_app.command("resume")
 def campaign_resume(
     db: Annotated[Path, typer.Argument(help="The campaign's results database.")],
     workers: Annotated[int | None, typer.Option(min=1, help="Override campaign.workers.")] = None,
+    executor: ExecutorOpt = None,
+    scheduler: SchedulerOpt = None,
     confidence: ConfidenceOpt = 0.95,
     method: MethodOpt = IntervalMethod.WILSON,
     as_json: JsonOpt = False,
     serve: ServeOpt = False,
     port: PortOpt = None,
 ) -> None:
-    """Run exactly the experiments an interrupted campaign is missing."""
+    """Run exactly the experiments an interrupted campaign is missing (and those lost to
+    the infrastructure on every attempt)."""
     _require_db(db)
     with SQLiteStore.open_readonly(db) as reader:
         spec = CampaignSpec.from_json(reader.campaign_info().spec_json)
-    prepared = prepare_campaign(spec, db, resume=True, log=_progress)
-    _run(
-        prepared, workers, as_json=as_json, confidence=confidence, method=method,
-        serve=serve, port=port,
-    )  # fmt: skip
+    options = cluster_options(spec, executor=executor, scheduler=scheduler)
+    with _cluster(options, db) as cluster:
+        prepared = prepare_campaign(spec, db, resume=True, log=_progress)
+        _run(
+            prepared, workers, as_json=as_json, confidence=confidence, method=method,
+            serve=serve, port=port, cluster=cluster,
+        )  # fmt: skip
 
 
 def _require_db(db: Path) -> None:

@@ -1,9 +1,10 @@
 """The campaign runner: plan, golden run, experiments on workers, every record committed.
 
 Guarantees: each experiment's record is committed to the store before the next result is
-taken; an interrupted or killed campaign resumes with exactly the missing experiments
-(experiment i is the same fault wherever and whenever it runs); the workers' QEMUs never
-outlive the coordinator.
+taken, once (the coordinator is the one writer; a second result of an experiment, as Dask
+may give after a lost worker, is dropped); an interrupted or killed campaign resumes with
+exactly the missing experiments (experiment i is the same fault wherever and whenever it
+runs); the local workers' QEMUs never outlive the coordinator.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from vmfault._version import __version__
+from vmfault.campaign.cluster import Cluster, DaskExecutor
 from vmfault.campaign.executor import Completed, Executor, Job, LocalExecutor
 from vmfault.campaign.planner import CampaignPlan, plan_campaign, should_stop
 from vmfault.campaign.spec import CampaignSpec, GuestSection
-from vmfault.campaign.worker import Goldens, WorkerSetup
+from vmfault.campaign.worker import Goldens, WorkerSetup, job_timeout_s, same_goldens
 from vmfault.errors import MachineError, UsageError, VmfaultError
 from vmfault.experiment.records import DEFAULT_MACHINE
 from vmfault.experiment.testbed import MachineSpec, RestoreMethod
@@ -32,6 +34,7 @@ from vmfault.guest.workloads import idle_argv
 from vmfault.machine import Accel
 from vmfault.session import prepare_image
 from vmfault.store import SQLiteStore
+from vmfault.store.base import DuplicateExperiment
 
 __all__ = [
     "CampaignInterruptedError",
@@ -46,8 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
-
-JOB_TIMEOUT_MIN_S = 60.0
 
 
 class CampaignInterruptedError(VmfaultError):
@@ -180,17 +181,14 @@ def prepare_campaign(
 def _check_goldens(goldens: list[Goldens], prepared: Prepared) -> None:
     """Every worker's golden runs agree machine by machine, and with those stored (the
     first campaign run stores them)."""
+    for other in goldens[1:]:
+        if not same_goldens(goldens[0], other):
+            raise MachineError(
+                "the workload's golden runs differ between workers",
+                hint="the workload must be deterministic, or use `deterministic = true`",
+            )
     for machine in prepared.machines:
         first = goldens[0][machine.name]
-        for other in goldens[1:]:
-            if (other[machine.name].stdout, other[machine.name].exit_status) != (
-                first.stdout,
-                first.exit_status,
-            ):
-                raise MachineError(
-                    "the workload's golden runs differ between workers",
-                    hint="the workload must be deterministic, or use `deterministic = true`",
-                )
         stored = prepared.store.golden(list(machine.argv), machine=machine.name)
         if stored is None:
             prepared.store.save_golden(first)
@@ -207,13 +205,21 @@ def run_campaign(
     workers: int | None = None,
     on_record: Callable[[CampaignProgress, Completed], None] | None = None,
     executor: Executor | None = None,
+    cluster: Cluster | None = None,
     log: Callable[[str], None] | None = None,
 ) -> CampaignProgress:
     """Run every planned experiment not yet in the store; returns the final counts.
 
-    Raises CampaignInterruptedError on Ctrl-C or SIGTERM (records so far are kept).
+    Experiments an earlier run gave up as lost to the infrastructure (`infra-failure`)
+    are run again. Without an `executor`, the runner makes its own: Dask workers on
+    `cluster` if given, else `workers` local worker processes. A result for an experiment
+    already stored (a duplicate) is dropped. Raises CampaignInterruptedError on Ctrl-C or
+    SIGTERM (records so far are kept).
     """
     spec, plan, store = prepared.spec, prepared.plan, prepared.store
+    again = store.forget_infra_failures()
+    if again and log is not None:
+        log(f"running again {len(again)} experiment(s) lost to the infrastructure before")
     missing = plan.missing(store.done_ids())
     progress = CampaignProgress(total=plan.total, done=plan.total - len(missing))
     progress.outcomes = store.outcome_counts()
@@ -229,13 +235,19 @@ def run_campaign(
     )  # fmt: skip
     own = executor is None
     log_path = Path(f"{store.path}.log")
-    if log is not None:
+    if log is not None and cluster is None and executor is None:
         how = " from the campaign's RAM template" if restore is RestoreMethod.TEMPLATE else ""
         log(f"starting {count} worker(s){how}; worker log: {log_path}")
     try:
-        if executor is None:
+        if executor is None and cluster is not None:
+            name = hashlib.sha256(str(store.path.resolve()).encode()).hexdigest()[:12]
+            executor = dask = DaskExecutor(setup, cluster, name=name, log=log)
+            dask.start()
+        elif executor is None:
             # Ours from the start: a failed or interrupted start closes the workers it booted.
-            executor = local = LocalExecutor(setup, workers=count, log=log_path, job_timeout_s=0.0)
+            executor = local = LocalExecutor(
+                setup, workers=count, log=log_path, job_timeout_s=0.0, notify=log
+            )
             local.start()
             local.job_timeout_s = _job_timeout(local.goldens, spec.campaign.hang_budget)
         _check_goldens(executor.goldens, prepared)
@@ -245,10 +257,15 @@ def run_campaign(
             for i in plan.interleaved(missing)
         )  # fmt: skip
         for done in executor.run(jobs):
-            store.record(
-                done.job.experiment_id, done.job.stratum, done.record, worker=done.worker,
-                started_at=done.started_at, finished_at=done.finished_at,
-            )  # fmt: skip
+            try:
+                store.record(
+                    done.job.experiment_id, done.job.stratum, done.record, worker=done.worker,
+                    started_at=done.started_at, finished_at=done.finished_at,
+                )  # fmt: skip
+            except DuplicateExperiment:
+                logger.info("experiment %d is stored already: this result dropped",
+                            done.job.experiment_id)  # fmt: skip
+                continue
             progress.done += 1
             name = done.record.outcome.value
             progress.outcomes[name] = progress.outcomes.get(name, 0) + 1
@@ -288,15 +305,7 @@ def _budget(spec: CampaignSpec) -> float | Budget:
 
 
 def _job_timeout(goldens: list[Goldens], budget: Budget | float) -> float:
-    """Host seconds one experiment may take before its worker is replaced: 20 hang budgets
-    (of the longest golden run), at least JOB_TIMEOUT_MIN_S."""
-    if not isinstance(budget, Budget):
-        budget = Budget(factor=budget)
-    longest = max(
-        max((golden.host_s, *golden.restored_s)) for runs in goldens for golden in runs.values()
-    )
-    allowed = budget.guest_s if budget.guest_s is not None else budget.factor * longest
-    return max(JOB_TIMEOUT_MIN_S, 20 * allowed)
+    return job_timeout_s(goldens, budget)
 
 
 def file_sha256(path: Path) -> str:

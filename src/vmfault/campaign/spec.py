@@ -45,6 +45,10 @@ Two or more machines are joined by a network (`[campaign] network = false` leave
 apart); a `[guest]` table beside `[[machine]]` tables only gives their defaults
 (`deterministic`, `accel`, `crash_patterns`).
 
+Where the experiments run is `executor` in `[campaign]` (`local`, `dask` with a `[dask]`
+table's `scheduler`, or `slurm` with a `[slurm]` table: queue, account, walltime, cores,
+memory, jobs, job_extra_directives; see `vmfault.campaign.cluster`).
+
 `load_campaign` reports every mistake as one `UsageError` line naming the file, the key
 (`faults[0].bits`), what is wrong, the value found and what is allowed.
 """
@@ -58,6 +62,7 @@ import json
 import re
 import tomllib
 from collections.abc import Iterable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
@@ -115,11 +120,14 @@ from vmfault.machine.disks import (
 __all__ = [
     "CampaignSection",
     "CampaignSpec",
+    "DaskSection",
     "DiskEntry",
+    "ExecutorName",
     "FaultFamily",
     "GuestSection",
     "MachineSection",
     "ScriptStep",
+    "SlurmSection",
     "campaign_json_schema",
     "load_campaign",
 ]
@@ -178,6 +186,50 @@ def _resolve(base: Path | None, text: str) -> Path:
     return base / path
 
 
+class ExecutorName(StrEnum):
+    """Where a campaign's experiments run."""
+
+    LOCAL = "local"
+    """Worker processes on this machine (the default)."""
+    DASK = "dask"
+    """The workers of an existing Dask cluster (`[dask] scheduler` or `--scheduler`)."""
+    SLURM = "slurm"
+    """Dask workers in SLURM jobs, submitted by the campaign (`[slurm]`)."""
+
+
+class DaskSection(BaseModel):
+    """The `[dask]` table: the Dask cluster a `dask` campaign runs on."""
+
+    model_config = _MODEL_CONFIG
+
+    scheduler: str | None = Field(
+        default=None, pattern=r"^(tcp|tls|ucx)://\S+$", description="tcp://HOST:PORT"
+    )
+
+
+class SlurmSection(BaseModel):
+    """The `[slurm]` table: the SLURM jobs of a `slurm` campaign (dask-jobqueue's
+    SLURMCluster). Each job runs `cores` Dask workers, one testbed each, in `memory` in
+    all; the campaign asks for `jobs` jobs."""
+
+    model_config = _MODEL_CONFIG
+
+    cores: StrictInt = Field(ge=1, le=1024, description="workers (testbeds) per job")
+    memory: str = Field(pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B?$", description="per job, e.g. 8GB")
+    walltime: str = Field(
+        pattern=r"^(\d+-)?\d{1,2}(:\d{2}){1,2}$", description="per job, e.g. 02:00:00"
+    )
+    jobs: StrictInt = Field(ge=1, le=10_000, description="SLURM jobs to run")
+    queue: str | None = Field(default=None, min_length=1, description="the partition")
+    account: str | None = Field(default=None, min_length=1)
+    job_extra_directives: tuple[str, ...] = Field(
+        default=(), description='more #SBATCH lines, e.g. ["--qos=long"]'
+    )
+    interface: str | None = Field(
+        default=None, min_length=1, description="network interface of the Dask workers, e.g. ib0"
+    )
+
+
 class CampaignSection(BaseModel):
     """The `[campaign]` table: identity, size and pace of the campaign.
 
@@ -209,6 +261,7 @@ class CampaignSection(BaseModel):
         default=None, description="join the machines by a network (default: 2 or more)"
     )
     restore: Literal["template", "loadvm"] = "template"
+    executor: ExecutorName = ExecutorName.LOCAL
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -778,6 +831,8 @@ class CampaignSpec(BaseModel):
         default=(), description="the machines of each experiment, instead of [guest]"
     )
     faults: tuple[FaultFamily, ...] = Field(min_length=1)
+    dask: DaskSection | None = None
+    slurm: SlurmSection | None = None
     source: Path | None = None
     file_sha256: str = ""
 
@@ -903,6 +958,12 @@ class CampaignSpec(BaseModel):
                     hint="set deterministic = true, or use a time or exec trigger",
                     at=("faults", index, "trigger"),
                 )
+        if self.campaign.executor is ExecutorName.SLURM and self.slurm is None:
+            raise _error(
+                "executor = slurm needs a [slurm] table",
+                hint="add [slurm] with cores, memory, walltime and jobs",
+                at=("campaign", "executor"),
+            )
         shared = sum(1 for family in self.faults if family.experiments is None)
         total = self.campaign.experiments
         if total is not None and total < shared:

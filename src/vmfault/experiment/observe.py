@@ -134,6 +134,7 @@ def _observe(experiment: Experiment, progress: Progress) -> Observed:
         guest_panicked="GUEST_PANICKED" in events or progress.panicked,
         qemu_alive=vm.alive,
         qemu_exit_code=vm.exit_code,
+        qemu_output="" if vm.alive else vm.qemu_output,
         timed_out=progress.timed_out,
         period_s=period_s if period_over else None,
         stalled_s=progress.stalled_s,

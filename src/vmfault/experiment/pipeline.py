@@ -61,7 +61,7 @@ from vmfault.guest.image import GuestImage
 from vmfault.machine import Accel, Machine
 from vmfault.machine.disks import GuestDisk
 
-__all__ = ["Experimenter", "build_record", "vmm_error_record"]
+__all__ = ["Experimenter", "build_record", "infra_failure_record", "vmm_error_record"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -347,11 +347,41 @@ def build_record(
 
 
 def vmm_error_record(
+    spec: FaultSpec,
+    *,
+    seed: int,
+    index: int,
+    reason: str,
+    machine: str = DEFAULT_MACHINE,
+    evidence: str = "",
+) -> ExperimentRecord:
+    """The record of an experiment during which the VMM itself failed; `evidence` is QEMU's
+    end (`vmfault.classify.qemu_evidence`), if known."""
+    return _failure_record(spec, Outcome.VMM_ERROR, seed=seed, index=index, reason=reason,
+                           machine=machine, evidence=evidence)  # fmt: skip
+
+
+def infra_failure_record(
     spec: FaultSpec, *, seed: int, index: int, reason: str, machine: str = DEFAULT_MACHINE
 ) -> ExperimentRecord:
-    """The record of an experiment during which the VMM itself failed."""
+    """The record of an experiment given up after the infrastructure lost it on every
+    attempt (`infra-failure`: never counted as an outcome)."""
+    return _failure_record(spec, Outcome.INFRA_FAILURE, seed=seed, index=index, reason=reason,
+                           machine=machine, evidence="")  # fmt: skip
+
+
+def _failure_record(
+    spec: FaultSpec,
+    outcome: Outcome,
+    *,
+    seed: int,
+    index: int,
+    reason: str,
+    machine: str,
+    evidence: str,
+) -> ExperimentRecord:
     injection = Injection(target=spec.target.spelling, machine=machine,
                           mode=spec.bits.mode.value, reason=reason)  # fmt: skip
-    run = MachineRun(machine=machine, outcome=Outcome.VMM_ERROR, reason=reason)
+    run = MachineRun(machine=machine, outcome=outcome, reason=reason, evidence=evidence)
     return build_record(spec, seed=seed, index=index, injections=[injection], machines=[run],
                         judged=machine)  # fmt: skip

@@ -438,13 +438,15 @@ def _false_positive_lead(report: CampaignReport) -> str:
 def _summary_cards(report: CampaignReport, layout: Layout = _FULL) -> str:
     overall = report.overall
     not_injected = overall.count("not-injected")
+    lost = overall.count(Outcome.INFRA_FAILURE.value)
     control = _false_positive_card(report)
     cards = [] if control is None else [control]
     cards += [
         (
             "experiments",
             f"{report.summary.done}",
-            f"of {report.summary.total} planned · {not_injected} not injected",
+            f"of {report.summary.total} planned · {not_injected} not injected"
+            + (f" · {lost} lost to the infrastructure" if lost else ""),
         ),
         (
             "failure rate",
@@ -465,7 +467,19 @@ def _summary_cards(report: CampaignReport, layout: Layout = _FULL) -> str:
         f'<div class="cards">{body}</div>{_false_positive_lead(report)}<p class="lead">Rates are '
         f"over the {overall.counted} experiments whose fault was placed (not-injected ones are "
         f"listed, never counted), with {_method(report)}. A failure is an sdc, detected, crash "
-        "or hang outcome.</p>"
+        "or hang outcome.</p>" + _infra_lead(lost)
+    )
+
+
+def _infra_lead(lost: int) -> str:
+    """A note on experiments given up as lost to the infrastructure, if there are any."""
+    if not lost:
+        return ""
+    return (
+        f'<p class="lead" id="infra-failures">{lost} experiment(s) were lost to the '
+        "infrastructure on every attempt (their worker or QEMU killed from outside, a lost "
+        "node): infra-failure is no outcome of a fault and is never counted; "
+        "<code>vmfault campaign resume</code> runs them again.</p>"
     )
 
 

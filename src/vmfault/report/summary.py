@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 _ORDER = [o.value for o in Outcome]
+_NOT_COUNTED = frozenset(o.value for o in Outcome if not o.counts)
+"""not-injected and infra-failure: reported, never counted."""
 CONTROL_TARGET = "none"
 """The target of a control family (`vmfault.faults.model.TargetKind.NONE`)."""
 
@@ -104,7 +106,7 @@ def _false_positive(
     runs = failures = 0
     for name in controls:
         counts = by_stratum.get(name, {})
-        counted = sum(n for k, n in counts.items() if k != Outcome.NOT_INJECTED.value)
+        counted = sum(n for k, n in counts.items() if k not in _NOT_COUNTED)
         runs += counted
         failures += counted - counts.get(Outcome.BENIGN.value, 0)
     found = rate_of(failures, runs, confidence=confidence, method=method)
@@ -116,8 +118,9 @@ class Summary:
     """Counts per outcome class and their rates, overall and for every stratum, and the
     false-positive rate of the control strata (None without a control family).
 
-    Rates are over counted outcomes (`not-injected` is reported but never counted); the
-    overall counts include the control runs.
+    Rates are over counted outcomes (`not-injected` and `infra-failure`, experiments lost
+    to the infrastructure on every attempt, are reported but never counted); the overall
+    counts include the control runs.
     """
 
     name: str
@@ -134,10 +137,15 @@ class Summary:
     network: NetworkTotals | None = None
     """The frames on the testbed's network (None without one)."""
 
+    @property
+    def infra_failures(self) -> int:
+        """Experiments given up as lost to the infrastructure (`campaign resume` reruns them)."""
+        return self.outcomes.get(Outcome.INFRA_FAILURE.value, 0)
+
     def to_json(self) -> dict[str, Any]:
         """`vmfault campaign status --json`: total, done, the false-positive rate (null
-        without a control family), outcomes, intervals, strata; with several machines
-        `machines` (each one's outcomes and failure rate), with a network `network`."""
+        without a control family), outcomes, intervals, strata, infra_failures; with several
+        machines `machines` (each one's outcomes and failure rate), with a network `network`."""
 
         def intervals(rates: Mapping[str, Rate]) -> dict[str, list[float]]:
             return {name: [r.low, r.high] for name, r in rates.items()}
@@ -150,6 +158,7 @@ class Summary:
             if self.false_positive is None
             else self.false_positive.to_json(),
             "outcomes": dict(self.outcomes),
+            "infra_failures": self.infra_failures,
             "rates": {name: r.rate for name, r in self.rates.items()},
             "intervals": intervals(self.rates),
             "method": self.method.value,
@@ -185,10 +194,10 @@ def summarize(
 ) -> Summary:
     """Rates with intervals from outcome counts (overall and per stratum); the
     false-positive rate over the strata named in `controls` (see `control_strata`)."""
-    counted = {k: v for k, v in overall.items() if k != Outcome.NOT_INJECTED.value}
+    counted = {k: v for k, v in overall.items() if k not in _NOT_COUNTED}
     strata = {}
     for stratum, counts in by_stratum.items():
-        stratum_counted = {k: v for k, v in counts.items() if k != Outcome.NOT_INJECTED.value}
+        stratum_counted = {k: v for k, v in counts.items() if k not in _NOT_COUNTED}
         strata[stratum] = (
             sum(counts.values()),
             _sorted(counts),
@@ -272,7 +281,14 @@ def summary_tables(summary: Summary) -> list[Table]:
     method = f"{summary.method.value}, {summary.confidence:.0%}"
     found = summary.false_positive
     tables = [] if found is None else [_false_positive_table(found, method)]
-    overall = Table(title=f"{summary.name}: {summary.done} of {summary.total} experiments")
+    lost = summary.infra_failures
+    overall = Table(
+        title=f"{summary.name}: {summary.done} of {summary.total} experiments",
+        caption=None
+        if not lost
+        else f"infra-failure: {lost} lost to the infrastructure on every attempt, never "
+        "counted; `vmfault campaign resume` runs them again",
+    )
     for column in ("outcome", "count", "rate", f"interval ({method})"):
         overall.add_column(column, justify="right" if column != "outcome" else "left")
     for name, count in summary.outcomes.items():

@@ -117,7 +117,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("stratum", "str", "the stratum the experiment was drawn for"),
     Column("seed", "int", "the seed the experiment's choices derive from"),
     Column("index", "int", "the experiment's index under its seed"),
-    Column("outcome", "str", "benign, sdc, detected, crash, hang, vmm-error, not-injected"),
+    Column(
+        "outcome",
+        "str",
+        "benign, sdc, detected, crash, hang, vmm-error, not-injected, infra-failure",
+    ),
     Column("reason", "str", "one line on why the outcome was chosen"),
     Column("cause", "str", "crash cause (a crash pattern's cause, panic, reset, a signal)"),
     Column("evidence", "str", "the console line, event or output line behind the outcome"),
@@ -296,6 +300,11 @@ class ResultStore(RowSource, Protocol):
 
         DuplicateExperiment if `experiment_id` is already stored (the stored one is kept).
         """
+        ...
+
+    def forget_infra_failures(self) -> list[int]:
+        """Delete the experiments given up as lost to the infrastructure (`infra-failure`),
+        so that they run again; their ids."""
         ...
 
     def has(self, experiment_id: int) -> bool:

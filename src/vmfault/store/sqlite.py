@@ -614,6 +614,8 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._writer: _WriterLock | None = None
         self._version = SCHEMA_VERSION
+        self._spec_ids: dict[str, int] = {}
+        """fault_spec ids this writer has committed, by spec JSON (one writer: they stay)."""
         try:
             if new is None and not path.is_file():
                 raise UsageError(
@@ -928,12 +930,16 @@ class SQLiteStore:
         ]
         judged = record.result
         with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO fault_spec (spec_json) VALUES (?)", (spec_json,))
-            spec_id = int(
+            spec_id = self._spec_ids.get(spec_json)
+            if spec_id is None:
                 conn.execute(
-                    "SELECT spec_id FROM fault_spec WHERE spec_json = ?", (spec_json,)
-                ).fetchone()[0]
-            )
+                    "INSERT OR IGNORE INTO fault_spec (spec_json) VALUES (?)", (spec_json,)
+                )
+                spec_id = int(
+                    conn.execute(
+                        "SELECT spec_id FROM fault_spec WHERE spec_json = ?", (spec_json,)
+                    ).fetchone()[0]
+                )
             try:
                 conn.execute(
                     "INSERT INTO experiment (experiment_id, stratum, seed, idx, spec_id, worker, "
@@ -986,6 +992,25 @@ class SQLiteStore:
                         storm.first_flip_error_s, storm.guest_time, storm.attempts,
                     ),
                 )  # fmt: skip
+        self._spec_ids[spec_json] = spec_id  # committed
+
+    def forget_infra_failures(self) -> list[int]:
+        """Delete every experiment given up as lost to the infrastructure (`infra-failure`:
+        no outcome of its fault), in one transaction, so that it runs again; their ids."""
+        with self._write() as conn:
+            ids = [
+                int(row[0])
+                for row in conn.execute(
+                    "SELECT experiment_id FROM outcome WHERE class = ? ORDER BY experiment_id",
+                    (Outcome.INFRA_FAILURE.value,),
+                )
+            ]
+            for table in ("storm", "machine_run", "injection", "outcome", "experiment"):
+                conn.executemany(
+                    f"DELETE FROM {table} WHERE experiment_id = ?",  # noqa: S608 (constants)
+                    [(i,) for i in ids],
+                )
+        return ids
 
     def has(self, experiment_id: int) -> bool:
         """Whether `experiment_id` is recorded."""
