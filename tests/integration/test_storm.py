@@ -173,7 +173,7 @@ def test_storm_and_failure_rate_campaign_end_to_end(image: GuestImage, tmp_path:
         assert [row["stratum"] for row in rows] == ["storm:kernel-data"] * 3 + ["memory:ram"] * 3
         for row in rows[:3]:
             assert row["flips"] == 5 and row["injections"] == 5
-            assert isinstance(row["storm_s"], float) and 0.015 <= row["storm_s"] <= 0.05
+            assert isinstance(row["storm_s"], float) and row["storm_s"] >= 0.015  # never early
             assert row["real_world_s"] is None
             flips = store.injections(int(str(row["experiment_id"])))
             assert len(flips) == 5
@@ -185,7 +185,15 @@ def test_storm_and_failure_rate_campaign_end_to_end(image: GuestImage, tmp_path:
             assert times == sorted(times)
             record = store.load(int(str(row["experiment_id"])))
             assert record is not None and record.storm is not None
-            assert record.storm.schedule == "4ms" and record.storm.flips == 5
+            storm = record.storm
+            assert storm.schedule == "4ms" and storm.flips == 5
+            assert storm.guest_s == pytest.approx(row["storm_s"])
+            # 4 gaps of 4 ms after the first flip, each at most 1 ms late unless the storm
+            # used all its runs (a loaded host); the first flip's own error apart.
+            if storm.max_error_s > STORM_RETRY_ERROR_S:
+                assert storm.attempts == STORM_ATTEMPTS, storm
+            else:
+                assert storm.guest_s - storm.first_flip_error_s <= 0.004 + 4 * 0.005, storm
         for row in rows[3:]:
             assert row["flips"] is None and row["injections"] == 1
             assert row["outcome"] in {o.value for o in Outcome}

@@ -261,6 +261,7 @@ def _run(
         if run.pc in machine.sentinels:
             continue  # the kernel reacts; the outcome follows
         if run.pc == machine.hooks.exited:
+            progress.exit_ran_s = vm.ran_s - progress.start_ran_s
             return machine.collect_exit(), False
         break
     return False, False
@@ -277,5 +278,6 @@ def _settle(progress: Progress) -> None:
     pc = vm.gdb.read_register(vm.gdb.pc_name)
     if pc == machine.hooks.exited:
         progress.at_exit = True
+        progress.exit_ran_s = vm.ran_s - progress.start_ran_s
     elif pc in machine.sentinels and progress.symptom is None:
         progress.symptom = Symptom.now(vm)

@@ -195,6 +195,12 @@ class Experimenter(StartedOnEnter):
         phases.lap("observe")
         _verify_after_code_writes(target, injected)
         injected = kind.finish(experiment, injected)
+        experiment.note_length()
+        landed = (
+            dataclasses.replace(i, trigger=experiment.landed(i.trigger))
+            for i in injected.injections
+        )
+        injected = dataclasses.replace(injected, injections=tuple(landed))
         return self._record(experiment, kind, injected, observed, phases)
 
     def _record(

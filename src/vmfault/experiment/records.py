@@ -206,9 +206,11 @@ class TriggerPoint:
     user_mode: bool | None = None
     """Whether the vCPU ran in user mode at the injection."""
     progress: float | None = None
-    """Where the fault landed as a fraction of the golden execution from the snapshot
-    (0..1: time over the restored golden run's duration, or instructions over its count in
-    deterministic mode); None where the trigger is not a moment of the execution."""
+    """Where the fault landed as a fraction of the execution from the snapshot (0..1):
+    instructions over the golden run's count in deterministic mode; else running time over
+    the run's own, when the run reached the workload's exit, or over the longest restored
+    golden run; for a fault drawn in a context, the share of the context's moments before
+    it. None where the trigger is not a moment of the execution."""
 
     def to_json(self) -> dict[str, Any]:
         """The record's `trigger` object."""

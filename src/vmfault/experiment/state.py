@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vmfault.experiment.crew import Crew
@@ -61,6 +61,8 @@ class Progress:
     """The first stop after the injection (a symptom sentinel, the exit hook)."""
     at_exit: bool = False
     """The run already stands at the workload's exit hook."""
+    exit_ran_s: float | None = None
+    """Running seconds from the snapshot to the workload's exit hook, once it got there."""
     timed_out: bool = False
     """The hang budget already ran out."""
     panicked: bool = False
@@ -273,12 +275,42 @@ class Experiment:
         golden = self.target.require_golden()
         if instructions is not None and golden.instructions:
             return min(1.0, instructions / golden.instructions)
-        start, end = self.window_s or (0.0, golden.span_s)
+        start, end = self.window_s or (0.0, self.target.lengths.span_s(golden.span_s))
         fraction = min(1.0, max(0.0, elapsed_s - start) / max(end - start, 1e-9))
         probes = self.target.probes
         if probes is not None and self.spec.context is not Context.ANY:
             return probes.fraction_of(self.spec.context, fraction)
         return fraction
+
+    def note_length(self) -> None:
+        """Tell the target how long this run lasted, if it reached the workload's exit
+        unwatched (the spans later moments are drawn over follow it; a watchpoint slows
+        every access to its page under TCG, so a watched run's length is not the
+        workload's)."""
+        end = self.here.exit_ran_s
+        if end is not None and self.watch is None:
+            self.target.lengths.note(end, self.window_s[0] if self.window_s else None)
+
+    def landed(self, point: TriggerPoint) -> TriggerPoint:
+        """`point` with its progress measured against this run's own execution, once the
+        run reached the workload's exit: a moment drawn uniformly over the run (a moment
+        past its end is drawn again) is then uniform on [0, 1) however much the host's
+        timing stretched the run, where a fraction of the longest golden run would crowd
+        towards 0. Unchanged without a known exit, after a watched fault (the watchpoint
+        slowed the rest of the run), in deterministic mode (instructions are exact) and
+        for faults drawn in a context (placed among the probes' moments)."""
+        end = self.here.exit_ran_s
+        if end is None or self.watch is not None:
+            return point
+        if point.time_s is None or point.progress is None:
+            return point
+        if point.instructions is not None or self.spec.context is not Context.ANY:
+            return point
+        start = self.window_s[0] if self.window_s else 0.0
+        if end - start <= 0.0:
+            return point
+        fraction = min(1.0, max(0.0, (point.time_s - start) / (end - start)))
+        return replace(point, progress=fraction)
 
     def restart(self) -> None:
         """Restore the testbed and start this experiment's run again from the snapshot

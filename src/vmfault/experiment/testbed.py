@@ -32,6 +32,7 @@ machine and resets the network: no frame and no console input of one run reaches
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import functools
@@ -220,6 +221,56 @@ class WorkloadCode:
         return WorkloadBinary(self.path)
 
 
+class RunLengths:
+    """How long the workload's runs from the snapshot lasted lately, in running seconds.
+
+    A moment drawn over an execution must be drawn over a span as long as the run it
+    lands in (a moment past the run's end is drawn again, on a fresh restore), or the
+    run's last part is never hit. On a loaded host runs stretch past the golden runs, so
+    the span follows the recent runs that reached their exit: the QUANTILE of the last
+    `keep` (not their longest: one run stretched 3x by the host would make most draws
+    miss). A window that starts at the workload's exec (its process's life) scales with
+    how long the run took to get there, by the same quantile of the recent
+    life-to-exec ratios.
+    """
+
+    QUANTILE = 0.75
+    LEAST = 5
+    """Runs noted before they count (the golden runs' span alone until then)."""
+
+    def __init__(self, keep: int = 20) -> None:
+        self._exits: collections.deque[float] = collections.deque(maxlen=keep)
+        self._ratios: collections.deque[float] = collections.deque(maxlen=keep)
+
+    def note(self, exit_s: float, window_start_s: float | None) -> None:
+        """A run that reached the workload's exit `exit_s` seconds after the snapshot; its
+        window started `window_start_s` seconds after it (None: the whole execution)."""
+        self._exits.append(exit_s)
+        if window_start_s is not None and window_start_s > 0.0 and exit_s > window_start_s:
+            self._ratios.append((exit_s - window_start_s) / window_start_s)
+
+    def span_s(self, golden_span_s: float) -> float:
+        """The span to draw moments of the whole execution over (seconds)."""
+        recent = self._quantile(self._exits)
+        return golden_span_s if recent is None else max(golden_span_s, recent)
+
+    def window_s(self, start_s: float, golden_span_s: float) -> tuple[float, float]:
+        """The window from `start_s` (the exec) to the likely end of the run."""
+        ratio = self._quantile(self._ratios)
+        if ratio is not None:
+            return start_s, start_s + start_s * ratio
+        length = self.span_s(golden_span_s) - start_s
+        if length <= 0.0:
+            length = golden_span_s  # an exec later than any golden run ended: a slow run
+        return start_s, start_s + length
+
+    def _quantile(self, values: collections.deque[float]) -> float | None:
+        if len(values) < self.LEAST:
+            return None
+        ordered = sorted(values)
+        return ordered[round(self.QUANTILE * (len(ordered) - 1))]
+
+
 class GuestMachine:
     """One machine of a testbed: its session, golden snapshot and golden run, and what
     experiments need to know of its workload and kernel."""
@@ -269,6 +320,8 @@ class GuestMachine:
         """Where the vCPU is during a golden run from the snapshot (`sample_timeline`)."""
         self.probes: Probes | None = None
         """Looks at golden runs, for faults drawn in a context (`probe_contexts`)."""
+        self.lengths = RunLengths()
+        """How long runs from the snapshot lasted lately (spans moments are drawn over)."""
 
         self._symbols: KernelSymbols | None = None
         self._idle: tuple[tuple[int, int], ...] | None = None
