@@ -289,7 +289,7 @@ class Experiment:
         workload's)."""
         end = self.here.exit_ran_s
         if end is not None and self.watch is None:
-            self.target.lengths.note(end, self.window_s[0] if self.window_s else None)
+            self.target.lengths.note(end)
 
     def landed(self, point: TriggerPoint) -> TriggerPoint:
         """`point` with its progress measured against this run's own execution, once the

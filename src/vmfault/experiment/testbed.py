@@ -229,9 +229,7 @@ class RunLengths:
     run's last part is never hit. On a loaded host runs stretch past the golden runs, so
     the span follows the recent runs that reached their exit: the QUANTILE of the last
     `keep` (not their longest: one run stretched 3x by the host would make most draws
-    miss). A window that starts at the workload's exec (its process's life) scales with
-    how long the run took to get there, by the same quantile of the recent
-    life-to-exec ratios.
+    miss), never less than the golden runs' span.
     """
 
     QUANTILE = 0.75
@@ -240,35 +238,26 @@ class RunLengths:
 
     def __init__(self, keep: int = 20) -> None:
         self._exits: collections.deque[float] = collections.deque(maxlen=keep)
-        self._ratios: collections.deque[float] = collections.deque(maxlen=keep)
 
-    def note(self, exit_s: float, window_start_s: float | None) -> None:
-        """A run that reached the workload's exit `exit_s` seconds after the snapshot; its
-        window started `window_start_s` seconds after it (None: the whole execution)."""
+    def note(self, exit_s: float) -> None:
+        """A run that reached the workload's exit `exit_s` seconds after the snapshot."""
         self._exits.append(exit_s)
-        if window_start_s is not None and window_start_s > 0.0 and exit_s > window_start_s:
-            self._ratios.append((exit_s - window_start_s) / window_start_s)
 
     def span_s(self, golden_span_s: float) -> float:
         """The span to draw moments of the whole execution over (seconds)."""
-        recent = self._quantile(self._exits)
-        return golden_span_s if recent is None else max(golden_span_s, recent)
+        if len(self._exits) < self.LEAST:
+            return golden_span_s
+        ordered = sorted(self._exits)
+        return max(golden_span_s, ordered[round(self.QUANTILE * (len(ordered) - 1))])
 
     def window_s(self, start_s: float, golden_span_s: float) -> tuple[float, float]:
-        """The window from `start_s` (the exec) to the likely end of the run."""
-        ratio = self._quantile(self._ratios)
-        if ratio is not None:
-            return start_s, start_s + start_s * ratio
+        """The window from `start_s` (the workload's exec) to the end of the span; a run
+        that reached the exec only after the span ended (a run slowed by the host) gets a
+        window as long as the span."""
         length = self.span_s(golden_span_s) - start_s
         if length <= 0.0:
-            length = golden_span_s  # an exec later than any golden run ended: a slow run
+            length = golden_span_s
         return start_s, start_s + length
-
-    def _quantile(self, values: collections.deque[float]) -> float | None:
-        if len(values) < self.LEAST:
-            return None
-        ordered = sorted(values)
-        return ordered[round(self.QUANTILE * (len(ordered) - 1))]
 
 
 class GuestMachine:
