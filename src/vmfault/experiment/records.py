@@ -46,6 +46,7 @@ __all__ = [
     "GoldenRun",
     "Injection",
     "InstructionInjection",
+    "IsolationRun",
     "LinkCounts",
     "MachineRun",
     "MemoryInjection",
@@ -723,6 +724,47 @@ class MachineRun:
 
 
 @dataclass(frozen=True)
+class IsolationRun:
+    """What the control machine of an isolation campaign did in one experiment: its
+    runtimes, measured from its restore to its exit, and whether it kept to its golden run.
+
+    `vcpu_s` is the CPU time QEMU's vCPU threads had (the host scheduler's account),
+    `guest_s` the guest's own CLOCK_MONOTONIC from the workload's fork to its reap,
+    `host_s` host wall seconds, `instructions` guest instructions (deterministic mode only).
+    `violation` is empty when the control's output, exit status and console matched its
+    golden run, else what differed (its run is then a vmm-error, `evidence` the proof).
+    `baseline`: the experiment injected nothing (an interleaved fault-free run).
+    `load_1m` is the host's one-minute load average at the experiment's end; `host_cpus`
+    the cores the control's QEMU was pinned to (() not pinned).
+    """
+
+    machine: str
+    baseline: bool
+    vcpu_s: float | None = None
+    guest_s: float | None = None
+    host_s: float | None = None
+    instructions: int | None = None
+    violation: str = ""
+    evidence: str = ""
+    load_1m: float | None = None
+    host_cpus: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data (`from_json` reads it back)."""
+        data = dataclasses.asdict(self)
+        data["host_cpus"] = list(self.host_cpus)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> IsolationRun:
+        """The run from `to_json` data (unknown keys ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["host_cpus"] = tuple(values.get("host_cpus") or ())
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class StormSummary:
     """What a storm adds to its experiment's record (its flips are the record's injections).
 
@@ -776,6 +818,8 @@ class ExperimentRecord:
     """Storm experiments: the schedule and its timing."""
     traffic: Traffic | None = None
     """Experiments on a testbed with a network: the frames on each link direction."""
+    isolation: IsolationRun | None = None
+    """Isolation campaigns: what the control machine did."""
 
     def __post_init__(self) -> None:
         if not self.injections:
@@ -892,6 +936,8 @@ class ExperimentRecord:
             }  # fmt: skip
         if self.traffic is not None:
             data["traffic"] = self.traffic.to_json()
+        if self.isolation is not None:
+            data["isolation"] = self.isolation.to_json()
         return data
 
     def storm_json(self) -> dict[str, Any]:
