@@ -17,12 +17,13 @@ executor runs it again.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import signal
 import struct
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "job_timeout_s",
     "main",
     "make_start_state",
+    "pinned_machines",
     "read_message",
     "same_goldens",
     "serve",
@@ -72,6 +74,28 @@ class WorkerSetup:
     name: str = "worker"
     restore: RestoreMethod = RestoreMethod.TEMPLATE
     start_state: StartState | None = None
+    control: str | None = None
+    """An isolation campaign's control machine (see `Experimenter`)."""
+    pin_workers: int = 0
+    """Pin each QEMU to a host core of its own, for this many local workers, when the host
+    has a core for every machine of every one of them (0: never pin)."""
+    slot: int = 0
+    """This worker's place among the local workers, 0..pin_workers-1: which cores it pins
+    its machines to."""
+
+
+def pinned_machines(setup: WorkerSetup, cores: Sequence[int]) -> tuple[MachineSpec, ...]:
+    """The machines of `setup`, each pinned to a core of its own among `cores` (the
+    host's, sorted) when there is one for every machine of every local worker: machine j
+    of worker slot s gets core s * machines + j. Unpinned otherwise."""
+    machines = setup.machines
+    count = len(machines)
+    if setup.pin_workers < 1 or len(cores) < setup.pin_workers * count:
+        return machines
+    first = setup.slot * count
+    return tuple(
+        dataclasses.replace(spec, host_cpus=(cores[first + j],)) for j, spec in enumerate(machines)
+    )
 
 
 def make_start_state(setup: WorkerSetup, directory: Path) -> StartState:
@@ -166,11 +190,13 @@ class _Worker:
         """A fresh testbed: booted, snapshotted, golden runs taken; its golden runs."""
         self.close()
         setup = self.setup
-        testbed = Testbed(self.image, setup.machines, judge=setup.judge, network=setup.network,
+        machines = pinned_machines(setup, sorted(os.sched_getaffinity(0)))
+        testbed = Testbed(self.image, machines, judge=setup.judge, network=setup.network,
                           restore=setup.restore, start_state=setup.start_state)  # fmt: skip
         experimenter = Experimenter(
-            testbed, budget_factor=self.setup.budget_factor, crash_table=self.table
-        )
+            testbed, budget_factor=self.setup.budget_factor, crash_table=self.table,
+            control=setup.control,
+        )  # fmt: skip
         self.experimenter = experimenter
         return dict(experimenter.start())
 

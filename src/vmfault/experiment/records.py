@@ -34,6 +34,7 @@ from vmfault.classify import Activation, Latency, Outcome
 from vmfault.faults.values import ValueFormat, decode_value, format_value
 
 __all__ = [
+    "BASELINE_STRATUM",
     "CONTROL",
     "DEFAULT_MACHINE",
     "DISK_COLUMNS",
@@ -51,6 +52,7 @@ __all__ = [
     "MachineRun",
     "MemoryInjection",
     "NetworkInjection",
+    "PageTableInjection",
     "RegisterInjection",
     "StormSummary",
     "Traffic",
@@ -62,6 +64,8 @@ __all__ = [
     "injection_from_fields",
 ]
 
+BASELINE_STRATUM = "baseline"
+"""The stratum of an isolation campaign's fault-free experiments (target none)."""
 DEFAULT_MACHINE = "guest"
 """The name of the one machine of a campaign without named machines."""
 CONTROL = "none"
@@ -317,6 +321,23 @@ class MemoryInjection(Injection):
     """Guest-physical address of the faulted word or byte."""
     virtual: int | None = None
     """Its virtual address, where the fault was aimed through page tables."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PageTableInjection(MemoryInjection):
+    """A fault in a page-table entry of the target machine (`memory:page-table`):
+    `address` is the entry's guest-physical address, `virtual` the first virtual address
+    the entry maps, `level` its table (PML4, PDPT, PD or PT), `space` whose entry it is
+    (`user`: the workload's half of the address space, `kernel`: the kernel's), `leaf`
+    whether it maps a page (else it points to a table), `entries` how many present
+    entries the fault was drawn among."""
+
+    kind: ClassVar[str] = "page-table"
+
+    level: str = ""
+    space: str = ""
+    leaf: bool = False
+    entries: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -666,6 +687,7 @@ INJECTION_TYPES: Mapping[str, type[Injection]] = {
         Injection,
         RegisterInjection,
         MemoryInjection,
+        PageTableInjection,
         FlipInjection,
         InstructionInjection,
         DiskInjection,
