@@ -194,7 +194,7 @@ def isolation_summary(
         if value is None or aimed:
             continue
         (baseline if run.baseline or stratum == BASELINE_STRATUM else faulted).append(value)
-    level = max(0.5, 2 * confidence - 1)
+    level = round(max(0.5, 2 * confidence - 1), 6)
     found = runtime_equivalence(faulted, baseline, margin=margin, level=level, seed=seed)
     counts = counts_by_stratum or {}
     return IsolationSummary(

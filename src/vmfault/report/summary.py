@@ -351,7 +351,7 @@ def _isolation_tables(summary: Summary) -> list[Table]:
     unit = RUNTIME_UNITS.get(found.runtime, found.runtime)
     verdict = {True: "equivalent", False: "not shown equivalent", None: "too few runs"}
     load = found.load_range()
-    caption = "host load (1 min) " + (
+    caption = f"{equivalence.method}; host load (1 min) " + (
         "-" if load is None else f"{load[0]:.1f}-{load[2]:.1f}, median {load[1]:.1f}"
     )
     caption += "; pinned to cores " + (
@@ -362,8 +362,8 @@ def _isolation_tables(summary: Summary) -> list[Table]:
         f"{found.runs} runs; runtime ({unit}) {verdict[equivalence.equivalent]}",
         caption=caption,
     )
-    for column in ("runs", "median", "ratio", f"interval ({equivalence.level:.0%})",
-                   "margin", "method"):  # fmt: skip
+    for column in ("runs", "medians", "ratio", f"interval ({equivalence.level:.0%})",
+                   "margin"):  # fmt: skip
         table.add_column(column, justify="left" if column == "runs" else "right")
     faulted = statistics.median(found.faulted) if found.faulted else None
     base = statistics.median(found.baseline) if found.baseline else None
@@ -373,12 +373,11 @@ def _isolation_tables(summary: Summary) -> list[Table]:
         else f"[{equivalence.low:.3f}, {equivalence.high:.3f}]"
     )
     table.add_row(
-        f"faulted {len(found.faulted)} / baseline {len(found.baseline)}",
+        f"{len(found.faulted)} faulted / {len(found.baseline)} baseline",
         "-" if faulted is None or base is None else f"{faulted:.4g} / {base:.4g}",
         "-" if equivalence.ratio is None else f"{equivalence.ratio:.3f}",
         interval,
         f"+-{equivalence.margin:.0%}",
-        equivalence.method,
     )
     tables = [table]
     if found.violations:
