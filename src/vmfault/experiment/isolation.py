@@ -27,11 +27,21 @@ from vmfault.experiment.records import GoldenRun, IsolationRun, MachineRun
 from vmfault.experiment.state import Progress
 from vmfault.session import WorkloadResult
 
-__all__ = ["ISOLATION_CAUSE", "console_difference", "isolation_run"]
+__all__ = ["HOST_TIMING_LINES", "ISOLATION_CAUSE", "console_difference", "isolation_run"]
 
 ISOLATION_CAUSE = "isolation"
 """The cause of a control's run that broke isolation (its outcome is vmm-error)."""
 _TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
+HOST_TIMING_LINES = re.compile(
+    r"^(clocksource: |tsc: Marking TSC unstable|sched_clock: Marking unstable"
+    r"|hrtimer: interrupt took )"
+)
+"""Console lines the guest kernel prints when its vCPU thread waited for a host core (its
+clocks jumped: the clocksource watchdog's long readouts and skews, a slow timer
+interrupt). On a loaded host they come and go with the host's other work, whatever the
+faulted machine does, so they are no evidence of a fault crossing machines and the console
+comparison leaves them out (a crash, a panic or an oops still counts: the classification
+sees those)."""
 
 
 def _lines(text: str) -> list[str]:
@@ -45,9 +55,14 @@ def _lines(text: str) -> list[str]:
 
 
 def console_difference(golden_console: str, console: str) -> str:
-    """The first console line of a run that its golden run never printed ("" if none)."""
+    """The first console line of a run that its golden run never printed, host timing
+    lines (HOST_TIMING_LINES) left out ("" if none)."""
     known = set(_lines(golden_console))
-    return next((line for line in _lines(console) if line not in known), "")
+    return next(
+        (line for line in _lines(console)
+         if line not in known and not HOST_TIMING_LINES.match(line)),
+        "",
+    )  # fmt: skip
 
 
 def isolation_run(
