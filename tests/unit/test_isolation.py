@@ -187,6 +187,14 @@ def test_console_difference_ignores_timestamps_and_blank_lines() -> None:
         "2139274890 wd_nsec: 2136133500\n[ 7.4] hrtimer: interrupt took 3210 ns\n"
     )
     assert console_difference(golden, noise) == ""  # the host's load, not a fault
+    stall = (
+        "[ 9.1] rcu: INFO: rcu_preempt self-detected stall on CPU\n[ 9.1] rcu: \t0-...!: (1 "
+        "ticks this GP)\n[ 9.2] Call Trace:\n[ 9.3] matmul: n=176 checksum=-4.02\n"
+    )
+    assert console_difference(golden, stall) == ""  # the report, to the next known line
+    assert console_difference(golden, stall + "[ 9.4] WARNING: CPU: 0 PID: 1\n") == (
+        "WARNING: CPU: 0 PID: 1"
+    )
 
 
 def test_machines_are_pinned_to_cores_of_their_own_when_there_are_enough() -> None:
@@ -230,6 +238,7 @@ def test_the_verdict_counts_violations_and_tests_runtimes_within_the_margin() ->
     assert found is not None
     data = found.to_json()
     assert data["violations"] == 1 and data["examples"][0]["aimed"] is True
+    assert data["baseline_violations"] == 0
     assert data["examples"][0]["evidence"] == "segfault at 0"
     assert data["runs"] == {"checked": 30, "faulted": 20, "baseline": 8}  # aimed runs left out
     low, high = data["interval"]

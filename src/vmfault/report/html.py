@@ -1095,7 +1095,8 @@ def _isolation(report: CampaignReport, layout: Layout = _FULL) -> str:
     lead = (
         f"<p>Control machine <code>{esc(found.control)}</code>: "
         f"<strong>{len(found.violations)}</strong> isolation violation(s) in {found.runs} "
-        f"checked runs. Runtime ({esc(unit)}) under faults against the fault-free baseline: "
+        f"checked runs ({found.fault_free} in fault-free runs). Runtime ({esc(unit)}) under "
+        "faults against the fault-free baseline: "
         f"<strong>{esc(verdict)}</strong> (margin \u00b1{equivalence.margin:.0%}, "
         f"{esc(equivalence.method)}, {equivalence.level:.0%} interval). Host load (1 min) "
         + ("-" if load is None else f"{load[0]:.1f}-{load[2]:.1f}, median {load[1]:.1f}")

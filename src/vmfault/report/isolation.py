@@ -44,6 +44,9 @@ class Violation:
     evidence: str
     aimed: bool
     """The experiment's fault went to the control (a validation campaign's check)."""
+    baseline: bool = False
+    """The experiment injected nothing: the difference was not caused by a fault (a false
+    alarm of the check, or a control that does not repeat its golden run)."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain data."""
@@ -53,6 +56,7 @@ class Violation:
             "reason": self.reason,
             "evidence": self.evidence,
             "aimed": self.aimed,
+            "baseline": self.baseline,
         }
 
 
@@ -78,6 +82,11 @@ class IsolationSummary:
     aimed_runs: int = 0
 
     @property
+    def fault_free(self) -> int:
+        """Violations in fault-free (baseline) experiments: no fault caused them."""
+        return sum(1 for v in self.violations if v.baseline)
+
+    @property
     def caught(self) -> int:
         """Violations among the experiments whose faults aimed at the control."""
         return sum(1 for v in self.violations if v.aimed)
@@ -90,7 +99,8 @@ class IsolationSummary:
 
     def to_json(self) -> dict[str, Any]:
         """`campaign status --json`'s `isolation`: `violations` (a count), `runtime_ratio`,
-        `interval`, `equivalent`, `method`, with `control`, `runtime`, `margin`, `level`,
+        `interval`, `equivalent`, `method`, with `baseline_violations` (those of fault-free
+        experiments: false alarms), `control`, `runtime`, `margin`, `level`,
         `runs` (control runs checked, faulted and baseline runtimes), `host_load`,
         `host_cpus`, `examples` (the violations with their evidence) and, with faults
         aimed at the control, `check` (`strata`, `experiments`, `caught`)."""
@@ -100,6 +110,7 @@ class IsolationSummary:
             "control": self.control,
             "runtime": self.runtime,
             "violations": len(self.violations),
+            "baseline_violations": self.fault_free,
             "runtime_ratio": equivalence["runtime_ratio"],
             "interval": equivalence["interval"],
             "equivalent": equivalence["equivalent"],
@@ -187,13 +198,16 @@ def isolation_summary(
         if run.load_1m is not None:
             loads.append(run.load_1m)
         cpus = run.host_cpus or cpus
+        fault_free = run.baseline or stratum == BASELINE_STRATUM
         if run.violation:
-            violations.append(Violation(experiment_id, stratum, run.violation, run.evidence, aimed))
+            violations.append(
+                Violation(experiment_id, stratum, run.violation, run.evidence, aimed, fault_free)
+            )
             continue
         value = _runtime(run, measure)
         if value is None or aimed:
             continue
-        (baseline if run.baseline or stratum == BASELINE_STRATUM else faulted).append(value)
+        (baseline if fault_free else faulted).append(value)
     level = round(max(0.5, 2 * confidence - 1), 6)
     found = runtime_equivalence(faulted, baseline, margin=margin, level=level, seed=seed)
     counts = counts_by_stratum or {}

@@ -359,7 +359,8 @@ def _isolation_tables(summary: Summary) -> list[Table]:
     )
     table = Table(
         title=f"isolation of {escape(found.control)}: {len(found.violations)} violation(s) in "
-        f"{found.runs} runs; runtime ({unit}) {verdict[equivalence.equivalent]}",
+        f"{found.runs} runs ({found.fault_free} without a fault); runtime ({unit}) "
+        f"{verdict[equivalence.equivalent]}",
         caption=caption,
     )
     for column in ("runs", "medians", "ratio", f"interval ({equivalence.level:.0%})",
