@@ -185,12 +185,19 @@ class _Worker:
             table = CrashTable.default().extended(CrashTable.load(setup.crash_patterns))
         self.table = table
         self.experimenter: Experimenter | None = None
+        self.host_cores = sorted(os.sched_getaffinity(0))
+        """The host cores this worker may use, as it started (machines are pinned to them)."""
 
     def boot(self) -> Goldens:
         """A fresh testbed: booted, snapshotted, golden runs taken; its golden runs."""
         self.close()
         setup = self.setup
-        machines = pinned_machines(setup, sorted(os.sched_getaffinity(0)))
+        machines = pinned_machines(setup, self.host_cores)
+        keep_off = {c for m in machines if m.name == setup.control for c in m.host_cpus}
+        if keep_off:
+            # The worker drives the other machines (debug stops, page-table walks): off the
+            # control's core, so that its work does not slow the control it measures.
+            os.sched_setaffinity(0, set(self.host_cores) - keep_off)
         testbed = Testbed(self.image, machines, judge=setup.judge, network=setup.network,
                           restore=setup.restore, start_state=setup.start_state)  # fmt: skip
         experimenter = Experimenter(
