@@ -17,9 +17,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import numpy as np
-from scipy import stats as scipy_stats
-
 from vmfault.classify import Outcome
 
 __all__ = [
@@ -91,7 +88,9 @@ class Rate:
 def normal_quantile(confidence: float) -> float:
     """The two-sided standard normal quantile z for `confidence` (1.959964 for 0.95)."""
     _check_confidence(confidence)
-    return float(scipy_stats.norm.ppf(1 - (1 - confidence) / 2))
+    from scipy.stats import norm  # noqa: PLC0415 (scipy loads on first use: seconds)
+
+    return float(norm.ppf(1 - (1 - confidence) / 2))
 
 
 def wilson(successes: int, trials: int, *, confidence: float = 0.95) -> Rate:
@@ -118,7 +117,8 @@ def clopper_pearson(successes: int, trials: int, *, confidence: float = 0.95) ->
     if trials == 0:
         return Rate(0, 0, 0.0, 1.0, IntervalMethod.CLOPPER_PEARSON, confidence)
     tail = (1 - confidence) / 2
-    beta = scipy_stats.beta
+    from scipy.stats import beta  # noqa: PLC0415 (scipy loads on first use: seconds)
+
     low = 0.0 if successes == 0 else float(beta.ppf(tail, successes, trials - successes + 1))
     high = (
         1.0 if successes == trials else float(beta.ppf(1 - tail, successes + 1, trials - successes))
@@ -246,6 +246,9 @@ def runtime_equivalence(
     if not 0.0 < margin < 1.0:
         raise ValueError(f"margin must be between 0 and 1 (exclusive), got {margin}")
     _check_confidence(level)
+    import numpy as np  # noqa: PLC0415 (loads on first use, as scipy)
+    from scipy.stats import bootstrap  # noqa: PLC0415 (scipy loads on first use: seconds)
+
     ran = np.asarray(faulted, dtype=float)
     base = np.asarray(baseline, dtype=float)
 
@@ -265,7 +268,7 @@ def runtime_equivalence(
     for how in ("BCa", "percentile"):
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            found = scipy_stats.bootstrap(
+            found = bootstrap(
                 (ran, base), median_ratio, n_resamples=resamples, vectorized=True,
                 confidence_level=level, method=how, rng=np.random.default_rng(seed),
             )  # fmt: skip
