@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,7 +17,7 @@ from vmfault.campaign.planner import plan_campaign
 from vmfault.campaign.spec import CampaignSpec, load_campaign
 from vmfault.campaign.worker import WorkerSetup, pinned_machines
 from vmfault.classify import Outcome
-from vmfault.errors import UsageError
+from vmfault.errors import MachineError, UsageError
 from vmfault.experiment.isolation import console_difference
 from vmfault.experiment.kinds import kind_name
 from vmfault.experiment.kinds.pagetable import ENTRY_BITS, default_bit
@@ -360,3 +361,64 @@ def test_page_table_faults_have_their_kind_and_default_bits() -> None:
                                    leaf=True, entries=12)  # fmt: skip
     assert injection.to_json()["kind"] == "page-table"
     assert injection.fields()["level"] == "PT"
+
+
+class _Testbed:
+    def __init__(self, machines: list[SimpleNamespace]) -> None:
+        self.machines = machines
+        self.alive = True
+
+    def __iter__(self) -> Iterator[SimpleNamespace]:
+        return iter(self.machines)
+
+
+class _DeadVm:
+    """A QEMU that died by itself (SIGSEGV) during the experiment."""
+
+    alive = False
+    pid = 4242
+    qemu_output = "qemu: fatal: something broke"
+    exit_code = -11
+    qemu_log = None
+
+    def close(self) -> None:
+        pass
+
+
+class _LiveVm(_DeadVm):
+    alive = True
+
+
+class _FailingExperimenter:
+    """An experimenter whose run fails the way a dead QEMU makes it fail."""
+
+    def __init__(self, dead: str) -> None:
+        self.testbed = _Testbed([
+            SimpleNamespace(name=name, vm=_DeadVm() if name == dead else _LiveVm())
+            for name in ("control", "target")
+        ])  # fmt: skip
+
+    def run(self, spec: FaultSpec, *, seed: int, index: int) -> ExperimentRecord:
+        raise MachineError("QEMU of machine control exited (status -11)")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("dead", "violation"), [("control", True), ("target", False)])
+def test_a_control_qemu_that_dies_is_a_violation(dead: str, violation: bool) -> None:
+    from vmfault.campaign.worker import _Worker
+
+    machines = (MachineSpec("target", ("checksum",)), MachineSpec("control", ("matmul",)))
+    worker = _Worker.__new__(_Worker)
+    worker.setup = WorkerSetup(image_root=Path("/x"), machines=machines, control="control")
+    worker.experimenter = _FailingExperimenter(dead)  # type: ignore[assignment]
+    spec = FaultSpec.from_options(target="memory:page-table", machine="target")
+    record = worker.run(spec, 3, 1)
+    assert record.outcome is Outcome.VMM_ERROR
+    assert "killed by SIGSEGV" in record.evidence
+    if violation:
+        assert record.isolation is not None and record.isolation.machine == "control"
+        assert record.isolation.violation.startswith("the control's QEMU failed")
+    else:
+        assert record.isolation is None

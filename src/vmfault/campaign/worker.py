@@ -30,7 +30,7 @@ from typing import IO, Any
 from vmfault.classify import CrashTable, qemu_evidence, signal_name
 from vmfault.errors import RestoreMismatchError, UsageError, VmfaultError
 from vmfault.experiment.pipeline import Experimenter, vmm_error_record
-from vmfault.experiment.records import ExperimentRecord, GoldenRun
+from vmfault.experiment.records import ExperimentRecord, GoldenRun, IsolationRun
 from vmfault.experiment.testbed import MachineSpec, RestoreMethod, StartState, Testbed
 from vmfault.faults import FaultSpec
 from vmfault.faults.units import DEFAULT_BUDGET_FACTOR, Budget
@@ -228,7 +228,7 @@ class _Worker:
             raise
         except VmfaultError as exc:  # the machine failed under us: replace it
             failure = exc.one_line()
-        lost, evidence = self._machines_end()
+        lost, evidence, dead = self._machines_end()
         if lost or failure:
             self.close()
         if lost:
@@ -236,15 +236,24 @@ class _Worker:
         if failure:
             reason = f"the VMM failed during the experiment: {failure}"
             machine = spec.machine or self.setup.judge or self.setup.machines[0].name
-            return vmm_error_record(spec, seed=seed, index=index, reason=reason,
-                                    machine=machine, evidence=evidence)  # fmt: skip
+            record = vmm_error_record(spec, seed=seed, index=index, reason=reason,
+                                      machine=machine, evidence=evidence)  # fmt: skip
+            if dead is not None and dead == self.setup.control:
+                # The control's QEMU died under a fault elsewhere: isolation broke.
+                violation = IsolationRun(
+                    machine=dead, baseline=spec.control, evidence=evidence,
+                    violation=f"the control's QEMU failed: {failure}",
+                    load_1m=os.getloadavg()[0],
+                )  # fmt: skip
+                record = dataclasses.replace(record, isolation=violation)
         return record
 
-    def _machines_end(self) -> tuple[str, str]:
+    def _machines_end(self) -> tuple[str, str, str | None]:
         """(why the experiment was lost, or ""; QEMU's evidence of a machine that died, or
-        ""). A QEMU that died is reaped here, its exit status kept."""
+        ""; the machine whose QEMU died, or None). A QEMU that died is reaped here, its exit
+        status kept."""
         if self.experimenter is None:
-            return "", ""
+            return "", "", None
         for machine in self.experimenter.testbed:
             vm = machine.vm
             if vm.alive or vm.pid is None:
@@ -257,9 +266,10 @@ class _Worker:
                     f"the QEMU of machine {machine.name} was killed by {signal_name(-code)} "
                     "from outside (the OOM killer, an operator or the batch system)",
                     "",
+                    machine.name,
                 )
-            return "", qemu_evidence(code, output)
-        return "", ""
+            return "", qemu_evidence(code, output), machine.name
+        return "", "", None
 
     def close(self) -> None:
         """Destroy the testbed (every QEMU reaped); safe to call more than once."""
