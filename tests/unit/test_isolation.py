@@ -15,7 +15,7 @@ import pytest
 
 from vmfault.campaign.planner import plan_campaign
 from vmfault.campaign.spec import CampaignSpec, load_campaign
-from vmfault.campaign.worker import WorkerSetup, pinned_machines
+from vmfault.campaign.worker import WorkerSetup, _Worker, pinned_machines
 from vmfault.classify import Outcome
 from vmfault.errors import MachineError, UsageError
 from vmfault.experiment.isolation import console_difference
@@ -407,7 +407,6 @@ class _FailingExperimenter:
 
 @pytest.mark.parametrize(("dead", "violation"), [("control", True), ("target", False)])
 def test_a_control_qemu_that_dies_is_a_violation(dead: str, violation: bool) -> None:
-    from vmfault.campaign.worker import _Worker
 
     machines = (MachineSpec("target", ("checksum",)), MachineSpec("control", ("matmul",)))
     worker = _Worker.__new__(_Worker)
