@@ -1,36 +1,36 @@
-"""Binomial confidence intervals for outcome rates (pure, no I/O, no third-party maths).
+"""Binomial confidence intervals for outcome rates, and runtime equivalence (pure, no I/O).
 
 Every rate vmfault reports carries its interval and the name of the method behind it:
 Wilson's score interval (no continuity correction) or the exact Clopper-Pearson interval.
-Rates and bounds are fractions in [0, 1]; confidence is a fraction such as 0.95.
+Rates and bounds are fractions in [0, 1]; confidence is a fraction such as 0.95. The
+quantiles come from scipy.stats (`norm.ppf` for Wilson's z, `beta.ppf` for the exact
+bounds). `runtime_equivalence` is the equivalence test of isolation campaigns: a bootstrap
+interval (scipy.stats.bootstrap) of the ratio of two samples' medians against a margin.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from statistics import NormalDist
 from typing import Any
 
 from vmfault.classify import Outcome
 
 __all__ = [
+    "EQUIVALENCE_METHOD",
+    "Equivalence",
     "IntervalMethod",
     "Rate",
     "clopper_pearson",
     "normal_quantile",
     "outcome_rates",
     "rate",
-    "regularized_beta",
+    "runtime_equivalence",
     "wilson",
 ]
-
-_BISECTION_TOLERANCE = 1e-10
-_FRACTION_EPSILON = 1e-15
-_FRACTION_TINY = 1e-300
-_FRACTION_MAX_TERMS = 100_000
 
 
 class IntervalMethod(StrEnum):
@@ -88,7 +88,9 @@ class Rate:
 def normal_quantile(confidence: float) -> float:
     """The two-sided standard normal quantile z for `confidence` (1.959964 for 0.95)."""
     _check_confidence(confidence)
-    return NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    from scipy.stats import norm  # noqa: PLC0415 (scipy loads on first use: seconds)
+
+    return float(norm.ppf(1 - (1 - confidence) / 2))
 
 
 def wilson(successes: int, trials: int, *, confidence: float = 0.95) -> Rate:
@@ -108,18 +110,18 @@ def wilson(successes: int, trials: int, *, confidence: float = 0.95) -> Rate:
 
 
 def clopper_pearson(successes: int, trials: int, *, confidence: float = 0.95) -> Rate:
-    """The exact Clopper-Pearson interval from beta quantiles; (0, 1) for 0 trials.
-
-    Bounds are exact to 1e-10 (bisection on the regularized incomplete beta function).
-    """
+    """The exact Clopper-Pearson interval from beta quantiles (scipy.stats.beta.ppf);
+    (0, 1) for 0 trials."""
     _check_counts(successes, trials)
     _check_confidence(confidence)
     if trials == 0:
         return Rate(0, 0, 0.0, 1.0, IntervalMethod.CLOPPER_PEARSON, confidence)
     tail = (1 - confidence) / 2
-    low = 0.0 if successes == 0 else _beta_quantile(tail, successes, trials - successes + 1)
+    from scipy.stats import beta  # noqa: PLC0415 (scipy loads on first use: seconds)
+
+    low = 0.0 if successes == 0 else float(beta.ppf(tail, successes, trials - successes + 1))
     high = (
-        1.0 if successes == trials else _beta_quantile(1 - tail, successes + 1, trials - successes)
+        1.0 if successes == trials else float(beta.ppf(1 - tail, successes + 1, trials - successes))
     )
     return Rate(successes, trials, low, high, IntervalMethod.CLOPPER_PEARSON, confidence)
 
@@ -167,60 +169,6 @@ def outcome_rates(
     }
 
 
-def regularized_beta(x: float, a: float, b: float) -> float:
-    """The regularized incomplete beta function I_x(a, b), for 0 <= x <= 1 and a, b > 0."""
-    if a <= 0 or b <= 0:
-        raise ValueError(f"beta parameters must be positive, got a={a}, b={b}")
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    front = math.exp(log_front)
-    # The continued fraction converges fast only on this side of the mean; use symmetry otherwise.
-    if x < (a + 1) / (a + b + 2):
-        return front * _beta_fraction(x, a, b) / a
-    return 1.0 - front * _beta_fraction(1.0 - x, b, a) / b
-
-
-def _beta_fraction(x: float, a: float, b: float) -> float:
-    """The continued fraction of I_x(a, b), evaluated with the modified Lentz method."""
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) >= _FRACTION_TINY else _FRACTION_TINY)
-    h = d
-    for m in range(1, _FRACTION_MAX_TERMS + 1):
-        m2 = 2 * m
-        for numerator in (
-            m * (b - m) * x / ((qam + m2) * (a + m2)),
-            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
-        ):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) >= _FRACTION_TINY else _FRACTION_TINY)
-            c = 1.0 + numerator / c
-            c = c if abs(c) >= _FRACTION_TINY else _FRACTION_TINY
-            step = d * c
-            h *= step
-        if abs(step - 1.0) < _FRACTION_EPSILON:
-            return h
-    raise ArithmeticError(f"incomplete beta fraction did not converge for x={x}, a={a}, b={b}")
-
-
-def _beta_quantile(probability: float, a: float, b: float) -> float:
-    """The x with I_x(a, b) = probability, by bisection to 1e-10."""
-    low, high = 0.0, 1.0
-    while high - low > _BISECTION_TOLERANCE:
-        middle = (low + high) / 2
-        if regularized_beta(middle, a, b) < probability:
-            low = middle
-        else:
-            high = middle
-    return (low + high) / 2
-
-
 def _check_counts(successes: int, trials: int) -> None:
     if not 0 <= successes <= trials:
         raise ValueError(f"need 0 <= successes <= trials, got {successes}/{trials}")
@@ -229,3 +177,102 @@ def _check_counts(successes: int, trials: int) -> None:
 def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be between 0 and 1 (exclusive), got {confidence}")
+
+
+EQUIVALENCE_METHOD = "bootstrap-median-ratio"
+"""The equivalence test of `runtime_equivalence`: a BCa bootstrap interval of the ratio of
+medians (scipy.stats.bootstrap), the interval at 1 - 2 alpha, as TOST's duality has it."""
+EQUIVALENCE_MIN_RUNS = 3
+"""Runs each sample needs before an interval is drawn (fewer: no verdict)."""
+BOOTSTRAP_RESAMPLES = 9999
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """Runtimes under faults against fault-free runtimes: the ratio of their medians
+    (faulted / baseline), its interval at `level` and the verdict against `margin`.
+
+    The runtimes are equivalent when the whole interval lies within [1 - margin,
+    1 + margin]: at `level` = 1 - 2 alpha this is an equivalence test at alpha (the two
+    one-sided tests' duality). `ratio`, `low` and `high` are None, and `equivalent` is
+    None, while a sample has fewer than EQUIVALENCE_MIN_RUNS runs.
+    """
+
+    ratio: float | None
+    low: float | None
+    high: float | None
+    margin: float
+    level: float
+    faulted: int
+    baseline: int
+    method: str = EQUIVALENCE_METHOD
+
+    @property
+    def equivalent(self) -> bool | None:
+        """Whether the interval lies within the margin (None: too few runs to say)."""
+        if self.low is None or self.high is None:
+            return None
+        return 1 - self.margin <= self.low and self.high <= 1 + self.margin
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data: `runtime_ratio`, `interval` ([low, high] or null), `equivalent`,
+        `method`, `margin`, `level`, `runs` (faulted and baseline)."""
+        return {
+            "runtime_ratio": self.ratio,
+            "interval": None if self.low is None else [self.low, self.high],
+            "equivalent": self.equivalent,
+            "method": self.method,
+            "margin": self.margin,
+            "level": self.level,
+            "runs": {"faulted": self.faulted, "baseline": self.baseline},
+        }
+
+
+def runtime_equivalence(
+    faulted: Sequence[float],
+    baseline: Sequence[float],
+    *,
+    margin: float,
+    level: float = 0.90,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> Equivalence:
+    """The ratio of the medians of `faulted` and `baseline` runtimes (any one unit, > 0)
+    with its BCa bootstrap interval at `level` (scipy.stats.bootstrap, the two samples
+    resampled independently, `seed` fixing the resamples so a verdict is repeatable), and
+    the verdict against `margin` (a ratio in (0, 1)). Samples without spread give the exact
+    ratio as a zero-width interval; a BCa interval that cannot be drawn (degenerate
+    resamples) falls back to the percentile interval."""
+    if not 0.0 < margin < 1.0:
+        raise ValueError(f"margin must be between 0 and 1 (exclusive), got {margin}")
+    _check_confidence(level)
+    import numpy as np  # noqa: PLC0415 (loads on first use, as scipy)
+    from scipy.stats import bootstrap  # noqa: PLC0415 (scipy loads on first use: seconds)
+
+    ran = np.asarray(faulted, dtype=float)
+    base = np.asarray(baseline, dtype=float)
+
+    def verdict(ratio: float | None, low: float | None, high: float | None) -> Equivalence:
+        return Equivalence(ratio, low, high, margin, level, len(ran), len(base))
+
+    if min(len(ran), len(base)) < EQUIVALENCE_MIN_RUNS or float(np.median(base)) <= 0:
+        return verdict(None, None, None)
+    ratio = float(np.median(ran) / np.median(base))
+    if float(np.ptp(ran)) == 0.0 and float(np.ptp(base)) == 0.0:
+        return verdict(ratio, ratio, ratio)
+
+    def median_ratio(x: Any, y: Any, axis: int = -1) -> Any:
+        return np.median(x, axis=axis) / np.median(y, axis=axis)
+
+    low = high = math.nan
+    for how in ("BCa", "percentile"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = bootstrap(
+                (ran, base), median_ratio, n_resamples=resamples, vectorized=True,
+                confidence_level=level, method=how, rng=np.random.default_rng(seed),
+            )  # fmt: skip
+        low, high = (float(found.confidence_interval.low), float(found.confidence_interval.high))
+        if math.isfinite(low) and math.isfinite(high):
+            break
+    return verdict(ratio, min(low, ratio), max(high, ratio))

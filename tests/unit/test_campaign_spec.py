@@ -198,8 +198,9 @@ def test_unknown_key_in_a_fault_family(tmp_path: Path) -> None:
 @pytest.mark.parametrize("key", ["source", "file_sha256", "extra"])
 def test_unknown_top_level_key(tmp_path: Path, key: str) -> None:
     error = load_error(tmp_path, f'{key} = "x"\n' + EXAMPLE)
-    assert f": {key}: unknown key (allowed: campaign, dask, faults, guest, machine, slurm)" in (
-        error.message
+    assert (
+        f": {key}: unknown key (allowed: campaign, dask, faults, guest, isolation, machine, slurm)"
+        in (error.message)
     )
 
 
@@ -392,7 +393,15 @@ def test_fault_family_validates_on_its_own() -> None:
 
 def test_json_schema_describes_the_file() -> None:
     schema = campaign_json_schema()
-    assert set(schema["properties"]) == {"campaign", "guest", "machine", "faults", "dask", "slurm"}
+    assert set(schema["properties"]) == {
+        "campaign",
+        "guest",
+        "machine",
+        "faults",
+        "dask",
+        "slurm",
+        "isolation",
+    }
     assert set(schema["required"]) == {"campaign", "faults"}  # [guest] or [[machine]]
     section = schema["$defs"]["CampaignSection"]
     assert section["additionalProperties"] is False

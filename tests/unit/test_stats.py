@@ -15,7 +15,7 @@ from vmfault.stats import (
     normal_quantile,
     outcome_rates,
     rate,
-    regularized_beta,
+    runtime_equivalence,
     wilson,
 )
 
@@ -110,14 +110,30 @@ def test_large_counts_are_fast_and_agree() -> None:
     assert exact.high == pytest.approx(score.high, abs=1e-5)
 
 
-def test_regularized_beta_known_values() -> None:
-    assert regularized_beta(0.5, 2.0, 2.0) == pytest.approx(0.5)
-    assert regularized_beta(0.3, 1.0, 1.0) == pytest.approx(0.3)
-    assert regularized_beta(0.2, 2.0, 3.0) == pytest.approx(1 - binomial_tail_at_most(1, 4, 0.2))
-    assert regularized_beta(0.0, 3.0, 4.0) == 0.0
-    assert regularized_beta(1.0, 3.0, 4.0) == 1.0
-    with pytest.raises(ValueError, match="positive"):
-        regularized_beta(0.5, 0.0, 1.0)
+# Bounds the hand-written incomplete beta function and bisection gave (exact to 1e-10)
+# before scipy.stats.beta.ppf replaced them: the same numbers.
+@pytest.mark.parametrize(
+    ("k", "n", "confidence", "low", "high"),
+    [
+        (5, 10, 0.95, 0.1870860284252558, 0.8129139715747442),
+        (0, 10, 0.95, 0.0, 0.30849710779148154),
+        (81, 263, 0.95, 0.2527367456059437, 0.3676219226035755),
+        (1, 1000, 0.99, 5.012523615732789e-06, 0.007406286924378946),
+        (81, 263, 0.9, 0.2610557460284326, 0.3581784955749754),
+        (3, 7, 0.8, 0.16963841739925556, 0.7213979513908271),
+    ],
+)
+def test_clopper_pearson_gives_the_numbers_of_the_former_beta_search(
+    k: int, n: int, confidence: float, low: float, high: float
+) -> None:
+    interval = clopper_pearson(k, n, confidence=confidence)
+    assert interval.low == pytest.approx(low, abs=1e-9)
+    assert interval.high == pytest.approx(high, abs=1e-9)
+
+
+def test_normal_quantile_is_the_former_one() -> None:
+    assert normal_quantile(0.95) == pytest.approx(1.9599639845400536, abs=1e-12)
+    assert normal_quantile(0.9) == pytest.approx(1.6448536269514715, abs=1e-12)
 
 
 def test_rate_value_and_json() -> None:
@@ -171,3 +187,55 @@ def test_outcome_rates_refuse_unknown_classes_and_negative_counts() -> None:
         outcome_rates({"oops": 1})
     with pytest.raises(ValueError, match="negative"):
         outcome_rates({"benign": -1})
+
+
+def test_equivalent_runtimes_give_a_narrow_interval_around_one() -> None:
+    import random
+
+    draw = random.Random(1)
+    faulted = [1.0 + draw.gauss(0, 0.01) for _ in range(30)]
+    baseline = [1.0 + draw.gauss(0, 0.01) for _ in range(10)]
+    found = runtime_equivalence(faulted, baseline, margin=0.05, seed=3)
+    assert found.ratio is not None and found.low is not None and found.high is not None
+    assert found.low <= found.ratio <= found.high
+    assert found.low > 0.95 and found.high < 1.05
+    assert found.equivalent is True
+    assert runtime_equivalence(faulted, baseline, margin=0.05, seed=3) == found  # repeatable
+    data = found.to_json()
+    assert data["method"] == "bootstrap-median-ratio"
+    assert data["interval"] == [found.low, found.high]
+    assert data["runs"] == {"faulted": 30, "baseline": 10}
+
+
+def test_slower_runtimes_are_not_equivalent() -> None:
+    found = runtime_equivalence([1.3, 1.2, 1.25, 1.28], [1.0, 1.01, 0.99, 1.0], margin=0.05)
+    assert found.ratio == pytest.approx(1.265)
+    assert found.low is not None and found.low > 1.05
+    assert found.equivalent is False
+
+
+def test_an_interval_wider_than_the_margin_is_no_equivalence() -> None:
+    """Noisy runtimes with equal medians: the interval crosses the margin, so no verdict of
+    equivalence (an equivalence test never passes for want of evidence)."""
+    faulted = [0.6, 1.0, 1.4, 0.7, 1.3, 1.0, 0.8, 1.2]
+    baseline = [0.5, 1.0, 1.5, 0.9, 1.1]
+    found = runtime_equivalence(faulted, baseline, margin=0.05)
+    assert found.ratio == pytest.approx(1.0)
+    assert found.equivalent is False
+
+
+def test_identical_runtimes_give_the_exact_ratio() -> None:
+    found = runtime_equivalence([5.0] * 4, [5.0] * 3, margin=0.01)
+    assert (found.ratio, found.low, found.high, found.equivalent) == (1.0, 1.0, 1.0, True)
+
+
+def test_too_few_runs_give_no_verdict() -> None:
+    found = runtime_equivalence([1.0, 1.0], [1.0, 1.1, 0.9], margin=0.05)
+    assert (found.ratio, found.low, found.equivalent) == (None, None, None)
+    assert found.to_json()["interval"] is None
+
+
+@pytest.mark.parametrize("margin", [0.0, 1.0, -0.1])
+def test_the_margin_is_a_ratio_in_the_open_unit_interval(margin: float) -> None:
+    with pytest.raises(ValueError, match="margin"):
+        runtime_equivalence([1.0] * 3, [1.0] * 3, margin=margin)

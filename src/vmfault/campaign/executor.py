@@ -100,6 +100,8 @@ class WorkerProcess:
     def __init__(self, name: str, setup: WorkerSetup, log: Path,
                  program: Sequence[str] = WORKER_PROGRAM) -> None:  # fmt: skip
         self.name = name
+        self.slot = setup.slot
+        """Its place among the local workers (the host cores it pins its machines to)."""
         self.log = log
         self.process = spawn_tied(program, output=log, pipes=True)
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -274,7 +276,10 @@ class LocalExecutor:
 
     def _spawn(self) -> WorkerProcess:
         self._spawned += 1
-        proc = WorkerProcess(f"worker-{self._spawned}", self.setup, self.log, self.program)
+        taken = {proc.slot for proc in self._procs}
+        slot = min(set(range(len(taken) + 1)) - taken)  # a replacement takes the slot freed
+        setup = dataclasses.replace(self.setup, slot=slot)
+        proc = WorkerProcess(f"worker-{self._spawned}", setup, self.log, self.program)
         self.goldens.append(proc.await_ready())
         self._procs.append(proc)
         self._selector.register(proc.stdout, selectors.EVENT_READ, proc)

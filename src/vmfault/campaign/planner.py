@@ -9,11 +9,13 @@ numbers that have no result yet.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from vmfault.campaign.spec import CampaignSpec, FaultFamily
 from vmfault.classify import Outcome
+from vmfault.experiment.records import BASELINE_STRATUM
 from vmfault.faults.model import FaultSpec
 from vmfault.faults.select import Plan, plan
 from vmfault.stats import normal_quantile, outcome_rates
@@ -105,6 +107,10 @@ class CampaignPlan:
     strata: tuple[Stratum, ...]
     total: int
     seed: int
+    shuffled: bool = False
+    """Run the experiments in an order drawn at random from the seed (isolation
+    campaigns: the fault-free baseline interleaved at random among the faults), not in
+    round-robin order over the strata."""
 
     def __post_init__(self) -> None:
         first = 0
@@ -151,8 +157,15 @@ class CampaignPlan:
     def interleaved(self, ids: Iterable[int] | None = None) -> list[int]:
         """`ids` (default: all) in round-robin order over the strata, each stratum in order.
 
-        Every stratum gains results at the same pace, which an early stop needs.
+        Every stratum gains results at the same pace, which an early stop needs. A
+        `shuffled` plan gives them in the order of a permutation of all experiments drawn
+        from the seed alone (a resumed campaign keeps the order of its first run).
         """
+        if self.shuffled:
+            drawn = list(range(self.total))
+            random.Random(f"{self.seed}:order").shuffle(drawn)
+            wanted = set(drawn) if ids is None else set(ids)
+            return [i for i in drawn if i in wanted]
         chosen = range(self.total) if ids is None else sorted(set(ids))
         queues: list[list[int]] = [[] for _ in self.strata]
         for experiment_id in chosen:
@@ -168,17 +181,28 @@ def plan_campaign(spec: CampaignSpec) -> CampaignPlan:
 
     A stratum's count is its family's `experiments`; else the campaign's `experiments`
     shared evenly by the families without their own (the first ones get the remainder);
-    else `sample_size(margin, confidence)`.
+    else `sample_size(margin, confidence)`. An isolation campaign adds the stratum
+    `baseline` (target none, on the machine faults go to by default), its share of the
+    campaign's `experiments` (taken from the families without their own), or that share of
+    every experiment when the families have their own counts or a margin sizes them; its
+    experiments run interleaved at random among the others (`CampaignPlan.shuffled`).
     """
     settings = spec.campaign
+    isolation = spec.isolation
+    share_of_baseline = 0.0 if isolation is None else isolation.baseline
     shared = [family for family in spec.faults if family.experiments is None]
+    pool = settings.experiments
+    baseline = 0
+    if share_of_baseline and pool is not None and shared:
+        baseline = min(max(1, round(share_of_baseline * pool)), pool - len(shared))
+        pool -= baseline
     strata: list[Stratum] = []
     first = 0
     for index, family in enumerate(spec.faults):
         if family.experiments is not None:
             count = family.experiments
-        elif settings.experiments is not None:
-            share, remainder = divmod(settings.experiments, len(shared))
+        elif pool is not None:
+            share, remainder = divmod(pool, len(shared))
             count = share + (1 if shared.index(family) < remainder else 0)
         else:
             if settings.margin is None:
@@ -186,7 +210,18 @@ def plan_campaign(spec: CampaignSpec) -> CampaignPlan:
             count = sample_size(margin=settings.margin, confidence=settings.confidence)
         strata.append(Stratum(index, family.name, family, first, count))
         first += count
-    return CampaignPlan(tuple(strata), first, settings.seed)
+    if isolation is None:
+        return CampaignPlan(tuple(strata), first, settings.seed)
+    if share_of_baseline and not baseline:
+        baseline = max(1, math.ceil(round(share_of_baseline / (1 - share_of_baseline) * first, 9)))
+    if baseline:
+        machine = spec.fault_machine(None, avoid=isolation.control)
+        family = FaultFamily(
+            name=BASELINE_STRATUM, target="none", machine=machine, experiments=baseline
+        )
+        strata.append(Stratum(len(strata), BASELINE_STRATUM, family, first, baseline))
+        first += baseline
+    return CampaignPlan(tuple(strata), first, settings.seed, shuffled=True)
 
 
 def stratum_converged(counts: Mapping[str, int], *, margin: float, confidence: float) -> bool:

@@ -9,6 +9,7 @@ runs); the local workers' QEMUs never outlive the coordinator.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import platform
@@ -231,7 +232,7 @@ def run_campaign(
         image_root=prepared.image.root, machines=prepared.machines,
         judge=spec.campaign.judge, network=spec.networked,
         budget_factor=_budget(spec), crash_patterns=spec.crash_patterns_path(),
-        restore=restore,
+        restore=restore, control=None if spec.isolation is None else spec.isolation.control,
     )  # fmt: skip
     own = executor is None
     log_path = Path(f"{store.path}.log")
@@ -245,9 +246,11 @@ def run_campaign(
             dask.start()
         elif executor is None:
             # Ours from the start: a failed or interrupted start closes the workers it booted.
+            pin = spec.isolation is not None and spec.isolation.pin
             executor = local = LocalExecutor(
-                setup, workers=count, log=log_path, job_timeout_s=0.0, notify=log
-            )
+                dataclasses.replace(setup, pin_workers=count if pin else 0),
+                workers=count, log=log_path, job_timeout_s=0.0, notify=log,
+            )  # fmt: skip
             local.start()
             local.job_timeout_s = _job_timeout(local.goldens, spec.campaign.hang_budget)
         _check_goldens(executor.goldens, prepared)

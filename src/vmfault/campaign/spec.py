@@ -45,6 +45,17 @@ Two or more machines are joined by a network (`[campaign] network = false` leave
 apart); a `[guest]` table beside `[[machine]]` tables only gives their defaults
 (`deterministic`, `accel`, `crash_patterns`).
 
+An isolation campaign has an `[isolation]` table beside two or more `[[machine]]` tables:
+faults go into the other machines, and the `control` machine must keep to its golden run
+(any difference is an isolation violation, a vmm-error) at the same speed (its runtimes
+under faults against `baseline`, a share of fault-free experiments interleaved at random,
+equivalent within `margin`):
+
+    [isolation]
+    control = "control"      # a [[machine]] name
+    margin = 0.05            # runtime equivalence margin, as a ratio
+    baseline = 0.25          # share of experiments run with no fault
+
 Where the experiments run is `executor` in `[campaign]` (`local`, `dask` with a `[dask]`
 table's `scheduler`, or `slurm` with a `[slurm]` table: queue, account, walltime, cores,
 memory, jobs, job_extra_directives; see `vmfault.campaign.cluster`).
@@ -86,7 +97,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from vmfault.errors import UsageError
-from vmfault.experiment.records import DEFAULT_MACHINE
+from vmfault.experiment.records import BASELINE_STRATUM, DEFAULT_MACHINE
 from vmfault.faults.model import (
     BitModel,
     Context,
@@ -125,6 +136,7 @@ __all__ = [
     "ExecutorName",
     "FaultFamily",
     "GuestSection",
+    "IsolationSection",
     "MachineSection",
     "ScriptStep",
     "SlurmSection",
@@ -814,6 +826,36 @@ class FaultFamily(BaseModel):
         return self._spec
 
 
+class IsolationSection(BaseModel):
+    """The `[isolation]` table: the campaign tests whether faults in some machines reach
+    the `control` machine (a `[[machine]]` name).
+
+    Every experiment checks the control against its golden run (output, exit status,
+    console): a difference is an isolation violation, recorded as vmm-error with its
+    evidence. `baseline` (in [0, 1)) is the share of the campaign's experiments run with no
+    fault (stratum `baseline`, target none), interleaved at random (the campaign's seed);
+    the control's runtimes under faults are tested against theirs for equivalence within
+    `margin` (a ratio in (0, 1)). `runtime` is what a runtime is: `vcpu` (CPU seconds of
+    the control's vCPU threads, the default: host noise does not stretch it), `guest`
+    (the guest's own clock, which follows host time under TCG), `host` (wall seconds) or
+    `instructions` (deterministic mode). `pin` pins each QEMU to a host core of its own
+    when the host has enough cores for every machine of every local worker. `check`
+    allows faults aimed at the control (`machine = "control"`): a validation campaign, in
+    which those faults must show up as violations.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    control: str = Field(description="the [[machine]] that must not be affected")
+    margin: StrictFloat = Field(default=0.05, gt=0, lt=1, description="as a ratio: 0.05")
+    baseline: StrictFloat = Field(
+        default=0.25, ge=0, lt=1, description="share of experiments run with no fault"
+    )
+    runtime: Literal["vcpu", "guest", "host", "instructions"] = "vcpu"
+    pin: StrictBool = True
+    check: StrictBool = False
+
+
 class CampaignSpec(BaseModel):
     """A whole campaign: its `[campaign]`, `[guest]` (or `[[machine]]`) and `[[faults]]`
     tables.
@@ -833,6 +875,7 @@ class CampaignSpec(BaseModel):
     faults: tuple[FaultFamily, ...] = Field(min_length=1)
     dask: DaskSection | None = None
     slurm: SlurmSection | None = None
+    isolation: IsolationSection | None = None
     source: Path | None = None
     file_sha256: str = ""
 
@@ -903,6 +946,69 @@ class CampaignSpec(BaseModel):
                         at=("faults", index, key),
                     )
         return self
+
+    @model_validator(mode="after")
+    def _isolation(self) -> Self:
+        isolation = self.isolation
+        if isolation is None:
+            return self
+        names = self.machine_names
+        if len(self.machine) < 2:
+            raise _error(
+                "an isolation campaign needs two or more [[machine]] tables",
+                hint="add a [[machine]] for the control beside the one faults go to",
+                at=("isolation",),
+            )
+        control = isolation.control
+        if control not in names:
+            raise _error(
+                f"no machine {control!r} to be the control",
+                hint="machines: " + ", ".join(names),
+                at=("isolation", "control"),
+            )
+        if self.campaign.judge == control:
+            raise _error(
+                f"the control {control!r} cannot be the judge",
+                hint="judge by the machine faults go to, or leave judge out",
+                at=("campaign", "judge"),
+            )
+        if isolation.runtime == "instructions" and not self._machine_deterministic(control):
+            raise _error(
+                "runtime = instructions needs a deterministic control",
+                hint=f"set deterministic = true for {control!r}, or runtime = vcpu",
+                at=("isolation", "runtime"),
+            )
+        if BASELINE_STRATUM in {f.name for f in self.faults} and isolation.baseline > 0:
+            raise _error(
+                f"a fault family is named {BASELINE_STRATUM!r}, the stratum of the baseline",
+                hint="give that [[faults]] table another name",
+                at=("isolation", "baseline"),
+            )
+        for index, family in enumerate(self.faults):
+            spec = family.fault_spec()
+            if spec.control:
+                continue
+            if self.fault_machine(spec.machine) == control and not isolation.check:
+                raise _error(
+                    f"this fault goes to the control {control!r}: faults go to the others",
+                    hint=f'set machine = "{self.fault_machine(None, avoid=control)}", or '
+                    "[isolation] check = true to validate that a fault in the control is seen",
+                    at=("faults", index, "machine"),
+                )
+        return self
+
+    def _machine_deterministic(self, name: str) -> bool:
+        table = next(t for t in self.machine if t.name == name)
+        return self.guest.deterministic if table.deterministic is None else table.deterministic
+
+    def fault_machine(self, named: str | None, *, avoid: str | None = None) -> str:
+        """The machine a fault naming `named` goes to: that one, else the judge, else the
+        first machine (the first one but `avoid`, when asked for another)."""
+        if named is not None:
+            return named
+        if self.campaign.judge is not None and self.campaign.judge != avoid:
+            return self.campaign.judge
+        return next(name for name in self.machine_names if name != avoid)
 
     @property
     def machine_names(self) -> tuple[str, ...]:

@@ -17,19 +17,20 @@ executor runs it again.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import signal
 import struct
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from vmfault.classify import CrashTable, qemu_evidence, signal_name
 from vmfault.errors import RestoreMismatchError, UsageError, VmfaultError
 from vmfault.experiment.pipeline import Experimenter, vmm_error_record
-from vmfault.experiment.records import ExperimentRecord, GoldenRun
+from vmfault.experiment.records import ExperimentRecord, GoldenRun, IsolationRun
 from vmfault.experiment.testbed import MachineSpec, RestoreMethod, StartState, Testbed
 from vmfault.faults import FaultSpec
 from vmfault.faults.units import DEFAULT_BUDGET_FACTOR, Budget
@@ -43,6 +44,7 @@ __all__ = [
     "job_timeout_s",
     "main",
     "make_start_state",
+    "pinned_machines",
     "read_message",
     "same_goldens",
     "serve",
@@ -72,6 +74,28 @@ class WorkerSetup:
     name: str = "worker"
     restore: RestoreMethod = RestoreMethod.TEMPLATE
     start_state: StartState | None = None
+    control: str | None = None
+    """An isolation campaign's control machine (see `Experimenter`)."""
+    pin_workers: int = 0
+    """Pin each QEMU to a host core of its own, for this many local workers, when the host
+    has a core for every machine of every one of them (0: never pin)."""
+    slot: int = 0
+    """This worker's place among the local workers, 0..pin_workers-1: which cores it pins
+    its machines to."""
+
+
+def pinned_machines(setup: WorkerSetup, cores: Sequence[int]) -> tuple[MachineSpec, ...]:
+    """The machines of `setup`, each pinned to a core of its own among `cores` (the
+    host's, sorted) when there is one for every machine of every local worker: machine j
+    of worker slot s gets core s * machines + j. Unpinned otherwise."""
+    machines = setup.machines
+    count = len(machines)
+    if setup.pin_workers < 1 or len(cores) < setup.pin_workers * count:
+        return machines
+    first = setup.slot * count
+    return tuple(
+        dataclasses.replace(spec, host_cpus=(cores[first + j],)) for j, spec in enumerate(machines)
+    )
 
 
 def make_start_state(setup: WorkerSetup, directory: Path) -> StartState:
@@ -161,16 +185,25 @@ class _Worker:
             table = CrashTable.default().extended(CrashTable.load(setup.crash_patterns))
         self.table = table
         self.experimenter: Experimenter | None = None
+        self.host_cores = sorted(os.sched_getaffinity(0))
+        """The host cores this worker may use, as it started (machines are pinned to them)."""
 
     def boot(self) -> Goldens:
         """A fresh testbed: booted, snapshotted, golden runs taken; its golden runs."""
         self.close()
         setup = self.setup
-        testbed = Testbed(self.image, setup.machines, judge=setup.judge, network=setup.network,
+        machines = pinned_machines(setup, self.host_cores)
+        keep_off = {c for m in machines if m.name == setup.control for c in m.host_cpus}
+        if keep_off:
+            # The worker drives the other machines (debug stops, page-table walks): off the
+            # control's core, so that its work does not slow the control it measures.
+            os.sched_setaffinity(0, set(self.host_cores) - keep_off)
+        testbed = Testbed(self.image, machines, judge=setup.judge, network=setup.network,
                           restore=setup.restore, start_state=setup.start_state)  # fmt: skip
         experimenter = Experimenter(
-            testbed, budget_factor=self.setup.budget_factor, crash_table=self.table
-        )
+            testbed, budget_factor=self.setup.budget_factor, crash_table=self.table,
+            control=setup.control,
+        )  # fmt: skip
         self.experimenter = experimenter
         return dict(experimenter.start())
 
@@ -195,7 +228,7 @@ class _Worker:
             raise
         except VmfaultError as exc:  # the machine failed under us: replace it
             failure = exc.one_line()
-        lost, evidence = self._machines_end()
+        lost, evidence, dead = self._machines_end()
         if lost or failure:
             self.close()
         if lost:
@@ -203,15 +236,24 @@ class _Worker:
         if failure:
             reason = f"the VMM failed during the experiment: {failure}"
             machine = spec.machine or self.setup.judge or self.setup.machines[0].name
-            return vmm_error_record(spec, seed=seed, index=index, reason=reason,
-                                    machine=machine, evidence=evidence)  # fmt: skip
+            record = vmm_error_record(spec, seed=seed, index=index, reason=reason,
+                                      machine=machine, evidence=evidence)  # fmt: skip
+            if dead is not None and dead == self.setup.control:
+                # The control's QEMU died under a fault elsewhere: isolation broke.
+                violation = IsolationRun(
+                    machine=dead, baseline=spec.control, evidence=evidence,
+                    violation=f"the control's QEMU failed: {failure}",
+                    load_1m=os.getloadavg()[0],
+                )  # fmt: skip
+                record = dataclasses.replace(record, isolation=violation)
         return record
 
-    def _machines_end(self) -> tuple[str, str]:
+    def _machines_end(self) -> tuple[str, str, str | None]:
         """(why the experiment was lost, or ""; QEMU's evidence of a machine that died, or
-        ""). A QEMU that died is reaped here, its exit status kept."""
+        ""; the machine whose QEMU died, or None). A QEMU that died is reaped here, its exit
+        status kept."""
         if self.experimenter is None:
-            return "", ""
+            return "", "", None
         for machine in self.experimenter.testbed:
             vm = machine.vm
             if vm.alive or vm.pid is None:
@@ -224,9 +266,10 @@ class _Worker:
                     f"the QEMU of machine {machine.name} was killed by {signal_name(-code)} "
                     "from outside (the OOM killer, an operator or the batch system)",
                     "",
+                    machine.name,
                 )
-            return "", qemu_evidence(code, output)
-        return "", ""
+            return "", qemu_evidence(code, output), machine.name
+        return "", "", None
 
     def close(self) -> None:
         """Destroy the testbed (every QEMU reaped); safe to call more than once."""

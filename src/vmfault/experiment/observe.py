@@ -19,10 +19,12 @@ idles, and only its peers can end the wait).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
 from vmfault.classify import Observation
+from vmfault.errors import VmfaultError
 from vmfault.experiment.crew import LOOK_S, Crew
 from vmfault.experiment.state import Experiment, Progress, Symptom, Watch
 from vmfault.experiment.testbed import GuestMachine
@@ -97,6 +99,11 @@ def observe(experiment: Experiment, progress: Progress, *, injected: bool) -> Ob
     try:
         return _observe(experiment, progress)
     finally:
+        progress.ended_at = time.monotonic()
+        with contextlib.suppress(VmfaultError):  # QEMU gone: its run has no runtime
+            if machine.vm.alive:
+                progress.ended_vcpu_s = machine.vm.vcpu_s()
+                progress.ended_instructions = machine.vm.instruction_count()
         experiment.ended.add(machine.name)
 
 

@@ -34,6 +34,7 @@ from vmfault.classify import (
     classify,
 )
 from vmfault.errors import UsageError, VmfaultError
+from vmfault.experiment.isolation import isolation_run
 from vmfault.experiment.kinds import KINDS, FaultKind, Injected, kind_name
 from vmfault.experiment.observe import Observed, observe, release
 from vmfault.experiment.records import (
@@ -41,6 +42,7 @@ from vmfault.experiment.records import (
     ExperimentRecord,
     GoldenRun,
     Injection,
+    IsolationRun,
     LinkCounts,
     MachineRun,
     StormSummary,
@@ -80,7 +82,14 @@ class Experimenter(StartedOnEnter):
         *,
         budget_factor: float | Budget = DEFAULT_BUDGET_FACTOR,
         crash_table: CrashTable | None = None,
+        control: str | None = None,
     ) -> None:
+        if control is not None:
+            testbed.machine(control)  # UsageError for a machine the testbed lacks
+        self.control = control
+        """The control machine of an isolation campaign (None: no isolation check): a
+        control that differs from its golden run is a violation, recorded as vmm-error;
+        its runtimes are recorded (`ExperimentRecord.isolation`)."""
         self.budget = (
             budget_factor if isinstance(budget_factor, Budget) else Budget(factor=budget_factor)
         )
@@ -217,13 +226,14 @@ class Experimenter(StartedOnEnter):
         held = any(i.injected for i in injected.injections)
         runs: list[MachineRun] = []
         verdict: Classification | None = None
+        isolation: IsolationRun | None = None
         for machine in self.testbed:
             observation = observed[machine.name].observation
             judged = classify(machine.require_golden(), observation, table=self.crash_table)
             if machine is target:
                 verdict = judged
             result = machine.result()
-            runs.append(MachineRun(
+            run = MachineRun(
                 machine=machine.name, outcome=judged.outcome,
                 reason=judged.reason if held else first.reason or judged.reason,
                 cause=judged.cause, evidence=judged.evidence,
@@ -231,7 +241,15 @@ class Experimenter(StartedOnEnter):
                 stderr=observation.stderr.decode("utf-8", errors="replace"),
                 exit_status=None if result is None else result.exit_status,
                 signal=None if result is None else result.signal,
-            ))  # fmt: skip
+            )  # fmt: skip
+            if machine.name == self.control:
+                progress = experiment.progress[machine.name]
+                run, isolation = isolation_run(
+                    run, judged, progress, machine.require_golden(), result,
+                    console=observation.console, baseline=experiment.spec.control,
+                    observed=held and not progress.aborted, host_cpus=machine.spec.host_cpus,
+                )  # fmt: skip
+            runs.append(run)
         assert verdict is not None
         latency = None
         if kind.latency:
@@ -248,6 +266,7 @@ class Experimenter(StartedOnEnter):
             injections=injected.injections, machines=runs,
             judged=self._judged(runs, target.name), latency=latency, activation=activation,
             phases_s=phases.seconds, storm=injected.summary, traffic=self._traffic(injected),
+            isolation=isolation,
         )  # fmt: skip
 
     def _traffic(self, injected: Injected) -> Traffic | None:
@@ -341,6 +360,7 @@ def build_record(
     phases_s: Mapping[str, float] | None = None,
     storm: StormSummary | None = None,
     traffic: Traffic | None = None,
+    isolation: IsolationRun | None = None,
 ) -> ExperimentRecord:
     """The record of one experiment (the one place records are made). The spec is kept in
     its JSON form exactly (lists, not tuples), so a stored record reloads equal."""
@@ -348,7 +368,7 @@ def build_record(
         index=index, seed=seed, spec=json.loads(json.dumps(spec.to_json())),
         injections=tuple(injections),
         machines=tuple(machines), judged=judged, latency=latency, activation=activation,
-        phases_s=dict(phases_s or {}), storm=storm, traffic=traffic,
+        phases_s=dict(phases_s or {}), storm=storm, traffic=traffic, isolation=isolation,
     )  # fmt: skip
 
 

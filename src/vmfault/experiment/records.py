@@ -34,6 +34,7 @@ from vmfault.classify import Activation, Latency, Outcome
 from vmfault.faults.values import ValueFormat, decode_value, format_value
 
 __all__ = [
+    "BASELINE_STRATUM",
     "CONTROL",
     "DEFAULT_MACHINE",
     "DISK_COLUMNS",
@@ -46,10 +47,12 @@ __all__ = [
     "GoldenRun",
     "Injection",
     "InstructionInjection",
+    "IsolationRun",
     "LinkCounts",
     "MachineRun",
     "MemoryInjection",
     "NetworkInjection",
+    "PageTableInjection",
     "RegisterInjection",
     "StormSummary",
     "Traffic",
@@ -61,6 +64,8 @@ __all__ = [
     "injection_from_fields",
 ]
 
+BASELINE_STRATUM = "baseline"
+"""The stratum of an isolation campaign's fault-free experiments (target none)."""
 DEFAULT_MACHINE = "guest"
 """The name of the one machine of a campaign without named machines."""
 CONTROL = "none"
@@ -318,6 +323,23 @@ class MemoryInjection(Injection):
     """Guest-physical address of the faulted word or byte."""
     virtual: int | None = None
     """Its virtual address, where the fault was aimed through page tables."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PageTableInjection(MemoryInjection):
+    """A fault in a page-table entry of the target machine (`memory:page-table`):
+    `address` is the entry's guest-physical address, `virtual` the first virtual address
+    the entry maps, `level` its table (PML4, PDPT, PD or PT), `space` whose entry it is
+    (`user`: the workload's half of the address space, `kernel`: the kernel's), `leaf`
+    whether it maps a page (else it points to a table), `entries` how many present
+    entries the fault was drawn among."""
+
+    kind: ClassVar[str] = "page-table"
+
+    level: str = ""
+    space: str = ""
+    leaf: bool = False
+    entries: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -667,6 +689,7 @@ INJECTION_TYPES: Mapping[str, type[Injection]] = {
         Injection,
         RegisterInjection,
         MemoryInjection,
+        PageTableInjection,
         FlipInjection,
         InstructionInjection,
         DiskInjection,
@@ -725,6 +748,47 @@ class MachineRun:
 
 
 @dataclass(frozen=True)
+class IsolationRun:
+    """What the control machine of an isolation campaign did in one experiment: its
+    runtimes, measured from its restore to its exit, and whether it kept to its golden run.
+
+    `vcpu_s` is the CPU time QEMU's vCPU threads had (the host scheduler's account),
+    `guest_s` the guest's own CLOCK_MONOTONIC from the workload's fork to its reap,
+    `host_s` host wall seconds, `instructions` guest instructions (deterministic mode only).
+    `violation` is empty when the control's output, exit status and console matched its
+    golden run, else what differed (its run is then a vmm-error, `evidence` the proof).
+    `baseline`: the experiment injected nothing (an interleaved fault-free run).
+    `load_1m` is the host's one-minute load average at the experiment's end; `host_cpus`
+    the cores the control's QEMU was pinned to (() not pinned).
+    """
+
+    machine: str
+    baseline: bool
+    vcpu_s: float | None = None
+    guest_s: float | None = None
+    host_s: float | None = None
+    instructions: int | None = None
+    violation: str = ""
+    evidence: str = ""
+    load_1m: float | None = None
+    host_cpus: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data (`from_json` reads it back)."""
+        data = dataclasses.asdict(self)
+        data["host_cpus"] = list(self.host_cpus)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> IsolationRun:
+        """The run from `to_json` data (unknown keys ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["host_cpus"] = tuple(values.get("host_cpus") or ())
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class StormSummary:
     """What a storm adds to its experiment's record (its flips are the record's injections).
 
@@ -778,6 +842,8 @@ class ExperimentRecord:
     """Storm experiments: the schedule and its timing."""
     traffic: Traffic | None = None
     """Experiments on a testbed with a network: the frames on each link direction."""
+    isolation: IsolationRun | None = None
+    """Isolation campaigns: what the control machine did."""
 
     def __post_init__(self) -> None:
         if not self.injections:
@@ -894,6 +960,8 @@ class ExperimentRecord:
             }  # fmt: skip
         if self.traffic is not None:
             data["traffic"] = self.traffic.to_json()
+        if self.isolation is not None:
+            data["isolation"] = self.isolation.to_json()
         return data
 
     def storm_json(self) -> dict[str, Any]:

@@ -77,6 +77,12 @@ class Progress:
     """Why the machine's console script failed (`script step 2 timed out`)."""
     aborted: bool = False
     """The run was abandoned (the experiment starts again, or its fault was not placed)."""
+    ended_at: float | None = None
+    """Host monotonic seconds when its observation ended (None: not observed yet)."""
+    ended_vcpu_s: float | None = None
+    """The machine's vCPU time (`Machine.vcpu_s`) when its observation ended."""
+    ended_instructions: int | None = None
+    """Guest instructions executed when its observation ended (deterministic mode)."""
 
     @classmethod
     def begin(cls, machine: GuestMachine) -> Progress:

@@ -174,6 +174,8 @@ class MachineSpec:
     """Serve the disks through taps, so that they take faults (see machine.disks)."""
     daemon: bool = False
     script: tuple[Step, ...] | None = None
+    host_cpus: tuple[int, ...] = ()
+    """Host cores the machine's QEMU is pinned to (`os.sched_setaffinity`); (): not pinned."""
 
     def __post_init__(self) -> None:
         if self.script is not None and self.daemon:
@@ -289,6 +291,7 @@ class GuestMachine:
             disks=spec.disks, tap_disks=spec.tap_disks, template=template, ram_file=ram_file,
             disk_devices=disk_devices, on_console=spec.script is not None, nic=nic,
             address=None if port is None else port.address, hosts=hosts,
+            host_cpus=spec.host_cpus,
         )  # fmt: skip
         self.hooks = self.session.hooks
         self.dialogue = (

@@ -63,6 +63,7 @@ __all__ = [
     "INSTRUCTION_OPS",
     "MEMORY_REGIONS",
     "OP_CLASSES",
+    "PAGE_TABLE",
     "REGISTER_GROUPS",
     "REGISTER_WIDTHS",
     "SECTOR_BYTES",
@@ -107,7 +108,9 @@ REGISTER_WIDTHS: dict[str, int] = {
 }
 """Writable registers a fault may target, with their width in bits (the gdbstub's names)."""
 READ_ONLY_REGISTERS = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer")
-MEMORY_REGIONS = ("ram", "kernel-text", "kernel-data", "process")
+MEMORY_REGIONS = ("ram", "kernel-text", "kernel-data", "process", "page-table")
+PAGE_TABLE = "page-table"
+"""The memory target of page-table entries (`memory:page-table`)."""
 MEMORY_CELL_BITS = 64
 """A memory fault targets one aligned 64-bit word; its bit i lives in byte i // 8."""
 OP_CLASSES: tuple[str, ...] = ("fadd", "fmul", "fsub", "fdiv", "cmp", "xor", "sar", "idiv", "imul")
@@ -214,7 +217,8 @@ class Target:
 
     ALLOWED = (
         "register:NAME|gpr|pointer|flags|sse|x87|all, memory:ram|kernel-text|kernel-data|"
-        "process|0xADDRESS|0xSTART-0xEND[,...]|@SYMBOL[+OFFSET], kernel-code:hot|FUNCTION, "
+        "process|page-table|0xADDRESS|0xSTART-0xEND[,...]|@SYMBOL[+OFFSET], "
+        "kernel-code:hot|FUNCTION, "
         "instruction:OP[@FUNCTION], disk:" + "|".join(DISK_FAULTS) + "[@DISK], "
         "network:loss|corrupt|delay|duplicate|reorder|rate|partition, none (a control run)"
     )
@@ -854,7 +858,7 @@ class FaultSpec:
     def _check_storm(self) -> None:
         target = self.target
         if target.kind is not TargetKind.MEMORY or target.name.startswith("@") or (
-            target.address is not None
+            target.address is not None or target.name == PAGE_TABLE
         ):  # fmt: skip
             raise UsageError(
                 f"a storm needs a memory region, not {target.spelling}",

@@ -133,6 +133,9 @@ class MachineConfig:
     nic: Nic | None = None
     """A network card joined to a socket of the caller's (None: no network card)."""
     extra_args: tuple[str, ...] = field(default=())
+    host_cpus: tuple[int, ...] = ()
+    """Host cores every thread of QEMU is pinned to (`os.sched_setaffinity`); (): not
+    pinned, the host's scheduler places it."""
 
     def kernel_cmdline(self) -> str:
         """The full kernel command line: vmfault's fixed part, then `append`."""

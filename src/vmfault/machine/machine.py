@@ -82,6 +82,7 @@ __all__ = [
     "Snapshot",
     "SnapshotKind",
     "Template",
+    "pin_threads",
 ]
 
 logger = logging.getLogger(__name__)
@@ -342,6 +343,7 @@ class Machine:
                 hint="install QEMU with `make setup` (Debian package qemu-system-x86)",
             ) from exc
         self._pidfd = os.pidfd_open(self._process.pid)
+        pin_threads(self._process.pid, self.config.host_cpus)
         try:
             self._sockets = self._accept_all(listeners, deadline, qemu_log)
         finally:
@@ -363,6 +365,7 @@ class Machine:
         self._loop.add_reader(self._pidfd, self._on_process_exit)
         self._run(self._connect_qmp(self._sockets.pop("qmp")), deadline)
         self.runstate = Runstate.RUNNING
+        pin_threads(self._process.pid, self.config.host_cpus)  # the vCPU threads exist now
         if self.config.incoming is not None:
             # Before the gdbstub handshake: a debug stop while QEMU is still in the
             # `inmigrate` state would be an invalid transition that aborts QEMU.
@@ -1207,3 +1210,26 @@ def _make_qcow2(path: Path, size_mib: int) -> None:
             f"qemu-img could not create the snapshot drive: {result.stderr.strip()}",
             hint="install qemu-utils with `make setup`",
         )
+
+
+def pin_threads(pid: int, cpus: Sequence[int]) -> None:
+    """Pin every thread of process `pid` to the host cores `cpus` (threads it makes later
+    inherit the pinning of the thread that makes them); nothing for no cores. A thread that
+    ended meanwhile is skipped; UsageError for a core this host does not offer."""
+    if not cpus:
+        return
+    wanted = set(cpus)
+    try:
+        threads = [int(path.name) for path in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return  # the process is gone: its launch fails on its own
+    for thread in threads:
+        try:
+            os.sched_setaffinity(thread, wanted)
+        except ProcessLookupError:
+            continue
+        except OSError as exc:
+            raise UsageError(
+                f"cannot pin QEMU to host cores {sorted(wanted)}: {exc.strerror}",
+                hint=f"this host offers cores {sorted(os.sched_getaffinity(0))}",
+            ) from None

@@ -24,13 +24,16 @@ from vmfault.machine.gdbstub import GdbStub
 
 __all__ = [
     "CR3_MASK",
+    "LEVEL_NAMES",
     "PAGE_SIZE_1G",
     "PAGE_SIZE_2M",
     "PAGE_SIZE_4K",
     "PageMapping",
     "PhysicalReader",
+    "TableEntry",
     "page_table_key",
     "process_pages",
+    "table_entries",
     "translate",
     "walk",
 ]
@@ -233,3 +236,66 @@ def process_pages(gdb: GdbStub, *, user_only: bool = True) -> list[PageMapping]:
         return gdb.read_memory(address, size, physical=True)
 
     return walk(cr3, read, user_only=user_only)
+
+
+LEVEL_NAMES = ("PML4", "PDPT", "PD", "PT")
+"""The tables of the 4 levels, root first."""
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """One present entry of a page table: its guest-physical `address` (8 bytes), its
+    `level` (0 PML4 .. 3 PT), the first virtual address it maps (canonical), its value, and
+    whether it is a leaf (maps a page) or points to a table below."""
+
+    address: int
+    level: int
+    virtual: int
+    value: int
+    leaf: bool
+
+    @property
+    def table(self) -> str:
+        """The name of its table (PML4, PDPT, PD, PT)."""
+        return LEVEL_NAMES[self.level]
+
+    @property
+    def upper_half(self) -> bool:
+        """Whether it maps the upper (kernel) half of the address space."""
+        return bool(self.virtual & _CANONICAL_BIT)
+
+
+def table_entries(
+    cr3: int, read_physical: PhysicalReader, *, lower: bool = True, upper: bool = True
+) -> list[TableEntry]:
+    """Every present entry of the 4-level page tables rooted at `cr3`, at every level, of
+    the lower half of the address space (PML4 entries 0-255: a process's own) and of the
+    upper half (256-511: the kernel's, shared by every process), as asked; in walk order.
+    Each table page is read once, whole. Errors of `read_physical` propagate."""
+    found: list[TableEntry] = []
+    seen: set[int] = set()
+
+    def descend(address: int, level: int, base: int, first: int, stop: int) -> None:
+        if address in seen:
+            return  # a table linked twice: its entries are counted once
+        seen.add(address)
+        data = read_physical(address, _TABLE_BYTES)
+        if len(data) != _TABLE_BYTES:
+            raise MachineError(
+                f"page table read at {address:#x} returned {len(data)} bytes, not {_TABLE_BYTES}"
+            )
+        shift = _LEAF_SHIFTS[level]
+        for index, entry in enumerate(_TABLE.unpack(data)):
+            if not first <= index < stop or not entry & _PRESENT:
+                continue
+            virtual = base | (index << shift)
+            leaf = level == 3 or (level in (1, 2) and bool(entry & _LARGE))
+            found.append(TableEntry(address + 8 * index, level, _canonical(virtual), entry, leaf))
+            if not leaf:
+                descend(entry & _ADDRESS_MASK, level + 1, virtual, 0, _ENTRIES)
+
+    first = 0 if lower else _LOWER_HALF_ENTRIES
+    stop = _ENTRIES if upper else _LOWER_HALF_ENTRIES
+    if first < stop:
+        descend(cr3 & _ADDRESS_MASK, 0, 0, first, stop)
+    return found

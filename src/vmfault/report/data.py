@@ -43,6 +43,7 @@ from vmfault.report.summary import (
     Summary,
     control_strata,
     summarize,
+    with_isolation,
     with_testbed,
 )
 from vmfault.stats import IntervalMethod, Rate, rate
@@ -475,6 +476,7 @@ def build_report(
         controls=control_strata(_spec(info)),
     )
     summary = with_testbed(summary, store.rows(), confidence=confidence, method=method)
+    summary = with_isolation(summary, store, confidence=confidence)
     label = db if db is not None else str(getattr(store, "path", "campaign.db"))
     rows = ReportRows(label, confidence=confidence, method=method)
     for row in store.rows():

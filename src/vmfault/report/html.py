@@ -29,6 +29,7 @@ from vmfault.report.data import (
     ProgressHistogram,
     golden_text,
 )
+from vmfault.report.isolation import RUNTIME_UNITS, runtime_quantiles
 from vmfault.report.svg import (
     ACTIVATION_COLORS,
     CAMPAIGN_COLORS,
@@ -1076,6 +1077,76 @@ def _testbed(report: CampaignReport, layout: Layout = _FULL) -> str:
 _FAULT_COUNTS = ("dropped", "corrupted", "delayed", "duplicated", "reordered")
 
 
+def _isolation(report: CampaignReport, layout: Layout = _FULL) -> str:
+    """An isolation campaign's verdict: the control's runtimes with and without faults,
+    the ratio of their medians with its interval against the margin, the host's load, and
+    every violation with its evidence."""
+    found = report.summary.isolation
+    if found is None:
+        return ""
+    equivalence = found.equivalence
+    unit = RUNTIME_UNITS.get(found.runtime, found.runtime)
+    verdict = {
+        True: "equivalent: the interval lies within the margin",
+        False: "not shown equivalent: the interval reaches outside the margin",
+        None: "no verdict yet: too few runs",
+    }[equivalence.equivalent]
+    load = found.load_range()
+    lead = (
+        f"<p>Control machine <code>{esc(found.control)}</code>: "
+        f"<strong>{len(found.violations)}</strong> isolation violation(s) in {found.runs} "
+        f"checked runs ({found.fault_free} in fault-free runs). Runtime ({esc(unit)}) under "
+        "faults against the fault-free baseline: "
+        f"<strong>{esc(verdict)}</strong> (margin \u00b1{equivalence.margin:.0%}, "
+        f"{esc(equivalence.method)}, {equivalence.level:.0%} interval). Host load (1 min) "
+        + ("-" if load is None else f"{load[0]:.1f}-{load[2]:.1f}, median {load[1]:.1f}")
+        + "; control pinned to host cores "
+        + (esc(",".join(map(str, found.host_cpus))) if found.host_cpus else "none")
+        + ".</p>"
+    )
+    rows = []
+    for name, values in (("under faults", found.faulted), ("baseline (no fault)", found.baseline)):
+        spread = runtime_quantiles(values)
+        cells = ("-",) * 3 if spread is None else tuple(f"{v:.4g}" for v in spread)
+        rows.append([esc(name), str(len(values)), *cells])
+    out = lead + _table(
+        f"The control's runtimes, {esc(unit)}",
+        ["runs", "count", "least", "median", "most"],
+        rows,
+    )
+    ratio = "-" if equivalence.ratio is None else f"{equivalence.ratio:.4f}"
+    interval = (
+        "-"
+        if equivalence.low is None or equivalence.high is None
+        else f"[{equivalence.low:.4f}, {equivalence.high:.4f}]"
+    )
+    out += _table(
+        "Ratio of the medians (under faults / baseline) against the equivalence margin",
+        ["ratio", "interval", "allowed", "verdict"],
+        [[ratio, interval,
+          f"[{1 - equivalence.margin:.2f}, {1 + equivalence.margin:.2f}]", esc(verdict)]],
+        text_columns=0,
+    )  # fmt: skip
+    if found.aimed_strata:
+        out += (
+            f"<p>Validation: faults aimed at the control ({esc(', '.join(found.aimed_strata))}"
+            f", {found.aimed_runs} experiments) were caught as violations {found.caught} "
+            "time(s).</p>"
+        )
+    if found.violations:
+        out += _table(
+            "Every isolation violation, with its evidence",
+            ["experiment", "stratum", "aimed at the control", "what differed", "evidence"],
+            [
+                [_experiment_link(layout, v.experiment_id), esc(v.stratum),
+                 "yes" if v.aimed else "", esc(v.reason), f"<code>{esc(v.evidence)}</code>"]
+                for v in found.violations
+            ],
+            text_columns=5,
+        )  # fmt: skip
+    return out
+
+
 def _example(example: Example, layout: Layout) -> str:
     prefix = layout.prefix
     title = example.outcome + (f" · {example.cause}" if example.cause else "")
@@ -1286,6 +1357,7 @@ def _pair(
 
 REPORT_SECTIONS: tuple[Section, ...] = (
     Section("summary", "Summary", _summary_cards),
+    Section("isolation", "Isolation", _isolation),
     Section("provenance", "Provenance", _provenance),
     Section("golden", "Golden run", _golden),
     Section("outcomes", "Outcomes", _outcomes),
@@ -1303,6 +1375,7 @@ REPORT_SECTIONS: tuple[Section, ...] = (
 
 COMPARISON_SECTIONS: tuple[ComparisonSection, ...] = (
     ComparisonSection("summary", "Summary", _compare_summary),
+    ComparisonSection("isolation", "Isolation", _paired(_isolation)),
     ComparisonSection("provenance", "Provenance", _compare_provenance),
     ComparisonSection("outcomes", "Outcomes", _compare_outcomes),
     ComparisonSection("progress", "Where faults landed", _paired(_progress)),

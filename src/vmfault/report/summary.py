@@ -11,6 +11,7 @@ positive of the classification or of the testbed.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,6 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from vmfault.classify import Outcome
+from vmfault.experiment.records import BASELINE_STRATUM
+from vmfault.report.isolation import RUNTIME_UNITS, IsolationSummary, isolation_summary
 from vmfault.report.testbed import LINK_COUNTS, MachineOutcomes, NetworkTotals, testbed_totals
 from vmfault.stats import IntervalMethod, Rate, outcome_rates
 from vmfault.stats import rate as rate_of
@@ -33,6 +36,7 @@ __all__ = [
     "store_summary",
     "summarize",
     "summary_tables",
+    "with_isolation",
     "with_testbed",
 ]
 
@@ -79,12 +83,16 @@ class FalsePositive:
 
 def control_strata(spec: object) -> tuple[str, ...]:
     """The names of the control strata (target `none`) of a campaign spec in its JSON form
-    (`CampaignInfo.spec`), in file order; () when it has none or is not a campaign spec.
-    A family without a name is named by its target, as campaign files default it."""
+    (`CampaignInfo.spec`), in file order, then an isolation campaign's baseline; () when
+    it has none or is not a campaign spec. A family without a name is named by its
+    target, as campaign files default it."""
     faults = spec.get("faults") if isinstance(spec, dict) else None
     if not isinstance(faults, list):
         return ()
     names: list[str] = []
+    isolation = spec.get("isolation") if isinstance(spec, dict) else None
+    if isinstance(isolation, dict) and isolation.get("baseline", 0.25) > 0:
+        faults = [*faults, {"target": CONTROL_TARGET, "name": BASELINE_STRATUM}]
     for family in faults:
         if not isinstance(family, dict):
             continue
@@ -136,6 +144,8 @@ class Summary:
     """Every machine's outcomes, when the testbed has several machines."""
     network: NetworkTotals | None = None
     """The frames on the testbed's network (None without one)."""
+    isolation: IsolationSummary | None = None
+    """An isolation campaign's violations and runtime equivalence (None: not one)."""
 
     @property
     def infra_failures(self) -> int:
@@ -175,6 +185,7 @@ class Summary:
             **({"machines": {m.machine: m.to_json() for m in self.machines}}
                if self.machines else {}),
             **({"network": self.network.to_json()} if self.network is not None else {}),
+            **({"isolation": self.isolation.to_json()} if self.isolation is not None else {}),
         }  # fmt: skip
 
 
@@ -245,10 +256,26 @@ def store_summary(store: CountSource, *, confidence: float, method: IntervalMeth
         method=method,
         controls=control_strata(_spec(info)),
     )
+    summary = with_isolation(summary, store, confidence=confidence)
     rows = getattr(store, "rows", None)
     if rows is None:
         return summary
     return with_testbed(summary, rows(), confidence=confidence, method=method)
+
+
+def with_isolation(summary: Summary, store: object, *, confidence: float) -> Summary:
+    """`summary` with an isolation campaign's verdict, read from `store` (its campaign
+    spec and the control's runs); unchanged for other campaigns."""
+    info = getattr(store, "campaign_info", None)
+    runs = getattr(store, "isolation_runs", None)
+    if info is None or runs is None:
+        return summary
+    spec = _spec(info())
+    if not isinstance(spec, dict) or "isolation" not in spec:
+        return summary
+    counts = {name: dict(counts) for name, (_, counts, _) in summary.strata.items()}
+    found = isolation_summary(spec, runs(), confidence=confidence, counts_by_stratum=counts)
+    return dataclasses.replace(summary, isolation=found)
 
 
 def with_testbed(
@@ -310,7 +337,60 @@ def summary_tables(summary: Summary) -> list[Table]:
             interval = "" if rate is None else f" {rate.rate:.0%} [{rate.low:.0%}, {rate.high:.0%}]"
             cells.append(f"{outcome} {count}{interval}")
         strata.add_row(name, str(done), "; ".join(cells))
-    return [*tables, overall, strata, *_testbed_tables(summary, method)]
+    return [*tables, *_isolation_tables(summary), overall, strata,
+            *_testbed_tables(summary, method)]  # fmt: skip
+
+
+def _isolation_tables(summary: Summary) -> list[Table]:
+    """The isolation verdict (an isolation campaign): violations, the control's runtimes
+    with and without faults, their ratio with its interval against the margin, host load."""
+    found = summary.isolation
+    if found is None:
+        return []
+    equivalence = found.equivalence
+    unit = RUNTIME_UNITS.get(found.runtime, found.runtime)
+    verdict = {True: "equivalent", False: "not shown equivalent", None: "too few runs"}
+    load = found.load_range()
+    caption = f"{equivalence.method}; host load (1 min) " + (
+        "-" if load is None else f"{load[0]:.1f}-{load[2]:.1f}, median {load[1]:.1f}"
+    )
+    caption += "; pinned to cores " + (
+        ",".join(map(str, found.host_cpus)) if found.host_cpus else "none"
+    )
+    table = Table(
+        title=f"isolation of {escape(found.control)}: {len(found.violations)} violation(s) in "
+        f"{found.runs} runs ({found.fault_free} without a fault); runtime ({unit}) "
+        f"{verdict[equivalence.equivalent]}",
+        caption=caption,
+    )
+    for column in ("runs", "medians", "ratio", f"interval ({equivalence.level:.0%})",
+                   "margin"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "runs" else "right")
+    faulted = statistics.median(found.faulted) if found.faulted else None
+    base = statistics.median(found.baseline) if found.baseline else None
+    interval = (
+        "-"
+        if equivalence.low is None or equivalence.high is None
+        else f"[{equivalence.low:.3f}, {equivalence.high:.3f}]"
+    )
+    table.add_row(
+        f"{len(found.faulted)} faulted / {len(found.baseline)} baseline",
+        "-" if faulted is None or base is None else f"{faulted:.4g} / {base:.4g}",
+        "-" if equivalence.ratio is None else f"{equivalence.ratio:.3f}",
+        interval,
+        f"+-{equivalence.margin:.0%}",
+    )
+    tables = [table]
+    if found.violations:
+        shown = Table(title="isolation violations (the control differed from its golden run)")
+        for column in ("experiment", "stratum", "aimed", "what differed", "evidence"):
+            shown.add_column(column)
+        for item in found.violations[:20]:
+            shown.add_row(str(item.experiment_id), escape(item.stratum),
+                          "yes" if item.aimed else "", escape(item.reason),
+                          escape(item.evidence[:120]))  # fmt: skip
+        tables.append(shown)
+    return tables
 
 
 def _testbed_tables(summary: Summary, method: str) -> list[Table]:

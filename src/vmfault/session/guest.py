@@ -143,6 +143,7 @@ def machine_config(
     nic: Nic | None = None,
     address: str | None = None,
     hosts: Sequence[tuple[str, str]] = (),
+    host_cpus: Sequence[int] = (),
 ) -> MachineConfig:
     """The machine that boots `image` with `disks` (tapped, so they take faults, unless
     `tap_disks` is false) and has its agent run `argv` (in `mode`); with `ram_file`, its
@@ -150,7 +151,8 @@ def machine_config(
 
     `on_console` runs the workload on the serial console; `nic` gives the machine a
     network card, which the agent configures at `address` with `hosts` in /etc/hosts
-    (see `vmfault.guest.protocol.agent_params`)."""
+    (see `vmfault.guest.protocol.agent_params`). `host_cpus`: the host cores QEMU is
+    pinned to (none: not pinned)."""
     params = agent_params(mode=mode, argv=argv, on_console=on_console, address=address, hosts=hosts)
     append = " ".join(("quiet", *params))
     return MachineConfig(
@@ -166,6 +168,7 @@ def machine_config(
         console_log=console_log,
         ram_file=ram_file,
         nic=nic,
+        host_cpus=tuple(host_cpus),
     )
 
 
@@ -228,6 +231,7 @@ class GuestSession:
         nic: Nic | None = None,
         address: str | None = None,
         hosts: Sequence[tuple[str, str]] = (),
+        host_cpus: Sequence[int] = (),
     ) -> None:
         if not argv:
             raise UsageError("no workload given", hint="name a workload, e.g. `checksum`")
@@ -250,6 +254,7 @@ class GuestSession:
             nic=nic,
             address=address,
             hosts=hosts,
+            host_cpus=host_cpus,
         )
         if template is not None:
             config = clone_config(config, template)

@@ -47,6 +47,7 @@ from vmfault.experiment.records import (
     ExperimentRecord,
     GoldenRun,
     Injection,
+    IsolationRun,
     MachineRun,
     StormSummary,
     Traffic,
@@ -67,6 +68,7 @@ from vmfault.store.base import (
 __all__ = [
     "APPLICATION_ID",
     "BUSY_TIMEOUT_S",
+    "ISOLATION_KEY",
     "PAGE_MAX_ROWS",
     "SCHEMA_VERSION",
     "TRAFFIC_KEY",
@@ -88,6 +90,9 @@ _MACHINES_VERSION = 3
 """The first schema version that names machines and kinds."""
 TRAFFIC_KEY = "traffic"
 """The key of an experiment's traffic in its first injection's `detail_json`."""
+ISOLATION_KEY = "isolation"
+"""The key of what an isolation campaign's control machine did (`IsolationRun`) in the
+first injection's `detail_json`."""
 APPLICATION_ID = 0x564D4674
 """`PRAGMA application_id` of a vmfault database (`VMFt`)."""
 BUSY_TIMEOUT_S = 10.0
@@ -924,7 +929,10 @@ class SQLiteStore:
         latency = record.latency
         injections = [
             _injection_params(
-                experiment_id, ordinal, injection, record.traffic if ordinal == 0 else None
+                experiment_id,
+                ordinal,
+                injection,
+                *((record.traffic, record.isolation) if ordinal == 0 else (None, None)),
             )
             for ordinal, injection in enumerate(record.injections)
         ]
@@ -1094,7 +1102,7 @@ class SQLiteStore:
             query = _LOAD_QUERY if self._version >= _MACHINES_VERSION else _LOAD_QUERY_OLD
             row = cursor.execute(query, (experiment_id,)).fetchone()
             injections = _injections(conn, experiment_id, self._version)
-            traffic = _traffic(conn, experiment_id, self._version)
+            detail = _first_detail(conn, experiment_id, self._version)
             storm = _storm(conn, experiment_id, self._version)
             others = _machine_runs(conn, experiment_id, self._version)
         if row is None or not injections:
@@ -1118,7 +1126,10 @@ class SQLiteStore:
             activation=Activation(row["activation"]),
             phases_s=json.loads(row["phases_json"]),
             storm=storm,
-            traffic=traffic,
+            traffic=None if TRAFFIC_KEY not in detail else Traffic.from_json(detail[TRAFFIC_KEY]),
+            isolation=None
+            if ISOLATION_KEY not in detail
+            else IsolationRun.from_json(detail[ISOLATION_KEY]),
         )
 
     def injections(self, experiment_id: int) -> tuple[Injection, ...]:
@@ -1138,6 +1149,20 @@ class SQLiteStore:
         connection commits, and costs no read of the tables (a cheap change detector)."""
         with self._lock, _translated(self.path):
             return int(self._connection().execute("PRAGMA data_version").fetchone()[0])
+
+    def isolation_runs(self) -> list[tuple[int, str, IsolationRun]]:
+        """What the control machine did in every experiment of an isolation campaign that
+        recorded it: (experiment id, stratum, run), by experiment id."""
+        if self._version < _MACHINES_VERSION:
+            return []
+        with self._read() as conn:
+            found = conn.execute(
+                "SELECT e.experiment_id, e.stratum, json_extract(i.detail_json, '$.isolation') "
+                "FROM experiment e JOIN injection i ON i.experiment_id = e.experiment_id "
+                "AND i.ordinal = 0 WHERE json_extract(i.detail_json, '$.isolation') IS NOT NULL "
+                "ORDER BY e.experiment_id"
+            ).fetchall()
+        return [(int(i), str(s), IsolationRun.from_json(json.loads(d))) for i, s, d in found]
 
     def rows_for(self, experiment_ids: Iterable[int]) -> list[dict[str, object]]:
         """The analysis rows (as `rows()` yields them) of the recorded ones among
@@ -1315,14 +1340,21 @@ def _golden_status(golden: GoldenRun) -> int | None:
 
 
 def _injection_params(
-    experiment_id: int, ordinal: int, injection: Injection, traffic: Traffic | None = None
+    experiment_id: int,
+    ordinal: int,
+    injection: Injection,
+    traffic: Traffic | None = None,
+    isolation: IsolationRun | None = None,
 ) -> tuple[object, ...]:
-    """The row of one injection. The experiment's traffic (a testbed with a network) rides
-    in the first injection's `detail_json` under TRAFFIC_KEY: no column of its own."""
+    """The row of one injection. The experiment's traffic (a testbed with a network) and
+    its control machine's run (an isolation campaign) ride in the first injection's
+    `detail_json` under TRAFFIC_KEY and ISOLATION_KEY: no column of their own."""
     fields = injection.fields()
     detail = {k: v for k, v in fields.items() if k not in _INJECTION_COLUMNS}
     if traffic is not None:
         detail[TRAFFIC_KEY] = traffic.to_json()
+    if isolation is not None:
+        detail[ISOLATION_KEY] = isolation.to_json()
     for name in _HEX_COLUMNS:
         fields[name] = _hex(fields.get(name))
     user_mode = fields["user_mode"]
@@ -1372,6 +1404,7 @@ def _injections(
         if detail:
             values.update(json.loads(detail))
             values.pop(TRAFFIC_KEY, None)
+            values.pop(ISOLATION_KEY, None)
         kind = values.pop("kind") or _old_kind(values)
         if kind == "instruction" and "op" not in values:  # schema 1 and 2 kept no detail
             values["op"] = str(values["target"]).partition(":")[2].partition("@")[0]
@@ -1405,17 +1438,18 @@ def _machine_runs(
     )
 
 
-def _traffic(conn: sqlite3.Connection, experiment_id: int, version: int) -> Traffic | None:
+def _first_detail(conn: sqlite3.Connection, experiment_id: int, version: int) -> dict[str, Any]:
+    """The first injection's `detail_json` ({} when there is none)."""
     if version < _MACHINES_VERSION:
-        return None
+        return {}
     row = conn.execute(
         "SELECT detail_json FROM injection WHERE experiment_id = ? AND ordinal = 0",
         (experiment_id,),
     ).fetchone()
     if row is None or not row[0]:
-        return None
-    data = json.loads(row[0]).get(TRAFFIC_KEY)
-    return None if data is None else Traffic.from_json(data)
+        return {}
+    found: dict[str, Any] = json.loads(row[0])
+    return found
 
 
 def _storm(conn: sqlite3.Connection, experiment_id: int, version: int) -> StormSummary | None:
