@@ -152,8 +152,16 @@ def test_status_and_report_show_machines_and_network(tmp_path: Path) -> None:
     }  # fmt: skip
     assert network["strata"]["network:corrupt"]["frames_mean"] == 178
     assert network["strata"]["network:corrupt"]["corrupted"] == 9
-    titles = [str(table.title) for table in summary_tables(summary)]
+    tables = summary_tables(summary)
+    titles = [str(table.title) for table in tables]
     assert "per machine (wilson, 95%)" in titles
+    machines = tables[titles.index("per machine (wilson, 95%)")]
+    header = [str(column.header) for column in machines.columns]
+    assert "infra-failure" not in header and "not-injected" not in header
+    cells = {str(c.header): list(c.cells) for c in machines.columns}
+    row = cells["machine"].index("client")
+    assert cells["detected"][row] == "3" and cells["benign"][row] == "0"
+    assert all(len(column) == len(cells["machine"]) for column in cells.values())
     assert any(title.startswith("network: 534 frames") for title in titles)
     page = render_html([report])
     assert "Outcomes per machine" in page and "Frames per link direction" in page

@@ -398,13 +398,14 @@ def _testbed_tables(summary: Summary, method: str) -> list[Table]:
     tables = []
     if summary.machines:
         machines = Table(title=f"per machine ({method})")
-        for column in ("machine", "judged", *(o for o in _ORDER if o != "not-injected"),
-                       "not benign", "interval"):  # fmt: skip
+        counted = [o for o in _ORDER if o not in _NOT_COUNTED]
+        for column in ("machine", "judged", *counted, "not benign", "interval"):
             machines.add_column(column, justify="left" if column == "machine" else "right")
         for item in summary.machines:
             r = item.failure
             machines.add_row(
-                escape(item.machine), str(item.judged), *(str(n) for n in item.counts.values()),
+                escape(item.machine), str(item.judged),
+                *(str(item.counts.get(o, 0)) for o in counted),
                 f"{r.rate:.1%}" if r.trials else "-", f"[{r.low:.1%}, {r.high:.1%}]",
             )  # fmt: skip
         tables.append(machines)
