@@ -165,3 +165,30 @@ def test_status_and_report_show_machines_and_network(tmp_path: Path) -> None:
     assert any(title.startswith("network: 534 frames") for title in titles)
     page = render_html([report])
     assert "Outcomes per machine" in page and "Frames per link direction" in page
+
+
+def test_the_report_of_several_machines_shows_the_judged_machines_golden_run(
+    tmp_path: Path,
+) -> None:
+    campaign: dict[str, str] = {"name": "net", "judge": "client"}
+    spec: dict[str, object] = {
+        "campaign": campaign,
+        "machine": [
+            {"name": "server", "workload": "netecho", "args": ["--serve"], "daemon": True},
+            {"name": "client", "workload": "netecho", "args": ["--connect", "server"]},
+        ],
+    }
+    client = GoldenRun(machine="client", argv=("netecho", "--connect", "server"),
+                       stdout=b"50 messages\n", stderr=b"", exit_code=0, signal=None,
+                       guest_s=1.0, host_s=1.0)  # fmt: skip
+    with create_store(tmp_path / "net.db", spec_json=json.dumps(spec)) as store:
+        store.save_golden(DAEMON)
+        store.save_golden(client)
+        report = build_report(store)
+    assert report.golden is not None and report.golden.machine == "client"
+    assert "50 messages" in render_html([report])
+    del campaign["judge"]  # no judge: the first machine's
+    with create_store(tmp_path / "first.db", spec_json=json.dumps(spec)) as store:
+        store.save_golden(DAEMON)
+        report = build_report(store)
+    assert report.golden is not None and report.golden.argv == ("netecho", "--serve")

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from vmfault.classify import Activation, Latency, LatencyUnit, Outcome
 from vmfault.cli import app, main
 from vmfault.experiment.records import (
+    DEFAULT_MACHINE,
     ExperimentRecord,
     GoldenRun,
     Injection,
@@ -516,8 +517,8 @@ class WithColumns:
     def campaign_info(self) -> CampaignInfo:
         return self.store.campaign_info()
 
-    def golden(self, argv: Sequence[str]) -> GoldenRun | None:
-        return self.store.golden(argv)
+    def golden(self, argv: Sequence[str], *, machine: str = DEFAULT_MACHINE) -> GoldenRun | None:
+        return self.store.golden(argv, machine=machine)
 
     def outcome_counts(self, *, stratum: str | None = None) -> dict[str, int]:
         return self.store.outcome_counts(stratum=stratum)

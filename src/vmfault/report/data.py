@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from vmfault.classify import Activation, LatencyUnit, Outcome, latency_histogram
 from vmfault.errors import UsageError
-from vmfault.experiment.records import GoldenRun
+from vmfault.experiment.records import DEFAULT_MACHINE, GoldenRun
 from vmfault.faults import DISK_FAULTS, REGISTER_GROUPS
 from vmfault.faults.units import parse_duration_s
 from vmfault.guest.workloads import BUILTIN_WORKLOADS, idle_argv
@@ -143,8 +143,8 @@ class ReportSource(Protocol):
         """The campaign row and its provenance."""
         ...
 
-    def golden(self, argv: Sequence[str]) -> GoldenRun | None:
-        """The stored golden run of `argv` (on the campaign's one machine), or None."""
+    def golden(self, argv: Sequence[str], *, machine: str = DEFAULT_MACHINE) -> GoldenRun | None:
+        """The stored golden run of `argv` on `machine`, or None."""
         ...
 
     def outcome_counts(self, *, stratum: str | None = None) -> dict[str, int]:
@@ -615,6 +615,9 @@ def _golden_argvs(spec: Mapping[str, Any]) -> list[tuple[str, ...]]:
     if idle:
         with contextlib.suppress(UsageError):
             return [idle_argv(parse_duration_s(idle))]
+    command = guest.get("command")
+    if not workload and isinstance(command, list):
+        return [tuple(str(a) for a in command)]  # a machine running a guest command line
     if not workload:
         return []
     name = workload if workload in BUILTIN_WORKLOADS else PurePosixPath(workload).stem
@@ -628,8 +631,16 @@ def _golden_argvs(spec: Mapping[str, Any]) -> list[tuple[str, ...]]:
 
 
 def _golden(store: ReportSource, spec: Mapping[str, Any]) -> GoldenRun | None:
-    for argv in _golden_argvs(spec):
-        golden = store.golden(list(argv))
+    """The golden run of the campaign's one machine, or of the judged machine of several
+    (else the first of its `[[machine]]` tables)."""
+    machine, guest = DEFAULT_MACHINE, spec
+    tables = [t for t in spec.get("machine") or () if isinstance(t, dict)]
+    if tables:
+        judge = _section(spec, "campaign").get("judge")
+        table = next((t for t in tables if t.get("name") == judge), tables[0])
+        machine, guest = _text(table.get("name")), {"guest": table}
+    for argv in _golden_argvs(guest):
+        golden = store.golden(list(argv), machine=machine)
         if golden is not None:
             return golden
     return None
