@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vmfault needs, only those that are missing (fast when done).
 set -euo pipefail
-packages=(qemu-system-x86 qemu-utils busybox-static gcc libc6-dev python3-venv chromium)
+packages=(qemu-system-x86 qemu-utils busybox-static gcc libc6-dev python3-venv chromium
+          qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 missing=()
 for pkg in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

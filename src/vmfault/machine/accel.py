@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,8 +27,12 @@ PROBE_TIMEOUT_S = 15.0
 _probe_results: dict[tuple[str, str, str], str | None] = {}
 
 
-def kvm_blocker() -> str | None:
-    """Why KVM cannot be used on this host without trying it, or None if it might work."""
+def kvm_blocker(config: MachineConfig | None = None) -> str | None:
+    """Why KVM cannot be used on this host (for `config`'s guest) without trying it, or
+    None if it might work."""
+    host = platform.machine()
+    if config is not None and config.arch.value != host:
+        return f"KVM runs only {host} guests here, not {config.arch.value}"
     kvm = Path("/dev/kvm")
     if not kvm.exists():
         return "/dev/kvm does not exist"
@@ -65,7 +70,7 @@ def resolve_accel(config: MachineConfig) -> tuple[Accel, str]:
     """The accelerator to use for `config`, and a one-line reason when AUTO fell back to TCG."""
     if config.accel is not Accel.AUTO:
         return config.accel, ""
-    blocker = kvm_blocker()
+    blocker = kvm_blocker(config)
     if blocker is None:
         key = (config.qemu_binary, str(config.kernel), str(config.initrd))
         if key not in _probe_results:

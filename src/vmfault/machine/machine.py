@@ -253,6 +253,9 @@ class Machine:
         self._watching_gdb = False
         self._cow: CowRam | None = None
         self._vcpu_stats: tuple[Path, ...] | None = None
+        self._loaded_at: int | None = None
+        """`len(events)` at the last loadvm of a machine with pflash devices (-M virt),
+        until it is known to have started since (see `_start_after_load`)."""
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -324,7 +327,8 @@ class Machine:
                 argv=self.argv,
                 exit_code=None,
                 output="",
-                hint="install QEMU with `make setup` (Debian package qemu-system-x86)",
+                hint="install QEMU with `make setup` (Debian package "
+                f"{self.config.arch.platform.qemu_package})",
             ) from exc
         self._pidfd = os.pidfd_open(self._process.pid)
         try:
@@ -358,6 +362,7 @@ class Machine:
         if self.config.loadvm is not None:
             self._ignore_shared_ram()
             self._loadvm(self.config.loadvm)
+            self._undo_rom_writes()
         self._gdb = GdbStub(self._sockets["gdb"])
         self._gdb.handshake(timeout_s=max(0.1, deadline - time.monotonic()))
         if start:
@@ -806,6 +811,7 @@ class Machine:
         """
         self.halt()
         self._flush_io()
+        self._leave_shutdown()
         if snapshot.kind is SnapshotKind.TEMPLATE:
             if self._cow is None:
                 raise SnapshotError(
@@ -813,18 +819,62 @@ class Machine:
                     "is not a clone of it"
                 )
             # RAM first, then loadvm: its post-load drops every translated block, so no
-            # code translated from the pages written back survives.
+            # code translated from the pages written back survives (and devices that read
+            # guest RAM as they load, virtio queues, read the template's).
             self._cow.reset()
         self._loadvm(snapshot.name)
+        if snapshot.kind is SnapshotKind.TEMPLATE:
+            self._undo_rom_writes()
         self.channel.clear()
         self.console.skip()
         if verify:
             self.verify_snapshot(snapshot)
 
+    def _undo_rom_writes(self) -> None:
+        # loadvm begins with a machine reset, which writes the ROM images QEMU placed in RAM
+        # back into it: on -M virt without -kernel, the device tree at the base of RAM
+        # (measured: 8 pages and more differ from the template after a clone's loadvm). The
+        # vCPU has not run since loadvm's post-load queued its flush of translated code, so
+        # copying those pages back now is as safe as before it; with nothing written (x86
+        # microvm) this is one read of the page map.
+        if self._cow is not None:
+            self._cow.reset()
+
+    def _leave_shutdown(self) -> None:
+        # A machine paused at a guest reset (an aarch64 panic) has QEMU's status
+        # `shutdown`, from which the VM cannot run again without a reset: loadvm leaves the
+        # status alone, so the reset comes first (shutdown -> prelaunch; it writes QEMU's
+        # ROM images into RAM, which the restore then puts back).
+        if not self.config.pauses_on_reset or self.qmp("query-status")["status"] != "shutdown":
+            return
+        since = len(self.events)
+        self.qmp("system_reset")
+        if self.wait_event("RESET", timeout_s=10.0, since=since) is None:
+            raise SnapshotError("the machine paused at a guest reset did not reset")
+
+    def _start_after_load(self) -> None:
+        # QEMU 7.2's pflash devices (two on -M virt) register, in each loadvm's post-load,
+        # a run-state handler that removes itself when the VM next starts. A second loadvm
+        # before that start registers another in its place, and the start then calls a
+        # freed handler: QEMU segfaults (measured: loadvm twice, then `c`). So a machine
+        # loaded and not started since (no RESUME event) runs an instant before it loads
+        # again; the load that follows puts back whatever that instant changed.
+        if self._loaded_at is None:
+            return
+        self.qmp("query-status")  # every event QEMU sent before this answer is read now
+        if not any(e.name == "RESUME" for e in self.events[self._loaded_at :]):
+            self.gdb.cont()
+            self.halt()
+            self._flush_io()
+        self._loaded_at = None
+
     def _loadvm(self, name: str) -> None:
+        self._start_after_load()
         output = self.hmp(f"loadvm {_snapshot_name(name)}").strip()
         if output:
             raise SnapshotError(f"loadvm {name} failed: {output}")
+        if self.config.machine_type == "virt":
+            self._loaded_at = len(self.events)
 
     def _ignore_shared_ram(self) -> None:
         # RAM in a shared file is left out of snapshots (the file holds it); a clone
@@ -879,7 +929,7 @@ class Machine:
             # Guest RAM, region by region, read whole from QEMU's mapping of it (not just
             # the pages the page map says were written), against the template's file.
             for region in self.memory_map().ram():
-                offset = region.start if region.offset is None else region.offset
+                offset = region.offset or 0  # where the region starts in the RAM file
                 data = self._cow.read(offset, region.size)
                 pages = self._cow.differing_pages(offset, data)
                 problems += [f"RAM page {region.start + page:#x} differs" for page in pages]

@@ -126,6 +126,7 @@ def machine_config(
         disk=image.disk,
         console_log=console_log,
         ram_file=ram_file,
+        arch=image.arch,
     )
 
 
