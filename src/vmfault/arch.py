@@ -76,6 +76,8 @@ class Platform:
     """Guest-physical address where RAM starts."""
     kernel_space: int
     """Virtual addresses at or above this are the kernel's."""
+    kernel_code: int
+    """Kernel code (its image and modules) lies at or above this virtual address."""
     kernel_image_offset: int
     """Kernel image virtual address minus its physical address (Debian's kernel booted
     with `nokaslr` by QEMU's loader)."""
@@ -87,9 +89,13 @@ class Platform:
     """The register whose value says whether the vCPU runs user code (`is_user`)."""
     page_table_root: str
     """The register holding the user address space's page-table root."""
+    exec_hook: str | None
+    """The kernel function every exec calls with the new address space live and the new
+    pc and sp as its 2nd and 3rd arguments (`start_thread`); None where it is inlined
+    (arm64): an exec is caught at the executable's entry point instead."""
     exec_args: tuple[str, str]
-    """The registers of the 2nd and 3rd arguments of a kernel function (start_thread's
-    new_ip and new_sp)."""
+    """Where the new process's first pc and stack pointer are read at the exec: the
+    registers of `exec_hook`'s 2nd and 3rd arguments, or the vCPU's own pc and sp."""
 
     def is_user(self, privilege: int) -> bool:
         """Whether the value of the `privilege` register means user mode: CPL 3 in CS on
@@ -121,6 +127,7 @@ _PLATFORMS = {
         elf_machine=62,
         ram_base=0,
         kernel_space=0xFFFF800000000000,
+        kernel_code=0xFFFFFFFF80000000,
         kernel_image_offset=0xFFFFFFFF80000000,
         pc="rip",
         stack_pointer="rsp",
@@ -128,6 +135,7 @@ _PLATFORMS = {
         flags="eflags",
         privilege="cs",
         page_table_root="cr3",
+        exec_hook="start_thread",
         exec_args=("rsi", "rdx"),
     ),
     Arch.AARCH64: Platform(
@@ -146,6 +154,7 @@ _PLATFORMS = {
         elf_machine=183,
         ram_base=0x40000000,
         kernel_space=0xFFFF000000000000,
+        kernel_code=0xFFFF800000000000,  # modules, then the kernel image
         # KIMAGE_VADDR (48-bit VA) minus where QEMU loads an Image whose text_offset is 0:
         # RAM base + 2 MiB.
         kernel_image_offset=0xFFFF800008000000 - 0x40200000,
@@ -155,6 +164,7 @@ _PLATFORMS = {
         flags="cpsr",
         privilege="cpsr",
         page_table_root="TTBR0_EL1",
-        exec_args=("x1", "x2"),
+        exec_hook=None,
+        exec_args=("pc", "sp"),
     ),
 }

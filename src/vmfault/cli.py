@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from vmfault._version import __version__
+from vmfault.arch import DEFAULT_ARCH, Arch
 from vmfault.campaign.executor import Completed
 from vmfault.campaign.planner import plan_campaign
 from vmfault.campaign.runner import (
@@ -121,9 +122,14 @@ def _spec(
     initrd: Path | None,
     disk: Path | None,
     extra: tuple[UserWorkload, ...] = (),
+    arch: Arch = DEFAULT_ARCH,
 ) -> ImageSpec:
     return ImageSpec(
-        user_workloads=_load_config(config) + extra, kernel=kernel, initrd=initrd, disk=disk
+        user_workloads=_load_config(config) + extra,
+        kernel=kernel,
+        initrd=initrd,
+        disk=disk,
+        arch=arch,
     )
 
 
@@ -143,6 +149,9 @@ KernelOpt = Annotated[Path | None, typer.Option(help="Your own kernel (vmlinux o
 InitrdOpt = Annotated[Path | None, typer.Option(help="Your own initrd; vmfault's is appended.")]
 DiskOpt = Annotated[Path | None, typer.Option(help="A raw disk image attached as virtio-blk.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+ArchOpt = Annotated[
+    Arch, typer.Option(help="Guest architecture: x86_64 (-M microvm) or aarch64 (-M virt).")
+]
 RestoreOpt = Annotated[
     RestoreMethod,
     typer.Option(
@@ -158,13 +167,14 @@ def image_build(
     kernel: KernelOpt = None,
     initrd: InitrdOpt = None,
     disk: DiskOpt = None,
+    arch: ArchOpt = DEFAULT_ARCH,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the guest image (kernel, initramfs, agent, workloads) and capture kernel symbols.
 
     Cached by a hash of every input: a second build with the same inputs does nothing.
     """
-    image = prepare_image(_spec(config, kernel, initrd, disk), log=_progress)
+    image = prepare_image(_spec(config, kernel, initrd, disk, arch=arch), log=_progress)
     if as_json:
         out.print_json(
             json.dumps(
@@ -172,6 +182,7 @@ def image_build(
                     "image_hash": image.image_hash,
                     "root": str(image.root),
                     "kernel_release": image.kernel_release,
+                    "arch": image.arch.value,
                     "workloads": sorted(image.workloads),
                 }
             )
@@ -240,6 +251,7 @@ def run(
     timeout: Annotated[float, typer.Option(help="Seconds the workload may run.")] = 300.0,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
+    arch: ArchOpt = DEFAULT_ARCH,
     as_json: JsonOpt = False,
 ) -> None:
     """Golden run: boot the guest, run WORKLOAD fault-free, print its output and exit status.
@@ -248,7 +260,7 @@ def run(
     everything goes to the workload.
     """
     name, extra = _user_workload(workload, cflags)
-    spec = _spec(config, None, None, None, extra)
+    spec = _spec(config, None, None, None, extra, arch)
     _require_known(name, spec)
     image = prepare_image(spec, log=_progress)
     argv = [name, *(args or [])]
@@ -347,6 +359,7 @@ def inject(
     ] = None,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
+    arch: ArchOpt = DEFAULT_ARCH,
     as_json: JsonOpt = False,
 ) -> None:
     """Run one experiment: inject one fault into WORKLOAD and classify what happens.
@@ -359,13 +372,13 @@ def inject(
         context=None if context is Context.ANY else context, op=op, function=function,
         instance=_instance(instance), start_index=start_index, max_dic=max_dic,
         faults_per_run=faults_per_run, probability=probability, period=period,
-        spell=_option_name,
+        spell=_option_name, arch=arch,
     )  # fmt: skip
     table = None
     if crash_patterns is not None:
         table = CrashTable.default().extended(CrashTable.load(crash_patterns))
     name, extra = _user_workload(workload, cflags)
-    image_spec = _spec(config, None, None, None, extra)
+    image_spec = _spec(config, None, None, None, extra, arch)
     _require_known(name, image_spec)
     if spec.instruction is not None:
         _check_function(extra, spec.instruction.function)
@@ -448,12 +461,13 @@ def profile(
     deterministic: Annotated[bool, typer.Option(help="icount mode: repeatable runs.")] = False,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
+    arch: ArchOpt = DEFAULT_ARCH,
     as_json: JsonOpt = False,
 ) -> None:
     """Count each instruction class executed inside FUNCTION by the workload process
     (F-SEFI's profile): per class and per static instruction, from one golden run."""
     name, extra = _user_workload(workload, cflags)
-    image_spec = _spec(config, None, None, None, extra)
+    image_spec = _spec(config, None, None, None, extra, arch)
     _require_known(name, image_spec)
     _check_function(extra, function)
     image = prepare_image(image_spec, log=_progress)
@@ -532,6 +546,7 @@ def storm(
     restore: RestoreOpt = RestoreMethod.TEMPLATE,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
+    arch: ArchOpt = DEFAULT_ARCH,
     as_json: JsonOpt = False,
 ) -> None:
     """A storm of memory bit flips on a schedule in guest time, then the outcome."""
@@ -539,18 +554,18 @@ def storm(
         target=f"memory:{region}", flips=flips, interval=interval, rate=rate,
         rate_unit=None if rate is None else rate_unit.value,
         compression=None if rate is None else compression, period=period,
-        spell=lambda key: "--region" if key == "target" else _option_name(key),
+        spell=lambda key: "--region" if key == "target" else _option_name(key), arch=arch,
     )  # fmt: skip
     if idle is not None:
         if parse_cflags(cflags or "", label="--cflags"):
             raise UsageError("--cflags do not apply to the idle system", hint="remove --cflags")
-        image = prepare_image(_spec(config, None, None, None), log=_progress)
+        image = prepare_image(_spec(config, None, None, None, arch=arch), log=_progress)
         argv = list(idle_argv(parse_duration_s(idle)))
     else:
         if workload is None:
             raise UsageError("no workload given", hint="add --workload NAME, or --idle 2s")
         name, extra = _user_workload(workload, cflags)
-        image_spec = _spec(config, None, None, None, extra)
+        image_spec = _spec(config, None, None, None, extra, arch)
         _require_known(name, image_spec)
         image = prepare_image(image_spec, log=_progress)
         argv = [name, *(workload_args or image.workload(name).default_args)]
@@ -594,9 +609,10 @@ def _require_known(name: str, spec: ImageSpec) -> None:
 @app.command()
 def workloads(
     deterministic: Annotated[bool, typer.Option(help="Use icount mode.")] = False,
+    arch: ArchOpt = DEFAULT_ARCH,
 ) -> None:
     """Golden-run every built-in workload and print a table."""
-    image = prepare_image(log=_progress)
+    image = prepare_image(ImageSpec(arch=arch), log=_progress)
     runs = []
     for name in builtin_workload_names():
         argv = [name, *image.workload(name).default_args]

@@ -70,7 +70,8 @@ class CampaignProgress:
 def campaign_image(spec: CampaignSpec, *, log: Callable[[str], None] | None = None) -> GuestImage:
     """The guest image with the campaign's workload in it (built or found in the cache)."""
     user = spec.user_workload()
-    return prepare_image(ImageSpec(user_workloads=(user,) if user else ()), log=log)
+    image_spec = ImageSpec(user_workloads=(user,) if user else (), arch=spec.guest.arch)
+    return prepare_image(image_spec, log=log)
 
 
 def workload_argv(spec: CampaignSpec, image: GuestImage) -> tuple[str, ...]:
@@ -89,10 +90,10 @@ def campaign_machines(spec: CampaignSpec, argv: tuple[str, ...]) -> tuple[Machin
     return (MachineSpec(DEFAULT_MACHINE, argv, guest.deterministic, Accel(guest.accel)),)
 
 
-def _qemu_version() -> str:
+def _qemu_version(binary: str = "qemu-system-x86_64") -> str:
     try:
         result = subprocess.run(
-            ["qemu-system-x86_64", "--version"],  # noqa: S607
+            [binary, "--version"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
     except OSError:
@@ -124,7 +125,7 @@ def prepare_campaign(
     else:
         provenance = {
             "tool_version": __version__,
-            "qemu_version": _qemu_version(),
+            "qemu_version": _qemu_version(image.arch.platform.qemu_binary),
             "image_hash": image.image_hash,
             "kernel_release": image.kernel_release,
             "campaign_file_sha256": spec.file_sha256,

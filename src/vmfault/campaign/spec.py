@@ -13,6 +13,7 @@ A campaign file is TOML with a `[campaign]` table, a `[guest]` table and one or 
     workload = "checksum"    # a built-in name, or a .c file or static binary beside this file
     deterministic = false
     # cflags = "-O0"         # a .c workload only: gcc flags after vmfault's own
+    # arch = "aarch64"       # the guest architecture (default x86_64); names the registers
 
     [[faults]]
     target = "register:gpr"
@@ -26,6 +27,7 @@ A campaign file is TOML with a `[campaign]` table, a `[guest]` table and one or 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import difflib
 import hashlib
 import json
@@ -47,6 +49,7 @@ from pydantic import (
     StrictInt,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -54,6 +57,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from vmfault.arch import DEFAULT_ARCH, Arch
 from vmfault.errors import UsageError
 from vmfault.faults.model import (
     BitModel,
@@ -86,6 +90,10 @@ __all__ = [
 ]
 
 _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
+_GUEST_ARCH: contextvars.ContextVar[Arch] = contextvars.ContextVar(
+    "guest_arch", default=DEFAULT_ARCH
+)
+"""The guest architecture the fault families of the campaign being validated name."""
 _LOADER_FIELDS = frozenset({"source", "file_sha256"})
 _SCHEMA_HINT = "run `vmfault campaign schema` to see every key and its type"
 _ERROR_KIND = "vmfault"
@@ -212,6 +220,10 @@ class GuestSection(BaseModel):
     deterministic: StrictBool = False
     accel: Accel = Accel.TCG
     crash_patterns: str | None = None
+    arch: Arch = Field(
+        default=DEFAULT_ARCH,
+        description="the guest architecture: x86_64 (-M microvm) or aarch64 (-M virt)",
+    )
 
     @property
     def builtin(self) -> bool:
@@ -369,9 +381,9 @@ class FaultFamily(BaseModel):
                 if isinstance(data.get("function"), str):
                     name += f"@{data['function']}"
             with contextlib.suppress(UsageError):
-                name = Target.parse(name).spelling
+                name = Target.parse(name, arch=_GUEST_ARCH.get()).spelling
                 if data.get("interval") is not None or data.get("rate") is not None:
-                    name = f"{_STORM}:{Target.parse(name).name}"
+                    name = f"{_STORM}:{Target.parse(name, arch=_GUEST_ARCH.get()).name}"
             return {**data, "name": name}
         return data
 
@@ -396,7 +408,7 @@ class FaultFamily(BaseModel):
         if value.strip() == _INSTRUCTION:
             return _INSTRUCTION
         try:
-            Target.parse(value)
+            Target.parse(value, arch=_GUEST_ARCH.get())
         except UsageError as error:
             raise _from_usage(error) from None
         return value
@@ -431,7 +443,7 @@ class FaultFamily(BaseModel):
             key: getattr(self, key) for key in type(self).model_fields if key not in _STRATUM_KEYS
         }
         try:
-            self._spec = FaultSpec.from_options(**options)
+            self._spec = FaultSpec.from_options(**options, arch=_GUEST_ARCH.get())
         except OptionError as error:
             raise _from_usage(error, at=(error.key,)) from None
         return self
@@ -458,6 +470,22 @@ class CampaignSpec(BaseModel):
     faults: tuple[FaultFamily, ...] = Field(min_length=1)
     source: Path | None = None
     file_sha256: str = ""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _guest_arch(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # The fault families name registers of the guest's architecture: [guest] arch is
+        # read first and holds while they are validated.
+        arch = DEFAULT_ARCH
+        guest = data.get("guest") if isinstance(data, dict) else None
+        if isinstance(guest, dict):
+            with contextlib.suppress(ValueError, TypeError):
+                arch = Arch(guest.get("arch", DEFAULT_ARCH))
+        token = _GUEST_ARCH.set(arch)
+        try:
+            return handler(data)
+        finally:
+            _GUEST_ARCH.reset(token)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

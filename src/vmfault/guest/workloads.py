@@ -284,6 +284,12 @@ def check_static_elf(path: Path, *, dynamic: bool = False, arch: Arch = DEFAULT_
                     f"e_type {e_type})",
                     hint=f"build it for {machine} Linux, or choose its guest architecture (--arch)",
                 )
+            if e_type == 3 and arch is not Arch.X86_64:
+                raise ImageError(
+                    f"{path} is position-independent: PIE executables run only on x86-64 "
+                    f"guests, not {arch.value}",
+                    hint="link it with -static -no-pie",
+                )
             (phoff,) = struct.unpack_from("<Q", header, 32)
             phentsize, phnum = struct.unpack_from("<HH", header, 54)
             stream.seek(phoff)

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, Self
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 from qemu.qmp import QMPError as _QMPLibError
 
+from vmfault.arch import Platform
 from vmfault.errors import (
     LaunchError,
     MachineError,
@@ -484,6 +485,16 @@ class Machine:
         loop.close()
 
     # ----------------------------------------------------------------- accessors
+
+    @property
+    def platform(self) -> Platform:
+        """The guest architecture's facts (register names, address layout)."""
+        return self.config.arch.platform
+
+    def user_mode(self) -> bool:
+        """Whether the halted vCPU runs user code (CPL 3 on x86-64, EL0 on aarch64)."""
+        platform = self.platform
+        return platform.is_user(self.gdb.read_register(platform.privilege))
 
     @property
     def gdb(self) -> GdbStub:
