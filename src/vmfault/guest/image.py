@@ -247,6 +247,11 @@ def gather_inputs(
     workloads = plan_workloads(spec.user_workloads, arch=arch)
     initrd = None if spec.initrd is None else _existing_file(spec.initrd, "initrd")
     disk = None if spec.disk is None else _existing_file(spec.disk, "disk image")
+    if disk is not None and arch is Arch.AARCH64:
+        raise UsageError(
+            "disks work only on x86-64 guests: Debian's arm64 installer kernel has no virtio_blk",
+            hint="leave out the disk, or use an x86_64 guest",
+        )
     modules: tuple[str, ...]
     kernel_kind: Literal["debian", "user"]
     busybox: Path | None = None

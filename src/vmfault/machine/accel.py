@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmfault.errors import MachineError
+from vmfault.errors import MachineError, UsageError
 
 if TYPE_CHECKING:
     from vmfault.machine.config import MachineConfig
@@ -67,7 +67,15 @@ def probe_boot(
 
 
 def resolve_accel(config: MachineConfig) -> tuple[Accel, str]:
-    """The accelerator to use for `config`, and a one-line reason when AUTO fell back to TCG."""
+    """The accelerator to use for `config`, and a one-line reason when AUTO fell back to TCG.
+
+    UsageError for KVM asked for a guest of another architecture than the host's.
+    """
+    if config.accel is Accel.KVM and config.arch.value != platform.machine():
+        raise UsageError(
+            f"KVM runs only {platform.machine()} guests on this host, not {config.arch.value}",
+            hint="use accel tcg (or auto)",
+        )
     if config.accel is not Accel.AUTO:
         return config.accel, ""
     blocker = kvm_blocker(config)

@@ -855,12 +855,18 @@ class Machine:
         # A machine paused at a guest reset (an aarch64 panic) has QEMU's status
         # `shutdown`, from which the VM cannot run again without a reset: loadvm leaves the
         # status alone, so the reset comes first (shutdown -> prelaunch; it writes QEMU's
-        # ROM images into RAM, which the restore then puts back).
+        # ROM images into RAM, which the restore then puts back). Under the action
+        # reboot=shutdown a reset request is a shutdown again, so the action is reset for it.
         if not self.config.pauses_on_reset or self.qmp("query-status")["status"] != "shutdown":
             return
         since = len(self.events)
-        self.qmp("system_reset")
-        if self.wait_event("RESET", timeout_s=10.0, since=since) is None:
+        self.qmp("set-action", {"reboot": "reset"})
+        try:
+            self.qmp("system_reset")
+            reset = self.wait_event("RESET", timeout_s=10.0, since=since)
+        finally:
+            self.qmp("set-action", {"reboot": "shutdown"})
+        if reset is None:
             raise SnapshotError("the machine paused at a guest reset did not reset")
 
     def _start_after_load(self) -> None:

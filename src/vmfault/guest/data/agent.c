@@ -601,6 +601,8 @@ int main(void)
     /* Boot quietly, then let every kernel message through: user-level crash reports such
      * as "segfault at ..." are KERN_INFO and are evidence for classifying an outcome. */
     write_sysctl("/proc/sys/kernel/printk", "7\n");
+    /* The kernel's report of a user fault (x86-64 has it on by default, arm64 off). */
+    write_sysctl("/proc/sys/debug/exception-trace", "1\n");
     read_file("/proc/cmdline", cmdline, sizeof cmdline);
     cmdline_value(cmdline, "vmfault.mode", mode, sizeof mode);
     cmdline_value(cmdline, "vmfault.after", after, sizeof after);
