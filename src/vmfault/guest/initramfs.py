@@ -254,6 +254,8 @@ def read_newc(data: bytes) -> list[CpioEntry]:
             continue
         path = name.removeprefix("./")
         entries.append(CpioEntry(path, kind, mode & 0o7777, data[data_start:end]))
+    if data[position:].strip(b"\0"):
+        raise ImageError(f"the cpio archive is truncated at offset {position}")
     return entries
 
 
