@@ -980,14 +980,14 @@ def doctor(
             found or "not found",
             f"make setup (apt-get install {package})",
         )
-    for tool, package in (
-        ("qemu-system-aarch64", "qemu-system-arm"),
-        ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"),
+    for label, tool, package in (
+        ("QEMU aarch64", "qemu-system-aarch64", "qemu-system-arm"),
+        ("gcc aarch64", "aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"),
     ):
         found = shutil.which(tool)  # needed for --arch aarch64 only
         _check(
             table,
-            f"{tool} (aarch64 guests)",
+            label,
             bool(found),
             found or "not found",
             f"make setup (apt-get install {package})",

@@ -108,7 +108,10 @@ def parse_exec_log(
 ) -> Iterator[TraceEntry]:
     """The blocks of a `log_items(arch)` log, in order, read `read_bytes` at a time.
 
-    Raises ValueError if an x86-64 block's CPU state is missing (the log lacks `cpu`).
+    Raises ValueError if an x86-64 block's CPU state is missing (the log lacks `cpu`),
+    except the log's last block: logging turned off between its two lines leaves it
+    without its state (seen with a PIE's log range, which holds the agent's code too), and
+    it is left out.
     """
     faults = 0 if arch is Arch.AARCH64 else None
     pending = b""
@@ -125,8 +128,15 @@ def parse_exec_log(
         records = complete.split(_TRACE)
         if faults is not None:
             faults += len(_EL0_FAULT.findall(records[0]))
-        for record in records[1:]:
-            yield _entry(record, faults)
+        last = len(records) - 1
+        for index, record in enumerate(records[1:], start=1):
+            try:
+                entry = _entry(record, faults)
+            except ValueError:
+                if data or index != last:
+                    raise
+                return
+            yield entry
             if faults is not None:
                 faults += len(_EL0_FAULT.findall(record))
         if not data:
