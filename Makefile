@@ -52,6 +52,9 @@ bench: setup
 	$(BIN)/python bench/restore.py
 	$(BIN)/python bench/fault_space.py --runs 200 --controls 100
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/disk.py
+	$(BIN)/python bench/network.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 from vmfault.errors import UsageError
 
-__all__ = ["DEFAULT_ARCH", "Arch", "Platform"]
+__all__ = ["DEFAULT_ARCH", "DISKS", "MACHINES", "Arch", "Platform"]
+
+DISKS = "disks"
+"""The feature of guest disks (`--disk`, `[[guest.disks]]`) and disk faults."""
+MACHINES = "[[machine]] tables"
+"""The feature of testbeds of named machines: networks, daemons, console scripts."""
 
 
 class Arch(enum.StrEnum):
@@ -44,6 +49,18 @@ class Arch(enum.StrEnum):
     def platform(self) -> Platform:
         """What this architecture's guests are made of."""
         return _PLATFORMS[self]
+
+    def require(self, feature: str) -> None:
+        """Nothing when `feature` (`DISKS`, `MACHINES`) works on this architecture's guests;
+        else a one-line UsageError naming it and why."""
+        why = dict(self.platform.lacks).get(feature)
+        if why is not None:
+            others = [a.value for a in Arch if feature not in dict(a.platform.lacks)]
+            raise UsageError(
+                f"{feature} work only on {' or '.join(others).replace('_', '-')} guests, "
+                f"not {self.value}: {why}",
+                hint=f"leave out the {feature}, or choose arch {' or '.join(others)}",
+            )
 
 
 DEFAULT_ARCH = Arch.X86_64
@@ -96,6 +113,8 @@ class Platform:
     exec_args: tuple[str, str]
     """Where the new process's first pc and stack pointer are read at the exec: the
     registers of `exec_hook`'s 2nd and 3rd arguments, or the vCPU's own pc and sp."""
+    lacks: tuple[tuple[str, str], ...] = ()
+    """Features its guests do not have yet, each with the reason (see `Arch.require`)."""
 
     def is_user(self, privilege: int) -> bool:
         """Whether the value of the `privilege` register means user mode: CPL 3 in CS on
@@ -166,5 +185,9 @@ _PLATFORMS = {
         page_table_root="TTBR0_EL1",
         exec_hook=None,
         exec_args=("pc", "sp"),
+        lacks=(
+            (DISKS, "Debian's arm64 installer kernel has no virtio_blk"),
+            (MACHINES, "the virt machine has no network card or console shell in vmfault yet"),
+        ),
     ),
 }

@@ -6,8 +6,10 @@
    else was seen. Never counted as an outcome.
 2. **vmm-error**: the VMM itself misbehaved (`vmm_problem` is set: a QMP command failed,
    isolation broke, ...), or QEMU died without a guest-caused reason (no guest panic, no kernel
-   crash line on the console, no guest SHUTDOWN/RESET event). A VMM error is never hidden behind
-   a guest outcome.
+   crash line on the console, no guest SHUTDOWN/RESET event); the evidence is QEMU's exit
+   status or signal and the last lines of its stderr. A VMM error is never hidden behind a
+   guest outcome. (QEMU killed from outside, by the OOM killer or an operator, is no VMM
+   error: a campaign runs that experiment again, see `vmfault.campaign.worker`.)
 3. **crash, kernel**: the guest panicked (`guest_panicked`, or a GUEST_PANICKED or
    GUEST_CRASHLOADED event), or a kernel-scope crash pattern matches the console. The cause is
    that of the kernel pattern on the earliest console line (`null-dereference`, `page-fault`,
@@ -18,11 +20,14 @@
    the cause is the signal's name (`SIGSEGV`, `SIGILL`, ...), the evidence the first user-scope
    console line (`segfault at ...`, `traps: NAME[PID] trap invalid opcode ...`), if any.
 5. **hang**: no completion: the hang budget ran out (`timed_out`), the vCPU stalled idle
-   longer than any idle stretch of the golden run (`stalled_s`, declared early), or the
+   longer than any idle stretch of the golden run (`stalled_s`, declared early), a step of
+   the machine's console script timed out (`script_failure`: the text it waited for did
+   not come in time; the console's last lines are the evidence), or the
    workload never reported its exit and nothing above explains why. Except that an
    experiment observed for
    a fixed period (`period_s`, the failure-rate mode) whose workload still ran at the end
-   of the period is **benign**: nothing failed within the period.
+   of the period is **benign**: nothing failed within the period; and so is a daemon
+   stopped while it still ran (`stopped`), once the machines it serves were done.
 6. **detected**: the workload finished and reported the error itself: its exit code differs
    from the golden run's (a non-zero exit where the golden run exited 0, typically), or its
    stdout or stderr matches the detect pattern (default `DETECTED`, as in
@@ -34,8 +39,11 @@
 
 The console (text from the injection on) is evidence: only kernel-scope patterns (rule 3) can
 change a classification; user-scope lines only annotate a crash, and a garbled console cannot
-change rules 4-8. Every `Classification` carries a one-line `reason` and, where there is one,
-the `evidence` behind it verbatim: a console line (cut to at most 400 characters), an event
+change rules 4-8. A run that is not a crash (rules 5-8) whose console shows a kernel reaction
+(a reaction-scope pattern: `I/O error, dev vda, sector N`, a file system error or remount)
+keeps its outcome and gets the reaction's name as its cause and that line as its evidence.
+Every `Classification` carries a one-line `reason` and, where there is one, the `evidence`
+behind it verbatim: a console line (cut to at most 400 characters), an event
 name, or a line of the workload's output.
 """
 
@@ -74,6 +82,7 @@ __all__ = [
     "classify",
     "latency_bucket",
     "latency_histogram",
+    "qemu_evidence",
     "signal_name",
 ]
 
@@ -84,10 +93,12 @@ EVIDENCE_MAX_CHARS = 400
 _PANIC_EVENTS = frozenset({"GUEST_PANICKED", "GUEST_CRASHLOADED"})
 _RESET_EVENTS = frozenset({"SHUTDOWN", "RESET"})
 _PACKAGED_TABLE = "crash_patterns.toml"
+_REACTIONS_TABLE = "kernel_reactions.toml"
+_SECTOR = re.compile(r"\bsector (\d+)")
 _CAUSE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PATTERN_KEYS = ("cause", "scope", "regex", "description")
 _TABLE_HINT = (
-    "each [[pattern]] table needs cause, scope ('kernel' or 'user') and regex, "
+    "each [[pattern]] table needs cause, scope ('kernel', 'user' or 'reaction') and regex, "
     "and may have description"
 )
 _BRIEF_CHARS = 60
@@ -103,20 +114,26 @@ class Outcome(StrEnum):
     HANG = "hang"
     VMM_ERROR = "vmm-error"
     NOT_INJECTED = "not-injected"
+    INFRA_FAILURE = "infra-failure"
+    """Not an outcome of the fault: the experiment was lost to the infrastructure (its
+    worker or QEMU killed from outside, a lost node) on every attempt, and given up."""
 
     @property
     def counts(self) -> bool:
-        """Whether the outcome counts in statistics: false only for NOT_INJECTED."""
-        return self is not Outcome.NOT_INJECTED
+        """Whether the outcome counts in statistics: false for NOT_INJECTED and
+        INFRA_FAILURE."""
+        return self not in (Outcome.NOT_INJECTED, Outcome.INFRA_FAILURE)
 
     @property
     def severity(self) -> int:
         """How bad the outcome is, for judging several machines by the worst: benign 0,
-        detected, sdc, hang, crash, vmm-error 5 (not-injected: -1, no outcome)."""
+        detected, sdc, hang, crash, vmm-error 5 (not-injected -1 and infra-failure -2: no
+        outcome)."""
         return _SEVERITY[self]
 
 
 _SEVERITY = {
+    Outcome.INFRA_FAILURE: -2,
     Outcome.NOT_INJECTED: -1,
     Outcome.BENIGN: 0,
     Outcome.DETECTED: 1,
@@ -137,10 +154,12 @@ class Activation(StrEnum):
 
 
 class CrashScope(StrEnum):
-    """Who crashed: the kernel itself, or a user process the kernel reports on."""
+    """Who crashed: the kernel itself, or a user process the kernel reports on; or, for a
+    reaction, nobody: the kernel reports an error it handled (a failed disk request)."""
 
     USER = "user"
     KERNEL = "kernel"
+    REACTION = "reaction"
 
 
 @dataclass(frozen=True)
@@ -171,7 +190,8 @@ class CrashTable:
 
     @classmethod
     def default(cls) -> CrashTable:
-        """The packaged table (`vmfault/data/crash_patterns.toml`), loaded once."""
+        """The packaged tables, loaded once: `vmfault/data/crash_patterns.toml` and the
+        kernel reactions of `vmfault/data/kernel_reactions.toml`."""
         return _default_table()
 
     @classmethod
@@ -217,8 +237,12 @@ class CrashTable:
 
 @functools.cache
 def _default_table() -> CrashTable:
-    resource = resources.files("vmfault").joinpath("data", _PACKAGED_TABLE)
-    return _parse_table(resource.read_text(encoding="utf-8"), f"vmfault/data/{_PACKAGED_TABLE}")
+    patterns: list[CrashPattern] = []
+    for name in (_PACKAGED_TABLE, _REACTIONS_TABLE):
+        resource = resources.files("vmfault").joinpath("data", name)
+        text = resource.read_text(encoding="utf-8")
+        patterns.extend(_parse_table(text, f"vmfault/data/{name}").patterns)
+    return CrashTable(tuple(patterns))
 
 
 def _parse_table(text: str, source: str) -> CrashTable:
@@ -263,7 +287,9 @@ def _parse_pattern(entry: Mapping[str, object], where: str) -> CrashPattern:
     try:
         scope = CrashScope(values["scope"])
     except ValueError:
-        raise problem("scope", f"must be 'kernel' or 'user', not {values['scope']!r}") from None
+        raise problem(
+            "scope", f"must be 'kernel', 'user' or 'reaction', not {values['scope']!r}"
+        ) from None
     try:
         compiled = re.compile(values["regex"], re.MULTILINE)
     except re.error as exc:
@@ -326,6 +352,8 @@ class Observation:
     qemu_alive: bool = True
     qemu_exit_code: int | None = None
     """QEMU's exit status if it died; negative: killed by that signal (subprocess style)."""
+    qemu_output: str = ""
+    """The end of QEMU's own stdout and stderr when it died (evidence of a VMM error)."""
     timed_out: bool = False
     """The hang budget ran out before the workload finished."""
     vmm_problem: str = ""
@@ -338,6 +366,12 @@ class Observation:
     stalled_s: float | None = None
     """Set when the run was declared a hang early: the host seconds the vCPU sat idle,
     nothing runnable, with the workload unfinished (the stall rule)."""
+    stopped: bool = False
+    """A daemon was stopped while its workload still ran, the machines it serves done."""
+    script_failure: str = ""
+    """Why the machine's console script failed (`script step 2 timed out (10 s)`)."""
+    script_tail: str = ""
+    """The console's last lines when the script failed."""
 
 
 @dataclass(frozen=True)
@@ -347,7 +381,8 @@ class Classification:
     outcome: Outcome
     reason: str
     cause: str | None = None
-    """The crash cause: a crash pattern's cause, `panic`, `reset` or a signal name."""
+    """The crash cause: a crash pattern's cause, `panic`, `reset` or a signal name; for
+    another outcome, the kernel's reaction (`io-error`, `fs-read-only`, ...), if any."""
     evidence: str = ""
 
 
@@ -363,11 +398,30 @@ def classify(
     Deterministic and free of I/O (apart from loading the packaged table once); UsageError if
     `detect_regex` is not a valid regex.
     """
+    crashes = table if table is not None else CrashTable.default()
+    verdict = _classify(reference, observation, crashes, detect_regex)
+    if verdict.outcome in (Outcome.CRASH, Outcome.VMM_ERROR, Outcome.NOT_INJECTED):
+        return verdict
+    reaction = crashes.match(observation.console, scope=CrashScope.REACTION)
+    if reaction is None:
+        return verdict
+    pattern, line = reaction
+    sector = _SECTOR.search(line)
+    where = f" at sector {sector.group(1)}" if sector else ""
+    return Classification(
+        verdict.outcome, f"{verdict.reason}; the kernel reported {pattern.label}{where}",
+        cause=pattern.cause, evidence=line,
+    )  # fmt: skip
+
+
+def _classify(
+    reference: Reference, observation: Observation, crashes: CrashTable, detect_regex: str
+) -> Classification:
+    """The rules 1-8, without the kernel's reactions."""
     detect = _compile_detect(detect_regex)
     obs = observation
     if not obs.injected:
         return Classification(Outcome.NOT_INJECTED, "the fault could not be injected")
-    crashes = table if table is not None else CrashTable.default()
     kernel = crashes.match(obs.console, scope=CrashScope.KERNEL)
     panic_event = next((e for e in obs.events if e in _PANIC_EVENTS), None)
     reset_event = next((e for e in obs.events if e in _RESET_EVENTS), None)
@@ -378,7 +432,11 @@ def classify(
         found is not None for found in (panic_event, kernel, reset_event)
     )
     if not obs.qemu_alive and not guest_caused:
-        return Classification(Outcome.VMM_ERROR, _qemu_death(obs.qemu_exit_code))
+        return Classification(
+            Outcome.VMM_ERROR,
+            _qemu_death(obs.qemu_exit_code),
+            evidence=qemu_evidence(obs.qemu_exit_code, obs.qemu_output),
+        )
 
     if kernel is not None or obs.guest_panicked or panic_event is not None:
         return _kernel_crash(crashes, obs, kernel, panic_event)
@@ -398,6 +456,13 @@ def classify(
             Outcome.CRASH, f"killed by {name}", cause=name, evidence=user[1] if user else ""
         )
 
+    if obs.script_failure and not obs.finished:
+        tail = " | ".join(line.strip() for line in obs.script_tail.splitlines()[-3:])
+        return Classification(Outcome.HANG, obs.script_failure, evidence=tail[-EVIDENCE_MAX_CHARS:])
+    if obs.stopped and not obs.finished and not obs.timed_out:
+        return Classification(
+            Outcome.BENIGN, "the daemon ran until the machines it serves were done"
+        )
     if obs.period_s is not None and not obs.finished and not obs.timed_out:
         return Classification(
             Outcome.BENIGN,
@@ -458,6 +523,25 @@ def _qemu_death(exit_code: int | None) -> str:
     if exit_code < 0:
         return f"QEMU was killed by {signal_name(-exit_code)} without a guest-caused reason"
     return f"QEMU exited with status {exit_code} without a guest-caused reason"
+
+
+QEMU_EVIDENCE_LINES = 3
+"""Lines of QEMU's own output kept as the evidence of a VMM error."""
+
+
+def qemu_evidence(exit_code: int | None, output: str) -> str:
+    """QEMU's end as evidence: `exit status 1` or `killed by SIGSEGV`, then the last
+    QEMU_EVIDENCE_LINES non-empty lines of its stderr, joined by ` | `."""
+    if exit_code is None:
+        end = "QEMU: no exit status"
+    elif exit_code < 0:
+        end = f"QEMU: killed by {signal_name(-exit_code)}"
+    else:
+        end = f"QEMU: exit status {exit_code}"
+    lines = [" ".join(line.split()) for line in output.splitlines() if line.strip()]
+    tail = lines[-QEMU_EVIDENCE_LINES:]
+    text = end + ("; stderr: " + " | ".join(tail) if tail else "; no stderr")
+    return text[:EVIDENCE_MAX_CHARS]
 
 
 def signal_name(number: int) -> str:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, NoReturn
@@ -28,7 +29,8 @@ from rich.progress import (
 from rich.table import Table
 
 from vmfault._version import __version__
-from vmfault.arch import DEFAULT_ARCH, Arch
+from vmfault.arch import DEFAULT_ARCH, DISKS, Arch
+from vmfault.campaign.cluster import Cluster, ClusterOptions, cluster_options, connect
 from vmfault.campaign.executor import Completed
 from vmfault.campaign.planner import plan_campaign
 from vmfault.campaign.runner import (
@@ -39,20 +41,39 @@ from vmfault.campaign.runner import (
     campaign_machines,
     prepare_campaign,
     run_campaign,
-    workload_argv,
 )
 from vmfault.campaign.sefi import parse_sefi_ini, sefi_campaign_toml
-from vmfault.campaign.spec import CampaignSpec, campaign_json_schema, load_campaign
+from vmfault.campaign.spec import (
+    CampaignSpec,
+    ExecutorName,
+    campaign_json_schema,
+    load_campaign,
+)
 from vmfault.classify import CrashTable
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment.pipeline import Experimenter
-from vmfault.experiment.records import ExperimentRecord, GoldenRun, InstructionInjection, fsefi_line
+from vmfault.experiment.records import (
+    DEFAULT_MACHINE,
+    DiskInjection,
+    ExperimentRecord,
+    GoldenRun,
+    InstructionInjection,
+    fsefi_line,
+)
 from vmfault.experiment.testbed import RestoreMethod, Testbed, golden_run
-from vmfault.faults import Context, FaultSpec, parse_duration_s
+from vmfault.faults import Budget, Context, FaultSpec, parse_duration_s
 from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.image import ImageSpec, UserWorkload, builtin_workload_names
-from vmfault.guest.workloads import SourceKind, cflags_not_compiled, idle_argv, parse_cflags
+from vmfault.guest.workloads import (
+    BUILTIN_WORKLOADS,
+    SourceKind,
+    cflags_not_compiled,
+    disk_required,
+    idle_argv,
+    parse_cflags,
+)
 from vmfault.machine import Accel, kvm_blocker, probe_boot
+from vmfault.machine.disks import GuestDisk, parse_disk, unique_disks
 from vmfault.profile.workload import profile_instructions
 from vmfault.report.command import report_command
 from vmfault.report.summary import Summary, store_summary, summary_tables
@@ -159,6 +180,29 @@ RestoreOpt = Annotated[
         "milliseconds) or loadvm (QEMU's internal snapshots)."
     ),
 ]
+GuestDisksOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--disk",
+        help="A virtio disk: NAME:SIZE (fresh, zeroed: data:64M) or NAME:PATH (a raw or qcow2 "
+        "image, never written); repeat for more (vda, vdb, ...).",
+    ),
+]
+
+
+def _guest_disks(texts: list[str] | None, arch: Arch) -> tuple[GuestDisk, ...]:
+    """The disks of --disk options (one-line errors for bad names, sizes and images, and
+    for disks on a guest of `arch` that has none)."""
+    disks = unique_disks([parse_disk(text) for text in texts or ()])
+    if disks:
+        arch.require(DISKS)
+    return disks
+
+
+BudgetOpt = Annotated[
+    str | None,
+    typer.Option(help="Hang budget: golden runs (default 2) or a guest duration such as 20s."),
+]
 
 
 @image_app.command("build")
@@ -249,6 +293,7 @@ def run(
         Accel, typer.Option(help="tcg, kvm, or auto (KVM only if a probe boots).")
     ] = Accel.TCG,
     timeout: Annotated[float, typer.Option(help="Seconds the workload may run.")] = 300.0,
+    disk: GuestDisksOpt = None,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
     arch: ArchOpt = DEFAULT_ARCH,
@@ -262,11 +307,15 @@ def run(
     name, extra = _user_workload(workload, cflags)
     spec = _spec(config, None, None, None, extra, arch)
     _require_known(name, spec)
+    disks = _guest_disks(disk, arch)
+    disk_required(name, len(disks))
     image = prepare_image(spec, log=_progress)
     argv = [name, *(args or [])]
     if len(argv) == 1:
         argv += list(image.workload(name).default_args)
-    result = golden_run(image, argv, deterministic=deterministic, accel=accel, timeout_s=timeout)
+    result = golden_run(
+        image, argv, deterministic=deterministic, accel=accel, timeout_s=timeout, disks=disks
+    )
     if as_json:
         out.print_json(json.dumps(result.to_json()))
     else:
@@ -280,6 +329,7 @@ def run(
             + f", {result.guest_s:.3f} s guest time"
             + ("" if result.instructions is None else f", {result.instructions:,} instructions")
             + f", {result.accel}"
+            + "".join(f", disk {n} is /dev/{d}" for n, d in result.disks.items())
         )
     if result.exit_status != 0:
         raise typer.Exit(1)
@@ -288,8 +338,11 @@ def run(
 @app.command(context_settings={"ignore_unknown_options": True})
 def inject(
     workload: Annotated[
-        str, typer.Option("--workload", "-w", help="Built-in name, C file or binary.")
-    ],
+        str | None,
+        typer.Option(
+            "--workload", "-w", help="Built-in name, C file or binary (omit with --testbed)."
+        ),
+    ] = None,
     target: Annotated[
         str | None,
         typer.Option(
@@ -333,7 +386,10 @@ def inject(
     ] = None,
     probability: Annotated[
         float | None,
-        typer.Option(help="With --op: corrupt each instance with this probability instead."),
+        typer.Option(
+            help="With --op: corrupt each instance with this probability instead. Disk "
+            "faults: fault each matching request with this probability."
+        ),
     ] = None,
     trigger: Annotated[
         str | None,
@@ -346,19 +402,74 @@ def inject(
         str | None,
         typer.Option(help="Judge the system this long after the fault, e.g. 1s (guest time)."),
     ] = None,
+    sectors: Annotated[
+        str | None,
+        typer.Option(
+            help="Disk faults: touched (a sector the golden run read or wrote, the default), "
+            "any, N or A-B (512-byte sectors)."
+        ),
+    ] = None,
+    errno: Annotated[
+        str | None,
+        typer.Option(help="Disk faults that fail requests: the errno by name (EIO, ENOSPC, ...)."),
+    ] = None,
+    delay: Annotated[
+        str | None,
+        typer.Option(
+            help="disk:latency: how long each request waits; network:delay and "
+            "reorder: how long frames are held (e.g. 50ms)."
+        ),
+    ] = None,
+    jitter: Annotated[
+        str | None,
+        typer.Option(help="disk:latency and network:delay: +- this much more or less, uniform."),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Disk faults: fault only the first matching request.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 1,
     index: Annotated[int, typer.Option(help="Experiment index under the seed.")] = 0,
     workload_args: Annotated[
         list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
     ] = None,
     deterministic: Annotated[bool, typer.Option(help="icount mode: repeatable runs.")] = False,
-    budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 2.0,
+    budget: BudgetOpt = None,
     restore: RestoreOpt = RestoreMethod.TEMPLATE,
     crash_patterns: Annotated[
         Path | None, typer.Option(help="TOML file of extra crash patterns.")
     ] = None,
+    disk: GuestDisksOpt = None,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
+    testbed_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--testbed",
+            help="A campaign file whose [[machine]] tables (and judge, network, budget) make "
+            "the machines of the experiment, instead of --workload.",
+        ),
+    ] = None,
+    machine: Annotated[
+        str | None,
+        typer.Option(help="The machine the fault goes to (default: the judged one)."),
+    ] = None,
+    link: Annotated[
+        str | None, typer.Option(help="Network faults: the link, e.g. client-server.")
+    ] = None,
+    direction: Annotated[
+        str | None, typer.Option(help="Network faults: both, in or out (from the first named).")
+    ] = None,
+    burst: Annotated[
+        float | None, typer.Option(help="network:loss: mean frames lost in a row.")
+    ] = None,
+    where: Annotated[
+        str | None, typer.Option(help="network:corrupt: any, headers or payload.")
+    ] = None,
+    bandwidth: Annotated[str | None, typer.Option(help="network:rate: e.g. 1mbit.")] = None,
+    groups: Annotated[
+        str | None,
+        typer.Option(help="network:partition: groups split by |, names by commas: a|b,c."),
+    ] = None,
     arch: ArchOpt = DEFAULT_ARCH,
     as_json: JsonOpt = False,
 ) -> None:
@@ -366,18 +477,52 @@ def inject(
 
     With --op, the fault goes into the result of a dynamic instance of an instruction class
     (F-SEFI's fine-grained mode): the instance executes, then bits of its result flip.
+    A disk:KIND[@NAME] target faults a disk given with --disk.
+
+    With --testbed, the experiment runs on a campaign file's machines; --machine names the
+    one the fault goes to, and network:KIND targets act on the frames between them.
     """
     spec = FaultSpec.from_options(
         target=target, bits=bits, trigger=trigger,
         context=None if context is Context.ANY else context, op=op, function=function,
         instance=_instance(instance), start_index=start_index, max_dic=max_dic,
         faults_per_run=faults_per_run, probability=probability, period=period,
+        sectors=sectors, errno=errno, once=once or None,
+        machine=machine, link=link, direction=direction, burst=burst, where=where,
+        delay=delay, jitter=jitter, bandwidth=bandwidth, groups=_groups(groups),
         spell=_option_name, arch=arch,
     )  # fmt: skip
+    hang_budget = None if budget is None else Budget.parse(budget)
+    disks = _guest_disks(disk, arch)
+    if spec.disk is not None:
+        arch.require(DISKS)
+        spec.disk.disk_of({d.name: d.sectors for d in disks})
     table = None
     if crash_patterns is not None:
         table = CrashTable.default().extended(CrashTable.load(crash_patterns))
+    if testbed_file is not None:
+        if workload is not None or workload_args or cflags or deterministic or disks:
+            raise UsageError(
+                "--testbed gives the machines and their workloads",
+                hint="remove --workload, --args, --cflags, --deterministic and --disk",
+            )
+        record = _inject_on_testbed(testbed_file, spec, hang_budget, table, seed=seed, index=index)
+        _print_record(record, spec, as_json=as_json)
+        return
+    if workload is None:
+        raise UsageError("no workload given", hint="add --workload NAME, or --testbed FILE")
+    if spec.machine not in (None, DEFAULT_MACHINE):
+        raise UsageError(
+            f"no machine {spec.machine!r}: --workload makes one machine, {DEFAULT_MACHINE}",
+            hint="give --testbed FILE for a testbed of several machines",
+        )
+    if spec.network is not None:
+        raise UsageError(
+            f"{spec.target.spelling} needs machines joined by a network",
+            hint="give --testbed FILE with two or more [[machine]] tables",
+        )
     name, extra = _user_workload(workload, cflags)
+    disk_required(name, len(disks))
     image_spec = _spec(config, None, None, None, extra, arch)
     _require_known(name, image_spec)
     if spec.instruction is not None:
@@ -387,26 +532,137 @@ def inject(
     if spec.instruction is not None:  # a bad function fails before any boot
         WorkloadBinary(image.workload(name).host_binary).code_range(spec.instruction.function)
     with Experimenter.single(
-        image, argv, deterministic=deterministic, budget_factor=budget, crash_table=table,
+        image,
+        argv,
+        deterministic=deterministic,
+        budget_factor=hang_budget or Budget(),
+        crash_table=table,
+        disks=disks,
         restore=restore,
-    ) as experimenter:  # fmt: skip
+    ) as experimenter:
         record = experimenter.run(spec, seed=seed, index=index)
+    _print_record(record, spec, as_json=as_json)
+
+
+def _print_record(record: ExperimentRecord, spec: FaultSpec, *, as_json: bool) -> None:
+    """`vmfault inject`'s output: the record as JSON, or its outcome and fault in lines."""
     if as_json:
         out.print_json(json.dumps(record.to_json()))
         return
     if spec.instruction is not None:
         _print_instruction_record(record)
         return
+    if isinstance(record.injection, DiskInjection):
+        _print_disk_record(record, record.injection)
+        return
     fault = record.to_json()["fault"]
     out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
+    if spec.network is not None:
+        period = "" if spec.network.duration_s is None else f" for {spec.network.duration_s:g} s"
+        line = (
+            f"fault: {fault['target']} on {fault['location']} from "
+            f"{record.injection.trigger.spec} on {fault['machine']}{period}"
+        )
+    else:
+        line = (
+            f"fault: {fault['target']} at {fault['location']} bits {fault['bits']} "
+            f"{fault['before']} -> {fault['after']} ({record.injection.trigger})"
+        )
+    out.print(line, highlight=False, markup=False)
+    if record.latency is not None:
+        out.print(f"latency: {record.latency.value:,} {record.latency.unit.value}")
+    if record.evidence:
+        out.print(f"evidence: {record.evidence}", highlight=False, markup=False)
+    if len(record.machines) > 1:
+        for run in record.machines:
+            out.print(
+                f"{run.machine}: {run.outcome.value}: {run.reason}", highlight=False, markup=False
+            )
+    network = record.to_json().get("network")
+    if network is not None:
+        counts = ", ".join(f"{network[k]} {k}" for k in _NETWORK_COUNTS if network.get(k))
+        out.print(f"frames: {counts or 'none'}", highlight=False, markup=False)
+
+
+_NETWORK_COUNTS = ("seen", "dropped", "corrupted", "delayed", "duplicated", "reordered")
+
+
+def _groups(text: str | None) -> list[list[str]] | None:
+    """`a|b,c` as the groups [["a"], ["b", "c"]] of a partition."""
+    if text is None:
+        return None
+    return [
+        [name.strip() for name in group.split(",") if name.strip()] for group in text.split("|")
+    ]
+
+
+def _budget(text: str | None) -> Budget:
+    """The hang budget a --budget gives (default: 2 golden runs)."""
+    return Budget() if text is None else Budget.parse(text)
+
+
+def _inject_on_testbed(
+    path: Path,
+    spec: FaultSpec,
+    budget: Budget | None,
+    table: CrashTable | None,
+    *,
+    seed: int,
+    index: int,
+) -> ExperimentRecord:
+    """One experiment on the machines of the campaign file at `path`."""
+    campaign = load_campaign(path)
+    names = campaign.machine_names
+    if spec.machine is not None and spec.machine not in names:
+        raise UsageError(
+            f"no machine {spec.machine!r} in {path}", hint="machines: " + ", ".join(names)
+        )
+    if spec.network is not None:
+        if not campaign.networked:
+            raise UsageError(
+                f"{spec.target.spelling} needs machines joined by a network",
+                hint=f"give {path} two or more [[machine]] tables",
+            )
+        spec.network.check(list(campaign.machine_names))
+    if table is None and campaign.crash_patterns_path() is not None:
+        patterns = campaign.crash_patterns_path()
+        assert patterns is not None
+        table = CrashTable.default().extended(CrashTable.load(patterns))
+    image = campaign_image(campaign, log=_progress)
+    testbed = Testbed(
+        image, campaign_machines(campaign, image), judge=campaign.campaign.judge,
+        network=campaign.networked,
+    )  # fmt: skip
+    chosen = campaign.campaign.hang_budget if budget is None else budget
+    with Experimenter(testbed, budget_factor=chosen, crash_table=table) as experimenter:
+        return experimenter.run(spec, seed=seed, index=index)
+
+
+def _print_disk_record(record: ExperimentRecord, injection: DiskInjection) -> None:
+    out.print(f"[bold]{record.outcome.value}[/bold]: {record.reason}", highlight=False)
     out.print(
-        f"fault: {fault['target']} at {fault['location']} bits {fault['bits']} "
-        f"{fault['before']} -> {fault['after']} ({record.injection.trigger})",
+        f"fault: {injection.target} on {injection.location} ({injection.trigger.spec}), "
+        f"{record.activation.value}: {injection.requests_faulted} of "
+        f"{injection.requests_seen} matching requests faulted",
         highlight=False,
         markup=False,
     )
-    if record.latency is not None:
-        out.print(f"latency: {record.latency.value:,} {record.latency.unit.value}")
+    if injection.fault == "corrupt" and injection.before is not None:
+        out.print(
+            f"stored word at byte {injection.offset}: {injection.before:#018x} -> "
+            f"{injection.after or 0:#018x}, read back {injection.readback or 0:#018x}",
+            highlight=False,
+        )
+    for request in injection.requests[:10]:
+        what = request.errno or (
+            "" if request.delay_s is None else f"{request.delay_s * 1e3:.1f} ms"
+        )
+        out.print(
+            f"  #{request.number} {request.op} sector {request.sector} (+{request.sectors}) "
+            f"{request.action} {what}",
+            highlight=False,
+            markup=False,
+        )
     if record.evidence:
         out.print(f"evidence: {record.evidence}", highlight=False, markup=False)
 
@@ -542,8 +798,9 @@ def storm(
         list[str] | None, typer.Option("--args", help="Workload argument (repeat for several).")
     ] = None,
     deterministic: Annotated[bool, typer.Option(help="icount mode: exact guest time.")] = False,
-    budget: Annotated[float, typer.Option(help="Hang budget in golden runs.")] = 2.0,
+    budget: BudgetOpt = None,
     restore: RestoreOpt = RestoreMethod.TEMPLATE,
+    disk: GuestDisksOpt = None,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
     arch: ArchOpt = DEFAULT_ARCH,
@@ -556,6 +813,7 @@ def storm(
         compression=None if rate is None else compression, period=period,
         spell=lambda key: "--region" if key == "target" else _option_name(key), arch=arch,
     )  # fmt: skip
+    disks = _guest_disks(disk, arch)
     if idle is not None:
         if parse_cflags(cflags or "", label="--cflags"):
             raise UsageError("--cflags do not apply to the idle system", hint="remove --cflags")
@@ -567,10 +825,16 @@ def storm(
         name, extra = _user_workload(workload, cflags)
         image_spec = _spec(config, None, None, None, extra, arch)
         _require_known(name, image_spec)
+        disk_required(name, len(disks))
         image = prepare_image(image_spec, log=_progress)
         argv = [name, *(workload_args or image.workload(name).default_args)]
     with Experimenter.single(
-        image, argv, deterministic=deterministic, budget_factor=budget, restore=restore
+        image,
+        argv,
+        deterministic=deterministic,
+        budget_factor=_budget(budget),
+        disks=disks,
+        restore=restore,
     ) as experimenter:
         record = experimenter.run(spec, seed=seed)
     if as_json:
@@ -616,8 +880,9 @@ def workloads(
     runs = []
     for name in builtin_workload_names():
         argv = [name, *image.workload(name).default_args]
-        _progress(f"golden run: {' '.join(argv)}")
-        runs.append(golden_run(image, argv, deterministic=deterministic))
+        disks = [parse_disk("data:64M")] if BUILTIN_WORKLOADS[name].needs_disk else []
+        _progress(f"golden run: {' '.join(argv)}" + (" (on a 64M disk)" if disks else ""))
+        runs.append(golden_run(image, argv, deterministic=deterministic, disks=disks))
     out.print(_golden_table(runs))
 
 
@@ -664,16 +929,21 @@ def _run(
     method: IntervalMethod,
     serve: bool = False,
     port: int | None = None,
+    cluster: Cluster | None = None,
 ) -> None:
+    def go() -> None:
+        _run_campaign(prepared, workers, as_json=as_json, confidence=confidence, method=method,
+                      cluster=cluster)  # fmt: skip
+
     if not serve:
-        _run_campaign(prepared, workers, as_json=as_json, confidence=confidence, method=method)
+        go()
         return
     from vmfault.serve import LiveServer  # noqa: PLC0415 (web stack loaded only to serve)
 
     with LiveServer([prepared.store.path], port=port, confidence=confidence, method=method) as web:
         err.print(f"dashboard (while the campaign runs): {web.url}", highlight=False, markup=False)
         try:
-            _run_campaign(prepared, workers, as_json=as_json, confidence=confidence, method=method)
+            go()
         finally:
             prepared.store.close()  # the writer is done: the page's last update says so
 
@@ -685,6 +955,7 @@ def _run_campaign(
     as_json: bool,
     confidence: float,
     method: IntervalMethod,
+    cluster: Cluster | None = None,
 ) -> None:
     store = prepared.store
     columns = (
@@ -710,8 +981,33 @@ def _run_campaign(
                 task, completed=progress.done, rate=f"{progress.rate_per_s:.1f}/s", outcomes=counts
             )
 
-        run_campaign(prepared, workers=workers, on_record=on_record, log=_progress)
+        run_campaign(prepared, workers=workers, on_record=on_record, log=_progress, cluster=cluster)
     _print_summary(store_summary(store, confidence=confidence, method=method), as_json=as_json)
+
+
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(help="local, dask or slurm (default: campaign.executor, else local)."),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(help="The Dask scheduler, tcp://HOST:PORT (implies --executor dask)."),
+]
+
+
+@contextlib.contextmanager
+def _cluster(options: ClusterOptions | None, db: Path) -> Iterator[Cluster | None]:
+    """The Dask cluster of a campaign, connected (None for local workers), closed after."""
+    if options is None:
+        yield None
+        return
+    if options.executor is ExecutorName.SLURM:
+        _progress("submitting the SLURM jobs of the campaign's Dask workers")
+    cluster = connect(options, log_directory=Path(f"{db}.slurm"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @campaign_app.command("run")
@@ -720,6 +1016,8 @@ def campaign_run(
     db: Annotated[Path | None, typer.Option(help="Results database (default: NAME.db).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Override campaign.workers.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing database.")] = False,
+    executor: ExecutorOpt = None,
+    scheduler: SchedulerOpt = None,
     confidence: ConfidenceOpt = 0.95,
     method: MethodOpt = IntervalMethod.WILSON,
     as_json: JsonOpt = False,
@@ -728,6 +1026,7 @@ def campaign_run(
 ) -> None:
     """Run a campaign; every record is committed as it finishes."""
     spec = load_campaign(file)
+    options = cluster_options(spec, executor=executor, scheduler=scheduler)
     path = db or Path(f"{spec.campaign.name}.db")
     if path.exists():
         if not overwrite:
@@ -739,32 +1038,38 @@ def campaign_run(
         for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
             stale.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prepared = prepare_campaign(spec, path, resume=False, log=_progress)
-    _run(
-        prepared, workers, as_json=as_json, confidence=confidence, method=method,
-        serve=serve, port=port,
-    )  # fmt: skip
+    with _cluster(options, path) as cluster:
+        prepared = prepare_campaign(spec, path, resume=False, log=_progress)
+        _run(
+            prepared, workers, as_json=as_json, confidence=confidence, method=method,
+            serve=serve, port=port, cluster=cluster,
+        )  # fmt: skip
 
 
 @campaign_app.command("resume")
 def campaign_resume(
     db: Annotated[Path, typer.Argument(help="The campaign's results database.")],
     workers: Annotated[int | None, typer.Option(min=1, help="Override campaign.workers.")] = None,
+    executor: ExecutorOpt = None,
+    scheduler: SchedulerOpt = None,
     confidence: ConfidenceOpt = 0.95,
     method: MethodOpt = IntervalMethod.WILSON,
     as_json: JsonOpt = False,
     serve: ServeOpt = False,
     port: PortOpt = None,
 ) -> None:
-    """Run exactly the experiments an interrupted campaign is missing."""
+    """Run exactly the experiments an interrupted campaign is missing (and those lost to
+    the infrastructure on every attempt)."""
     _require_db(db)
     with SQLiteStore.open_readonly(db) as reader:
         spec = CampaignSpec.from_json(reader.campaign_info().spec_json)
-    prepared = prepare_campaign(spec, db, resume=True, log=_progress)
-    _run(
-        prepared, workers, as_json=as_json, confidence=confidence, method=method,
-        serve=serve, port=port,
-    )  # fmt: skip
+    options = cluster_options(spec, executor=executor, scheduler=scheduler)
+    with _cluster(options, db) as cluster:
+        prepared = prepare_campaign(spec, db, resume=True, log=_progress)
+        _run(
+            prepared, workers, as_json=as_json, confidence=confidence, method=method,
+            serve=serve, port=port, cluster=cluster,
+        )  # fmt: skip
 
 
 def _require_db(db: Path) -> None:
@@ -869,9 +1174,10 @@ def replay(
     plan = plan_campaign(spec)
     planned = plan.experiment(experiment_id)
     image = campaign_image(spec, log=_progress)
-    argv = workload_argv(spec, image)
-    testbed = Testbed(image, campaign_machines(spec, argv))
-    with Experimenter(testbed, budget_factor=spec.campaign.budget) as experimenter:
+    testbed = Testbed(
+        image, campaign_machines(spec, image), judge=spec.campaign.judge, network=spec.networked
+    )
+    with Experimenter(testbed, budget_factor=spec.campaign.hang_budget) as experimenter:
         mark = experimenter.machine.console.mark()
         record = experimenter.run(planned.spec, seed=planned.seed, index=planned.index)
         console = experimenter.machine.console.transcript(mark)
@@ -899,7 +1205,7 @@ def replay(
         "same outcome as recorded"
         if same
         else "outcome differs from the record"
-        + ("" if spec.guest.deterministic else " (not a deterministic campaign)")
+        + ("" if spec.deterministic else " (not a deterministic campaign)")
     )
 
 

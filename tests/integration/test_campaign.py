@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import select
 import signal
 import sqlite3
@@ -164,26 +163,6 @@ def qemu_children_of(pids: set[int]) -> list[int]:
 def worker_pids(coordinator: int) -> set[int]:
     return {int(p) for p in Path(f"/proc/{coordinator}/task/{coordinator}/children")
             .read_text().split()}  # fmt: skip
-
-
-def test_a_worker_whose_qemu_is_killed_is_replaced(image: GuestImage, tmp_path: Path) -> None:
-    file = campaign_file(tmp_path, "qemu-killed", 40)
-    db = tmp_path / "qemu-killed.db"
-    coordinator = subprocess.Popen(
-        [sys.executable, "-m", "vmfault", "campaign", "run", str(file), "--json"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert wait_for(lambda: committed(db) >= 5, 240)
-    victims = qemu_children_of(worker_pids(coordinator.pid))
-    assert victims, "no worker QEMU found"
-    os.kill(victims[0], signal.SIGKILL)
-    stdout, stderr = coordinator.communicate(timeout=600)
-    assert coordinator.returncode == 0, stderr
-    summary = json.loads(stdout)
-    assert summary["done"] == 40
-    assert summary["outcomes"].get("vmm-error", 0) >= 1
-    ids = exported_ids(db, tmp_path)
-    assert sorted(ids) == list(range(40))
 
 
 @pytest.mark.parametrize(

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import io
 import random
+import re
 import struct
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from vmfault.arch import Arch
+from vmfault import cli
+from vmfault.arch import DISKS, MACHINES, Arch
 from vmfault.campaign.spec import CampaignSpec
 from vmfault.classify import CrashScope, CrashTable
 from vmfault.errors import ImageError, UsageError
@@ -500,3 +502,58 @@ def test_what_aarch64_lacks_is_a_one_line_error(tmp_path: Path) -> None:
     kernel.write_bytes(b"\x7fELF")
     with pytest.raises(UsageError, match="a kernel of your own works only for x86-64 guests"):
         gather_inputs(ImageSpec(kernel=kernel, arch=A64), cache_root=tmp_path)
+
+
+def test_features_aarch64_lacks_are_named_in_one_line() -> None:
+    Arch.X86_64.require(DISKS)
+    Arch.X86_64.require(MACHINES)
+    with pytest.raises(UsageError, match=r"^disks work only on x86-64 guests, not aarch64: "):
+        A64.require(DISKS)
+    with pytest.raises(UsageError, match=r"^\[\[machine\]\] tables work only on x86-64 guests"):
+        A64.require(MACHINES)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"guest": {"workload": "diskio", "arch": "aarch64",
+                    "disks": [{"name": "data", "size": "1M"}]}},
+         "disks work only on x86-64 guests, not aarch64"),
+        ({"faults": [{"target": "disk:read-error"}]}, "disks work only on x86-64 guests"),
+        ({"guest": {"arch": "aarch64"},
+          "machine": [{"name": "a", "workload": "checksum"}, {"name": "b", "idle": "1s"}],
+          "faults": [{"target": "register:x0"}]},
+         "[[machine]] tables work only on x86-64 guests, not aarch64"),
+        ({"guest": {}, "machine": [{"name": "a", "workload": "checksum", "arch": "aarch64"},
+                                   {"name": "b", "idle": "1s"}],
+          "faults": [{"target": "register:rip"}]},
+         "arch applies to every machine"),
+    ],
+)  # fmt: skip
+def test_campaigns_of_what_aarch64_lacks_fail_in_one_line(
+    changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CampaignSpec.model_validate({**CAMPAIGN, **changes})
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "checksum", "--arch", "aarch64", "--disk", "data:1M"],
+        ["inject", "-w", "checksum", "--arch", "aarch64", "--target", "register:x0",
+         "--disk", "data:1M"],
+        ["inject", "-w", "checksum", "--arch", "aarch64", "--target", "disk:read-error"],
+        ["storm", "--idle", "1s", "--arch", "aarch64", "--flips", "2", "--interval", "10ms",
+         "--disk", "data:1M"],
+    ],
+)  # fmt: skip
+def test_disks_on_aarch64_fail_in_one_line_before_any_image(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    monkeypatch.setattr(cli, "prepare_image", lambda *_, **__: pytest.fail("built an image"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "disks work only on x86-64 guests" in lines[0], lines

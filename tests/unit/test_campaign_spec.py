@@ -198,7 +198,9 @@ def test_unknown_key_in_a_fault_family(tmp_path: Path) -> None:
 @pytest.mark.parametrize("key", ["source", "file_sha256", "extra"])
 def test_unknown_top_level_key(tmp_path: Path, key: str) -> None:
     error = load_error(tmp_path, f'{key} = "x"\n' + EXAMPLE)
-    assert f": {key}: unknown key (allowed: campaign, faults, guest)" in error.message
+    assert f": {key}: unknown key (allowed: campaign, dask, faults, guest, machine, slurm)" in (
+        error.message
+    )
 
 
 def test_wrong_type(tmp_path: Path) -> None:
@@ -209,7 +211,7 @@ def test_wrong_type(tmp_path: Path) -> None:
 BAD_VALUES = [
     ("workers = 2", "workers = 65", "campaign.workers: out of range (got 65; "
      "allowed: 1 <= workers <= 64)"),
-    ("workers = 2", "budget = 1", "campaign.budget: out of range (got 1; allowed: budget > 1)"),
+    ("workers = 2", "budget = 1", "campaign.budget: out of range (got 1; allowed: budget > 1"),
     ("experiments = 500", "experiments = 0", "campaign.experiments: out of range (got 0; "
      "allowed: experiments >= 1)"),
     ("experiments = 500", "margin = 0.5", "campaign.margin: out of range (got 0.5; "
@@ -390,8 +392,8 @@ def test_fault_family_validates_on_its_own() -> None:
 
 def test_json_schema_describes_the_file() -> None:
     schema = campaign_json_schema()
-    assert set(schema["properties"]) == {"campaign", "guest", "faults"}
-    assert set(schema["required"]) == {"campaign", "guest", "faults"}
+    assert set(schema["properties"]) == {"campaign", "guest", "machine", "faults", "dask", "slurm"}
+    assert set(schema["required"]) == {"campaign", "faults"}  # [guest] or [[machine]]
     section = schema["$defs"]["CampaignSection"]
     assert section["additionalProperties"] is False
     assert section["properties"]["workers"]["maximum"] == 64
@@ -416,7 +418,21 @@ def test_json_schema_describes_the_file() -> None:
         "rate_unit",
         "compression",
         "period",
+        "disk",
+        "sectors",
+        "errno",
+        "delay",
+        "jitter",
+        "once",
+        "machine",
+        "link",
+        "direction",
+        "burst",
+        "where",
+        "bandwidth",
+        "groups",
     }
+    assert set(schema["$defs"]["DiskEntry"]["properties"]) == {"name", "size", "image"}
     json.dumps(schema)
 
 

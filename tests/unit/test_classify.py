@@ -161,10 +161,11 @@ def test_outcome_values_and_counts() -> None:
         "hang",
         "vmm-error",
         "not-injected",
+        "infra-failure",
     ]
-    assert [o for o in Outcome if not o.counts] == [Outcome.NOT_INJECTED]
+    assert [o for o in Outcome if not o.counts] == [Outcome.NOT_INJECTED, Outcome.INFRA_FAILURE]
     assert [a.value for a in Activation] == ["not-activated", "masked", "manifested", "unknown"]
-    assert [s.value for s in CrashScope] == ["user", "kernel"]
+    assert [s.value for s in CrashScope] == ["user", "kernel", "reaction"]
 
 
 # ---- rule 1: not injected -----------------------------------------------------------------

@@ -32,7 +32,9 @@ def _compile(tmp_path: Path, name: str, *flags: str) -> Path:
 
 
 def test_builtin_registry() -> None:
-    assert builtin_workload_names() == ("checksum", "crc32", "foo", "matmul")
+    assert builtin_workload_names() == (
+        "checksum", "crc32", "diskio", "foo", "fsio", "matmul", "netecho",
+    )  # fmt: skip
     for name in builtin_workload_names():
         source = builtin_source(name).decode()
         assert "int main" in source

@@ -26,7 +26,7 @@ from vmfault.campaign.runner import (
 from vmfault.campaign.worker import Goldens, WorkerSetup, read_message, write_message
 from vmfault.classify import Outcome
 from vmfault.errors import MachineError
-from vmfault.experiment.pipeline import build_record, vmm_error_record
+from vmfault.experiment.pipeline import build_record, infra_failure_record, vmm_error_record
 from vmfault.experiment.records import (
     DEFAULT_MACHINE,
     ExperimentRecord,
@@ -37,6 +37,7 @@ from vmfault.experiment.records import (
 )
 from vmfault.experiment.testbed import MachineSpec
 from vmfault.guest.image import GuestImage
+from vmfault.report.summary import summarize, summary_tables
 from vmfault.store import SQLiteStore
 
 ARGV = ("checksum", "4096")
@@ -94,6 +95,9 @@ def make_record(job: Job, outcome: Outcome) -> ExperimentRecord:
     """The record of `job` with `outcome`, made as the pipeline makes records."""
     if outcome is Outcome.VMM_ERROR:
         return vmm_error_record(job.spec, seed=job.seed, index=job.index, reason=vmm_reason(job))
+    if outcome is Outcome.INFRA_FAILURE:
+        return infra_failure_record(job.spec, seed=job.seed, index=job.index,
+                                    reason="lost to the infrastructure on 3 attempts")  # fmt: skip
     held = outcome is not Outcome.NOT_INJECTED
     mask = 1 << job.index % 64
     injection = RegisterInjection(
@@ -566,8 +570,8 @@ class FakeLocal(FakeExecutor):
     fail: BaseException | None = None
     interrupt_at: int | None = None
 
-    def __init__(self, setup: WorkerSetup, *, workers: int, log: Path,
-                 job_timeout_s: float) -> None:  # fmt: skip
+    def __init__(self, setup: WorkerSetup, *, workers: int, log: Path, job_timeout_s: float,
+                 notify: Callable[[str], None] | None = None) -> None:  # fmt: skip
         super().__init__([], workers=workers, interrupt_after=FakeLocal.interrupt_at)
         self.setup, self.log, self.job_timeout_s = setup, log, job_timeout_s
         FakeLocal.made.append(self)
@@ -716,3 +720,58 @@ def test_a_vmm_error_is_stored_as_vmm_error_with_its_reason(campaigns: Campaigns
     rows = {int(str(row["experiment_id"])): row for row in store.rows()}
     assert rows[5]["outcome"] == "vmm-error"
     assert rows[5]["reason"] == "worker-1 exited during experiment 5"
+
+
+# --------------------------------------------------------------------- exactly once
+
+
+class Twice(FakeExecutor):
+    """Yields every result twice, as Dask may after re-running a lost worker's task."""
+
+    def run(self, jobs: Iterable[Job]) -> Iterator[Completed]:
+        for done in super().run(jobs):
+            yield done
+            yield done
+
+
+def test_a_result_given_twice_is_stored_once(campaigns: Campaigns) -> None:
+    """Every experiment answered twice: each stored once, the counts those of the store."""
+    prepared = campaigns.prepare(make_spec())
+    fake = Twice(same_goldens(1), outcome=varied)
+    progress = run_campaign(prepared, executor=fake)
+    assert progress.done == prepared.store.count() == 10
+    assert progress.outcomes == prepared.store.outcome_counts()
+    assert sorted(int(str(row["experiment_id"])) for row in prepared.store.rows()) == list(
+        range(10)
+    )
+
+
+def test_experiments_given_up_as_infra_failures_run_again_on_resume(
+    campaigns: Campaigns,
+) -> None:
+    """Two experiments given up as lost to the infrastructure: stored apart, never counted
+    as outcomes; a resumed run sends exactly those two and replaces their records."""
+    prepared = campaigns.prepare(make_spec())
+
+    def outcome(job: Job) -> Outcome:
+        return Outcome.INFRA_FAILURE if job.experiment_id in (2, 7) else Outcome.BENIGN
+
+    run_campaign(prepared, executor=FakeExecutor(same_goldens(1), outcome=outcome))
+    counts = prepared.store.outcome_counts()
+    assert (counts["infra-failure"], counts["benign"]) == (2, 8)
+    summary = summarize("x", 10, counts, prepared.store.counts_by_stratum())
+    assert summary.infra_failures == 2
+    assert summary.rates["benign"].rate == 1.0 and summary.rates["benign"].trials == 8
+    assert "infra-failure" not in summary.rates
+    assert summary.to_json()["infra_failures"] == 2
+    caption = str(summary_tables(summary)[0].caption)
+    assert caption.startswith("infra-failure: 2 lost to the infrastructure on every attempt")
+
+    resumed = campaigns.reopen(prepared)
+    again = FakeExecutor(same_goldens(1), store=resumed.store)
+    progress = run_campaign(resumed, executor=again)
+    assert sorted(again.sent) == [2, 7]
+    assert progress.done == resumed.store.count() == 10
+    assert resumed.store.outcome_counts()["infra-failure"] == 0
+    loaded = resumed.store.load(7)
+    assert loaded is not None and loaded.outcome is Outcome.BENIGN

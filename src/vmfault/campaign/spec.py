@@ -20,6 +20,36 @@ A campaign file is TOML with a `[campaign]` table, a `[guest]` table and one or 
     bits = 1                 # an int: that many random bits; a string: the bits grammar
     trigger = "time"
 
+Guest disks are `[[guest.disks]]` tables (name, and size or image), faulted by families
+with `target = "disk:KIND"`.
+
+Several machines in one experiment are `[[machine]]` tables instead of `[guest]`:
+
+    [campaign]
+    judge = "client"         # whose outcome is the experiment's (default: the worst)
+    budget = "20s"           # a guest duration, or a number of golden runs
+
+    [[machine]]
+    name = "server"
+    workload = "netecho"
+    args = ["--serve"]
+    daemon = true            # runs until the others are done, then is stopped
+
+    [[machine]]
+    name = "client"
+    script = [               # a shell on its console, driven by these steps
+      { send = "until wget -q -O - http://server/; do sleep 0.2; done\n" },
+      { expect = "hello", timeout = "10s" },
+    ]
+
+Two or more machines are joined by a network (`[campaign] network = false` leaves them
+apart); a `[guest]` table beside `[[machine]]` tables only gives their defaults
+(`deterministic`, `accel`, `crash_patterns`).
+
+Where the experiments run is `executor` in `[campaign]` (`local`, `dask` with a `[dask]`
+table's `scheduler`, or `slurm` with a `[slurm]` table: queue, account, walltime, cores,
+memory, jobs, job_extra_directives; see `vmfault.campaign.cluster`).
+
 `load_campaign` reports every mistake as one `UsageError` line naming the file, the key
 (`faults[0].bits`), what is wrong, the value found and what is allowed.
 """
@@ -34,6 +64,7 @@ import json
 import re
 import tomllib
 from collections.abc import Iterable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
@@ -57,8 +88,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from vmfault.arch import DEFAULT_ARCH, Arch
+from vmfault.arch import DEFAULT_ARCH, DISKS, MACHINES, Arch
 from vmfault.errors import UsageError
+from vmfault.experiment.records import DEFAULT_MACHINE
 from vmfault.faults.model import (
     BitModel,
     Context,
@@ -69,22 +101,37 @@ from vmfault.faults.model import (
     TriggerKind,
 )
 from vmfault.faults.schedule import RateUnit, Schedule
-from vmfault.faults.units import parse_duration_s
+from vmfault.faults.units import Budget, parse_duration_s
 from vmfault.guest.workloads import (
     SourceKind,
     UserWorkload,
     builtin_workload_names,
     cflags_not_compiled,
+    disk_required,
     parse_cflags,
     validate_workload_name,
 )
 from vmfault.machine.config import Accel
+from vmfault.machine.dialogue import Expect, Send, Sleep, Step
+from vmfault.machine.disks import (
+    DISK_NAME,
+    GuestDisk,
+    fresh_disk,
+    image_disk,
+    parse_size,
+)
 
 __all__ = [
     "CampaignSection",
     "CampaignSpec",
+    "DaskSection",
+    "DiskEntry",
+    "ExecutorName",
     "FaultFamily",
     "GuestSection",
+    "MachineSection",
+    "ScriptStep",
+    "SlurmSection",
     "campaign_json_schema",
     "load_campaign",
 ]
@@ -102,6 +149,9 @@ _SHOWN_VALUE_MAX_CHARS = 60
 _INSTRUCTION = "instruction"
 _STORM = "storm"
 _STRATUM_KEYS = frozenset({"name", "experiments"})
+_SECTOR = 512
+_UNKNOWN_SIZE = 1 << 62
+"""The size of a disk image not looked at (a stored spec): no sector lies outside it."""
 """The keys of a `[[faults]]` table about the stratum; the others are fault options."""
 
 
@@ -144,13 +194,61 @@ def _resolve(base: Path | None, text: str) -> Path:
     return base / path
 
 
+class ExecutorName(StrEnum):
+    """Where a campaign's experiments run."""
+
+    LOCAL = "local"
+    """Worker processes on this machine (the default)."""
+    DASK = "dask"
+    """The workers of an existing Dask cluster (`[dask] scheduler` or `--scheduler`)."""
+    SLURM = "slurm"
+    """Dask workers in SLURM jobs, submitted by the campaign (`[slurm]`)."""
+
+
+class DaskSection(BaseModel):
+    """The `[dask]` table: the Dask cluster a `dask` campaign runs on."""
+
+    model_config = _MODEL_CONFIG
+
+    scheduler: str | None = Field(
+        default=None, pattern=r"^(tcp|tls|ucx)://\S+$", description="tcp://HOST:PORT"
+    )
+
+
+class SlurmSection(BaseModel):
+    """The `[slurm]` table: the SLURM jobs of a `slurm` campaign (dask-jobqueue's
+    SLURMCluster). Each job runs `cores` Dask workers, one testbed each, in `memory` in
+    all; the campaign asks for `jobs` jobs."""
+
+    model_config = _MODEL_CONFIG
+
+    cores: StrictInt = Field(ge=1, le=1024, description="workers (testbeds) per job")
+    memory: str = Field(pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B?$", description="per job, e.g. 8GB")
+    walltime: str = Field(
+        pattern=r"^(\d+-)?\d{1,2}(:\d{2}){1,2}$", description="per job, e.g. 02:00:00"
+    )
+    jobs: StrictInt = Field(ge=1, le=10_000, description="SLURM jobs to run")
+    queue: str | None = Field(default=None, min_length=1, description="the partition")
+    account: str | None = Field(default=None, min_length=1)
+    job_extra_directives: tuple[str, ...] = Field(
+        default=(), description='more #SBATCH lines, e.g. ["--qos=long"]'
+    )
+    interface: str | None = Field(
+        default=None, min_length=1, description="network interface of the Dask workers, e.g. ib0"
+    )
+
+
 class CampaignSection(BaseModel):
     """The `[campaign]` table: identity, size and pace of the campaign.
 
     Exactly one of `experiments` (a total, shared by the fault families that do not set
     their own) and `margin` (each stratum sized for that margin of error at `confidence`)
-    is set. `budget` is the hang budget in golden-run durations. `restore` is how machines
-    go back to the snapshot for each experiment: `template` (clones of a RAM template,
+    is set. `budget` is the hang budget: a number of golden-run durations, or a guest
+    duration (`"20s"`; networks need one: TCP recovers a lost segment only after a
+    retransmission timeout). `judge` names the `[[machine]]` whose outcome is the
+    experiment's (default: the worst across machines); `network` joins the machines by
+    vmfault's network (default: when there are two or more). `restore` is how machines go
+    back to the snapshot for each experiment: `template` (clones of a RAM template,
     milliseconds; the default) or `loadvm` (QEMU's internal snapshots, the fallback).
     """
 
@@ -163,8 +261,37 @@ class CampaignSection(BaseModel):
     confidence: StrictFloat = Field(default=0.95, ge=0.5, le=0.9999)
     workers: StrictInt = Field(default=1, ge=1, le=64)
     stop_early: StrictBool = False
-    budget: StrictFloat = Field(default=2.0, gt=1)
+    budget: StrictFloat | str = Field(
+        default=2.0, description="golden runs (a number above 1) or a guest duration: 20s"
+    )
+    judge: str | None = Field(default=None, description="the machine whose outcome counts")
+    network: StrictBool | None = Field(
+        default=None, description="join the machines by a network (default: 2 or more)"
+    )
     restore: Literal["template", "loadvm"] = "template"
+    executor: ExecutorName = ExecutorName.LOCAL
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _valid_budget(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, float | str):
+            try:
+                budget = Budget.parse(value)
+            except UsageError as error:
+                raise _from_usage(error) from None
+            if budget.guest_s is None and not budget.factor > 1:
+                raise _error(
+                    "out of range",
+                    hint='allowed: budget > 1 (golden runs), or a guest duration such as "20s"',
+                )
+        return value
+
+    @property
+    def hang_budget(self) -> Budget:
+        """The budget as the engine takes it."""
+        return Budget.parse(self.budget)
 
     @model_validator(mode="after")
     def _one_size(self) -> Self:
@@ -186,6 +313,49 @@ class CampaignSection(BaseModel):
                 at=("stop_early",),
             )
         return self
+
+
+class DiskEntry(BaseModel):
+    """One `[[guest.disks]]` table: a virtio disk of the guest (vda, vdb, ... in order).
+
+    `size` makes a fresh zeroed disk (`"64M"`); `image` puts the disk over a raw or qcow2
+    image (relative to the campaign file), which is never written. The guest's workload
+    finds it as /dev/disk/by-id/virtio-NAME.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    name: str = Field(pattern=DISK_NAME.pattern, description="the disk's name (its virtio serial)")
+    size: str | None = Field(default=None, description="a fresh zeroed disk of this size: 64M")
+    image: str | None = Field(default=None, description="a raw or qcow2 image, never written")
+
+    _size_bytes: int | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _size_or_image(self, info: ValidationInfo) -> Self:
+        if (self.size is None) == (self.image is None):
+            raise _error(
+                "give size or image, not both"
+                if self.size is not None
+                else "missing size (or image)",
+                hint='size = "64M" for a fresh disk, or image = "disk.qcow2"',
+                at=("image" if self.image is not None else "size",),
+            )
+        try:
+            if self.size is not None:
+                self._size_bytes = fresh_disk(self.name, parse_size(self.size)).size_bytes
+                return self
+            base = _base_dir(info)
+            if base is not None and self.image is not None:
+                self._size_bytes = image_disk(self.name, _resolve(base, self.image)).size_bytes
+        except UsageError as error:
+            raise _from_usage(error, at=("size" if self.size is not None else "image",)) from None
+        return self
+
+    @property
+    def size_bytes(self) -> int | None:
+        """The disk's size in bytes (None for an image not looked at: a stored spec)."""
+        return self._size_bytes
 
 
 class GuestSection(BaseModel):
@@ -224,6 +394,7 @@ class GuestSection(BaseModel):
         default=DEFAULT_ARCH,
         description="the guest architecture: x86_64 (-M microvm) or aarch64 (-M virt)",
     )
+    disks: tuple[DiskEntry, ...] = ()
 
     @property
     def builtin(self) -> bool:
@@ -240,15 +411,19 @@ class GuestSection(BaseModel):
     def _valid_idle(cls, value: str | None) -> str | None:
         return _positive_duration(value, "the idle time", 'e.g. "2s"')
 
+    @property
+    def runs_something(self) -> bool:
+        """Whether the table gives a workload or the idle system (else it only gives the
+        `[[machine]]` tables' defaults)."""
+        return self.workload is not None or self.idle is not None
+
     @model_validator(mode="after")
     def _workload_or_idle(self) -> Self:
-        if (self.workload is None) == (self.idle is None):
+        if self.workload is not None and self.idle is not None:
             raise _error(
-                "give workload or idle, not both"
-                if self.idle is not None
-                else "missing workload (or idle)",
+                "give workload or idle, not both",
                 hint='workload = "checksum" (a built-in name or a file), or idle = "2s"',
-                at=("idle" if self.idle is not None else "workload",),
+                at=("idle",),
             )
         if self.idle is not None and self.args:
             raise _error("args do not apply to the idle system", hint="remove args", at=("args",))
@@ -258,6 +433,20 @@ class GuestSection(BaseModel):
         if self.cflags and self.workload is not None and Path(self.workload).suffix != ".c":
             kind = SourceKind.BUILTIN if self.builtin else SourceKind.BINARY
             raise _from_usage(cflags_not_compiled(self.workload, kind), at=("cflags",))
+        if self.workload is not None:
+            try:
+                disk_required(self.workload, len(self.disks))
+            except UsageError as error:
+                raise _from_usage(error, at=("disks",)) from None
+        seen: dict[str, int] = {}
+        for index, disk in enumerate(self.disks):
+            if disk.name in seen:
+                raise _error(
+                    f"two disks are named {disk.name!r} (also disks[{seen[disk.name]}])",
+                    hint="give each disk its own name",
+                    at=("disks", index, "name"),
+                )
+            seen[disk.name] = index
         return self
 
     @field_validator("cflags", mode="before")
@@ -307,6 +496,157 @@ class GuestSection(BaseModel):
         return value
 
 
+class ScriptStep(BaseModel):
+    """One step of a `[[machine]]` script: exactly one of `send` (text typed on the
+    console), `expect` (a regular expression, or a list of alternatives, with `timeout`)
+    and `sleep` (a duration)."""
+
+    model_config = _MODEL_CONFIG
+
+    send: str | None = None
+    expect: str | tuple[str, ...] | None = None
+    timeout: str | None = Field(default=None, description="for expect: 10s")
+    sleep: str | None = None
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Self:
+        given = [k for k in ("send", "expect", "sleep") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise _error(
+                "a script step is exactly one of send, expect and sleep"
+                + (f" (got {', '.join(given)})" if given else ""),
+                hint='e.g. { send = "ls\\n" }, { expect = "bin", timeout = "5s" }, '
+                '{ sleep = "1s" }',
+            )
+        if self.expect is not None:
+            if self.timeout is None:
+                raise _error(
+                    "an expect step needs a timeout",
+                    hint='e.g. { expect = "hello", timeout = "10s" }',
+                    at=("timeout",),
+                )
+            patterns = (self.expect,) if isinstance(self.expect, str) else self.expect
+            if not patterns:
+                raise _error("an expect step needs a pattern", at=("expect",))
+            for pattern in patterns:
+                try:
+                    compiled = re.compile(pattern)
+                except re.error as exc:
+                    raise _error(
+                        f"invalid regular expression {pattern!r}: {exc}", at=("expect",)
+                    ) from None
+                if compiled.search("") is not None:
+                    raise _error(
+                        f"the pattern {pattern!r} matches the empty string, so at once",
+                        at=("expect",),
+                    )
+            try:
+                _positive_duration(self.timeout, "a timeout", 'e.g. timeout = "10s"')
+            except PydanticCustomError as error:
+                raise _error(str(error), at=("timeout",)) from None
+        elif self.timeout is not None:
+            raise _error("timeout applies only to expect steps", at=("timeout",))
+        if self.sleep is not None:
+            try:
+                parse_duration_s(self.sleep)
+            except UsageError as error:
+                raise _from_usage(error, at=("sleep",)) from None
+        return self
+
+    def step(self) -> Step:
+        """The step as the machine layer plays it."""
+        if self.send is not None:
+            return Send(self.send)
+        if self.sleep is not None:
+            return Sleep(parse_duration_s(self.sleep))
+        assert self.expect is not None and self.timeout is not None
+        patterns = (self.expect,) if isinstance(self.expect, str) else self.expect
+        return Expect(tuple(patterns), parse_duration_s(self.timeout))
+
+
+_JOBS = ("workload", "idle", "script", "command")
+"""What a `[[machine]]` runs: exactly one of these."""
+
+
+class MachineSection(GuestSection):
+    """One `[[machine]]` table: a named machine of the experiment's testbed.
+
+    As `[guest]`, plus `name` (a host name: the other machines reach it by it), `daemon`
+    (it serves the others: runs until they are done, then is stopped), `script` (a shell
+    on its console, driven by these steps, instead of a workload) and `command` (a command
+    line of the guest's own userland, busybox and the built-in workloads, instead of a
+    workload: `["/bin/sh", "-c", "httpd -p 80 -h /www && exec netecho --serve"]`).
+    `deterministic` and `accel` default to `[guest]`'s. `crash_patterns` belongs in
+    `[guest]`.
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$", description="host name of the machine")
+    daemon: StrictBool = False
+    script: tuple[ScriptStep, ...] | None = None
+    command: tuple[str, ...] | None = Field(
+        default=None, description='a guest command line instead of a workload: ["/bin/sh", ...]'
+    )
+    deterministic: StrictBool | None = None  # type: ignore[assignment]
+    accel: Accel | None = None  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _one_job(self) -> Self:
+        jobs = [k for k in _JOBS if getattr(self, k) is not None]
+        if len(jobs) != 1:
+            raise _error(
+                "give one of workload, idle, script and command"
+                + (f" (got {', '.join(jobs)})" if jobs else ""),
+                hint='workload = "netecho", idle = "2s", script = [{ send = "..." }, ...], or '
+                'command = ["/bin/sh", "-c", "..."]',
+                at=(jobs[1] if len(jobs) > 1 else "workload",),
+            )
+        if self.command is not None and (
+            not self.command or not self.command[0].startswith("/") or self.args
+        ):  # fmt: skip
+            raise _error(
+                "a command is a guest program's absolute path and its arguments, in one array",
+                hint='e.g. command = ["/bin/sh", "-c", "httpd -p 80 && exec netecho --serve"]',
+                at=("command",),
+            )
+        if self.script is not None and self.daemon:
+            raise _error(
+                "a script ends its machine's workload, a daemon never ends",
+                hint="remove daemon, or give the machine a workload",
+                at=("daemon",),
+            )
+        if self.script is not None and self.args:
+            raise _error("args do not apply to a script", hint="remove args", at=("args",))
+        if self.crash_patterns is not None:
+            raise _error(
+                "crash_patterns apply to every machine",
+                hint="give crash_patterns in [guest]",
+                at=("crash_patterns",),
+            )
+        if "arch" in self.model_fields_set:
+            raise _error(
+                "arch applies to every machine",
+                hint="give arch in [guest]",
+                at=("arch",),
+            )
+        return self
+
+    def script_steps(self) -> tuple[Step, ...] | None:
+        """The script as the machine layer plays it (None: a workload)."""
+        return None if self.script is None else tuple(step.step() for step in self.script)
+
+    @property
+    def workload_name(self) -> str:
+        """The workload's name in the guest (`idle`, `script` or `command` when there is
+        none)."""
+        if self.script is not None:
+            return "script"
+        if self.command is not None:
+            return "command"
+        if self.workload is None:
+            return "idle"
+        return self.workload if self.builtin else Path(self.workload).stem
+
+
 class FaultFamily(BaseModel):
     """One `[[faults]]` table: a fault family, which is one stratum of the campaign.
 
@@ -330,6 +670,12 @@ class FaultFamily(BaseModel):
     `target = "none"` is a control family (default name `none`): it injects nothing and
     takes no other fault option, so its runs must come out benign; the share that does not
     is the campaign's false-positive rate.
+
+    `machine` names the `[[machine]]` a fault goes to (default: the judged machine).
+    `target = "network:KIND"` acts on frames between machines (`vmfault.faults.network`):
+    on a `link` (`"client-server"`) or a `machine`'s card, in a `direction`, from its
+    `trigger` for its `period`, with the kind's options (`probability`, `burst`, `bits`,
+    `where`, `delay`, `jitter`, `bandwidth`, `groups`).
     """
 
     model_config = _MODEL_CONFIG
@@ -347,7 +693,7 @@ class FaultFamily(BaseModel):
     max_dic: Annotated[StrictInt, Field(ge=1)] | None = None
     faults_per_run: Annotated[StrictInt, Field(ge=1)] | None = None
     bit_range: str | None = Field(default=None, pattern=r"^\s*\d+\s*-\s*\d+\s*$")
-    probability: Annotated[float, Field(gt=0, le=1)] | None = None
+    probability: Annotated[float, Field(ge=0, le=1)] | None = None
     flips: Annotated[StrictInt, Field(ge=1)] | None = Field(
         default=None, description="storm: flips per experiment"
     )
@@ -362,7 +708,38 @@ class FaultFamily(BaseModel):
         default=None, description="storm: real-world seconds per guest second"
     )
     period: str | None = Field(
-        default=None, description="guest time run after the (last) flip, then judged: 1s"
+        default=None,
+        description="guest time run after the (last) flip, then judged: 1s; network faults: "
+        "how long the fault acts",
+    )
+    machine: str | None = Field(default=None, description="the [[machine]] the fault goes to")
+    link: str | None = Field(default=None, description="network: the link, client-server")
+    direction: str | None = Field(default=None, description="network: both, in or out")
+    burst: Annotated[float, Field(ge=1)] | None = Field(
+        default=None, description="network:loss: mean frames lost in a row (Gilbert-Elliott)"
+    )
+    where: str | None = Field(default=None, description="network:corrupt: any, headers or payload")
+    delay: str | None = Field(
+        default=None, description="disk:latency, network:delay and reorder: 50ms"
+    )
+    jitter: str | None = Field(
+        default=None, description="disk:latency, network:delay: +- uniform, 10ms"
+    )
+    bandwidth: str | None = Field(default=None, description="network:rate: 1mbit")
+    groups: tuple[tuple[str, ...], ...] | None = Field(
+        default=None, description='network:partition: [["client"], ["server"]]'
+    )
+    disk: str | None = Field(
+        default=None, description="disk faults: the disk's name (default: the only disk)"
+    )
+    sectors: str | int | None = Field(
+        default=None, description="disk faults: touched (default), any, N or A-B (512-byte sectors)"
+    )
+    errno: str | None = Field(
+        default=None, description="disk faults that fail requests: EIO (default), ENOSPC, ..."
+    )
+    once: StrictBool | None = Field(
+        default=None, description="disk faults: only the first matching request"
     )
 
     _spec: FaultSpec | None = PrivateAttr(default=None)
@@ -456,7 +833,8 @@ class FaultFamily(BaseModel):
 
 
 class CampaignSpec(BaseModel):
-    """A whole campaign: its `[campaign]`, `[guest]` and `[[faults]]` tables.
+    """A whole campaign: its `[campaign]`, `[guest]` (or `[[machine]]`) and `[[faults]]`
+    tables.
 
     `source` (the campaign file, absolute) and `file_sha256` (of its bytes) are set by
     `load_campaign`, never read from TOML. `to_json`/`from_json` rebuild a spec exactly;
@@ -466,8 +844,13 @@ class CampaignSpec(BaseModel):
     model_config = _MODEL_CONFIG
 
     campaign: CampaignSection
-    guest: GuestSection
+    guest: GuestSection = Field(default_factory=GuestSection)
+    machine: tuple[MachineSection, ...] = Field(
+        default=(), description="the machines of each experiment, instead of [guest]"
+    )
     faults: tuple[FaultFamily, ...] = Field(min_length=1)
+    dask: DaskSection | None = None
+    slurm: SlurmSection | None = None
     source: Path | None = None
     file_sha256: str = ""
 
@@ -488,6 +871,110 @@ class CampaignSpec(BaseModel):
             _GUEST_ARCH.reset(token)
 
     @model_validator(mode="after")
+    def _machines(self) -> Self:
+        guest = self.guest
+        wanted: list[tuple[str, tuple[str | int, ...]]] = []
+        if self.machine:
+            wanted.append((MACHINES, ("machine",)))
+        if guest.disks:
+            wanted.append((DISKS, ("guest", "disks")))
+        wanted += [
+            (DISKS, ("faults", index, "target"))
+            for index, family in enumerate(self.faults)
+            if family.fault_spec().disk is not None
+        ]
+        for feature, at in wanted:
+            try:
+                guest.arch.require(feature)
+            except UsageError as error:
+                raise _from_usage(error, at=at) from None
+        if not self.machine:
+            if "guest" not in self.model_fields_set:
+                raise _error("missing required table [guest]", hint=_SCHEMA_HINT, at=("guest",))
+            if not guest.runs_something:
+                raise _error(
+                    "missing workload (or idle)",
+                    hint='workload = "checksum" (a built-in name or a file), or idle = "2s"',
+                    at=("guest", "workload"),
+                )
+        elif guest.runs_something or guest.args or guest.cflags:
+            raise _error(
+                "[guest] gives no workload beside [[machine]] tables",
+                hint="give the workload in each [[machine]] table; [guest] may give "
+                "deterministic, accel and crash_patterns",
+                at=("guest", "workload" if guest.runs_something else "args"),
+            )
+        names = self.machine_names
+        seen: set[str] = set()
+        for index, table in enumerate(self.machine):
+            if table.name in seen:
+                raise _error(
+                    f"duplicate machine name {table.name!r}",
+                    hint="give each [[machine]] a name of its own",
+                    at=("machine", index, "name"),
+                )
+            seen.add(table.name)
+        if self.machine and all(table.daemon for table in self.machine):
+            raise _error(
+                "every [[machine]] is a daemon, so no experiment would ever end",
+                hint="make at least one machine run a workload that ends, or a script",
+                at=("machine", 0, "daemon"),
+            )
+        judge = self.campaign.judge
+        if judge is not None and judge not in names:
+            raise _error(
+                f"no machine {judge!r} to judge by",
+                hint="machines: " + ", ".join(names),
+                at=("campaign", "judge"),
+            )
+        for index, family in enumerate(self.faults):
+            spec = family.fault_spec()
+            if spec.machine is not None and spec.machine not in names:
+                raise _error(
+                    f"no machine {spec.machine!r}",
+                    hint="machines: " + ", ".join(names),
+                    at=("faults", index, "machine"),
+                )
+            if spec.network is None:
+                continue
+            if not self.networked:
+                raise _error(
+                    f"{spec.target.spelling} needs machines joined by a network",
+                    hint="give two or more [[machine]] tables (and not network = false)",
+                    at=("faults", index, "target"),
+                )
+            for name in spec.network.machines():
+                if name not in names:
+                    key = "groups" if spec.network.groups else "link"
+                    raise _error(
+                        f"no machine {name!r} for {spec.target.spelling}",
+                        hint="machines: " + ", ".join(names),
+                        at=("faults", index, key),
+                    )
+        return self
+
+    @property
+    def machine_names(self) -> tuple[str, ...]:
+        """The names of the experiment's machines (`guest` for the one of `[guest]`)."""
+        return tuple(t.name for t in self.machine) or (DEFAULT_MACHINE,)
+
+    @property
+    def networked(self) -> bool:
+        """Whether the machines are joined by vmfault's network."""
+        if self.campaign.network is not None:
+            return self.campaign.network and len(self.machine) >= 1
+        return len(self.machine) >= 2
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether any machine runs in deterministic mode."""
+        default = self.guest.deterministic
+        return any(
+            default if table.deterministic is None else table.deterministic
+            for table in self.machine
+        ) or (not self.machine and default)
+
+    @model_validator(mode="after")
     def _consistent(self) -> Self:
         seen: dict[str, int] = {}
         for index, family in enumerate(self.faults):
@@ -499,14 +986,33 @@ class CampaignSpec(BaseModel):
                     at=("faults", index, "name"),
                 )
             seen[family.name] = index
+        sizes = {d.name: (d.size_bytes or _UNKNOWN_SIZE) // _SECTOR for d in self.guest.disks}
+        for index, family in enumerate(self.faults):
+            fault = family.fault_spec().disk
+            if fault is not None:
+                try:
+                    fault.disk_of(sizes)
+                except UsageError as error:
+                    key = "sectors"
+                    if not sizes:
+                        key = "target"
+                    elif fault.disk not in sizes and (fault.disk is not None or len(sizes) > 1):
+                        key = "disk"
+                    raise _from_usage(error, at=("faults", index, key)) from None
         for index, family in enumerate(self.faults):
             kind = family.fault_spec().trigger.kind
-            if kind is TriggerKind.INSTRUCTIONS and not self.guest.deterministic:
+            if kind is TriggerKind.INSTRUCTIONS and not self.deterministic:
                 raise _error(
                     "an icount trigger needs deterministic = true in [guest]",
                     hint="set deterministic = true, or use a time or exec trigger",
                     at=("faults", index, "trigger"),
                 )
+        if self.campaign.executor is ExecutorName.SLURM and self.slurm is None:
+            raise _error(
+                "executor = slurm needs a [slurm] table",
+                hint="add [slurm] with cores, memory, walltime and jobs",
+                at=("campaign", "executor"),
+            )
         shared = sum(1 for family in self.faults if family.experiments is None)
         total = self.campaign.experiments
         if total is not None and total < shared:
@@ -529,19 +1035,41 @@ class CampaignSpec(BaseModel):
     @property
     def workload_name(self) -> str:
         """The workload's name in the guest: the built-in name, or the file's stem (`idle`
-        for the idle system)."""
+        for the idle system); of the first `[[machine]]` when there are machines."""
+        if self.machine:
+            return self.machine[0].workload_name
         workload = self.guest.workload
         if workload is None:
             return "idle"
         return workload if self.guest.builtin else Path(workload).stem
 
     def user_workload(self) -> UserWorkload | None:
-        """The user's workload to build into the image, or None for a built-in one."""
-        if self.guest.builtin or self.guest.workload is None:
-            return None
-        return UserWorkload(
-            name=self.workload_name, path=self.resolve(self.guest.workload),
-            args=self.guest.args, cflags=self.guest.cflags,
+        """The user's workload to build into the image, or None for a built-in one (the
+        first of `user_workloads`)."""
+        found = self.user_workloads()
+        return found[0] if found else None
+
+    def user_workloads(self) -> tuple[UserWorkload, ...]:
+        """The users' workloads to build into the image (a file run by several machines,
+        once)."""
+        tables: tuple[GuestSection, ...] = self.machine or (self.guest,)
+        found: dict[str, UserWorkload] = {}
+        for table in tables:
+            if table.builtin or table.workload is None:
+                continue
+            name = Path(table.workload).stem
+            found.setdefault(name, UserWorkload(
+                name=name, path=self.resolve(table.workload), args=table.args,
+                cflags=table.cflags,
+            ))  # fmt: skip
+        return tuple(found.values())
+
+    def guest_disks(self) -> tuple[GuestDisk, ...]:
+        """The guest's disks, images resolved against the campaign file (and looked at)."""
+        return tuple(
+            fresh_disk(d.name, d.size) if d.size is not None
+            else image_disk(d.name, self.resolve(d.image or ""))
+            for d in self.guest.disks
         )  # fmt: skip
 
     def crash_patterns_path(self) -> Path | None:
@@ -552,7 +1080,10 @@ class CampaignSpec(BaseModel):
 
     def to_toml_dict(self) -> dict[str, Any]:
         """The campaign as a campaign file's tables (no loader fields, no unset keys)."""
-        return self.model_dump(mode="json", exclude=set(_LOADER_FIELDS), exclude_none=True)
+        tables = self.model_dump(mode="json", exclude=set(_LOADER_FIELDS), exclude_none=True)
+        if not self.machine:
+            tables.pop("machine", None)
+        return tables
 
     def to_json(self) -> str:
         """The whole spec, loader fields included, as JSON text (see `from_json`)."""

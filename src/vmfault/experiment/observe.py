@@ -8,6 +8,13 @@ failure-rate mode), the run also ends once the guest has run that long after the
 unless a symptom was seen: then it runs on until the outcome is certain. A vCPU left idle
 (nothing runnable) with the workload unfinished for longer than any idle stretch of the
 golden run is a hang declared early (the stall rule, `_Stall`), not at the end of the budget.
+
+On a testbed of several machines, the machines the fault does not go to are observed on a
+crew of threads from the restore on (`release`), so they run while the target is driven.
+There a daemon runs until every other machine's run has ended and is then stopped (no hang
+budget: the machines it serves have theirs); a machine whose console script fails ends with
+that failure; and no hang is declared early on a network (a machine waiting for frames
+idles, and only its peers can end the wait).
 """
 
 from __future__ import annotations
@@ -16,11 +23,12 @@ import time
 from dataclasses import dataclass
 
 from vmfault.classify import Observation
+from vmfault.experiment.crew import LOOK_S, Crew
 from vmfault.experiment.state import Experiment, Progress, Symptom, Watch
 from vmfault.experiment.testbed import GuestMachine
 from vmfault.machine import Machine, RunEnd
 
-__all__ = ["PERIOD_EPS_S", "Observed", "observe"]
+__all__ = ["PERIOD_EPS_S", "Observed", "observe", "release"]
 
 PERIOD_EPS_S = 0.0001
 """A fixed observation period is over once less than this much guest time of it is left."""
@@ -64,6 +72,19 @@ class _Period:
         return self.period_s - self.ran_s
 
 
+def release(experiment: Experiment) -> None:
+    """Observe every machine but the target on a crew of threads, each from the restore
+    to its end (`experiment.crew`); a testbed of one machine needs none."""
+    others = [m for m in experiment.testbed if m is not experiment.target]
+    if not others:
+        return
+    crew: Crew[Observed] = Crew()
+    experiment.crew = crew
+    for machine in others:
+        progress = experiment.progress[machine.name]
+        crew.run(machine.name, lambda p=progress: observe(experiment, p, injected=True))  # type: ignore[misc]
+
+
 def observe(experiment: Experiment, progress: Progress, *, injected: bool) -> Observed:
     """Run `progress`'s machine until its outcome is certain and describe what it did.
 
@@ -73,11 +94,19 @@ def observe(experiment: Experiment, progress: Progress, *, injected: bool) -> Ob
     if not injected:
         return Observed(Observation(injected=False, finished=False))
     machine = progress.machine
+    try:
+        return _observe(experiment, progress)
+    finally:
+        experiment.ended.add(machine.name)
+
+
+def _observe(experiment: Experiment, progress: Progress) -> Observed:
+    machine = progress.machine
     vm = machine.vm
     is_target = machine is experiment.target
     watch = experiment.watch if is_target else None
     period_s = experiment.spec.period_s if is_target else None
-    budget = machine.budget_s(experiment.budget_factor)
+    budget = machine.budget_s(experiment.budget)
     if not is_target:
         _settle(progress)
     finished = period_over = False
@@ -105,9 +134,13 @@ def observe(experiment: Experiment, progress: Progress, *, injected: bool) -> Ob
         guest_panicked="GUEST_PANICKED" in events or progress.panicked,
         qemu_alive=vm.alive,
         qemu_exit_code=vm.exit_code,
+        qemu_output="" if vm.alive else vm.qemu_output,
         timed_out=progress.timed_out,
         period_s=period_s if period_over else None,
         stalled_s=progress.stalled_s,
+        stopped=progress.stopped and result is None,
+        script_failure=progress.script_failure,
+        script_tail="" if machine.dialogue is None else machine.dialogue.tail,
     )
     return Observed(observation, read_first if watch is not None else None)
 
@@ -127,9 +160,11 @@ class _Stall:
 
     @classmethod
     def of(cls, progress: Progress) -> _Stall | None:
-        """The rule for `progress`'s machine, or None without a timeline to compare with."""
+        """The rule for `progress`'s machine, or None without a timeline to compare with,
+        for a daemon, and on a network (a machine waiting for its peers idles)."""
         machine = progress.machine
-        if machine.timeline is None:
+        networked = machine.testbed is not None and machine.testbed.switch is not None
+        if machine.timeline is None or machine.daemon or networked:
             return None
         typical = machine.require_golden().typical_s
         limit = max(STALL_MIN_S, STALL_IDLE_FACTOR * machine.timeline.longest_idle_s())
@@ -163,19 +198,37 @@ def _run(
     machine = progress.machine
     vm = machine.vm
     deadline = progress.started + progress.allowance_s + budget_s
+    if machine.daemon:
+        deadline = float("inf")  # it runs until the machines it serves are done
     period = None if period_s is None else _Period(period_s, vm.instruction_count())
-    stall = _Stall.of(progress)
+    slowed = machine is experiment.target and not experiment.stall_rule
+    stall = None if slowed else _Stall.of(progress)
+    abort = experiment.abort_event()
+    looks = abort is not None or machine.daemon or machine.dialogue is not None
     while vm.alive:
         limit = deadline - time.monotonic()
         if period is not None and progress.symptom is None:
             limit = min(limit, period.left_s(vm) * machine.host_per_guest_s())
         if stall is not None:
             limit = min(limit, stall.next_look_s())
+        if looks:
+            limit = min(limit, LOOK_S)
         run = vm.run_for(max(0.0, limit))
         if period is not None:
             period.ran_s += run.ran_s
         if run.end is RunEnd.EXITED:
             break
+        if run.end is RunEnd.TIME and looks:
+            if abort is not None and abort.is_set():
+                progress.aborted = True
+                break
+            if machine.daemon and experiment.served():
+                progress.stopped = True
+                break
+            failure = machine.script_failure()
+            if failure:
+                progress.script_failure = failure
+                break
         if run.end is RunEnd.TIME:
             if period is not None and progress.symptom is None and period.left_s(vm) <= (
                 PERIOD_EPS_S
@@ -191,14 +244,11 @@ def _run(
                 break
             if time.monotonic() < deadline:
                 continue  # stopped to look at the period or the vCPU; the run goes on
-            if machine.within_instruction_budget(
-                progress.start_instructions, experiment.budget_factor
-            ):
+            if machine.within_instruction_budget(progress.start_instructions, experiment.budget):
                 deadline = time.monotonic() + budget_s
                 continue
             elapsed = time.monotonic() - progress.started - progress.allowance_s
-            if machine.within_vcpu_budget(progress.start_vcpu_s, experiment.budget_factor,
-                                          elapsed):  # fmt: skip
+            if machine.within_vcpu_budget(progress.start_vcpu_s, experiment.budget, elapsed):
                 deadline = time.monotonic() + max(_LOOK_MIN_S, 0.25 * budget_s)
                 continue
             progress.timed_out = True

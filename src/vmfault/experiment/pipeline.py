@@ -1,5 +1,5 @@
 """The experiment pipeline: restore -> reach the trigger -> inject -> read back -> observe ->
-classify -> record, one way for every fault kind.
+finish -> classify -> record, one way for every fault kind.
 
 An `Experimenter` owns a started `Testbed`. Each experiment restores every machine (the
 ones the fault does not go to run free from the snapshot), has the fault's kind
@@ -17,6 +17,7 @@ observation. Experiment `index` under `seed` makes the same choices every time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -34,14 +35,16 @@ from vmfault.classify import (
 )
 from vmfault.errors import UsageError, VmfaultError
 from vmfault.experiment.kinds import KINDS, FaultKind, Injected, kind_name
-from vmfault.experiment.observe import Observed, observe
+from vmfault.experiment.observe import Observed, observe, release
 from vmfault.experiment.records import (
     DEFAULT_MACHINE,
     ExperimentRecord,
     GoldenRun,
     Injection,
+    LinkCounts,
     MachineRun,
     StormSummary,
+    Traffic,
 )
 from vmfault.experiment.state import Experiment, Phases, Symptom
 from vmfault.experiment.testbed import (
@@ -53,10 +56,12 @@ from vmfault.experiment.testbed import (
 )
 from vmfault.faults.model import FaultSpec
 from vmfault.faults.select import plan
+from vmfault.faults.units import Budget
 from vmfault.guest.image import GuestImage
 from vmfault.machine import Accel, Machine
+from vmfault.machine.disks import GuestDisk
 
-__all__ = ["Experimenter", "build_record", "vmm_error_record"]
+__all__ = ["Experimenter", "build_record", "infra_failure_record", "vmm_error_record"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -73,16 +78,14 @@ class Experimenter(StartedOnEnter):
         self,
         testbed: Testbed,
         *,
-        budget_factor: float = DEFAULT_BUDGET_FACTOR,
+        budget_factor: float | Budget = DEFAULT_BUDGET_FACTOR,
         crash_table: CrashTable | None = None,
     ) -> None:
-        if not budget_factor > 0:
-            raise UsageError(
-                f"a hang budget of {budget_factor:g} golden runs ends every experiment at once",
-                hint="give a budget above 0, e.g. 2 (golden runs)",
-            )
+        self.budget = (
+            budget_factor if isinstance(budget_factor, Budget) else Budget(factor=budget_factor)
+        )
+        """The hang budget: golden runs, or guest seconds (`Budget.parse("20s")`)."""
         self.testbed = testbed
-        self.budget_factor = budget_factor
         self.crash_table = crash_table
         self._kinds: dict[tuple[str, str], FaultKind] = {}
         self._prepared: set[tuple[str, FaultSpec]] = set()
@@ -96,16 +99,22 @@ class Experimenter(StartedOnEnter):
         *,
         deterministic: bool = False,
         accel: Accel = Accel.TCG,
-        budget_factor: float = DEFAULT_BUDGET_FACTOR,
+        budget_factor: float | Budget = DEFAULT_BUDGET_FACTOR,
         crash_table: CrashTable | None = None,
         console_log: Path | None = None,
         restore: RestoreMethod = RestoreMethod.TEMPLATE,
+        disks: Sequence[GuestDisk] = (),
     ) -> Experimenter:
-        """An experimenter on a testbed of one machine running `argv`."""
+        """An experimenter on a testbed of one machine running `argv`, with `disks`."""
         testbed = Testbed.single(
-            image, argv, deterministic=deterministic, accel=accel, console_log=console_log,
+            image,
+            argv,
+            deterministic=deterministic,
+            accel=accel,
+            console_log=console_log,
+            disks=disks,
             restore=restore,
-        )  # fmt: skip
+        )
         return cls(testbed, budget_factor=budget_factor, crash_table=crash_table)
 
     def start(self) -> Mapping[str, GoldenRun]:
@@ -156,23 +165,36 @@ class Experimenter(StartedOnEnter):
         )  # fmt: skip
         phases = Phases()
         attempt = 0
-        while True:
-            attempt += 1
-            self.testbed.restore()
-            experiment = Experiment(self.testbed, target, spec, choices,
-                                    budget_factor=self.budget_factor, attempt=attempt)  # fmt: skip
-            _release_others(experiment.testbed, target)
-            phases.lap("restore")
-            injected = _inject(kind, experiment, phases)
-            if not injected.restart or attempt >= kind.attempts:
-                break
-        held = any(i.injected for i in injected.injections)
-        observed = {target.name: observe(experiment, experiment.here, injected=held)}
-        for name, progress in experiment.progress.items():
-            if name != target.name:
-                observed[name] = observe(experiment, progress, injected=held)
+        experiment: Experiment | None = None
+        try:
+            while True:
+                attempt += 1
+                self.testbed.restore()
+                experiment = Experiment(self.testbed, target, spec, choices, budget=self.budget,
+                                        attempt=attempt, release=release)  # fmt: skip
+                experiment.release()
+                phases.lap("restore")
+                injected = _inject(kind, experiment, phases)
+                if not injected.restart or attempt >= kind.attempts:
+                    break
+                experiment.end_crew()
+                kind.finish(experiment, injected)
+            held = any(i.injected for i in injected.injections)
+            if not held:
+                experiment.end_crew()
+            observed = {target.name: observe(experiment, experiment.here, injected=held)}
+            if experiment.crew is not None:
+                observed.update(experiment.crew.join())
+                experiment.crew = None
+            for name, progress in experiment.progress.items():
+                if name not in observed:  # no crew: a machine not observed yet
+                    observed[name] = observe(experiment, progress, injected=held)
+        finally:
+            if experiment is not None:
+                experiment.end_crew()
         phases.lap("observe")
         _verify_after_code_writes(target, injected)
+        injected = kind.finish(experiment, injected)
         return self._record(experiment, kind, injected, observed, phases)
 
     def _record(
@@ -209,14 +231,38 @@ class Experimenter(StartedOnEnter):
         if kind.latency:
             latency = _latency(verdict, experiment.injected_at, experiment.here.symptom)
         read_first = observed[target.name].read_first
+        if injected.activated is not None:
+            read_first = injected.activated
         activation = activation_of(verdict.outcome, read_before_overwrite=read_first)
+        if injected.activated is False and verdict.outcome.counts:
+            activation = Activation.NOT_ACTIVATED  # nothing reached the fault
         phases.lap("classify")
         return build_record(
             experiment.spec, seed=experiment.seed, index=experiment.index,
             injections=injected.injections, machines=runs,
             judged=self._judged(runs, target.name), latency=latency, activation=activation,
-            phases_s=phases.seconds, storm=injected.summary,
+            phases_s=phases.seconds, storm=injected.summary, traffic=self._traffic(injected),
         )  # fmt: skip
+
+    def _traffic(self, injected: Injected) -> Traffic | None:
+        """The frames each link direction carried in the experiment, with what the fault
+        did to them (a testbed with a network; None otherwise)."""
+        switch = self.testbed.switch
+        if switch is None:
+            return None
+        faults = {
+            (link.source, link.destination): link
+            for injection in injected.injections
+            for link in getattr(injection, "links", ())
+            if isinstance(link, LinkCounts)
+        }
+        links = []
+        for (source, destination), counted in sorted(switch.counters().items()):
+            fault = faults.get((source, destination), LinkCounts(source, destination))
+            links.append(dataclasses.replace(
+                fault, seen=counted.seen, delivered=counted.delivered, overflow=counted.overflow
+            ))  # fmt: skip
+        return Traffic(tuple(links))
 
     def _judged(self, runs: Sequence[MachineRun], target: str) -> str:
         """The machine whose outcome is the experiment's: the testbed's judge, else the
@@ -227,13 +273,6 @@ class Experimenter(StartedOnEnter):
         if by_name[target].outcome is Outcome.NOT_INJECTED:
             return target
         return max(runs, key=lambda run: (run.outcome.severity, run.machine == target)).machine
-
-
-def _release_others(testbed: Testbed, target: GuestMachine) -> None:
-    """Let every machine but the target run on from the snapshot."""
-    for machine in testbed:
-        if machine is not target and machine.vm.alive:
-            machine.vm.cont()
 
 
 def _verify_after_code_writes(target: GuestMachine, injected: Injected) -> None:
@@ -295,6 +334,7 @@ def build_record(
     activation: Activation = Activation.UNKNOWN,
     phases_s: Mapping[str, float] | None = None,
     storm: StormSummary | None = None,
+    traffic: Traffic | None = None,
 ) -> ExperimentRecord:
     """The record of one experiment (the one place records are made). The spec is kept in
     its JSON form exactly (lists, not tuples), so a stored record reloads equal."""
@@ -302,16 +342,46 @@ def build_record(
         index=index, seed=seed, spec=json.loads(json.dumps(spec.to_json())),
         injections=tuple(injections),
         machines=tuple(machines), judged=judged, latency=latency, activation=activation,
-        phases_s=dict(phases_s or {}), storm=storm,
+        phases_s=dict(phases_s or {}), storm=storm, traffic=traffic,
     )  # fmt: skip
 
 
 def vmm_error_record(
+    spec: FaultSpec,
+    *,
+    seed: int,
+    index: int,
+    reason: str,
+    machine: str = DEFAULT_MACHINE,
+    evidence: str = "",
+) -> ExperimentRecord:
+    """The record of an experiment during which the VMM itself failed; `evidence` is QEMU's
+    end (`vmfault.classify.qemu_evidence`), if known."""
+    return _failure_record(spec, Outcome.VMM_ERROR, seed=seed, index=index, reason=reason,
+                           machine=machine, evidence=evidence)  # fmt: skip
+
+
+def infra_failure_record(
     spec: FaultSpec, *, seed: int, index: int, reason: str, machine: str = DEFAULT_MACHINE
 ) -> ExperimentRecord:
-    """The record of an experiment during which the VMM itself failed."""
+    """The record of an experiment given up after the infrastructure lost it on every
+    attempt (`infra-failure`: never counted as an outcome)."""
+    return _failure_record(spec, Outcome.INFRA_FAILURE, seed=seed, index=index, reason=reason,
+                           machine=machine, evidence="")  # fmt: skip
+
+
+def _failure_record(
+    spec: FaultSpec,
+    outcome: Outcome,
+    *,
+    seed: int,
+    index: int,
+    reason: str,
+    machine: str,
+    evidence: str,
+) -> ExperimentRecord:
     injection = Injection(target=spec.target.spelling, machine=machine,
                           mode=spec.bits.mode.value, reason=reason)  # fmt: skip
-    run = MachineRun(machine=machine, outcome=Outcome.VMM_ERROR, reason=reason)
+    run = MachineRun(machine=machine, outcome=outcome, reason=reason, evidence=evidence)
     return build_record(spec, seed=seed, index=index, injections=[injection], machines=[run],
                         judged=machine)  # fmt: skip

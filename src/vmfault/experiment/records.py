@@ -7,10 +7,14 @@ without loading QEMU's machinery.
 - `GoldenRun`: one machine's fault-free run, the reference of every experiment.
 - `Injection` and one subclass per shape of fault: `RegisterInjection`, `MemoryInjection`
   (memory words and kernel code), `InstructionInjection` (F-SEFI's instruction results),
-  `FlipInjection` (one flip of a storm) and `ControlInjection` (a control run, which
-  injects nothing). `INJECTION_TYPES` finds a class by its `kind`.
+  `FlipInjection` (one flip of a storm), `DiskInjection` (a disk fault: the requests it
+  failed, delayed, held, or the stored bytes it corrupted), `NetworkInjection` (a network
+  fault, with what it did to frames per link direction) and `ControlInjection` (a control
+  run, which injects nothing). `INJECTION_TYPES` finds a class by its `kind`.
 - `MachineRun`: what one machine of the testbed did in an experiment.
 - `StormSummary`: a storm's schedule and timing.
+- `Traffic`: the frames that crossed a testbed's network in an experiment, per direction
+  of each link (`LinkCounts`).
 - `ExperimentRecord`: everything one experiment produced.
 
 Values (addresses, masks, register contents) are ints here and hex strings in JSON, since
@@ -32,19 +36,26 @@ from vmfault.faults.values import ValueFormat, decode_value, format_value
 __all__ = [
     "CONTROL",
     "DEFAULT_MACHINE",
+    "DISK_COLUMNS",
     "INJECTION_TYPES",
     "ControlInjection",
+    "DiskInjection",
+    "DiskRequest",
     "ExperimentRecord",
     "FlipInjection",
     "GoldenRun",
     "Injection",
     "InstructionInjection",
+    "LinkCounts",
     "MachineRun",
     "MemoryInjection",
+    "NetworkInjection",
     "RegisterInjection",
     "StormSummary",
+    "Traffic",
     "TriggerPoint",
     "bit_positions",
+    "disk_columns",
     "fsefi_json",
     "fsefi_line",
     "injection_from_fields",
@@ -106,6 +117,9 @@ class GoldenRun:
     restored_vcpu_s: tuple[float, ...] = ()
     """CPU seconds QEMU's vCPU threads had in those runs (the engine's, not stored: hang
     budgets count them, so a loaded host does not turn a slow run into a hang)."""
+    disks: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """The guest device (`vda`, ...) of each of the machine's disks, by name, as the agent
+    reported it (not stored)."""
 
     @property
     def span_s(self) -> float:
@@ -164,6 +178,7 @@ class GoldenRun:
             "boot_s": self.boot_s,
             "accel": self.accel,
             "deterministic": self.deterministic,
+            "disks": dict(self.disks),
         }
 
 
@@ -363,6 +378,137 @@ class InstructionInjection(MemoryInjection):
     pid: int | None = None
 
 
+MAX_LISTED_REQUESTS = 64
+"""Requests a disk injection lists one by one (its counts cover them all)."""
+
+
+@dataclass(frozen=True)
+class DiskRequest:
+    """One request of the guest's disk that a disk fault reached, and what it did to it."""
+
+    number: int
+    """The request's number, counted from 1 at the fault's arming."""
+    op: str
+    """`read`, `write`, `flush`, `trim`, `write-zeroes`."""
+    sector: int
+    """Its first 512-byte sector."""
+    sectors: int
+    """How many sectors it spans (0 for a flush)."""
+    action: str
+    """`failed`, `delayed`, `held`, or for a corruption `corrupted` (a read that returned
+    the corrupted bytes) and `overwrote` (a write over them: the corruption is gone)."""
+    errno: str | None = None
+    """The errno a failed request returned."""
+    delay_s: float | None = None
+    """Host seconds a delayed or held request waited before it went on."""
+    after_s: float = 0.0
+    """Host seconds from the fault's arming to the request's arrival."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data."""
+        return dataclasses.asdict(self)
+
+
+def _requests_of(value: Any) -> tuple[DiskRequest, ...]:
+    return tuple(r if isinstance(r, DiskRequest) else DiskRequest(**r) for r in value or ())
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiskInjection(Injection):
+    """A disk fault: where it went, what it does, and every request it reached.
+
+    A fault in requests (bad-block, read-error, write-error, flush-error, latency, stall)
+    counts the requests that reached it while it was armed (`requests_seen`) and the ones
+    it failed, delayed or held (`requests_faulted`, by action in `counts`, the first
+    MAX_LISTED_REQUESTS in `requests`). A corruption (`disk:corrupt`) flips `mask` in the
+    64-bit word at byte `offset` of the disk, with `before`, `after` and `readback` that
+    word's stored values (little-endian, read through QEMU), and counts the reads that
+    returned it (`corrupted`) until a write overwrote it. `injected` says the fault was
+    armed (or the corruption read back as written); a fault no request reached is not
+    activated.
+    """
+
+    kind: ClassVar[str] = "disk"
+
+    disk: str = ""
+    device: str = ""
+    """The guest's device of the disk (`vda`)."""
+    fault: str = ""
+    """`bad-block`, `read-error`, `write-error`, `flush-error`, `latency`, `stall`, `corrupt`."""
+    first_sector: int | None = None
+    last_sector: int | None = None
+    """The sectors the fault applies to (inclusive); None: every sector."""
+    errno: str | None = None
+    delay_s: float | None = None
+    jitter_s: float | None = None
+    probability: float | None = None
+    once: bool = False
+    offset: int | None = None
+    """A corruption's byte offset on the disk."""
+    requests_seen: int = 0
+    requests_faulted: int = 0
+    counts: Mapping[str, int] = field(default_factory=dict)
+    requests: tuple[DiskRequest, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "requests", _requests_of(self.requests))
+        object.__setattr__(self, "counts", dict(self.counts))
+
+    @property
+    def sectors_text(self) -> str:
+        """`2048`, `2048-2055` or `any`."""
+        if self.first_sector is None or self.last_sector is None:
+            return "any"
+        if self.first_sector == self.last_sector:
+            return str(self.first_sector)
+        return f"{self.first_sector}-{self.last_sector}"
+
+    @property
+    def reached(self) -> bool:
+        """Whether any request reached the fault (for a corruption: read it)."""
+        return self.requests_faulted > 0
+
+    def fields(self) -> dict[str, Any]:
+        """As `Injection.fields`, the requests and counts as plain data."""
+        data = super().fields()
+        data["requests"] = [r.to_json() for r in self.requests]
+        data["counts"] = dict(self.counts)
+        return data
+
+    def disk_json(self) -> dict[str, Any]:
+        """The record's `disk` object: the disk, the fault, what it reached."""
+        return {
+            "disk": self.disk, "device": self.device, "fault": self.fault,
+            "sectors": self.sectors_text, "errno": self.errno, "delay_s": self.delay_s,
+            "jitter_s": self.jitter_s, "probability": self.probability, "once": self.once,
+            "offset": _hex(self.offset), "before": _hex(self.before), "after": _hex(self.after),
+            "readback": _hex(self.readback), "requests_seen": self.requests_seen,
+            "requests_faulted": self.requests_faulted, "counts": dict(self.counts),
+            "requests": [r.to_json() for r in self.requests],
+        }  # fmt: skip
+
+
+DISK_COLUMNS: tuple[str, ...] = (
+    "disk", "disk_fault", "sector_first", "sector_last", "errno", "requests_faulted",
+)  # fmt: skip
+"""The analysis columns of a disk fault, derived from its injection's fields."""
+
+
+def disk_columns(detail: Mapping[str, Any] | None) -> dict[str, object]:
+    """The DISK_COLUMNS of an injection from its kind's own fields (`detail_json`); all
+    None for an injection that is no disk fault."""
+    if not detail or "fault" not in detail or "disk" not in detail:
+        return dict.fromkeys(DISK_COLUMNS)
+    return {
+        "disk": detail.get("disk"),
+        "disk_fault": detail.get("fault"),
+        "sector_first": detail.get("first_sector"),
+        "sector_last": detail.get("last_sector"),
+        "errno": detail.get("errno"),
+        "requests_faulted": detail.get("requests_faulted"),
+    }
+
+
 def _control_point() -> TriggerPoint:
     return TriggerPoint(spec=CONTROL)
 
@@ -383,6 +529,136 @@ class ControlInjection(Injection):
     trigger: TriggerPoint = field(default_factory=_control_point)
 
 
+COUNTS = ("seen", "delivered", "dropped", "corrupted", "delayed", "duplicated", "reordered",
+          "overflow")  # fmt: skip
+"""The counters of a `LinkCounts`, in order."""
+FAULT_COUNTS = ("seen", "dropped", "corrupted", "delayed", "duplicated", "reordered")
+"""What a network fault counts (the switch counts the rest: delivered, overflow)."""
+
+
+@dataclass(frozen=True)
+class LinkCounts:
+    """Frames on one direction of a link, from `source` to `destination`: `seen` entered
+    it, `delivered` reached the destination's card, and a network fault `dropped`,
+    `corrupted`, `delayed`, `duplicated` or `reordered` (overtaken by later frames) some of
+    them; `overflow` were lost because the destination's guest did not read its card."""
+
+    source: str
+    destination: str
+    seen: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    corrupted: int = 0
+    delayed: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    overflow: int = 0
+
+    @property
+    def direction(self) -> str:
+        """`source>destination`."""
+        return f"{self.source}>{self.destination}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LinkCounts:
+        """The inverse of `to_json` (unknown keys ignored)."""
+        return cls(
+            str(data["source"]), str(data["destination"]),
+            **{name: int(data.get(name, 0)) for name in COUNTS},
+        )  # fmt: skip
+
+
+def _totals(links: tuple[LinkCounts, ...]) -> dict[str, int]:
+    return {name: sum(getattr(link, name) for link in links) for name in COUNTS}
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The frames that crossed a testbed's network in one experiment, per link direction
+    (sorted), as the switch counted them from the restore to the end."""
+
+    links: tuple[LinkCounts, ...] = ()
+
+    @property
+    def frames(self) -> int:
+        """Frames that entered a link (a broadcast counts once per machine it reaches)."""
+        return sum(link.seen for link in self.links)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Every counter summed over the links."""
+        return _totals(self.links)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data: `frames` and `links`."""
+        return {"frames": self.frames, "links": [link.to_json() for link in self.links]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Traffic:
+        """The inverse of `to_json`."""
+        return cls(tuple(LinkCounts.from_json(item) for item in data.get("links", ())))
+
+
+@dataclass(frozen=True)
+class CorruptedBit:
+    """One bit a network fault flipped: in the `frame`th frame (from 1, from the fault's
+    start) from `source` to `destination`, at byte `offset`, bit `bit` (0-7)."""
+
+    source: str
+    destination: str
+    frame: int
+    offset: int
+    bit: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkInjection(Injection):
+    """A network fault: where it acted (`location`: the link, card or groups; `machine`:
+    the machine whose clock triggered it, or whose card it acted on), for how long, and
+    what it did to the frames, per link direction (`links`) and bit by bit for the
+    corruptions (`corruptions`, the first ones). `mode` is the fault's kind (`loss`, ...)."""
+
+    kind: ClassVar[str] = "network"
+
+    link: str | None = None
+    direction: str = "both"
+    period_s: float | None = None
+    """Guest seconds the fault acted (None: to the end of the experiment)."""
+    links: tuple[LinkCounts, ...] = ()
+    corruptions: tuple[CorruptedBit, ...] = ()
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """What the fault counted (FAULT_COUNTS), summed over the links."""
+        summed = _totals(self.links)
+        return {name: summed[name] for name in FAULT_COUNTS}
+
+    def fields(self) -> dict[str, Any]:
+        """As `Injection.fields`, the counts and corruptions as plain data, with the
+        totals (`frames_seen`, `frames_dropped`, ...) beside them."""
+        data = super().fields()
+        data["links"] = [link.to_json() for link in self.links]
+        data["corruptions"] = [dataclasses.astuple(bit) for bit in self.corruptions]
+        data.update({f"frames_{name}": value for name, value in self.totals.items()})
+        return data
+
+    @classmethod
+    def from_fields(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """`fields()`-shaped values turned back into constructor arguments."""
+        return {
+            **values,
+            "links": tuple(LinkCounts.from_json(item) for item in values.get("links") or ()),
+            "corruptions": tuple(
+                CorruptedBit(str(a), str(b), int(c), int(d), int(e))
+                for a, b, c, d, e in values.get("corruptions") or ()
+            ),
+        }
+
+
 INJECTION_TYPES: Mapping[str, type[Injection]] = {
     cls.kind: cls
     for cls in (
@@ -391,7 +667,9 @@ INJECTION_TYPES: Mapping[str, type[Injection]] = {
         MemoryInjection,
         FlipInjection,
         InstructionInjection,
+        DiskInjection,
         ControlInjection,
+        NetworkInjection,
     )
 }
 """Injection classes by `kind`, for readers that rebuild records."""
@@ -401,6 +679,8 @@ def injection_from_fields(kind: str, values: Mapping[str, Any]) -> Injection:
     """Rebuild an injection of `kind` from `fields()`-shaped values (extra keys ignored;
     an unknown kind gives a plain `Injection`)."""
     cls = INJECTION_TYPES.get(kind, Injection)
+    if cls is NetworkInjection:
+        values = NetworkInjection.from_fields(values)
     names = {f.name for f in dataclasses.fields(cls)}
     point = TriggerPoint(
         spec=str(values.get("trigger") or ""),
@@ -494,6 +774,8 @@ class ExperimentRecord:
     phases_s: Mapping[str, float] = field(default_factory=dict)
     storm: StormSummary | None = None
     """Storm experiments: the schedule and its timing."""
+    traffic: Traffic | None = None
+    """Experiments on a testbed with a network: the frames on each link direction."""
 
     def __post_init__(self) -> None:
         if not self.injections:
@@ -565,7 +847,7 @@ class ExperimentRecord:
     def to_json(self) -> dict[str, Any]:
         """The `vmfault inject --json` object. Instruction faults add `instruction` (F-SEFI's
         log fields of the first) and storms `storm`; both list the other injections in
-        `extra_injections`."""
+        `extra_injections`. Disk faults add `disk` (`DiskInjection.disk_json`)."""
         first = self.injection
         data: dict[str, Any] = {
             "outcome": self.outcome.value,
@@ -597,8 +879,19 @@ class ExperimentRecord:
             ]
         elif self.extra_injections:
             data["extra_injections"] = [i.to_json() for i in self.extra_injections]
+        if isinstance(first, DiskInjection):
+            data["disk"] = first.disk_json()
         if self.storm is not None:
             data["storm"] = self.storm.to_json()
+        if isinstance(first, NetworkInjection):
+            data["network"] = {
+                "kind": first.mode, "where": first.location, "link": first.link,
+                "direction": first.direction, "period_s": first.period_s, **first.totals,
+                "links": [link.to_json() for link in first.links],
+                "corruptions": [dataclasses.asdict(bit) for bit in first.corruptions],
+            }  # fmt: skip
+        if self.traffic is not None:
+            data["traffic"] = self.traffic.to_json()
         return data
 
     def storm_json(self) -> dict[str, Any]:

@@ -9,13 +9,18 @@ what happened on the way (a symptom, the workload's exit, a watched word).
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from vmfault.experiment.crew import Crew
 from vmfault.experiment.records import TriggerPoint
 from vmfault.experiment.testbed import HANG_WALL_CAP, GuestMachine, Testbed
 from vmfault.faults.model import Context, FaultSpec
 from vmfault.faults.select import Plan, rng_for
+from vmfault.faults.units import Budget
 from vmfault.machine import Machine
 from vmfault.machine.gdbproto import StopReply, WatchKind
 
@@ -64,6 +69,12 @@ class Progress:
     """Host seconds added to the hang budget for debug stops the fault kind made."""
     stalled_s: float | None = None
     """Set when the run was declared a hang early: the seconds the vCPU sat idle."""
+    stopped: bool = False
+    """A daemon halted while it ran, once the machines it serves were done."""
+    script_failure: str = ""
+    """Why the machine's console script failed (`script step 2 timed out`)."""
+    aborted: bool = False
+    """The run was abandoned (the experiment starts again, or its fault was not placed)."""
 
     @classmethod
     def begin(cls, machine: GuestMachine) -> Progress:
@@ -74,8 +85,12 @@ class Progress:
 
     @property
     def ended(self) -> bool:
-        """Whether the run already ended (exit hook, hang budget or panic)."""
-        return self.at_exit or self.timed_out or self.panicked
+        """Whether the run already ended (exit hook, hang budget, panic, a daemon stopped, a
+        failed script)."""
+        return (
+            self.at_exit or self.timed_out or self.panicked or self.stopped
+            or bool(self.script_failure) or self.aborted
+        )  # fmt: skip
 
 
 @dataclass
@@ -128,21 +143,32 @@ class Experiment:
         spec: FaultSpec,
         plan: Plan,
         *,
-        budget_factor: float,
+        budget: Budget | float,
         attempt: int = 1,
+        release: Callable[[Experiment], None] | None = None,
     ) -> None:
         self.testbed = testbed
         self.target = target
         self.spec = spec
         self.plan = plan
-        self.budget_factor = budget_factor
+        self.budget = budget if isinstance(budget, Budget) else Budget(factor=budget)
         self.attempt = attempt
         self.progress = {m.name: Progress.begin(m) for m in testbed}
+        self.crew: Crew[Any] | None = None
+        """The threads that observe the other machines while the target is driven."""
+        self.ended: set[str] = set()
+        """The machines whose runs ended (observed to their end), for daemons to know when
+        the machines they serve are done."""
+        self._release = release
         self.watch: Watch | None = None
         self.injected_at: Symptom | None = None
         self.window_s: tuple[float, float] | None = None
         """The part of the execution (running seconds from the snapshot, start and end)
         the fault's moments are drawn in and its progress counted over; None: all of it."""
+        self.stall_rule = True
+        """Whether the observation may declare the target hung early when its vCPU sits
+        idle (`vmfault.experiment.observe`); a fault that slows the guest's devices turns it
+        off, since an idle vCPU then waits for them."""
 
     @property
     def seed(self) -> int:
@@ -170,7 +196,31 @@ class Experiment:
 
     def budget_s(self) -> float:
         """The target's hang budget in host seconds."""
-        return self.target.budget_s(self.budget_factor)
+        return self.target.budget_s(self.budget)
+
+    def release(self) -> None:
+        """Let every machine but the target run on from the snapshot (observed on a crew of
+        threads when the pipeline gave a way to; else running free)."""
+        if self._release is not None:
+            self._release(self)
+            return
+        for machine in self.testbed:
+            if machine is not self.target and machine.vm.alive:
+                machine.vm.cont()
+
+    def end_crew(self) -> None:
+        """Abandon the other machines' runs (the crew aborted and joined)."""
+        if self.crew is not None:
+            self.crew.end()
+            self.crew = None
+
+    def served(self) -> bool:
+        """Whether every machine that is not a daemon has ended its run."""
+        return all(m.name in self.ended for m in self.testbed if not m.daemon)
+
+    def abort_event(self) -> threading.Event | None:
+        """The event that abandons the crew's runs (None without a crew)."""
+        return None if self.crew is None else self.crew.abort
 
     def reach_timeout_s(self) -> float:
         """Host seconds the fault-free part of a run (to the workload's exec, to a trigger)
@@ -183,7 +233,7 @@ class Experiment:
         than its budget (`GuestMachine.within_vcpu_budget`)."""
         here = self.here
         elapsed = time.monotonic() - here.started - here.allowance_s
-        return self.target.within_vcpu_budget(here.start_vcpu_s, self.budget_factor, elapsed)
+        return self.target.within_vcpu_budget(here.start_vcpu_s, self.budget, elapsed)
 
     def deadline(self) -> float:
         """Host monotonic seconds at which the target's hang budget runs out."""
@@ -232,14 +282,14 @@ class Experiment:
 
     def restart(self) -> None:
         """Restore the testbed and start this experiment's run again from the snapshot
-        (before any fault is made: no outcome is favoured); the other machines run free."""
+        (before any fault is made: no outcome is favoured); the other machines run on."""
+        self.end_crew()
         self.testbed.restore()
         self.progress = {m.name: Progress.begin(m) for m in self.testbed}
+        self.ended = set()
         self.watch = None
         self.window_s = None
-        for machine in self.testbed:
-            if machine is not self.target and machine.vm.alive:
-                machine.vm.cont()
+        self.release()
 
     def mark_injected(self) -> None:
         """Note the moment the first fault was made: latency counts from it, and the

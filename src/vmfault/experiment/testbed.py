@@ -19,6 +19,15 @@ whole machine, restored with `loadvm` (tens of milliseconds; the fallback).
 A testbed can start from a `StartState` (the templates, timed golden runs and timelines
 another testbed of the same machines made): its machines are then clones from the start,
 each runs its golden run once to check it, and it is ready in a fraction of a second.
+
+Machines of a testbed may be joined by a network vmfault owns (`Testbed(network=True)`: a
+`vmfault.network.Switch`, each machine a virtio-net card on it, an address and /etc/hosts
+naming every machine). A daemon machine (`MachineSpec.daemon`) serves the others: it runs
+until they are done and is then stopped. A scripted machine (`MachineSpec.script`) runs a
+shell on its serial console and a console script talks to it from outside; the script's end
+is its workload's end. With several machines each one runs on a thread of its own
+(`vmfault.experiment.crew`) whenever another is being driven. A restore puts back every
+machine and resets the network: no frame and no console input of one run reaches the next.
 """
 
 from __future__ import annotations
@@ -29,28 +38,34 @@ import functools
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from elftools.elf.elffile import ELFFile
 
 from vmfault.arch import Arch
 from vmfault.errors import MachineError, UsageError
+from vmfault.experiment.crew import Crew, free_run
 from vmfault.experiment.records import DEFAULT_MACHINE, GoldenRun
 from vmfault.faults.model import Context
 from vmfault.faults.timeline import Activity, Probes, Slice, Timeline
+from vmfault.faults.units import DEFAULT_BUDGET_FACTOR, Budget
 from vmfault.files import cache_path, cached_json, write_atomically
 from vmfault.guest.binary import WorkloadBinary
 from vmfault.guest.elfsyms import lookup_symbol
 from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import FrameKind
 from vmfault.guest.symbols import KernelSymbols
-from vmfault.machine import Accel, Machine, RamFile, RunEnd, Snapshot, Template
+from vmfault.machine import Accel, Machine, Nic, RamFile, RunEnd, Snapshot, Template
+from vmfault.machine.dialogue import Dialogue, DialogueState, Step
+from vmfault.machine.disks import GuestDisk
 from vmfault.machine.rundir import RunDir, ram_root
+from vmfault.network import Port, Switch, mac_text
 from vmfault.session import Finished, GuestSession, WorkloadResult, capture_kernel_symbols
 from vmfault.session.guest import EXIT_REPORT_TIMEOUT_S
 
@@ -59,6 +74,8 @@ __all__ = [
     "BUDGET_SLACK_S",
     "DEFAULT_BUDGET_FACTOR",
     "HANG_WALL_CAP",
+    "SCRIPT_ARGV",
+    "SCRIPT_FINISH",
     "SYMPTOM_FUNCTIONS",
     "VERIFY_EVERY",
     "GuestMachine",
@@ -73,8 +90,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-DEFAULT_BUDGET_FACTOR = 2.0
-"""A run that takes longer than this many golden runs is a hang."""
 BUDGET_SLACK_S = 0.2
 """Host seconds added to every hang budget (restores and debug stops are not free)."""
 HANG_WALL_CAP = 10.0
@@ -87,8 +102,10 @@ ARCH_SYMPTOM_FUNCTIONS: Mapping[Arch, tuple[str, ...]] = {
     Arch.X86_64: SYMPTOM_FUNCTIONS,
     Arch.AARCH64: ("force_sig_fault", "die", "panic"),  # arm64 oopses through die()
 }
-_POLL_S = 0.002
-"""How long one machine is waited for before the next, while several run at once."""
+_POLL_S = 0.01
+"""How often a golden run of several machines looks whether the non-daemons are done."""
+_SCRIPT_LOOK_S = 0.05
+"""How often a machine's run looks at its console script and its crew's events."""
 RESTORED_RUNS = 3
 """Fault-free runs restored from the snapshot that time the execution (triggers are drawn
 over it, budgets counted in it)."""
@@ -107,9 +124,15 @@ IDLE_FUNCTIONS = (
     "default_idle_call", "cpu_idle_poll", "acpi_idle_do_entry", "mwait_idle", "cpu_do_idle",
 )  # fmt: skip
 """Kernel functions a vCPU with nothing runnable waits in."""
-VERIFY_EVERY = 50
-"""A clone verifies one restore in this many (registers and all of RAM against the
-template), besides every restore after a fault that wrote code."""
+SCRIPT_ARGV = ("/bin/sh",)
+"""The workload of a scripted machine: a shell on the serial console."""
+SCRIPT_FINISH = "exit 0\n"
+"""What a script types after its last step: the shell exits, which ends the workload."""
+
+VERIFY_EVERY = 200
+"""A clone verifies its first restore and one in this many after it (registers and all of
+RAM against the template: about 0.3 s for 128 MiB), besides every restore after a fault
+that wrote code."""
 
 
 class RestoreMethod(enum.StrEnum):
@@ -132,11 +155,18 @@ class StartState:
     templates: Mapping[str, Template]
     goldens: Mapping[str, GoldenRun]
     timelines: Mapping[str, Timeline | None]
+    disk_devices: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
+    """Per machine, the guest device of each disk as the agent reported it at boot."""
 
 
 @dataclass(frozen=True)
 class MachineSpec:
-    """One machine of a testbed: its name and the workload its agent runs."""
+    """One machine of a testbed: its name, the workload its agent runs, its disks.
+
+    `daemon`: the machine serves the others; it runs until they are done, then is stopped
+    (its workload never has to end). `script`: console steps a host script plays against
+    a shell on the machine's serial console (`argv` is then SCRIPT_ARGV; see `scripted`).
+    """
 
     name: str
     argv: tuple[str, ...]
@@ -144,6 +174,28 @@ class MachineSpec:
     accel: Accel = Accel.TCG
     ram_mib: int = 128
     console_log: Path | None = None
+    disks: tuple[GuestDisk, ...] = ()
+    tap_disks: bool = True
+    """Serve the disks through taps, so that they take faults (see machine.disks)."""
+    daemon: bool = False
+    script: tuple[Step, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.script is not None and self.daemon:
+            raise UsageError(
+                f"machine {self.name} has a script and is a daemon",
+                hint="a script ends its machine's workload; a daemon is stopped by the others",
+            )
+        if self.script is not None and self.argv != SCRIPT_ARGV:
+            raise UsageError(
+                f"machine {self.name} has a script and a workload",
+                hint="a scripted machine's workload is the shell its script talks to",
+            )
+
+    @classmethod
+    def scripted(cls, name: str, steps: Sequence[Step], **options: Any) -> MachineSpec:
+        """A machine whose workload is a shell on its console, driven by `steps`."""
+        return cls(name, SCRIPT_ARGV, script=tuple(steps), **options)
 
 
 @dataclass(frozen=True)
@@ -185,18 +237,34 @@ class GuestMachine:
         *,
         template: Template | None = None,
         ram_file: RamFile | None = None,
+        disk_devices: Mapping[str, str] | None = None,
+        port: Port | None = None,
+        hosts: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.image = image
         self.spec = spec
         self.name = spec.name
         self.template = template
         """The template this machine is a clone of (None: it boots)."""
+        self.port = port
+        """The machine's port on the testbed's network (None: no network card)."""
+        nic = None if port is None else Nic(mac_text(port.mac), port.guest_fd)
         self.session = GuestSession(
             image, spec.argv, deterministic=spec.deterministic, accel=spec.accel,
             ram_mib=spec.ram_mib, console_log=spec.console_log, name=spec.name,
-            template=template, ram_file=ram_file,
+            disks=spec.disks, tap_disks=spec.tap_disks, template=template, ram_file=ram_file,
+            disk_devices=disk_devices, on_console=spec.script is not None, nic=nic,
+            address=None if port is None else port.address, hosts=hosts,
         )  # fmt: skip
         self.hooks = self.session.hooks
+        self.dialogue = (
+            None
+            if spec.script is None
+            else Dialogue(self.session.machine, spec.script, finish=SCRIPT_FINISH)
+        )
+        """The console script of a scripted machine, begun at every run from the snapshot."""
+        self.testbed: Testbed | None = None
+        """The testbed the machine belongs to, which restores it with the others."""
         self.snapshot: Snapshot | None = None if template is None else template.snapshot
         self.verify_next = False
         """Verify the next restore (set after a fault that wrote code)."""
@@ -217,6 +285,23 @@ class GuestMachine:
     def argv(self) -> tuple[str, ...]:
         """The workload's command line."""
         return self.spec.argv
+
+    @property
+    def daemon(self) -> bool:
+        """Whether the machine serves the others until they are done (then is stopped)."""
+        return self.spec.daemon
+
+    def begin_script(self) -> None:
+        """Begin the console script from the first step (a machine without one: nothing)."""
+        if self.dialogue is not None:
+            self.dialogue.start()
+
+    def script_failure(self) -> str:
+        """Why the console script failed (`script step 2 timed out`), or ""."""
+        dialogue = self.dialogue
+        if dialogue is None or dialogue.state is not DialogueState.FAILED:
+            return ""
+        return dialogue.failure
 
     @property
     def vm(self) -> Machine:
@@ -277,6 +362,7 @@ class GuestMachine:
             host_s=finished.host_s, instructions=finished.instructions, pid=result.pid,
             boot_s=self.session.boot_s, accel=(vm.accel or self.spec.accel).value,
             deterministic=self.deterministic, console=vm.console.transcript(),
+            disks=dict(self.session.disks),
         )  # fmt: skip
 
     def activity(self) -> Activity:
@@ -306,7 +392,7 @@ class GuestMachine:
         vm = self.vm
         rng = random.Random(seed)
         deadline = time.monotonic() + 20 * self.require_golden().host_s + 5.0
-        self.restore()
+        others = self.from_snapshot()
         vm.gdb.set_breakpoint(self.hooks.exited)
         slices: list[Slice] = []
         at = 0.0
@@ -325,6 +411,7 @@ class GuestMachine:
                     )
                 slices.append(Slice(start, at, self.activity()))
         finally:
+            others.end()
             if vm.alive:
                 vm.halt()
                 vm.gdb.remove_breakpoint(self.hooks.exited)
@@ -364,15 +451,32 @@ class GuestMachine:
         """One probed run: PROBE_LOOKS_PER_RUN looks at uniform moments of the execution."""
         span = self.require_golden().span_s
         vm = self.vm
-        self.restore()
+        others = self.from_snapshot()
         start = vm.ran_s
         looks: list[tuple[float, Activity]] = []
-        for at in sorted(rng.uniform(0.0, span) for _ in range(PROBE_LOOKS_PER_RUN)):
-            run = vm.run_for(max(0.0, at - (vm.ran_s - start)))
-            if run.end is not RunEnd.TIME:
-                break  # this run ended before the moment: its later moments are gone
-            looks.append(((vm.ran_s - start) / span, self.activity()))  # where it halted
+        try:
+            for at in sorted(rng.uniform(0.0, span) for _ in range(PROBE_LOOKS_PER_RUN)):
+                run = vm.run_for(max(0.0, at - (vm.ran_s - start)))
+                if run.end is not RunEnd.TIME:
+                    break  # this run ended before the moment: its later moments are gone
+                looks.append(((vm.ran_s - start) / span, self.activity()))  # where it halted
+        finally:
+            others.end()
         return looks
+
+    def from_snapshot(self) -> Crew[bool]:
+        """Restore this machine (its whole testbed, if it has one) and let the others run
+        free on a crew; end the crew to halt them."""
+        crew: Crew[bool] = Crew()
+        if self.testbed is None:
+            self.restore()
+            return crew
+        self.testbed.restore()
+        for machine in self.testbed:
+            if machine is not self:
+                vm = machine.vm
+                crew.run(machine.name, lambda vm=vm: free_run(vm, crew.abort))  # type: ignore[misc]
+        return crew
 
     def arm(self) -> None:
         """Set the breakpoints every experiment relies on: the exit hook and the symptom
@@ -399,7 +503,7 @@ class GuestMachine:
         if self.snapshot is None:
             raise MachineError(f"machine {self.name} has no golden snapshot")
         self.restores += 1
-        if self.template is not None and self.restores % VERIFY_EVERY == 0:
+        if self.template is not None and self.restores % VERIFY_EVERY == 1:
             verify = True
         self.vm.restore_snapshot(self.snapshot, verify=verify or self.verify_next)
         self.verify_next = False
@@ -410,31 +514,46 @@ class GuestMachine:
 
     # ------------------------------------------------------------------ questions
 
-    def budget_s(self, factor: float) -> float:
-        """The hang budget in host seconds: `factor` golden runs (as restored runs take
-        them) plus BUDGET_SLACK_S."""
-        return factor * self.require_golden().typical_s + BUDGET_SLACK_S
+    def budget_s(self, budget: Budget | float) -> float:
+        """The hang budget in host seconds plus BUDGET_SLACK_S: a factor of the golden run
+        (as restored runs take it), or guest seconds at this machine's pace."""
+        if not isinstance(budget, Budget):
+            budget = Budget(factor=budget)
+        if budget.guest_s is not None:
+            return budget.guest_s * self.host_per_guest_s() + BUDGET_SLACK_S
+        return budget.factor * self.require_golden().typical_s + BUDGET_SLACK_S
 
-    def within_vcpu_budget(self, start_vcpu_s: float, factor: float, elapsed_s: float) -> bool:
+    def within_vcpu_budget(self, start_vcpu_s: float, budget: Budget, elapsed_s: float) -> bool:
         """Whether a run that began at `start_vcpu_s` of vCPU time and has taken
         `elapsed_s` host seconds may go on past its host-time budget: its vCPU threads had
-        less than `factor` golden runs of CPU (a loaded host slowed it, it did not hang),
-        and it has not taken HANG_WALL_CAP budgets of host time (a guest that waits, using
-        no CPU, is a hang however little CPU it had)."""
+        less CPU than the budget's golden runs had (a loaded host slowed it, it did not
+        hang), and it has not taken HANG_WALL_CAP budgets of host time (a guest that waits,
+        using no CPU, is a hang however little CPU it had). A budget in guest seconds is
+        not stretched: guest time under TCG runs with the host's clock."""
         golden = self.require_golden()
         typical = golden.typical_vcpu_s
-        if typical is None or elapsed_s >= HANG_WALL_CAP * self.budget_s(factor):
+        if typical is None or budget.guest_s is not None:
             return False
-        return self.vm.vcpu_s() - start_vcpu_s < factor * typical + BUDGET_SLACK_S
+        if elapsed_s >= HANG_WALL_CAP * self.budget_s(budget):
+            return False
+        return self.vm.vcpu_s() - start_vcpu_s < budget.factor * typical + BUDGET_SLACK_S
 
-    def within_instruction_budget(self, start: int | None, factor: float) -> bool:
+    def within_instruction_budget(self, start: int | None, budget: Budget | float) -> bool:
         """In deterministic mode the budget counts guest instructions, not host time:
-        whether fewer than `factor` golden runs of instructions ran since `start`."""
+        whether fewer than the budget's instructions ran since `start` (a factor of the
+        golden run's, or one per guest nanosecond)."""
+        if not isinstance(budget, Budget):
+            budget = Budget(factor=budget)
         golden = self.require_golden()
         if not self.deterministic or start is None or golden.instructions is None:
             return False
         now = self.vm.instruction_count() or start
-        return now - start < factor * golden.instructions
+        allowed = (
+            budget.guest_s * 1e9
+            if budget.guest_s is not None
+            else budget.factor * golden.instructions
+        )
+        return now - start < allowed
 
     def host_per_guest_s(self) -> float:
         """Host seconds per guest second while the guest runs: 1 under plain TCG (guest
@@ -530,10 +649,13 @@ class StartedOnEnter:
 
 
 class Testbed(StartedOnEnter):
-    """The named machines of one experiment (one today), booted once, restored each time.
+    """The named machines of one experiment, booted once, restored each time.
 
     Use as a context manager, or call `start()` then `close()`. `judge` names the machine
     whose outcome is the experiment's; None judges by the worst outcome across machines.
+    With `network`, the machines are joined by a switch of vmfault's (`switch`): machine
+    i (in the order given) has the address 10.0.0.(i+1) and every machine's /etc/hosts
+    names them all.
     """
 
     __test__ = False  # a testbed of machines, not a test class
@@ -547,6 +669,7 @@ class Testbed(StartedOnEnter):
         restore: RestoreMethod = RestoreMethod.TEMPLATE,
         start_state: StartState | None = None,
         template_dir: Path | None = None,
+        network: bool = False,
     ) -> None:
         names = [spec.name for spec in machines]
         if not names:
@@ -555,19 +678,62 @@ class Testbed(StartedOnEnter):
             raise UsageError(f"machine names must be unique, not {names}")
         if judge is not None and judge not in names:
             raise UsageError(f"no machine {judge!r} to judge by", hint=f"machines: {names}")
+        if all(spec.daemon for spec in machines):
+            raise UsageError(
+                "every machine of the testbed is a daemon, so none of them ever ends",
+                hint="make at least one machine run a workload that ends, or a script",
+            )
         if start_state is not None and set(start_state.templates) != set(names):
             raise UsageError(f"the start state has no templates of machines {names}")
         self.image = image
         self.judge = judge
+        untapped = [s.name for s in machines if s.disks and not s.tap_disks]
+        if restore is RestoreMethod.TEMPLATE and untapped and start_state is None:
+            # Disks QEMU serves itself (qcow2 overlays) live in one QEMU's files: clones
+            # could not share them, so these machines restore with loadvm.
+            logger.info("machines %s have untapped disks: restored with loadvm", untapped)
+            restore = RestoreMethod.LOADVM
         self.restore_method = RestoreMethod.TEMPLATE if start_state is not None else restore
         self._given = start_state
         self.template_dir = template_dir
         """Where templates are made (None: a private directory removed on close)."""
         self._own_dir: RunDir | None = None
+        self.switch = Switch(names) if network else None
+        """The network joining the machines (None: they have no network cards)."""
+        self._hosts: list[tuple[str, str]] = []
+        if self.switch is not None:
+            self._hosts = [(name, port.host) for name, port in self.switch.ports.items()]
         self.machines: dict[str, GuestMachine] = {}
-        for spec in machines:
-            template = None if start_state is None else start_state.templates[spec.name]
-            self.machines[spec.name] = GuestMachine(image, spec, template=template)
+        try:
+            for spec in machines:
+                template = None if start_state is None else start_state.templates[spec.name]
+                devices = None if start_state is None else start_state.disk_devices.get(spec.name)
+                self.machines[spec.name] = self._machine(
+                    spec, template=template, disk_devices=devices
+                )
+        except BaseException:
+            if self.switch is not None:
+                self.switch.close()
+            raise
+
+    def _machine(
+        self,
+        spec: MachineSpec,
+        *,
+        template: Template | None = None,
+        ram_file: RamFile | None = None,
+        disk_devices: Mapping[str, str] | None = None,
+    ) -> GuestMachine:
+        """A machine of this testbed (on its network, if it has one)."""
+        port = None if self.switch is None else self.switch.ports[spec.name]
+        own = [(n, a) for n, a in self._hosts if n == spec.name]
+        others = [(n, a) for n, a in self._hosts if n != spec.name]
+        machine = GuestMachine(
+            self.image, spec, port=port, hosts=own + others, template=template,
+            ram_file=ram_file, disk_devices=disk_devices,
+        )  # fmt: skip
+        machine.testbed = self
+        return machine
 
     @classmethod
     def single(
@@ -580,9 +746,11 @@ class Testbed(StartedOnEnter):
         accel: Accel = Accel.TCG,
         console_log: Path | None = None,
         restore: RestoreMethod = RestoreMethod.TEMPLATE,
+        disks: Sequence[GuestDisk] = (),
     ) -> Testbed:
-        """A testbed of one machine running `argv`."""
-        spec = MachineSpec(name, tuple(argv), deterministic, accel, console_log=console_log)
+        """A testbed of one machine running `argv`, with `disks`."""
+        spec = MachineSpec(name, tuple(argv), deterministic, accel, console_log=console_log,
+                           disks=tuple(disks))  # fmt: skip
         return cls(image, [spec], restore=restore)
 
     def __iter__(self) -> Iterator[GuestMachine]:
@@ -595,8 +763,9 @@ class Testbed(StartedOnEnter):
 
     @property
     def alive(self) -> bool:
-        """Whether every machine's QEMU still runs."""
-        return all(m.vm.alive for m in self)
+        """Whether every machine's QEMU (and the network's switch) still runs."""
+        switch_up = self.switch is None or self.switch.alive
+        return switch_up and all(m.vm.alive for m in self)
 
     def machine(self, name: str | None = None) -> GuestMachine:
         """The machine `name`; None: the judged machine, else the first one."""
@@ -615,17 +784,24 @@ class Testbed(StartedOnEnter):
         hooks, run the golden runs (all machines at once) and arm the breakpoints
         experiments need. From a `StartState`, each machine's golden run is run once and
         checked against the state's (MachineError if it differs)."""
+        if self.switch is not None:
+            self.switch.start()
         if self.restore_method is RestoreMethod.TEMPLATE and self._given is None:
-            templates = self._make_templates()
+            templates, devices = self._make_templates()
             for machine in self:
-                self.machines[machine.name] = GuestMachine(
-                    self.image, machine.spec, template=templates[machine.name]
-                )
+                self.machines[machine.name] = self._machine(
+                    machine.spec, template=templates[machine.name],
+                    disk_devices=devices[machine.name],
+                )  # fmt: skip
         for machine in self:
             machine.boot()
         if self.restore_method is RestoreMethod.LOADVM:
             for machine in self:
                 machine.save_snapshot()
+        if self.switch is not None:
+            self._reset_network()  # frames of the boots stay out of the golden runs
+        for machine in self:
+            machine.begin_script()
         for name, finished in run_to_exit(list(self), timeout_s=timeout_s).items():
             machine = self.machines[name]
             machine.golden = machine.golden_of(finished)
@@ -636,8 +812,8 @@ class Testbed(StartedOnEnter):
             return self.goldens
         self._time_restored(timeout_s=timeout_s)
         for machine in self:
-            self.restore()
-            _release(machine, self)
+            if machine.daemon:
+                continue  # no end to sample up to; daemons are never declared hung early
             try:
                 machine.sample_timeline()
             except MachineError as exc:
@@ -650,9 +826,10 @@ class Testbed(StartedOnEnter):
             machine.arm()
         return self.goldens
 
-    def _make_templates(self) -> dict[str, Template]:
+    def _make_templates(self) -> tuple[dict[str, Template], dict[str, dict[str, str]]]:
         """Boot every machine with its RAM in a shared file, halt all at their start hooks
-        (one consistent point), save a template of each, and shut them down."""
+        (one consistent point), save a template of each, and shut them down; the templates
+        and the guest devices of each machine's disks, by machine name."""
         if self.template_dir is None:
             self._own_dir = RunDir(ram_root())
             directory = self._own_dir.path
@@ -665,7 +842,7 @@ class Testbed(StartedOnEnter):
                 folder = directory / spec.name
                 folder.mkdir(mode=0o700)
                 live = RamFile(folder / "live", shared=True)
-                machine = GuestMachine(self.image, spec, ram_file=live)
+                machine = self._machine(spec, ram_file=live)
                 booted.append(machine)
                 machine.boot()
             for machine in booted:
@@ -674,7 +851,7 @@ class Testbed(StartedOnEnter):
             for machine in booted:
                 machine.close()
                 (directory / machine.name / "live").unlink(missing_ok=True)
-        return templates
+        return templates, {m.name: dict(m.session.disks) for m in booted}
 
     def _adopt(self, state: StartState) -> None:
         """Check each machine's golden run against the state's and take the state's
@@ -705,6 +882,7 @@ class Testbed(StartedOnEnter):
             templates=templates,
             goldens=self.goldens,
             timelines={m.name: m.timeline for m in self},
+            disk_devices={m.name: dict(m.session.disks) for m in self},
         )
 
     def retime(self, *, runs: int = 1, timeout_s: float = GOLDEN_TIMEOUT_S) -> None:
@@ -716,7 +894,7 @@ class Testbed(StartedOnEnter):
     def _time_restored(self, *, timeout_s: float, runs: int = RESTORED_RUNS) -> None:
         """Run the testbed `runs` times from the snapshot, as experiments do, and keep each
         machine's last RESTORED_KEPT times in its golden run; MachineError if a run's
-        result differs."""
+        result differs (a daemon, stopped while it ran, has no result to differ)."""
         times: dict[str, list[float]] = {m.name: [] for m in self}
         vcpu: dict[str, list[float]] = {m.name: [] for m in self}
         for _ in range(runs):
@@ -724,9 +902,9 @@ class Testbed(StartedOnEnter):
             for name, finished in run_to_exit(list(self), timeout_s=timeout_s).items():
                 golden = self.machines[name].require_golden()
                 result = finished.result
-                if (result.stdout, result.exit_code, result.signal) != (
-                    golden.stdout, golden.exit_code, golden.signal,
-                ):  # fmt: skip
+                if not self.machines[name].daemon and (
+                    result.stdout, result.exit_code, result.signal
+                ) != (golden.stdout, golden.exit_code, golden.signal):  # fmt: skip
                     raise MachineError(
                         f"the workload of {name} gives another result when run again from "
                         "its snapshot",
@@ -742,42 +920,157 @@ class Testbed(StartedOnEnter):
             machine.golden = dataclasses.replace(golden, restored_s=kept, restored_vcpu_s=kept_vcpu)
 
     def restore(self) -> None:
-        """Restore every machine to the golden snapshot (all left halted)."""
+        """Restore every machine to the golden snapshot (all left halted), reset the
+        network and begin the console scripts again.
+
+        No frame and no console input of the run before reaches the restored machines:
+        the switch stops and drops what it holds and what waits in its ports, each
+        stopped QEMU is run an instant so that a frame it read while stopped goes into
+        the old run (a guest that cannot run, such as a panicked one, is restored, run an
+        instant and restored again), console input QEMU has not read is dropped, and the
+        switch starts a new epoch.
+        """
         for machine in self:
+            if machine.dialogue is not None:
+                machine.dialogue.cancel()
+        again = self._quiesce_network() if self.switch is not None else []
+        for machine in self:
+            if machine.dialogue is not None and machine.vm.alive:
+                machine.vm.drop_console_input()
             machine.restore()
+        for machine in again:
+            _flush_frames(machine.vm)
+            machine.restore()
+        if self.switch is not None:
+            self.switch.resume()
+        for machine in self:
+            machine.begin_script()
+
+    def _quiesce_network(self) -> list[GuestMachine]:
+        """Stop the switch and push a frame each stopped QEMU may hold into the run that
+        ends; the machines that cannot run now (to be flushed after their restore)."""
+        assert self.switch is not None
+        self.switch.check()
+        self.switch.quiesce()
+        later = []
+        for machine in self:
+            vm = machine.vm
+            if not vm.alive:
+                continue
+            vm.halt()
+            if vm.qmp("query-status")["status"] in _FLUSHABLE:
+                _flush_frames(vm)
+            else:
+                later.append(machine)
+        return later
+
+    def _reset_network(self) -> None:
+        """Quiesce the network and start a new epoch (the machines halted)."""
+        assert self.switch is not None
+        for machine in self._quiesce_network():
+            logger.warning("machine %s cannot run to flush its card", machine.name)
+        self.switch.resume()
 
     def close(self) -> None:
-        """Destroy every machine and the templates this testbed made itself (always
-        safe)."""
+        """Destroy every machine, the network and the templates this testbed made itself
+        (always safe)."""
         for machine in self:
             machine.close()
+        if self.switch is not None:
+            self.switch.close()
         if self._own_dir is not None:
             self._own_dir.close()
             self._own_dir = None
 
 
-def _release(sampled: GuestMachine, testbed: Testbed) -> None:
-    """Let every machine of `testbed` but `sampled` run on from the snapshot."""
-    for machine in testbed:
-        if machine is not sampled and machine.vm.alive:
-            machine.vm.cont()
+_FLUSHABLE = frozenset({"debug", "paused", "running"})
+"""Run states from which a QEMU may run an instant and stop again."""
+
+
+def _flush_frames(vm: Machine) -> None:
+    """Run the halted guest an instant: QEMU delivers a frame it queued while the guest
+    was stopped (into the run that is ending), and purges its queues when it stops again."""
+    vm.cont()
+    vm.halt()
 
 
 def run_to_exit(machines: Sequence[GuestMachine], *, timeout_s: float) -> dict[str, Finished]:
     """Run machines halted at their start hooks to their exits, all at once; each one's
-    finished run by name. Raises as `GuestSession.wait_exit` does."""
-    begun = {m.name: m.session.begin() for m in machines}
-    poll = None if len(machines) == 1 else _POLL_S
-    finished: dict[str, Finished] = {}
-    while len(finished) < len(machines):
-        for machine in machines:
-            if machine.name not in finished:
-                done = machine.session.wait_exit(
-                    begun[machine.name], timeout_s=timeout_s, poll_s=poll
-                )
-                if done is not None:
-                    finished[machine.name] = done
-    return finished
+    finished run by name. A daemon runs until the other machines are done, then is halted:
+    its run is what it did until then. Several machines run on a crew of threads. Raises
+    as `GuestSession.wait_exit` does; MachineError if a script fails or a daemon ends."""
+    if len(machines) == 1 and not machines[0].daemon:
+        machine = machines[0]
+        poll = None if machine.dialogue is None else _SCRIPT_LOOK_S
+        return {machine.name: _finish(machine, timeout_s, threading.Event(), poll_s=poll)}
+    crew: Crew[Finished] = Crew()
+    served = threading.Event()
+    workers = [m for m in machines if not m.daemon]
+    for machine in machines:
+        if machine.daemon:
+            crew.run(machine.name, lambda m=machine: _serve(m, served, crew.abort))  # type: ignore[misc]
+        else:
+            crew.run(
+                machine.name,
+                lambda m=machine: _finish(m, timeout_s, crew.abort, poll_s=_SCRIPT_LOOK_S),  # type: ignore[misc]
+            )
+    try:
+        while not crew.abort.is_set() and not crew.abort.wait(_POLL_S):
+            if not crew.running() & {m.name for m in workers}:
+                break
+        served.set()
+        return dict(crew.join())
+    except BaseException:
+        crew.end()
+        raise
+
+
+def _finish(
+    machine: GuestMachine, timeout_s: float, abort: threading.Event, *, poll_s: float | None
+) -> Finished:
+    """Run one machine from its start hook to its exit (the golden run's way), looking at
+    its script and `abort` every `poll_s` (None: no looks, one wait)."""
+    session = machine.session
+    begun = session.begin()
+    while True:
+        done = session.wait_exit(begun, timeout_s=timeout_s, poll_s=poll_s)
+        if done is not None:
+            return done
+        failure = machine.script_failure()
+        if failure:
+            machine.vm.halt()
+            tail = machine.dialogue.tail.splitlines() if machine.dialogue is not None else []
+            raise MachineError(
+                f"the script of {machine.name} failed in a fault-free run: {failure}; "
+                f"console: {' | '.join(tail[-3:])}",
+                hint="fix the script: its expected text, its timeouts",
+            )
+        if abort.is_set():
+            machine.vm.halt()
+            raise MachineError(f"the run of {machine.name} was abandoned")
+
+
+def _serve(machine: GuestMachine, served: threading.Event, abort: threading.Event) -> Finished:
+    """Run a daemon from its start hook until `served` is set, then halt it."""
+    session = machine.session
+    vm = machine.vm
+    begun = session.begin()
+    while not served.is_set() and not abort.is_set():
+        run = vm.await_stop(_SCRIPT_LOOK_S, goal=machine.hooks.exited, halt=False)
+        if run is not None:
+            result = WorkloadResult.from_frames(vm.channel.frames)
+            status = "" if result is None else f", exit status {result.exit_status}"
+            raise MachineError(
+                f"the daemon {machine.name} ended in a fault-free run ({run.end.value}{status})",
+                hint="a daemon must run until the other machines are done",
+            )
+    host_s = time.monotonic() - begun
+    vm.halt()
+    vm.gdb.remove_breakpoint(machine.hooks.exited)
+    instructions = vm.instruction_count()
+    start = session.start_instructions
+    counted = None if instructions is None or start is None else instructions - start
+    return Finished(WorkloadResult.running(vm.channel.frames, host_s), host_s, counted)
 
 
 def golden_run(
@@ -788,10 +1081,12 @@ def golden_run(
     accel: Accel = Accel.TCG,
     timeout_s: float = GOLDEN_TIMEOUT_S,
     console_log: Path | None = None,
+    disks: Sequence[GuestDisk] = (),
 ) -> GoldenRun:
-    """Boot `image`, run `argv` fault-free to completion and return what it did (no
-    snapshot is taken: `vmfault run`)."""
-    spec = MachineSpec(DEFAULT_MACHINE, tuple(argv), deterministic, accel, console_log=console_log)
+    """Boot `image` with `disks`, run `argv` fault-free to completion and return what it
+    did (no snapshot is taken: `vmfault run`)."""
+    spec = MachineSpec(DEFAULT_MACHINE, tuple(argv), deterministic, accel, console_log=console_log,
+                       disks=tuple(disks))  # fmt: skip
     machine = GuestMachine(image, spec)
     try:
         machine.boot()

@@ -46,12 +46,14 @@ _ICOUNT_TRIES = 6
 
 
 def trigger_text(plan: Plan) -> str:
-    """The trigger as fired: `time:0.012345s`, `icount:1234` or `exec:main#1`."""
+    """The trigger as fired: `time:0.012345s`, `icount:1234`, `exec:main#1` or `request:5`."""
     trigger = plan.spec.trigger
     if trigger.kind is TriggerKind.TIME:
         return f"time:{plan.trigger_time_s:.6f}s"
     if trigger.kind is TriggerKind.INSTRUCTIONS:
         return f"icount:{plan.trigger_instructions}"
+    if trigger.kind is TriggerKind.REQUEST:
+        return f"request:{trigger.count}"
     return f"exec:{trigger.location}#{trigger.count}"
 
 

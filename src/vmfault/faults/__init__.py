@@ -1,6 +1,7 @@
 """Fault models: what a fault is and how its random parts are chosen (pure, no I/O)."""
 
 from vmfault.faults.model import (
+    DISK_FAULTS,
     INSTRUCTION_OPS,
     MEMORY_REGIONS,
     REGISTER_GROUPS,
@@ -8,9 +9,12 @@ from vmfault.faults.model import (
     BitMode,
     BitModel,
     Context,
+    DiskFault,
     FaultSpec,
     InstructionFault,
     OptionError,
+    SectorChoice,
+    Sectors,
     Target,
     TargetKind,
     Trigger,
@@ -18,9 +22,10 @@ from vmfault.faults.model import (
     canonical_op,
 )
 from vmfault.faults.select import BitChoice, Plan, choose_bits, choose_in_ranges, plan, rng_for
-from vmfault.faults.units import parse_duration_s, parse_ranges
+from vmfault.faults.units import Budget, parse_duration_s, parse_ranges
 
 __all__ = [
+    "DISK_FAULTS",
     "INSTRUCTION_OPS",
     "MEMORY_REGIONS",
     "REGISTER_GROUPS",
@@ -28,11 +33,15 @@ __all__ = [
     "BitChoice",
     "BitMode",
     "BitModel",
+    "Budget",
     "Context",
+    "DiskFault",
     "FaultSpec",
     "InstructionFault",
     "OptionError",
     "Plan",
+    "SectorChoice",
+    "Sectors",
     "Target",
     "TargetKind",
     "Trigger",

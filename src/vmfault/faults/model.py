@@ -18,7 +18,15 @@ Users write faults as short strings, the same on the command line and in campaig
   the choice of instances in an `InstructionFault`;
 - control runs: `none` injects nothing (no name, no bits, no trigger, no context); its
   experiments must come out benign, and the share that does not is the campaign's
-  false-positive rate.
+  false-positive rate;
+- disk faults: `disk:bad-block`, `disk:read-error`, `disk:write-error`, `disk:flush-error`,
+  `disk:latency`, `disk:stall`, `disk:corrupt`, optionally `@NAME` for the disk
+  (`disk:corrupt@data`; default: the machine's only disk), with their options in a
+  `DiskFault` (sectors, errno, delay, jitter, probability, once); their trigger may also
+  be `request` / `request:N` (from the Nth request to the disk on).
+- network faults: `network:loss|corrupt|delay|duplicate|reorder|rate|partition` act on
+  frames between the machines of a testbed (`vmfault.faults.network`), on a `link`, a
+  `machine`'s card or every link, from a trigger for a `period`.
 
 Parsing raises UsageError naming the bad text and what is allowed. `FaultSpec.from_options`
 builds a spec from the raw options of a campaign `[[faults]]` table or the command line and
@@ -31,17 +39,27 @@ import contextlib
 import dataclasses
 import difflib
 import enum
+import errno as errno_module
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vmfault.arch import DEFAULT_ARCH, Arch
 from vmfault.errors import UsageError
+from vmfault.faults.network import (
+    Direction,
+    NetworkFault,
+    NetworkKind,
+    Where,
+    parse_bandwidth,
+    parse_link,
+)
 from vmfault.faults.schedule import RateUnit, Schedule, Storm
 from vmfault.faults.units import parse_duration_s, parse_ranges
 
 __all__ = [
+    "DISK_FAULTS",
     "INSTRUCTION_FAMILIES",
     "INSTRUCTION_OPS",
     "MEMORY_REGIONS",
@@ -49,13 +67,17 @@ __all__ = [
     "REGISTER_GROUPS",
     "REGISTER_SETS",
     "REGISTER_WIDTHS",
+    "SECTOR_BYTES",
     "BitMode",
     "BitModel",
     "Context",
+    "DiskFault",
     "FaultSpec",
     "InstructionFault",
     "OptionError",
     "RegisterSet",
+    "SectorChoice",
+    "Sectors",
     "Target",
     "TargetKind",
     "Trigger",
@@ -145,6 +167,17 @@ INSTRUCTION_OPS: tuple[str, ...] = OP_CLASSES + INSTRUCTION_FAMILIES
 _OP_ALIASES = {"sarl": "sar", "idivl": "idiv", "imull": "imul", "xorl": "xor", "cmpl": "cmp"}
 MAX_RESULT_BITS = 128
 """The widest instruction result a fault can flip (an XMM register)."""
+DISK_FAULTS: tuple[str, ...] = (
+    "bad-block", "read-error", "write-error", "flush-error", "latency", "stall", "corrupt",
+)  # fmt: skip
+"""The kinds of disk fault (`disk:KIND`)."""
+ERRNO_FAULTS: tuple[str, ...] = ("bad-block", "read-error", "write-error", "flush-error")
+"""Disk faults that fail requests, with an errno."""
+SECTOR_BYTES = 512
+"""Bytes per sector: disk faults count sectors of 512 bytes, as the guest's kernel does."""
+DEFAULT_DELAY_S = 0.05
+"""The delay of `disk:latency` unless `delay` says otherwise."""
+_DISK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,19}$")
 
 
 class TargetKind(enum.StrEnum):
@@ -154,6 +187,10 @@ class TargetKind(enum.StrEnum):
     MEMORY = "memory"
     KERNEL_CODE = "kernel-code"
     INSTRUCTION = "instruction"
+    DISK = "disk"
+    """A guest disk's requests or stored data, through QEMU's block layer."""
+    NETWORK = "network"
+    """Frames between the machines of a testbed (`network:KIND`)."""
     NONE = "none"
     """A control run: nothing is corrupted (spelled `none`, without a name)."""
 
@@ -228,7 +265,8 @@ class Target:
     ALLOWED = (
         "register:NAME|gpr|pointer|flags|sse|x87|all, memory:ram|kernel-text|kernel-data|"
         "process|0xADDRESS|0xSTART-0xEND[,...]|@SYMBOL[+OFFSET], kernel-code:hot|FUNCTION, "
-        "instruction:OP[@FUNCTION], none (a control run)"
+        "instruction:OP[@FUNCTION], disk:" + "|".join(DISK_FAULTS) + "[@DISK], "
+        "network:loss|corrupt|delay|duplicate|reorder|rate|partition, none (a control run)"
     )
 
     @classmethod
@@ -277,6 +315,16 @@ class Target:
         elif kind is TargetKind.INSTRUCTION:
             op, _, function = name.partition("@")
             name = canonical_op(op) + (f"@{function.strip()}" if function.strip() else "")
+        elif kind is TargetKind.DISK:
+            fault, _, disk = name.partition("@")
+            name = _disk_fault_name(fault) + (f"@{_disk_name(disk)}" if disk.strip() else "")
+        elif kind is TargetKind.NETWORK:
+            name = name.lower()
+            if name not in NetworkKind.__members__.values():
+                raise UsageError(
+                    f"unknown network fault {name!r}",
+                    hint="allowed: " + ", ".join(f"network:{k.value}" for k in NetworkKind),
+                )
         return cls(kind, name, arch)
 
     @property
@@ -324,6 +372,43 @@ class Target:
         if self.kind is not TargetKind.INSTRUCTION:
             return None
         return self.name.partition("@")[2] or None
+
+    @property
+    def disk_fault(self) -> str | None:
+        """The kind of a `disk:KIND[@DISK]` target (`bad-block`, ...)."""
+        return self.name.partition("@")[0] if self.kind is TargetKind.DISK else None
+
+    @property
+    def disk(self) -> str | None:
+        """The disk a `disk:KIND@DISK` target names (None: the machine's only disk)."""
+        if self.kind is not TargetKind.DISK:
+            return None
+        return self.name.partition("@")[2] or None
+
+
+def _disk_fault_name(text: str) -> str:
+    """The disk fault named `text`; UsageError naming the closest ones otherwise."""
+    name = text.strip().lower()
+    if name in DISK_FAULTS:
+        return name
+    close = difflib.get_close_matches(name, DISK_FAULTS, n=2)
+    raise UsageError(
+        f"unknown disk fault {text!r}",
+        hint=("did you mean " + " or ".join(close) + "? " if close else "")
+        + "allowed: "
+        + ", ".join(DISK_FAULTS),
+    )
+
+
+def _disk_name(text: str) -> str:
+    """A disk's name as written (`data`); UsageError if it cannot be one."""
+    name = text.strip()
+    if not _DISK_NAME.match(name):
+        raise UsageError(
+            f"invalid disk name {name!r}",
+            hint="disk names have 1-20 letters, digits, '_' or '-', starting with a letter",
+        )
+    return name
 
 
 class BitMode(enum.StrEnum):
@@ -418,6 +503,8 @@ class TriggerKind(enum.StrEnum):
     TIME = "time"
     EXECUTION = "exec"
     INSTRUCTIONS = "icount"
+    REQUEST = "request"
+    """From the Nth request to the disk on (`count`; disk faults only)."""
 
 
 @dataclass(frozen=True)
@@ -430,7 +517,7 @@ class Trigger:
     count: int = 1
     instructions: int | None = None
 
-    ALLOWED = "time, time:20ms, exec:SYMBOL|0xADDR[#N], icount, icount:N"
+    ALLOWED = "time, time:20ms, exec:SYMBOL|0xADDR[#N], icount, icount:N, request[:N] (disks)"
 
     @classmethod
     def parse(cls, text: str | None) -> Trigger:
@@ -447,6 +534,11 @@ class Trigger:
                 return cls(kind, time_s=parse_duration_s(rest) if rest else None)
             if kind is TriggerKind.INSTRUCTIONS:
                 return cls(kind, instructions=int(rest, 0) if rest else None)
+            if kind is TriggerKind.REQUEST:
+                nth = int(rest, 0) if rest else 1
+                if nth < 1:
+                    raise ValueError
+                return cls(kind, count=nth)
             location, _, count = rest.partition("#")
             if not location or (count and int(count) < 1):
                 raise ValueError
@@ -549,6 +641,158 @@ class InstructionFault:
         return Target(TargetKind.INSTRUCTION, self.spelling)
 
 
+class SectorChoice(enum.StrEnum):
+    """Which sectors of a disk a disk fault goes to."""
+
+    TOUCHED = "touched"
+    """One sector the golden run read or wrote, drawn per experiment."""
+    ANY = "any"
+    """Every sector (one drawn per experiment, for corruption)."""
+    RANGE = "range"
+    """The sectors `first`..`last` (inclusive)."""
+
+
+@dataclass(frozen=True)
+class Sectors:
+    """The sectors of a disk fault: `touched`, `any`, or a range `first`-`last` (inclusive,
+    512-byte sectors from the start of the disk)."""
+
+    choice: SectorChoice = SectorChoice.TOUCHED
+    first: int = 0
+    last: int = 0
+
+    ALLOWED = "touched, any, N, A-B (512-byte sectors, inclusive)"
+
+    @classmethod
+    def parse(cls, text: str | int) -> Sectors:
+        """`touched`, `any`, `2048` or `2048-2055` (decimal or 0x)."""
+        if isinstance(text, int):
+            text = str(text)
+        word = text.strip().lower()
+        if word in (SectorChoice.TOUCHED.value, SectorChoice.ANY.value):
+            return cls(SectorChoice(word))
+        first_text, dash, last_text = word.partition("-")
+        try:
+            first = int(first_text.strip(), 0)
+            last = int(last_text.strip(), 0) if dash else first
+        except ValueError:
+            raise _bad("sectors", text, cls.ALLOWED) from None
+        if not 0 <= first <= last:
+            raise _bad("sectors", text, "a range A-B with 0 <= A <= B")
+        return cls(SectorChoice.RANGE, first, last)
+
+    @property
+    def spelling(self) -> str:
+        """`touched`, `any`, `2048` or `2048-2055`."""
+        if self.choice is not SectorChoice.RANGE:
+            return self.choice.value
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+def errno_number(name: str) -> int:
+    """The number of the errno called `name` (`EIO`, `enospc`); UsageError otherwise."""
+    upper = name.strip().upper()
+    number = getattr(errno_module, upper, None)
+    if not isinstance(number, int) or errno_module.errorcode.get(number) is None:
+        close = difflib.get_close_matches(upper, sorted(errno_module.errorcode.values()), n=3)
+        raise UsageError(
+            f"unknown errno {name!r}",
+            hint="give an errno by name, e.g. EIO, ENOSPC, EROFS"
+            + (f" (did you mean {' or '.join(close)}?)" if close else ""),
+        )
+    return number
+
+
+@dataclass(frozen=True)
+class DiskFault:
+    """What a disk fault does, beyond its kind (the target `disk:KIND`).
+
+    `fault` is the kind; `disk` the disk's name (None: the machine's only disk);
+    `sectors` where it applies (not for flush-error, whose requests carry no sectors);
+    `errno` (by name) what failed requests return; `delay_s` and `jitter_s` (seconds) how
+    long latency holds each request (the delay plus a uniform draw in +-jitter, never
+    below 0); `probability` the chance that each matching request is faulted (None: every
+    one) and `once` whether only the first one is. A corruption flips `bits` of a 64-bit
+    word of one sector of stored data.
+    """
+
+    fault: str
+    disk: str | None = None
+    sectors: Sectors = field(default_factory=Sectors)
+    errno: str = "EIO"
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    probability: float | None = None
+    once: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fault", _disk_fault_name(self.fault))
+        if self.disk is not None:
+            object.__setattr__(self, "disk", _disk_name(self.disk))
+        object.__setattr__(self, "errno", errno_module.errorcode[errno_number(self.errno)])
+        if self.fault == "flush-error" and self.sectors != Sectors(SectorChoice.ANY):
+            object.__setattr__(self, "sectors", Sectors(SectorChoice.ANY))
+        if self.delay_s < 0 or self.jitter_s < 0:
+            raise UsageError("a delay is never negative", hint='e.g. delay = "50ms"')
+        if self.probability is not None and not 0.0 < self.probability <= 1.0:
+            raise UsageError(
+                f"probability {self.probability} is outside (0, 1]",
+                hint="give the chance that each request is faulted, e.g. 0.1",
+            )
+
+    @property
+    def fails(self) -> bool:
+        """Whether the fault fails requests (with `errno`)."""
+        return self.fault in ERRNO_FAULTS
+
+    @property
+    def corrupts(self) -> bool:
+        """Whether the fault changes stored data instead of requests."""
+        return self.fault == "corrupt"
+
+    @property
+    def target(self) -> Target:
+        """The `disk:KIND[@DISK]` target of this fault."""
+        return Target(TargetKind.DISK, self.fault + (f"@{self.disk}" if self.disk else ""))
+
+    def disk_of(self, disks: Mapping[str, int]) -> str:
+        """The name of the disk this fault goes to among `disks` (name -> size in sectors),
+        checking that its sectors lie on it; UsageError for an unknown name, no disk, a
+        choice among several, or sectors outside the disk."""
+        names = ", ".join(disks) or "none"
+        if self.disk is None:
+            if len(disks) != 1:
+                raise UsageError(
+                    "a disk fault needs a disk"
+                    if not disks
+                    else f"which disk? the machine has {names}",
+                    hint="add a disk (--disk data:64M, or [[guest.disks]])"
+                    if not disks
+                    else "name one: disk:KIND@NAME (campaign files: disk = NAME)",
+                )
+            name = next(iter(disks))
+        elif self.disk not in disks:
+            raise UsageError(f"no disk named {self.disk!r}", hint=f"the machine's disks: {names}")
+        else:
+            name = self.disk
+        sectors = disks[name]
+        if self.sectors.choice is SectorChoice.RANGE and self.sectors.last >= sectors:
+            raise UsageError(
+                f"sectors {self.sectors.spelling} lie outside disk {name} "
+                f"({sectors} sectors of {SECTOR_BYTES} bytes)",
+                hint=f"give sectors between 0 and {sectors - 1}",
+            )
+        return name
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data (sectors in their spelling)."""
+        return {
+            "fault": self.fault, "disk": self.disk, "sectors": self.sectors.spelling,
+            "errno": self.errno, "delay_s": self.delay_s, "jitter_s": self.jitter_s,
+            "probability": self.probability, "once": self.once,
+        }  # fmt: skip
+
+
 @dataclass(frozen=True)
 class FaultSpec:
     """A fault family as the user gave it; random parts are resolved per experiment.
@@ -571,13 +815,48 @@ class FaultSpec:
     the workload ends or the hang budget runs out."""
     machine: str | None = None
     """The machine of the experiment's testbed the fault goes to; None: its default machine."""
+    disk: DiskFault | None = None
+    """What a disk fault (`disk:` target) does; set from the target when left out."""
+    """The machine of the experiment's testbed the fault goes to; None: its default machine.
+    A network fault with a machine acts on that machine's card."""
+    network: NetworkFault | None = None
+    """What a network fault does to frames, on which links, for how long (its period is
+    `network.duration_s`; `period_s` stays None)."""
 
     def __post_init__(self) -> None:
         if self.period_s is not None and self.period_s <= 0:
             raise UsageError(f"period {self.period_s} s is not positive", hint="e.g. period 1s")
+        if (self.target.kind is TargetKind.NETWORK) != (self.network is not None):
+            raise UsageError(
+                "a network fault needs a network target, and a network target its fault",
+                hint="build the spec with FaultSpec.from_options",
+            )
+        if self.network is not None:
+            if self.network.kind.value != self.target.name:
+                raise UsageError(
+                    f"target {self.target.spelling} is not network:{self.network.kind}"
+                )
+            if self.network.nic != self.machine:
+                raise UsageError("a network fault on a card names the card's machine as machine")
+            if self.bits != BitModel() or self.context is not Context.ANY or self.period_s:
+                raise UsageError(
+                    "a network fault takes no bit model, context or observation period",
+                    hint="its period is how long it acts",
+                )
+            return
         if self.target.kind is TargetKind.NONE:
             self._check_control()
             return
+        if self.target.kind is TargetKind.DISK:
+            self._check_disk()
+            return
+        if self.disk is not None:
+            raise UsageError(f"a disk fault needs a disk target, not {self.target.spelling}")
+        if self.trigger.kind is TriggerKind.REQUEST:
+            raise UsageError(
+                "a request trigger counts a disk's requests: it applies to disk faults only",
+                hint="use a time or exec trigger",
+            )
         if self.storm is not None:
             self._check_storm()
             return
@@ -620,6 +899,7 @@ class FaultSpec:
             "context": self.context is not Context.ANY,
             "storm": self.storm is not None,
             "instruction": self.instruction is not None,
+            "disk": self.disk is not None,
         }
         for what, given in changes.items():
             if given:
@@ -652,6 +932,34 @@ class FaultSpec:
                 hint="remove context; memory:process flips wait for the workload itself",
             )
 
+    def _check_disk(self) -> None:
+        fault, disk = self.target.disk_fault, self.target.disk
+        assert fault is not None
+        if self.disk is None:
+            object.__setattr__(self, "disk", DiskFault(fault, disk))
+        elif (self.disk.fault, self.disk.disk) != (fault, disk):
+            raise UsageError(
+                f"target {self.target.spelling} does not match the disk fault "
+                f"{self.disk.target.spelling}",
+                hint="build the spec with FaultSpec.from_options",
+            )
+        if self.storm is not None or self.instruction is not None:
+            raise UsageError("a disk fault is neither a storm nor an instruction fault")
+        if self.context is not Context.ANY:
+            raise UsageError(
+                "a disk fault does not wait for a CPU context", hint="remove the context"
+            )
+        if fault == "corrupt":
+            self.bits.check_width(MEMORY_CELL_BITS, "a word of a sector")
+            if self.trigger.kind is TriggerKind.REQUEST:
+                raise UsageError(
+                    "a corruption is made with the guest halted: a request trigger does not "
+                    "apply to it",
+                    hint="use a time or exec trigger",
+                )
+        elif self.bits != BitModel():
+            raise UsageError(f"bits apply to disk:corrupt, not to disk:{fault}", hint="remove bits")
+
     @classmethod
     def of_instruction(cls, fault: InstructionFault, bits: BitModel | None = None) -> FaultSpec:
         """The spec of an instruction-result fault."""
@@ -680,6 +988,18 @@ class FaultSpec:
         rate_unit: RateUnit | str | None = None,
         compression: float | None = None,
         period: str | None = None,
+        disk: str | None = None,
+        sectors: str | int | None = None,
+        errno: str | None = None,
+        delay: str | None = None,
+        jitter: str | None = None,
+        once: bool | None = None,
+        link: str | None = None,
+        direction: str | None = None,
+        burst: float | None = None,
+        where: str | None = None,
+        bandwidth: str | None = None,
+        groups: Sequence[Sequence[str]] | None = None,
         spell: Callable[[str], str] = _same,
         arch: Arch = DEFAULT_ARCH,
     ) -> FaultSpec:
@@ -689,15 +1009,71 @@ class FaultSpec:
         for an option the user left out; `context` "any" also counts as not given). The
         target is `target`, or `instruction:OP[@FUNCTION]` from `op` and `function` when
         `target` is None or `"instruction"`. `flips` with `interval` or `rate` (and
-        `compression`) makes a storm on a memory region. Registers are `arch`'s.
+        `compression`) makes a storm on a memory region. Registers are `arch`'s. A
+        `disk:KIND` target takes `disk`, `sectors`, `errno`, `delay`, `jitter`,
+        `probability`, `once`, `bits` (corrupt) and `trigger` (also `request:N`), `period`
+        and `machine`. A `network:KIND` target takes the network options (`link`, `machine`,
+        `direction`, `probability`, `burst`, `bits` as a number, `where`, `delay`, `jitter`,
+        `bandwidth`, `groups`, `trigger`, `period`; see `vmfault.faults.network`).
         OptionError names the first option that is invalid or does not combine; messages
         spell option names with `spell`.
         """
         named = None
+        stormy = flips is not None or interval is not None or rate is not None
         if target is not None and target.strip() != TargetKind.INSTRUCTION.value:
-            stormy = flips is not None or interval is not None or rate is not None
             with _option("target"):
                 named = _storm_region(target, arch) if stormy else Target.parse(target, arch=arch)
+        disk_options: dict[str, object] = {
+            "disk": disk, "sectors": sectors, "errno": errno, "delay": delay, "jitter": jitter,
+            "once": once,
+        }  # fmt: skip
+        network_only = {
+            "link": link, "direction": direction, "burst": burst, "where": where,
+            "bandwidth": bandwidth, "groups": groups,
+        }  # fmt: skip
+        if named is not None and named.kind is TargetKind.DISK:
+            for key, option in network_only.items():
+                if option is not None:
+                    raise OptionError(
+                        f"{spell(key)} applies only to network faults",
+                        key=key,
+                        hint=f'remove {spell(key)}, or set {spell("target")} = "network:KIND"',
+                    )
+            others = {
+                "op": op, "function": function, "instance": instance,
+                "start_index": start_index, "max_dic": max_dic, "faults_per_run": faults_per_run,
+                "bit_range": bit_range, "flips": flips, "interval": interval, "rate": rate,
+                "rate_unit": rate_unit, "compression": compression,
+                "context": None if context is None or str(context).strip().lower() == "any"
+                else context,
+            }  # fmt: skip
+            disk_fault = _disk_fault(named, disk_options, others, probability, bits, trigger, spell)
+            with _option("bits"):
+                model = BitModel.parse(bits)
+            with _option("trigger"):
+                when = Trigger.parse(trigger)
+            period_s = _period_s(period, spell)
+            key = "trigger" if when.kind is TriggerKind.REQUEST else "bits"
+            with _option(key):
+                return cls(disk_fault.target, model, when, period_s=period_s, machine=machine,
+                           disk=disk_fault)  # fmt: skip
+        networked_target = named is not None and named.kind is TargetKind.NETWORK
+        for key, value in disk_options.items():
+            if value is None:
+                continue
+            if key in ("delay", "jitter"):
+                if networked_target:
+                    continue  # network:delay takes them too
+                raise OptionError(
+                    f"{spell(key)} applies only to disk and network faults",
+                    key=key,
+                    hint=f"remove {spell(key)}, or give a disk:latency or network:delay target",
+                )
+            raise OptionError(
+                f"{spell(key)} applies only to disk faults",
+                key=key,
+                hint=f"remove {spell(key)}, or give a disk:KIND target",
+            )
         if target is None and op is None:
             raise OptionError(
                 f"give exactly one of {spell('target')} and {spell('op')}",
@@ -705,12 +1081,39 @@ class FaultSpec:
                 hint=f"{spell('target')} register:rip for a register, {spell('op')} fadd for an "
                 "instruction result",
             )
-        where = Context.ANY if context is None else _context(context, spell)
+        networked = {
+            "link": link, "direction": direction, "burst": burst, "where": where,
+            "delay": delay, "jitter": jitter, "bandwidth": bandwidth, "groups": groups,
+        }  # fmt: skip
+        if named is not None and named.kind is TargetKind.NETWORK:
+            _check_network_options(
+                {
+                    "context": None if context in (None, Context.ANY, "any") else context,
+                    "flips": flips, "interval": interval, "rate": rate,
+                    "rate_unit": rate_unit, "compression": compression, "op": op,
+                    "function": function, "instance": instance, "start_index": start_index,
+                    "max_dic": max_dic, "faults_per_run": faults_per_run,
+                    "bit_range": bit_range,
+                },
+                spell,
+            )  # fmt: skip
+            network = _network_fault(named, machine, bits, probability, period, networked, spell)
+            with _option("trigger"):
+                when = Trigger.parse(trigger)
+            return cls(named, trigger=when, machine=machine, network=network)
+        for key, value in networked.items():
+            if value is not None:
+                raise OptionError(
+                    f"{spell(key)} applies only to network faults",
+                    key=key,
+                    hint=f'remove {spell(key)}, or set {spell("target")} = "network:KIND"',
+                )
+        in_context = Context.ANY if context is None else _context(context, spell)
         if named is not None and named.kind is TargetKind.NONE:
             _check_control_options(
                 {
                     "bits": bits, "trigger": trigger,
-                    "context": None if where is Context.ANY else where,
+                    "context": None if in_context is Context.ANY else in_context,
                     "flips": flips, "interval": interval, "rate": rate, "rate_unit": rate_unit,
                     "compression": compression, "op": op, "function": function,
                     "instance": instance, "start_index": start_index, "max_dic": max_dic,
@@ -724,7 +1127,7 @@ class FaultSpec:
         if named is None or named.kind is TargetKind.INSTRUCTION:
             fault = _instruction_fault(
                 named, op, function, instance, start_index, max_dic, faults_per_run,
-                probability, trigger, where, spell,
+                probability, trigger, in_context, spell,
             )  # fmt: skip
         else:
             given = {
@@ -740,7 +1143,9 @@ class FaultSpec:
                         key=key,
                         hint=f"remove {spell(key)}, or set {instruction_target}",
                     )
-        storm = _storm(flips, interval, rate, rate_unit, compression, bits, trigger, where, spell)
+        storm = _storm(
+            flips, interval, rate, rate_unit, compression, bits, trigger, in_context, spell
+        )
         period_s = _period_s(period, spell)
         if fault is not None:
             if storm is not None or period_s is not None:
@@ -759,8 +1164,16 @@ class FaultSpec:
             model = BitModel.parse(bits)
         with _option("trigger"):
             when = Trigger.parse(trigger)
+        if when.kind is TriggerKind.REQUEST:
+            raise OptionError(
+                "a request trigger counts a disk's requests: it applies to disk faults only",
+                key="trigger",
+                hint=f"use {spell('trigger')} time or exec:SYMBOL",
+            )
         with _option("bits" if storm is None else "target"):
-            return cls(named, model, when, where, storm=storm, period_s=period_s, machine=machine)
+            return cls(
+                named, model, when, in_context, storm=storm, period_s=period_s, machine=machine
+            )
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for records and JSON output."""
@@ -778,6 +1191,10 @@ class FaultSpec:
             data["period_s"] = self.period_s
         if self.machine is not None:
             data["machine"] = self.machine
+        if self.disk is not None:
+            data["disk"] = self.disk.to_json()
+        if self.network is not None:
+            data["network"] = self.network.to_json()
         return data
 
 
@@ -849,6 +1266,94 @@ def _instruction_fault(
     _check_instances(instance, start, max_dic, count, probability, spell)
     with _option("op"):
         return InstructionFault(op, function, instance, start, max_dic, count, probability)
+
+
+def _disk_fault(
+    named: Target,
+    options: Mapping[str, object],
+    others: Mapping[str, object],
+    probability: float | None,
+    bits: int | str | None,
+    trigger: str | None,
+    spell: Callable[[str], str],
+) -> DiskFault:
+    """The DiskFault of a `disk:` target and its options (see `FaultSpec.from_options`)."""
+    fault = named.disk_fault
+    assert fault is not None
+    for key, value in others.items():
+        if value is not None:
+            raise OptionError(
+                f"{spell(key)} does not apply to disk faults",
+                key=key,
+                hint=f"remove {spell(key)}",
+            )
+    disk = options["disk"]
+    name = named.disk
+    if disk is not None:
+        with _option("disk"):
+            given = _disk_name(str(disk))
+        if name is not None and name != given:
+            raise OptionError(
+                f"{spell('disk')} {given!r} disagrees with {spell('target')} {named.spelling!r}",
+                key="disk",
+                hint=f"name the disk once: in the {spell('target')} or in {spell('disk')}",
+            )
+        name = given
+
+    def refuse(key: str, why: str) -> None:
+        if (key == "probability" and probability is not None) or options.get(key) is not None:
+            raise OptionError(
+                f"{spell(key)} does not apply to disk:{fault} ({why})",
+                key=key,
+                hint=f"remove {spell(key)}",
+            )
+
+    if fault == "flush-error":
+        refuse("sectors", "a flush carries no sectors")
+    if fault not in ERRNO_FAULTS:
+        refuse("errno", "it fails no request")
+    if fault != "latency":
+        refuse("delay", "only disk:latency delays requests")
+        refuse("jitter", "only disk:latency delays requests")
+    if fault == "corrupt":
+        refuse("probability", "it changes stored data, not requests")
+        refuse("once", "it changes stored data, not requests")
+    elif bits is not None:
+        raise OptionError(
+            f"{spell('bits')} apply to disk:corrupt, not to disk:{fault}",
+            key="bits",
+            hint=f"remove {spell('bits')}",
+        )
+    if fault == "corrupt" and trigger is not None and trigger.strip().startswith("request"):
+        raise OptionError(
+            "a corruption is made with the guest halted: a request trigger does not apply",
+            key="trigger",
+            hint=f"use {spell('trigger')} time or exec:SYMBOL",
+        )
+    chosen = Sectors()
+    if options["sectors"] is not None:
+        with _option("sectors"):
+            chosen = Sectors.parse(options["sectors"])  # type: ignore[arg-type]
+    code = "EIO"
+    if options["errno"] is not None:
+        with _option("errno"):
+            code = errno_module.errorcode[errno_number(str(options["errno"]))]
+    delay_s = DEFAULT_DELAY_S if fault == "latency" else 0.0
+    jitter_s = 0.0
+    for key in ("delay", "jitter"):
+        text = options[key]
+        if text is not None:
+            with _option(key):
+                value = parse_duration_s(str(text))
+            if key == "delay":
+                delay_s = value
+            else:
+                jitter_s = value
+    once = options["once"]
+    with _option("probability"):
+        return DiskFault(
+            fault, name, chosen, code, delay_s, jitter_s, probability, bool(once),
+        )  # fmt: skip
 
 
 def _instruction_bits(
@@ -1010,3 +1515,157 @@ def _period_s(period: str | None, spell: Callable[[str], str]) -> float | None:
             hint=f"e.g. {spell('period')} 1s",
         )
     return seconds
+
+
+def _check_network_options(given: Mapping[str, object], spell: Callable[[str], str]) -> None:
+    """OptionError naming the first of `given` that is set: options a network fault does
+    not take."""
+    for key, value in given.items():
+        if value is not None:
+            raise OptionError(
+                f"{spell(key)} does not apply to a network fault",
+                key=key,
+                hint=f"remove {spell(key)}",
+            )
+
+
+_NETWORK_OPTIONS: Mapping[NetworkKind, frozenset[str]] = {
+    NetworkKind.LOSS: frozenset({"probability", "burst"}),
+    NetworkKind.CORRUPT: frozenset({"probability", "bits", "where"}),
+    NetworkKind.DELAY: frozenset({"delay", "jitter"}),
+    NetworkKind.DUPLICATE: frozenset({"probability"}),
+    NetworkKind.REORDER: frozenset({"probability", "delay"}),
+    NetworkKind.RATE: frozenset({"bandwidth"}),
+    NetworkKind.PARTITION: frozenset({"groups"}),
+}
+"""The options of each network fault kind beyond where it acts (`link`, `machine`,
+`direction`) and when (`trigger`, `period`)."""
+
+
+def _network_fault(
+    target: Target,
+    machine: str | None,
+    bits: int | str | None,
+    probability: float | None,
+    period: str | None,
+    options: Mapping[str, Any],
+    spell: Callable[[str], str],
+) -> NetworkFault:
+    """The network fault the options describe; OptionError naming the option at fault."""
+    kind = NetworkKind(target.name)
+    if isinstance(bits, str) and bits.strip().isdigit():
+        bits = int(bits)  # the command line gives every option as text
+    given = {**options, "bits": bits, "probability": probability}
+    if kind is NetworkKind.PARTITION:
+        given["machine"] = machine
+    for key, value in given.items():
+        if value is None or key in _NETWORK_OPTIONS[kind]:
+            continue
+        if key in ("link", "machine", "direction") and kind is not NetworkKind.PARTITION:
+            continue
+        allowed = ", ".join(spell(k) for k in sorted(_NETWORK_OPTIONS[kind]))
+        raise OptionError(
+            f"{spell(key)} does not apply to network:{kind.value}",
+            key=key,
+            hint=f"network:{kind.value} takes {allowed}"
+            + ("" if kind is NetworkKind.PARTITION else f", {spell('link')} or "
+               f"{spell('machine')}, {spell('direction')}"),
+        )  # fmt: skip
+    values: dict[str, Any] = {"kind": kind, "nic": machine}
+    if kind is NetworkKind.LOSS and probability is None:
+        raise OptionError(
+            f"network:loss needs {spell('probability')}",
+            key="probability",
+            hint=f"e.g. {spell('probability')} 0.1; add {spell('burst')} for bursts",
+        )
+    if kind is NetworkKind.DELAY and options["delay"] is None:
+        raise OptionError(f"network:delay needs {spell('delay')}", key="delay", hint="e.g. 50ms")
+    if kind is NetworkKind.RATE and options["bandwidth"] is None:
+        raise OptionError(
+            f"network:rate needs {spell('bandwidth')}", key="bandwidth", hint="e.g. 1mbit"
+        )
+    if kind is NetworkKind.PARTITION and not options["groups"]:
+        raise OptionError(
+            f"network:partition needs {spell('groups')}",
+            key="groups",
+            hint='e.g. groups = [["client"], ["server"]]',
+        )
+    if probability is not None:
+        if isinstance(probability, bool) or not 0.0 <= probability <= 1.0:
+            raise OptionError(
+                f"probability {probability} is outside [0, 1]",
+                key="probability",
+                hint="the share of frames, e.g. 0.1 for 10%",
+            )
+        values["probability"] = float(probability)
+    if options["link"] is not None:
+        with _option("link"):
+            values["link"] = parse_link(options["link"])
+    if options["direction"] is not None:
+        try:
+            values["direction"] = Direction(str(options["direction"]).strip().lower())
+        except ValueError:
+            raise OptionError(
+                f"invalid {spell('direction')} {options['direction']!r}",
+                key="direction",
+                hint="allowed: " + ", ".join(Direction),
+            ) from None
+        if values["direction"] is not Direction.BOTH and options["link"] is None and (
+            machine is None
+        ):  # fmt: skip
+            raise OptionError(
+                f"{spell('direction')} needs a {spell('link')} or a {spell('machine')}",
+                key="direction",
+                hint="in and out are seen from the (first) machine named",
+            )
+    if options["burst"] is not None:
+        values["burst"] = float(options["burst"])
+    if bits is not None:
+        if isinstance(bits, bool) or not isinstance(bits, int):
+            raise OptionError(
+                f"{spell('bits')} of network:corrupt is a number of bits, not {bits!r}",
+                key="bits",
+                hint=f"e.g. {spell('bits')} 1",
+            )
+        values["bits"] = bits
+    if options["where"] is not None:
+        try:
+            values["where"] = Where(str(options["where"]).strip().lower())
+        except ValueError:
+            raise OptionError(
+                f"invalid {spell('where')} {options['where']!r}",
+                key="where",
+                hint="allowed: " + ", ".join(Where),
+            ) from None
+    for key in ("delay", "jitter"):
+        if options[key] is not None:
+            with _option(key):
+                values[f"{key}_s"] = parse_duration_s(options[key])
+    if options["bandwidth"] is not None:
+        with _option("bandwidth"):
+            values["bandwidth_bps"] = parse_bandwidth(options["bandwidth"])
+    if options["groups"] is not None:
+        groups = options["groups"]
+        if isinstance(groups, str) or not all(
+            not isinstance(group, str) and all(isinstance(name, str) for name in group)
+            for group in groups
+        ):
+            raise OptionError(
+                f"{spell('groups')} must be lists of machine names",
+                key="groups",
+                hint='e.g. groups = [["client"], ["server"]]',
+            )
+        values["groups"] = tuple(tuple(group) for group in groups)
+    values["duration_s"] = _period_s(period, spell)
+    try:
+        return NetworkFault(**values)
+    except UsageError as error:
+        found = (k for word, k in _NETWORK_ERROR_KEYS if word in error.message)
+        raise OptionError(error.message, key=next(found, "target"), hint=error.hint) from None
+
+
+_NETWORK_ERROR_KEYS = (
+    ("partition", "groups"), ("burst", "burst"), ("bits", "bits"), ("link", "link"),
+    ("delay", "delay"), ("jitter", "jitter"), ("period", "period"),
+)  # fmt: skip
+"""Which option a `NetworkFault` error is about, by a word of its message."""

@@ -97,7 +97,8 @@ class Plan:
     trigger's time or instruction count is fixed here (drawn over the golden run when the
     spec left it open). Memory addresses are chosen later, from the machine's memory;
     instruction-result bits once the instruction is known (width 0 and no bits here). A
-    control run (target `none`) has width 0, no bits and no trigger.
+    control run (target `none`) has width 0, no bits and no trigger; a disk fault in
+    requests has width 0 and no bits, a corruption the bits of a 64-bit word.
     """
 
     spec: FaultSpec
@@ -130,6 +131,8 @@ def plan(
     if spec.target.kind is TargetKind.NONE:
         # A control run chooses nothing: no location, no bits, no trigger time.
         return Plan(spec, seed, index, None, 0, BitChoice(0, spec.bits.mode, 0), None, None)
+    if spec.target.kind is TargetKind.NETWORK:
+        width = 0  # frames: what a network fault does is decided frame by frame
     if spec.target.kind is TargetKind.INSTRUCTION:
         # The result's width is known only once the faulted instruction is: its bits are
         # drawn then (`vmfault.faults.instructions.choose_result_bits`).
@@ -140,7 +143,12 @@ def plan(
         width = spec.target.register_width(register)
     elif spec.target.kind is TargetKind.KERNEL_CODE:
         width = 8  # one byte of an instruction
-    bits = choose_bits(spec.bits, width, rng_for(seed, index, "bits"))
+    elif spec.target.kind is TargetKind.DISK and spec.target.disk_fault != "corrupt":
+        width = 0  # a fault in requests: no bits
+    if width:
+        bits = choose_bits(spec.bits, width, rng_for(seed, index, "bits"))
+    else:
+        bits = BitChoice(0, spec.bits.mode, 0)
     trigger = spec.trigger
     time_s = instructions = None
     timing = rng_for(seed, index, "trigger")

@@ -24,7 +24,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from vmfault.arch import DEFAULT_ARCH, Arch
+from vmfault.arch import DEFAULT_ARCH, DISKS, Arch
 from vmfault.errors import ImageError, UsageError
 from vmfault.guest.initramfs import guest_entries, write_newc
 from vmfault.guest.installer import (
@@ -33,12 +33,14 @@ from vmfault.guest.installer import (
     prepare_installer_kernel,
 )
 from vmfault.guest.kernel import (
+    DISK_MODULES,
     GUEST_MODULES,
     KernelBuild,
     find_kernel_deb,
     prepare_debian_kernel,
     prepare_user_kernel,
     sha256_file,
+    split_modules,
 )
 from vmfault.guest.protocol import HOOK_EXITED, HOOK_STARTED, encode_argv
 from vmfault.guest.runtime import RuntimeFile, runtime_files
@@ -247,11 +249,8 @@ def gather_inputs(
     workloads = plan_workloads(spec.user_workloads, arch=arch)
     initrd = None if spec.initrd is None else _existing_file(spec.initrd, "initrd")
     disk = None if spec.disk is None else _existing_file(spec.disk, "disk image")
-    if disk is not None and arch is Arch.AARCH64:
-        raise UsageError(
-            "disks work only on x86-64 guests: Debian's arm64 installer kernel has no virtio_blk",
-            hint="leave out the disk, or use an x86_64 guest",
-        )
+    if disk is not None:
+        arch.require(DISKS)
     modules: tuple[str, ...]
     kernel_kind: Literal["debian", "user"]
     busybox: Path | None = None
@@ -378,13 +377,15 @@ def _build(inputs: ImageInputs, kernel: KernelBuild, digest: str, staging: Path,
         userland = {guest: path.read_bytes() for guest, path in kernel.userland}
         busybox = userland.pop("/bin/busybox")
         runtime += sorted(userland.items())
+    every_machine, with_disks = split_modules(kernel.modules, DISK_MODULES)
     archive = write_newc(
         guest_entries(
             agent=(staging / AGENT_NAME).read_bytes(),
             busybox=busybox,
             workloads=[(w.name, (workload_dir / w.name).read_bytes()) for w in inputs.workloads],
-            modules=[(m.path.name, m.path.read_bytes()) for m in kernel.modules],
+            modules=[(m.path.name, m.path.read_bytes()) for m in every_machine],
             runtime=runtime,
+            disk_modules=[(m.path.name, m.path.read_bytes()) for m in with_disks],
         )
     )
     with (staging / INITRD_NAME).open("wb") as stream:

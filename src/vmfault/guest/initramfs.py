@@ -16,6 +16,7 @@ from pathlib import PurePosixPath
 from vmfault.errors import ImageError
 
 __all__ = [
+    "DISK_MODULE_LIST_PATH",
     "MODULE_LIST_PATH",
     "NEWC_MAGIC",
     "TRAILER_NAME",
@@ -168,6 +169,9 @@ def write_newc(entries: Iterable[CpioEntry]) -> bytes:
 
 MODULE_LIST_PATH = "etc/vmfault/modules"
 """Where the guest agent reads the module files to load, one absolute path per line, in order."""
+DISK_MODULE_LIST_PATH = "etc/vmfault/modules.disk"
+"""The modules the agent loads after those, only when the machine has virtio disks (file
+systems for workloads that make one), in the same format."""
 
 WORKLOAD_DIR = "w"
 MODULE_DIR = "lib/modules"
@@ -180,13 +184,15 @@ def guest_entries(
     workloads: Iterable[tuple[str, bytes]],
     modules: Iterable[tuple[str, bytes]],
     runtime: Iterable[tuple[str, bytes]] = (),
+    disk_modules: Iterable[tuple[str, bytes]] = (),
 ) -> list[CpioEntry]:
     """The vmfault guest's root file system: agent as /init, busybox, workloads, modules,
     and the interpreters and libraries of dynamically linked workloads.
 
-    `workloads` and `modules` are (file name, content) pairs; modules are listed in
-    /etc/vmfault/modules in the order given, which must be their load order. `runtime`
-    holds (absolute guest path, content) pairs.
+    `workloads`, `modules` and `disk_modules` are (file name, content) pairs; modules are
+    listed in /etc/vmfault/modules in the order given, which must be their load order, and
+    `disk_modules` (loaded after them, only on machines with disks) in
+    /etc/vmfault/modules.disk. `runtime` holds (absolute guest path, content) pairs.
     """
     entries = [
         regular_file("init", agent, 0o755),
@@ -199,11 +205,14 @@ def guest_entries(
         directory(MODULE_DIR),
     ]
     entries.extend(regular_file(f"{WORKLOAD_DIR}/{n}", data, 0o755) for n, data in workloads)
-    module_paths: list[str] = []
-    for name, data in modules:
-        entries.append(regular_file(f"{MODULE_DIR}/{name}", data))
-        module_paths.append(f"/{MODULE_DIR}/{name}")
-    entries.append(regular_file(MODULE_LIST_PATH, "".join(p + "\n" for p in module_paths).encode()))
+    for list_path, listed in ((MODULE_LIST_PATH, modules), (DISK_MODULE_LIST_PATH, disk_modules)):
+        module_paths: list[str] = []
+        for name, data in listed:
+            entries.append(regular_file(f"{MODULE_DIR}/{name}", data))
+            module_paths.append(f"/{MODULE_DIR}/{name}")
+        if module_paths or list_path == MODULE_LIST_PATH:
+            text = "".join(p + "\n" for p in module_paths)
+            entries.append(regular_file(list_path, text.encode()))
     known = {entry.path for entry in entries}
     for path, data in runtime:
         relative = str(PurePosixPath(path).relative_to("/"))

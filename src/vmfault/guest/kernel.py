@@ -26,6 +26,7 @@ from elftools.elf.elffile import ELFFile
 from vmfault.errors import ImageError
 
 __all__ = [
+    "DISK_MODULES",
     "GUEST_MODULES",
     "XEN_ELFNOTE_PHYS32_ENTRY",
     "ElfNote",
@@ -43,6 +44,7 @@ __all__ = [
     "prepare_user_kernel",
     "read_module",
     "sha256_file",
+    "split_modules",
 ]
 
 GUEST_MODULES: tuple[str, ...] = (
@@ -54,8 +56,14 @@ GUEST_MODULES: tuple[str, ...] = (
     "virtio_blk",
     "virtio_net",
     "virtio_console",
+    "crc32c_generic",
+    "ext4",
 )
 """Module names the guest loads at boot; their dependencies are added automatically."""
+DISK_MODULES: tuple[str, ...] = ("crc32c_generic", "ext4")
+"""Those of GUEST_MODULES (with the dependencies only they need) the guest loads only when
+it has virtio disks: ext4, which also mounts ext2, for workloads that make a file system,
+and the crc32c it asks the crypto API for at every mount (no modprobe in the guest)."""
 
 META_PACKAGE = "linux-image-amd64"
 XEN_ELFNOTE_PHYS32_ENTRY = 18
@@ -381,6 +389,29 @@ def module_closure(
         found[name] = module
         pending.extend(module.depends)
     return order_modules(found.values())
+
+
+def split_modules(
+    modules: Sequence[KernelModule], later: Sequence[str]
+) -> tuple[tuple[KernelModule, ...], tuple[KernelModule, ...]]:
+    """`modules` (in load order) split in two, each in load order: those every machine
+    loads, and those loaded later: the `later` ones and the dependencies only they need."""
+    by_name = {m.name: m for m in modules}
+
+    def closure(roots: Iterable[str]) -> set[str]:
+        found: set[str] = set()
+        pending = list(roots)
+        while pending:
+            name = pending.pop()
+            if name not in found and name in by_name:
+                found.add(name)
+                pending.extend(by_name[name].depends)
+        return found
+
+    deferred = closure(name.replace("-", "_") for name in later)
+    needed = closure(m.name for m in modules if m.name not in deferred)
+    first = tuple(m for m in modules if m.name in needed)
+    return first, tuple(m for m in modules if m.name not in needed)
 
 
 def _module_index(modules_root: Path) -> dict[str, Path]:

@@ -43,6 +43,7 @@ __all__ = [
     "check_cflags",
     "check_static_elf",
     "compile_c",
+    "disk_required",
     "gcc_version",
     "idle_argv",
     "parse_cflags",
@@ -146,6 +147,8 @@ class BuiltinWorkload:
     optimisation: str
     default_args: tuple[str, ...]
     description: str
+    needs_disk: bool = False
+    """Whether it works on a disk of the guest's (/dev/vda unless told another)."""
 
 
 BUILTIN_WORKLOADS: Mapping[str, BuiltinWorkload] = MappingProxyType(
@@ -176,11 +179,38 @@ BUILTIN_WORKLOADS: Mapping[str, BuiltinWorkload] = MappingProxyType(
                 "double-precision N x N matrix multiply on deterministic inputs (--size N)",
             ),
             BuiltinWorkload(
+                "netecho",
+                "netecho.c",
+                DEFAULT_OPTIMISATION,
+                (),
+                "checksummed request/response over the network: --serve (a daemon) or "
+                "--connect HOST --count N [--udp]; a mismatch or a timeout exits non-zero",
+            ),
+            BuiltinWorkload(
                 "crc32",
                 "crc32.c",
                 DEFAULT_OPTIMISATION,
                 (),
                 "CRC-32 (IEEE) over a deterministic buffer (--size BYTES)",
+            ),
+            BuiltinWorkload(
+                "diskio",
+                "diskio.c",
+                DEFAULT_OPTIMISATION,
+                (),
+                "checksummed 4 KiB blocks written to a raw disk with O_DIRECT (--blocks N, "
+                "default 256), synced, read back and verified (--no-verify: a digest); an I/O "
+                "error or a mismatch names its block and exits non-zero",
+                needs_disk=True,
+            ),
+            BuiltinWorkload(
+                "fsio",
+                "fsio.c",
+                DEFAULT_OPTIMISATION,
+                (),
+                "files through an ext2 file system made on the disk (--files N, --size BYTES), "
+                "synced, read back and verified (--no-verify: a digest)",
+                needs_disk=True,
             ),
         )
     }
@@ -218,6 +248,16 @@ def idle_argv(seconds: float) -> tuple[str, ...]:
     """The command line of the idle system: nothing but a sleep of `seconds` (the kernel and
     its idle tasks run; a fault in them shows as a panic, an oops or a sleep that never ends)."""
     return ("/bin/busybox", "sleep", f"{seconds:g}")
+
+
+def disk_required(name: str, disks: int) -> None:
+    """UsageError if the built-in workload `name` works on a disk and the guest has none."""
+    builtin = BUILTIN_WORKLOADS.get(name)
+    if builtin is not None and builtin.needs_disk and disks == 0:
+        raise UsageError(
+            f"{name} works on a disk, and the guest has none",
+            hint="add one: --disk data:64M (campaign files: a [[guest.disks]] table)",
+        )
 
 
 def builtin_workload_names() -> tuple[str, ...]:

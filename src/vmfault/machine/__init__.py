@@ -5,7 +5,7 @@ It knows nothing about faults, experiments or campaigns; those layers use it.
 
 from vmfault.machine.accel import kvm_blocker, probe_boot, resolve_accel
 from vmfault.machine.channel import Channel, Frame, FrameParser
-from vmfault.machine.config import Accel, MachineConfig, RamFile
+from vmfault.machine.config import Accel, MachineConfig, Nic, RamFile
 from vmfault.machine.console import Console, ConsoleMatch
 from vmfault.machine.gdbstub import GdbStub, StopReply
 from vmfault.machine.machine import (
@@ -31,6 +31,7 @@ __all__ = [
     "MachineConfig",
     "MemoryMap",
     "MemoryRegion",
+    "Nic",
     "QMPEvent",
     "RamFile",
     "Run",

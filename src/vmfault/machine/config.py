@@ -8,13 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmfault.arch import DEFAULT_ARCH, Arch
+from vmfault.machine.disks import GuestDisk, disk_argv
 
 __all__ = [
     "DETERMINISTIC_RTC_BASE",
     "LOG_DIR_ENV",
     "RAM_BACKEND_ID",
+    "SCRATCH_NODE",
     "Accel",
     "MachineConfig",
+    "Nic",
     "RamFile",
     "SocketPaths",
     "guest_tsc_khz",
@@ -28,6 +31,9 @@ DETERMINISTIC_RTC_BASE = "2020-01-01T00:00:00"
 RAM_BACKEND_ID = "vmf-ram"
 """The id of the memory backend of guest RAM held in a file (also its region's name in
 QEMU's memory tree)."""
+
+SCRATCH_NODE = "vmf-scratch"
+"""The node name of the scratch qcow2 drive that holds the machine state of snapshots."""
 
 LOG_DIR_ENV = "VMFAULT_LOG_DIR"
 """Environment variable: when set, every machine keeps its serial console log and QEMU's
@@ -70,6 +76,21 @@ class RamFile:
 
 
 @dataclass(frozen=True)
+class Nic:
+    """A virtio network card whose frames go to a datagram socket the caller owns.
+
+    `fd` is one end of a Unix datagram socket pair (or a connected datagram socket),
+    inherited by QEMU under the same number (`-netdev dgram,local.type=fd`): each Ethernet
+    frame the guest sends is one datagram on it, and each datagram written to its peer is
+    one frame the guest receives. Nothing reaches the host's network. `mac` is the card's
+    address (`52:54:00:...`).
+    """
+
+    mac: str
+    fd: int
+
+
+@dataclass(frozen=True)
 class MachineConfig:
     """Everything needed to start one guest. Plain data: hashable, comparable, reusable.
 
@@ -90,6 +111,11 @@ class MachineConfig:
     machine_type: str = ""
     deterministic: bool = False
     disk: Path | None = None
+    disks: tuple[GuestDisk, ...] = ()
+    """Virtio disks, in order (vda, vdb, ...) (`vmfault.machine.disks`)."""
+    tap_disks: bool = True
+    """Serve the disks through taps (`Machine.disk_tap`: faults possible); False: qcow2
+    overlays QEMU serves itself."""
     snapshot_drive_mib: int = 64
     incoming: Path | None = None
     """Start from a saved state file (see `Machine.save_state_file`) instead of booting."""
@@ -106,6 +132,8 @@ class MachineConfig:
     """Where the whole serial console transcript goes; None keeps it in the run directory
     (or in `$VMFAULT_LOG_DIR`, which gets a copy in any case)."""
     qemu_binary: str = ""
+    nic: Nic | None = None
+    """A network card joined to a socket of the caller's (None: no network card)."""
     extra_args: tuple[str, ...] = field(default=())
     arch: Arch = DEFAULT_ARCH
     """The guest architecture."""
@@ -217,8 +245,9 @@ def qemu_argv(
     """The QEMU argument vector for `config`, executing with `accel` (not AUTO).
 
     The guest starts paused (`-S`); every control channel is a Unix socket that QEMU
-    connects to. `scratch` is the qcow2 file that holds internal snapshots. `tsc_khz`,
-    if given, tells the guest kernel its TSC rate (see `guest_tsc_khz`).
+    connects to. `scratch` is the qcow2 file that holds internal snapshots; the disks'
+    files and taps are beside it (`vmfault.machine.disks.prepare_disk_files`). `tsc_khz`, if
+    given, tells the guest kernel its TSC rate (see `guest_tsc_khz`).
     """
     if accel is Accel.AUTO:
         raise ValueError("resolve Accel.AUTO before building a command line")
@@ -264,7 +293,7 @@ def qemu_argv(
         "chardev:vmf-con",
         *_channel_and_panic(config, sockets),
         "-drive",
-        f"if=none,id=vmf-snap,format=qcow2,file={scratch}",
+        f"if=none,id=vmf-snap,node-name={SCRATCH_NODE},format=qcow2,cache=unsafe,file={scratch}",
     ]
     if config.kernel is not None:
         # A machine started from a template has no kernel to load: a reset (which loadvm
@@ -288,6 +317,15 @@ def qemu_argv(
             "-device",
             f"{bus_device},drive=vmf-disk",
         ]
+    if config.nic is not None:
+        nic_device = "virtio-net-device" if config.machine_type == "microvm" else "virtio-net-pci"
+        argv += [
+            "-netdev",
+            f"dgram,id=vmf-net,local.type=fd,local.str={config.nic.fd}",
+            "-device",
+            f"{nic_device},netdev=vmf-net,mac={config.nic.mac}",
+        ]
+    argv += disk_argv(config.disks, scratch.parent, config.machine_type, tapped=config.tap_disks)
     if config.incoming is not None:
         argv += ["-incoming", "defer"]
     argv += list(config.extra_args)

@@ -37,6 +37,7 @@ _WRITTEN = bytes(
     1 if (top & _SWAPPED) or (top & (_PRESENT | _FILE)) == _PRESENT else 0 for top in range(256)
 )
 _RUNS = re.compile(b"\x01+")
+_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -130,19 +131,23 @@ class CowRam:
             raise MachineError(f"short read of QEMU's memory ({len(data)} of {size} bytes)")
         return data
 
-    def differing_pages(self, offset: int, data: bytes, *, most: int = 8) -> list[int]:
+    def differing_pages(self, offset: int, data: bytes | mmap.mmap, *, most: int = 8) -> list[int]:
         """Offsets into `data` of the pages (at most `most`) that differ from the
-        template's bytes at file `offset`; empty if all are equal."""
-        source = memoryview(self._source)[offset : offset + len(data)]
-        if source == data:
-            return []
+        template's bytes at file `offset`; empty if all are equal. Compared a chunk at a
+        time as bytes (a C memcmp; comparing memoryviews goes element by element)."""
         found: list[int] = []
-        view = memoryview(data)
-        for start in range(0, len(data), PAGE_BYTES):
-            if source[start : start + PAGE_BYTES] != view[start : start + PAGE_BYTES]:
-                found.append(start)
-                if len(found) == most:
-                    break
+        size = len(data)
+        for chunk in range(0, size, _CHUNK_BYTES):
+            end = min(size, chunk + _CHUNK_BYTES)
+            ours = self._source[offset + chunk : offset + end]
+            if ours == data[chunk:end]:
+                continue
+            for start in range(chunk, end, PAGE_BYTES):
+                stop = min(end, start + PAGE_BYTES)
+                if ours[start - chunk : stop - chunk] != data[start:stop]:
+                    found.append(start)
+                    if len(found) == most:
+                        return found
         return found
 
     def close(self) -> None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import fcntl
 import functools
 import hashlib
 import itertools
 import logging
+import mmap
 import os
 import re
 import selectors
@@ -27,8 +29,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import termios
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +57,7 @@ from vmfault.machine.accel import resolve_accel
 from vmfault.machine.channel import Channel
 from vmfault.machine.config import (
     LOG_DIR_ENV,
+    SCRATCH_NODE,
     Accel,
     MachineConfig,
     SocketPaths,
@@ -62,10 +67,12 @@ from vmfault.machine.config import (
 )
 from vmfault.machine.console import Console
 from vmfault.machine.cowram import CowRam
+from vmfault.machine.disks import GuestDisk, ImageFormat, prepare_disk_files, tap_socket
 from vmfault.machine.gdbstub import GdbStub, StopReply
 from vmfault.machine.memmap import MemoryMap, parse_mtree
+from vmfault.machine.nbd import BlockTap, DiskStore, serve_everything
 from vmfault.machine.run import Run
-from vmfault.machine.rundir import RunDir
+from vmfault.machine.rundir import RunDir, ram_root
 from vmfault.machine.spawn import spawn_tied
 
 __all__ = [
@@ -85,6 +92,7 @@ _RECV_SIZE = 1 << 16
 _GDB_READ_CHUNK = 2048
 _PMEMSAVE_MIN = 1 << 20
 _log_numbers = itertools.count()
+_JOB_TIMEOUT_S = 60.0
 
 
 class Runstate(enum.Enum):
@@ -149,6 +157,9 @@ class Template:
     drive: Path
     snapshot: Snapshot
     ram_mib: int
+    disks: tuple[GuestDisk, ...] = ()
+    """The machine's disks as they were at the snapshot, each a raw image in the template's
+    directory (clones serve them through taps of their own, never writing them)."""
 
 
 def _tail(path: Path | None) -> str:
@@ -257,6 +268,8 @@ class Machine:
         self._loaded_at: int | None = None
         """`len(events)` at the last loadvm of a machine with pflash devices (-M virt),
         until it is known to have started since (see `_start_after_load`)."""
+        self._taps: dict[str, BlockTap] = {}
+        self._jobs = itertools.count()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -317,11 +330,13 @@ class Machine:
             shutil.copyfile(self.config.snapshot_drive, scratch)
         else:
             _make_qcow2(scratch, self.config.snapshot_drive_mib)
+        self._start_taps(run_dir.path)
         tsc_khz = guest_tsc_khz(self.config, self.accel, _host_tsc_khz())
         self.argv = qemu_argv(self.config, self.accel, paths, scratch, tsc_khz=tsc_khz)
         qemu_log = self.qemu_log = (run_dir / "qemu.log") if kept is None else kept.qemu
         try:
-            self._process = spawn_tied(self.argv, output=qemu_log)
+            fds = () if self.config.nic is None else (self.config.nic.fd,)
+            self._process = spawn_tied(self.argv, output=qemu_log, pass_fds=fds)
         except OSError as exc:
             raise LaunchError(
                 f"cannot run {self.argv[0]}: {exc.strerror}",
@@ -362,6 +377,8 @@ class Machine:
             self._cow = CowRam(self._process.pid, ram_file.path)
         if self.config.loadvm is not None:
             self._ignore_shared_ram()
+            for tap in self._taps.values():
+                tap.save(self.config.loadvm)  # the template's contents: nothing written yet
             self._loadvm(self.config.loadvm)
             self._undo_rom_writes()
         self._gdb = GdbStub(self._sockets["gdb"])
@@ -447,6 +464,9 @@ class Machine:
             self.exit_code = process.wait()
         if self._gdb is not None:
             self._gdb.close()
+        for tap in self._taps.values():
+            tap.close()
+        self._taps.clear()
         loop, self._loop = self._loop, None
         if loop is not None:
             self._close_loop(loop)
@@ -712,6 +732,79 @@ class Machine:
         self._require(Runstate.RUNNING)
         return run.step_until(self, condition, steps=steps)
 
+    def send_console(self, data: bytes, *, timeout_s: float = 5.0) -> None:
+        """Type `data` on the serial console: the guest reads it as input. Bytes the guest
+        has not read yet wait in the console's socket (see `unread_console_input`).
+        MachineTimeoutError if QEMU takes none of it for `timeout_s`."""
+        self._require(Runstate.RUNNING)
+        sock = self._sockets["console"]
+        view = memoryview(data)
+        deadline = time.monotonic() + timeout_s
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_WRITE)
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not selector.select(left):
+                        raise MachineTimeoutError(
+                            f"the console of {self.name} took no input for {timeout_s:g} s",
+                            timeout_s=timeout_s,
+                        ) from None
+
+    def drop_console_input(self, *, timeout_s: float = 5.0) -> None:
+        """Drop console input QEMU has not read yet: its console is given a fresh socket
+        (QMP `chardev-change`). With the guest halted and then restored, no byte typed
+        before the restore reaches the restored guest (bytes QEMU already read are in the
+        device's state, which the restore replaces). Console output is kept."""
+        self._require(Runstate.RUNNING)
+        if self.unread_console_input() <= 0:
+            return
+        self.halt()
+        self._flush_io()
+        path = self.run_dir / f"console-{next(_log_numbers)}.sock"
+        listener = _listen(path)
+        try:
+            address = {"type": "unix", "data": {"path": str(path)}}
+            backend = {"type": "socket", "data": {"addr": address, "server": False}}
+            self.qmp("chardev-change", {"id": "vmf-con", "backend": backend})
+            with selectors.DefaultSelector() as selector:
+                selector.register(listener, selectors.EVENT_READ)
+                if not selector.select(timeout_s):
+                    raise MachineTimeoutError(
+                        f"QEMU did not connect the new console of {self.name}",
+                        timeout_s=timeout_s,
+                    )
+            conn, _ = listener.accept()
+        finally:
+            listener.close()
+            path.unlink(missing_ok=True)
+        conn.setblocking(False)
+        old = self._sockets["console"]
+        if self._loop is not None:
+            with contextlib.suppress(ValueError, KeyError):
+                self._loop.remove_reader(old.fileno())
+            self._loop.add_reader(conn.fileno(), self._on_console)
+        old.close()
+        self._sockets["console"] = conn
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Schedule `coroutine` on the machine's event loop. It runs whenever the machine's
+        I/O is pumped (any wait on it, from whichever thread waits) and is cancelled when
+        the machine closes. Call it while no other thread pumps the machine."""
+        if self._loop is None:
+            raise StateError("machine not launched", state=self.runstate.value, required="running")
+        return self._loop.create_task(coroutine)
+
+    def unread_console_input(self) -> int:
+        """Bytes typed on the console (`send_console`) that QEMU has not read yet."""
+        sock = self._sockets.get("console")
+        if sock is None:
+            return 0
+        buffer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        return int.from_bytes(buffer, "little", signed=True)
+
     def qmp(
         self,
         command: str,
@@ -783,6 +876,15 @@ class Machine:
         finally:
             path.unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def _dump_physical(self, address: int, size: int) -> Iterator[mmap.mmap]:
+        """Guest-physical memory dumped by QEMU (pmemsave) into a file in the RAM root,
+        mapped read-only; the file is removed on exit."""
+        with tempfile.NamedTemporaryFile(dir=ram_root(), prefix="dump-") as dump:
+            self.qmp("pmemsave", {"val": address, "size": size, "filename": dump.name})
+            with mmap.mmap(dump.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                yield mapped
+
     def ram_digest(self, address: int, size: int) -> str:
         """SHA-256 (hex) of a guest-physical range."""
         return hashlib.sha256(self.read_physical(address, size)).hexdigest()
@@ -798,7 +900,8 @@ class Machine:
     def save_snapshot(
         self, name: str, *, verify_ranges: Sequence[tuple[int, int]] = ()
     ) -> Snapshot:
-        """Save the whole machine state internally (qcow2) under `name`.
+        """Save the whole machine state internally (qcow2) under `name`, the disks'
+        contents with it (each in its overlay).
 
         Halts the guest and leaves it halted. Records the registers and the SHA-256 of each
         guest-physical (start, size) range in `verify_ranges`, for `restore_snapshot(verify=True)`.
@@ -807,22 +910,24 @@ class Machine:
         registers = self.gdb.read_registers()
         digests = {(start, size): self.ram_digest(start, size) for start, size in verify_ranges}
         instructions = self.instruction_count()
-        output = self.hmp(f"savevm {_snapshot_name(name)}").strip()
-        if output:
-            raise SnapshotError(f"savevm {name} failed: {output}")
+        self._quiet_taps()
+        self._savevm(_snapshot_name(name))
         return Snapshot(name, SnapshotKind.INTERNAL, registers, digests, instructions)
 
     def restore_snapshot(self, snapshot: Snapshot, *, verify: bool = False) -> None:
         """Restore `snapshot`; the guest is left halted at the saved state.
 
         Console and channel output from before the restore is read first (it stays in the
-        transcript; the channel's frames are cleared). With `verify`, the registers and the
-        recorded RAM digests are compared to the saved ones and SnapshotError names every
-        difference.
+        transcript; the channel's frames are cleared). Every disk gets the contents it had
+        when the snapshot was saved: its tap lets held requests go on and serves every
+        request again (`disk_tap`), then loads the snapshot with the machine state. With `verify`,
+        the registers and the recorded RAM digests are compared to the saved ones and
+        SnapshotError names every difference.
         """
         self.halt()
         self._flush_io()
         self._leave_shutdown()
+        self._quiet_taps()
         if snapshot.kind is SnapshotKind.TEMPLATE:
             if self._cow is None:
                 raise SnapshotError(
@@ -833,7 +938,7 @@ class Machine:
             # code translated from the pages written back survives (and devices that read
             # guest RAM as they load, virtio queues, read the template's).
             self._cow.reset()
-        self._loadvm(snapshot.name)
+        self._loadvm(_snapshot_name(snapshot.name))
         if snapshot.kind is SnapshotKind.TEMPLATE:
             self._undo_rom_writes()
         self.channel.clear()
@@ -885,14 +990,6 @@ class Machine:
             self._flush_io()
         self._loaded_at = None
 
-    def _loadvm(self, name: str) -> None:
-        self._start_after_load()
-        output = self.hmp(f"loadvm {_snapshot_name(name)}").strip()
-        if output:
-            raise SnapshotError(f"loadvm {name} failed: {output}")
-        if self.config.machine_type == "virt":
-            self._loaded_at = len(self.events)
-
     def _ignore_shared_ram(self) -> None:
         # RAM in a shared file is left out of snapshots (the file holds it); a clone
         # needs the capability too, to load a snapshot that has no RAM in it.
@@ -915,20 +1012,30 @@ class Machine:
         ram_file = self.config.ram_file
         if ram_file is None or not ram_file.shared:
             raise SnapshotError("a template needs guest RAM in a shared file (RamFile shared)")
+        if self.config.disks and not self._taps:
+            raise SnapshotError(
+                "a template needs tapped disks (tap_disks = True): the overlays QEMU serves "
+                "itself cannot be shared by clones"
+            )
         self.halt()
         registers = self.gdb.read_registers()
         instructions = self.instruction_count()
         self._ignore_shared_ram()
-        output = self.hmp(f"savevm {_snapshot_name(name)}").strip()
-        if output:
-            raise SnapshotError(f"savevm {name} failed: {output}")
+        self._quiet_taps()
+        self._savevm(_snapshot_name(name))
         ram = directory / "ram"
         drive = directory / "state.qcow2"
         shutil.copyfile(ram_file.path, ram)
         shutil.copyfile(self.run_dir / "scratch.qcow2", drive)
         ram.chmod(0o400)
+        disks = []
+        for disk in self.config.disks:
+            image = directory / f"disk-{disk.name}.raw"
+            self._taps[disk.name].export(image)
+            image.chmod(0o400)
+            disks.append(GuestDisk(disk.name, disk.size_bytes, image, ImageFormat.RAW))
         snapshot = Snapshot(name, SnapshotKind.TEMPLATE, registers, {}, instructions)
-        return Template(ram, drive, snapshot, self.config.ram_mib)
+        return Template(ram, drive, snapshot, self.config.ram_mib, tuple(disks))
 
     def verify_snapshot(self, snapshot: Snapshot) -> None:
         """Compare the current (halted) state with `snapshot`; raise SnapshotError if different."""
@@ -943,12 +1050,12 @@ class Machine:
             if self.ram_digest(start, size) != digest:
                 problems.append(f"RAM {start:#x}+{size:#x} differs")
         if snapshot.kind is SnapshotKind.TEMPLATE and self._cow is not None:
-            # Guest RAM, region by region, read whole from QEMU's mapping of it (not just
-            # the pages the page map says were written), against the template's file.
+            # Guest RAM, region by region, as QEMU itself reads it (all of it, not just the
+            # pages the page map says were written), against the template's file.
             for region in self.memory_map().ram():
                 offset = region.offset or 0  # where the region starts in the RAM file
-                data = self._cow.read(offset, region.size)
-                pages = self._cow.differing_pages(offset, data)
+                with self._dump_physical(region.start, region.size) as data:
+                    pages = self._cow.differing_pages(offset, data)
                 problems += [f"RAM page {region.start + page:#x} differs" for page in pages]
         if problems:
             raise RestoreMismatchError(
@@ -956,9 +1063,118 @@ class Machine:
                 hint='restore with loadvm instead (campaign key restore = "loadvm")',
             )
 
+    # ----------------------------------------------------------------- internal snapshots
+
+    def _savevm(self, tag: str) -> None:
+        """Save an internal snapshot `tag`: HMP `savevm`, or with tapped disks the
+        `snapshot-save` job on the scratch drive and each tap saving its contents."""
+        if not self._taps:
+            output = self.hmp(f"savevm {tag}").strip()
+            if output:
+                raise SnapshotError(f"savevm {tag} failed: {output}")
+            return
+        self._job("snapshot-save", {"tag": tag, "vmstate": SCRATCH_NODE,
+                                    "devices": [SCRATCH_NODE]})  # fmt: skip
+        for tap in self._taps.values():
+            tap.save(tag)
+
+    def _loadvm(self, tag: str) -> None:
+        """Load the internal snapshot `tag` (as `_savevm` saved it)."""
+        self._start_after_load()
+        if not self._taps:
+            output = self.hmp(f"loadvm {tag}").strip()
+            if output:
+                raise SnapshotError(f"loadvm {tag} failed: {output}")
+        else:
+            self._job("snapshot-load", {"tag": tag, "vmstate": SCRATCH_NODE,
+                                        "devices": [SCRATCH_NODE]})  # fmt: skip
+            for tap in self._taps.values():
+                tap.load(tag)
+        if self.config.machine_type == "virt":
+            self._loaded_at = len(self.events)
+
+    def _delvm(self, tag: str) -> None:
+        """Delete the internal snapshot `tag` everywhere `_savevm` put it."""
+        if not self._taps:
+            output = self.hmp(f"delvm {tag}").strip()
+            if output:
+                raise SnapshotError(f"delvm {tag} failed: {output}")
+            return
+        self._job("snapshot-delete", {"tag": tag, "devices": [SCRATCH_NODE]})
+        for tap in self._taps.values():
+            tap.delete(tag)
+
+    def _job(self, command: str, arguments: Mapping[str, object]) -> None:
+        """Run one QMP job to its end and dismiss it; SnapshotError with the job's error."""
+        job = f"vmf-job-{next(self._jobs)}"
+        since = len(self.events)
+        self.qmp(command, {"job-id": job, **arguments})
+
+        def concluded() -> bool:
+            return any(
+                e.name == "JOB_STATUS_CHANGE"
+                and e.data.get("id") == job
+                and e.data.get("status") == "concluded"
+                for e in self.events[since:]
+            )
+
+        if not self.wait(concluded, _JOB_TIMEOUT_S):
+            raise MachineTimeoutError(f"{command} did not finish", timeout_s=_JOB_TIMEOUT_S)
+        error = next((j.get("error") for j in self.qmp("query-jobs") if j.get("id") == job), None)
+        self.qmp("job-dismiss", {"id": job})
+        if error:
+            raise SnapshotError(f"{command} {arguments.get('tag')} failed: {error}")
+
+    # ----------------------------------------------------------------- disks
+
+    @property
+    def disks(self) -> tuple[GuestDisk, ...]:
+        """The machine's virtio disks, in order (vda, vdb, ...)."""
+        return self.config.disks
+
+    def _start_taps(self, run_dir: Path) -> None:
+        """Make the disks' files and start their taps (before QEMU, which connects to them)."""
+        bases = prepare_disk_files(run_dir, self.config.disks, tapped=self.config.tap_disks)
+        if not self.config.tap_disks:
+            return
+        for index, (disk, base) in enumerate(zip(self.config.disks, bases, strict=True)):
+            tap = BlockTap(tap_socket(run_dir, index), DiskStore(disk.size_bytes, base))
+            self._taps[disk.name] = tap
+            tap.start()
+
+    def disk_tap(self, name: str) -> BlockTap:
+        """The tap that serves disk `name`: set its policy to fault requests, read and write
+        its stored data. A snapshot restore sets it back to serving every request.
+        UsageError if the machine has no such disk or its disks are not tapped."""
+        tap = self._taps.get(name)
+        if tap is None:
+            known = ", ".join(d.name for d in self.config.disks) or "none"
+            if any(d.name == name for d in self.config.disks):
+                raise UsageError(
+                    f"disk {name} of machine {self.name} is not tapped, so it takes no faults",
+                    hint="start the machine with tap_disks = True",
+                )
+            raise UsageError(
+                f"machine {self.name} has no disk {name!r}", hint=f"its disks: {known}"
+            )
+        return tap
+
+    def _quiet_taps(self) -> None:
+        """Every tap serves every request again, its held requests first."""
+        for tap in self._taps.values():
+            tap.release()
+            tap.set_policy(serve_everything)
+
     def save_state_file(self, path: Path, *, timeout_s: float = 60.0) -> None:
         """Write the whole machine state to `path` (a migration stream) for a new process
-        to start from (`MachineConfig.incoming`). Halts the guest and leaves it halted."""
+        to start from (`MachineConfig.incoming`). Halts the guest and leaves it halted.
+        MachineError for a machine with tapped disks: the file would not carry their
+        contents, which live in the taps."""
+        if self._taps:
+            raise MachineError(
+                "a state file cannot carry the contents of tapped disks",
+                hint="use snapshots (save_snapshot) with disks",
+            )
         self.halt()
         if self.qmp("query-status")["status"] != "paused":
             self._settle_to_paused()
@@ -977,12 +1193,11 @@ class Machine:
         # running/paused ("inmigrate -> debug" after a breakpoint). Only running changes the
         # run state, so: save, run an instant, halt (now "paused"), and load the exact state
         # back; loadvm leaves the run state alone.
-        self.hmp("savevm vmf-settle")
+        self._savevm("vmf-settle")
         self.gdb.cont()
         self.gdb.halt()
-        output = self.hmp("loadvm vmf-settle").strip() + self.hmp("delvm vmf-settle").strip()
-        if output:
-            raise SnapshotError(f"could not settle the machine before saving: {output}")
+        self._loadvm("vmf-settle")
+        self._delvm("vmf-settle")
 
     def _incoming(self, path: Path, deadline: float) -> None:
         self.qmp(

@@ -29,12 +29,13 @@ def _tie_to_parent(parent_pid: int) -> None:
 
 
 def spawn_tied(
-    argv: Sequence[str], *, output: Path, pipes: bool = False
+    argv: Sequence[str], *, output: Path, pipes: bool = False, pass_fds: Sequence[int] = ()
 ) -> subprocess.Popen[bytes]:
     """Start `argv` with its output appended to `output`.
 
     Without `pipes`, stdin is closed and stdout and stderr go to `output`; with `pipes`,
-    stdin and stdout are pipes to the caller and only stderr goes to `output`.
+    stdin and stdout are pipes to the caller and only stderr goes to `output`. The file
+    descriptors in `pass_fds` are inherited under the same numbers (every other is closed).
     Guarantees: the process is killed when the calling thread's process dies, and it does
     not receive the terminal's SIGINT. Note that PDEATHSIG follows the *thread* that forks:
     call this from a thread that lives as long as the child.
@@ -49,4 +50,5 @@ def spawn_tied(
             process_group=0,
             preexec_fn=lambda: _tie_to_parent(parent),  # noqa: PLW1509
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )

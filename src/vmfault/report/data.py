@@ -34,11 +34,18 @@ from typing import Any, Protocol
 from vmfault.classify import Activation, LatencyUnit, Outcome, latency_histogram
 from vmfault.errors import UsageError
 from vmfault.experiment.records import GoldenRun
-from vmfault.faults import REGISTER_GROUPS
+from vmfault.faults import DISK_FAULTS, REGISTER_GROUPS
 from vmfault.faults.model import REGISTER_SETS
 from vmfault.faults.units import parse_duration_s
 from vmfault.guest.workloads import BUILTIN_WORKLOADS, idle_argv
-from vmfault.report.summary import CONTROL_TARGET, FalsePositive, Summary, control_strata, summarize
+from vmfault.report.summary import (
+    CONTROL_TARGET,
+    FalsePositive,
+    Summary,
+    control_strata,
+    summarize,
+    with_testbed,
+)
 from vmfault.stats import IntervalMethod, Rate, rate
 from vmfault.store import CampaignInfo
 
@@ -55,6 +62,7 @@ __all__ = [
     "Breakdown",
     "CampaignReport",
     "CauseCount",
+    "Disks",
     "Distribution",
     "Example",
     "Family",
@@ -94,6 +102,11 @@ STORM_FLIPS_COLUMN = "flips"
 """Analysis column of the number of flips a storm experiment delivered."""
 STORM_TIME_COLUMN = "storm_s"
 """Analysis column of how long a storm ran, in guest seconds."""
+DISK_FAULT_COLUMN = "disk_fault"
+"""Analysis column of a disk fault's kind (`bad-block`, ...)."""
+REQUESTS_FAULTED_COLUMN = "requests_faulted"
+"""Analysis column of the requests a disk fault failed, delayed or held (or, for a
+corruption, the reads that returned the corrupted bytes)."""
 
 GOLDEN_TEXT_MAX_CHARS = 2_000
 """Longest golden stdout or stderr kept for display; longer text is cut and marked."""
@@ -365,6 +378,18 @@ class Storms:
 
 
 @dataclass(frozen=True)
+class Disks:
+    """Disk faults: outcomes per kind of fault, activation per kind, outcomes per number of
+    requests faulted, and the requests faulted in all (injected experiments)."""
+
+    by_fault: tuple[Breakdown, ...]
+    activation: tuple[ActivationRow, ...]
+    """One row per kind of disk fault (its `stratum` is the kind)."""
+    by_requests: tuple[Breakdown, ...]
+    requests_faulted: int
+
+
+@dataclass(frozen=True)
 class Example:
     """The first recorded experiment of one crash cause (or of one other failure outcome)."""
 
@@ -417,6 +442,7 @@ class CampaignReport:
     storms: Storms | None
     examples: tuple[Example, ...]
     """First example of each crash cause, then of each other failure outcome."""
+    disks: Disks | None = None
 
     @property
     def name(self) -> str:
@@ -453,6 +479,7 @@ def build_report(
         method=method,
         controls=control_strata(_spec(info)),
     )
+    summary = with_testbed(summary, store.rows(), confidence=confidence, method=method)
     label = db if db is not None else str(getattr(store, "path", "campaign.db"))
     rows = ReportRows(label, confidence=confidence, method=method)
     for row in store.rows():
@@ -488,6 +515,7 @@ def assemble_report(
         instructions=rows.instruction_faults(),
         storms=rows.storms(),
         examples=rows.examples(),
+        disks=rows.disks(),
     )
 
 
@@ -711,6 +739,11 @@ class ReportRows:
         self.dynamic: list[tuple[int, str]] = []
         self.flips: list[tuple[float, str]] = []
         self.storm_time: list[tuple[float, str]] = []
+        self.disk_faults: defaultdict[str, Counter[str]] = defaultdict(_zero_counts)
+        self.disk_activation: defaultdict[str, Counter[str]] = defaultdict(
+            lambda: Counter(dict.fromkeys((a.value for a in Activation), 0))
+        )
+        self.disk_requests: list[tuple[float, str]] = []
         self.first: dict[tuple[str, str | None], Example] = {}
 
     def add(self, row: Mapping[str, object]) -> None:
@@ -796,6 +829,13 @@ class ReportRows:
         storm_s = _number_or_none(row.get(STORM_TIME_COLUMN))
         if storm_s is not None:
             self.storm_time.append((storm_s, outcome))
+        fault = row.get(DISK_FAULT_COLUMN)
+        if fault:
+            self.disk_faults[str(fault)][outcome] += 1
+            activation = _text(row.get("activation"), Activation.UNKNOWN.value)
+            self.disk_activation[str(fault)][activation] += 1
+            faulted = _int_or_none(row.get(REQUESTS_FAULTED_COLUMN)) or 0
+            self.disk_requests.append((float(faulted), outcome))
 
     def _example(
         self, row: Mapping[str, object], outcome: str, cause: str | None, stratum: str
@@ -942,6 +982,21 @@ class ReportRows:
         return Storms(
             tuple(self._binned(self.flips, integer=True)),
             tuple(self._binned(self.storm_time, integer=False)),
+        )
+
+    def disks(self) -> Disks | None:
+        if not self.disk_faults:
+            return None
+        order = {name: i for i, name in enumerate(DISK_FAULTS)}
+        faults = sorted(self.disk_faults, key=lambda name: (order.get(name, 99), name))
+        return Disks(
+            by_fault=tuple(self._breakdown(name, self.disk_faults[name]) for name in faults),
+            activation=tuple(
+                ActivationRow(name, MappingProxyType(dict(self.disk_activation[name])))
+                for name in faults
+            ),
+            by_requests=tuple(self._binned(self.disk_requests, integer=True)),
+            requests_faulted=int(sum(n for n, _ in self.disk_requests)),
         )
 
     def examples(self) -> tuple[Example, ...]:

@@ -47,6 +47,7 @@ from vmfault.report.svg import (
     rate_bars,
     stacked_rows,
 )
+from vmfault.report.testbed import LINK_COUNTS
 from vmfault.stats import IntervalMethod, Rate, wilson
 
 __all__ = [
@@ -437,13 +438,15 @@ def _false_positive_lead(report: CampaignReport) -> str:
 def _summary_cards(report: CampaignReport, layout: Layout = _FULL) -> str:
     overall = report.overall
     not_injected = overall.count("not-injected")
+    lost = overall.count(Outcome.INFRA_FAILURE.value)
     control = _false_positive_card(report)
     cards = [] if control is None else [control]
     cards += [
         (
             "experiments",
             f"{report.summary.done}",
-            f"of {report.summary.total} planned · {not_injected} not injected",
+            f"of {report.summary.total} planned · {not_injected} not injected"
+            + (f" · {lost} lost to the infrastructure" if lost else ""),
         ),
         (
             "failure rate",
@@ -464,7 +467,19 @@ def _summary_cards(report: CampaignReport, layout: Layout = _FULL) -> str:
         f'<div class="cards">{body}</div>{_false_positive_lead(report)}<p class="lead">Rates are '
         f"over the {overall.counted} experiments whose fault was placed (not-injected ones are "
         f"listed, never counted), with {_method(report)}. A failure is an sdc, detected, crash "
-        "or hang outcome.</p>"
+        "or hang outcome.</p>" + _infra_lead(lost)
+    )
+
+
+def _infra_lead(lost: int) -> str:
+    """A note on experiments given up as lost to the infrastructure, if there are any."""
+    if not lost:
+        return ""
+    return (
+        f'<p class="lead" id="infra-failures">{lost} experiment(s) were lost to the '
+        "infrastructure on every attempt (their worker or QEMU killed from outside, a lost "
+        "node): infra-failure is no outcome of a fault and is never counted; "
+        "<code>vmfault campaign resume</code> runs them again.</p>"
     )
 
 
@@ -979,6 +994,88 @@ def _storms(report: CampaignReport, layout: Layout = _FULL) -> str:
     return out
 
 
+def _disks(report: CampaignReport, layout: Layout = _FULL) -> str:
+    data = report.disks
+    if data is None:
+        return ""
+    out = (
+        "<p class=\"lead\">Faults in the guest's disks, made in QEMU's block layer: "
+        f"{data.requests_faulted:,} requests failed, delayed or held (or reads of corrupted "
+        "bytes) in all. A disk fault no request reached is <em>not-activated</em>.</p>"
+    )
+    out += "<h3>Outcomes per kind of disk fault</h3>"
+    out += _figure(
+        _breakdown_chart(data.by_fault, "Outcome shares per kind of disk fault", layout.width),
+        "Share of each outcome per kind of disk fault.",
+        _outcome_legend(),
+    )
+    out += _breakdown_table("Outcomes per kind of disk fault", "fault", data.by_fault)
+    values = [a.value for a in Activation]
+    out += "<h3>Activation per kind of disk fault</h3>"
+    out += _table(
+        "Activation per kind of disk fault",
+        ["fault", "injected", *values],
+        [
+            [esc(row.stratum), str(row.total), *(str(row.counts.get(v, 0)) for v in values)]
+            for row in data.activation
+        ],
+    )
+    if data.by_requests:
+        out += "<h3>Outcomes per number of requests faulted</h3>"
+        out += _breakdown_table("Outcomes per number of requests faulted", "requests",
+                                data.by_requests)  # fmt: skip
+    return out
+
+
+def _testbed(report: CampaignReport, layout: Layout = _FULL) -> str:
+    """Each machine's outcomes (a testbed of several machines) and the network's frames."""
+    summary = report.summary
+    out = ""
+    if summary.machines:
+        out += _table(
+            "Outcomes per machine (each classified against its own golden run); judged: the "
+            f"experiments that took its outcome; not benign with {_method(report)}",
+            ["machine", "judged", *COUNTED_OUTCOMES, "not benign", "interval"],
+            [
+                [
+                    esc(item.machine), str(item.judged),
+                    *(str(item.counts.get(name, 0)) for name in COUNTED_OUTCOMES),
+                    _pct(item.failure.rate) if item.total else "-",
+                    _interval(item.failure) if item.total else "-",
+                ]
+                for item in summary.machines
+            ],
+        )  # fmt: skip
+    network = summary.network
+    if network is not None:
+        out += _table(
+            f"Frames per link direction over {network.experiments} experiments "
+            f"({network.frames} frames); dropped to reordered: what network faults did; "
+            "overflow: lost at a card its guest did not read",
+            ["link", *LINK_COUNTS],
+            [
+                [esc(f"{link.source} \u2192 {link.destination}"),
+                 *(str(link.counts[name]) for name in LINK_COUNTS)]
+                for link in network.links
+            ],
+        )  # fmt: skip
+        out += _table(
+            "Frames per experiment, per stratum, and what network faults did to them",
+            ["stratum", "experiments", "mean", "least", "most", *_FAULT_COUNTS],
+            [
+                [esc(item.stratum), str(item.experiments), f"{item.frames_mean:.0f}",
+                 str(item.frames_min), str(item.frames_max),
+                 *(str(item.fault[name]) for name in _FAULT_COUNTS)]
+                for item in network.strata
+            ],
+        )  # fmt: skip
+    del layout  # tables only: no figure to size
+    return out
+
+
+_FAULT_COUNTS = ("dropped", "corrupted", "delayed", "duplicated", "reordered")
+
+
 def _example(example: Example, layout: Layout) -> str:
     prefix = layout.prefix
     title = example.outcome + (f" · {example.cause}" if example.cause else "")
@@ -1198,6 +1295,8 @@ REPORT_SECTIONS: tuple[Section, ...] = (
     Section("activation", "Activation", _activation),
     Section("instructions", "Instruction faults", _instructions),
     Section("storms", "Fault storms", _storms),
+    Section("disks", "Disk faults", _disks),
+    Section("testbed", "Machines and network", _testbed),
     Section("examples", "Examples", _examples),
 )
 """The sections of a campaign's report, in the report's order."""
@@ -1212,6 +1311,8 @@ COMPARISON_SECTIONS: tuple[ComparisonSection, ...] = (
     ComparisonSection("activation", "Activation", _paired(_activation)),
     ComparisonSection("instructions", "Instruction faults", _paired(_instructions)),
     ComparisonSection("storms", "Fault storms", _paired(_storms)),
+    ComparisonSection("disks", "Disk faults", _paired(_disks)),
+    ComparisonSection("testbed", "Machines and network", _paired(_testbed)),
     ComparisonSection("examples", "Examples", _paired(_examples)),
 )
 """The sections of the comparison of two campaigns, in the page's order."""

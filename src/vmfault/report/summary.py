@@ -10,7 +10,8 @@ positive of the classification or of the testbed.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import dataclasses
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vmfault.classify import Outcome
+from vmfault.report.testbed import LINK_COUNTS, MachineOutcomes, NetworkTotals, testbed_totals
 from vmfault.stats import IntervalMethod, Rate, outcome_rates
 from vmfault.stats import rate as rate_of
 from vmfault.store.base import CampaignInfo
@@ -31,9 +33,12 @@ __all__ = [
     "store_summary",
     "summarize",
     "summary_tables",
+    "with_testbed",
 ]
 
 _ORDER = [o.value for o in Outcome]
+_NOT_COUNTED = frozenset(o.value for o in Outcome if not o.counts)
+"""not-injected and infra-failure: reported, never counted."""
 CONTROL_TARGET = "none"
 """The target of a control family (`vmfault.faults.model.TargetKind.NONE`)."""
 
@@ -101,7 +106,7 @@ def _false_positive(
     runs = failures = 0
     for name in controls:
         counts = by_stratum.get(name, {})
-        counted = sum(n for k, n in counts.items() if k != Outcome.NOT_INJECTED.value)
+        counted = sum(n for k, n in counts.items() if k not in _NOT_COUNTED)
         runs += counted
         failures += counted - counts.get(Outcome.BENIGN.value, 0)
     found = rate_of(failures, runs, confidence=confidence, method=method)
@@ -113,8 +118,9 @@ class Summary:
     """Counts per outcome class and their rates, overall and for every stratum, and the
     false-positive rate of the control strata (None without a control family).
 
-    Rates are over counted outcomes (`not-injected` is reported but never counted); the
-    overall counts include the control runs.
+    Rates are over counted outcomes (`not-injected` and `infra-failure`, experiments lost
+    to the infrastructure on every attempt, are reported but never counted); the overall
+    counts include the control runs.
     """
 
     name: str
@@ -126,10 +132,20 @@ class Summary:
     method: IntervalMethod
     confidence: float
     false_positive: FalsePositive | None = None
+    machines: tuple[MachineOutcomes, ...] = ()
+    """Every machine's outcomes, when the testbed has several machines."""
+    network: NetworkTotals | None = None
+    """The frames on the testbed's network (None without one)."""
+
+    @property
+    def infra_failures(self) -> int:
+        """Experiments given up as lost to the infrastructure (`campaign resume` reruns them)."""
+        return self.outcomes.get(Outcome.INFRA_FAILURE.value, 0)
 
     def to_json(self) -> dict[str, Any]:
         """`vmfault campaign status --json`: total, done, the false-positive rate (null
-        without a control family), outcomes, intervals, strata."""
+        without a control family), outcomes, intervals, strata, infra_failures; with several
+        machines `machines` (each one's outcomes and failure rate), with a network `network`."""
 
         def intervals(rates: Mapping[str, Rate]) -> dict[str, list[float]]:
             return {name: [r.low, r.high] for name, r in rates.items()}
@@ -142,6 +158,7 @@ class Summary:
             if self.false_positive is None
             else self.false_positive.to_json(),
             "outcomes": dict(self.outcomes),
+            "infra_failures": self.infra_failures,
             "rates": {name: r.rate for name, r in self.rates.items()},
             "intervals": intervals(self.rates),
             "method": self.method.value,
@@ -155,7 +172,10 @@ class Summary:
                 }
                 for name, (done, counts, rates) in self.strata.items()
             },
-        }
+            **({"machines": {m.machine: m.to_json() for m in self.machines}}
+               if self.machines else {}),
+            **({"network": self.network.to_json()} if self.network is not None else {}),
+        }  # fmt: skip
 
 
 def _sorted(counts: Mapping[str, int]) -> dict[str, int]:
@@ -174,10 +194,10 @@ def summarize(
 ) -> Summary:
     """Rates with intervals from outcome counts (overall and per stratum); the
     false-positive rate over the strata named in `controls` (see `control_strata`)."""
-    counted = {k: v for k, v in overall.items() if k != Outcome.NOT_INJECTED.value}
+    counted = {k: v for k, v in overall.items() if k not in _NOT_COUNTED}
     strata = {}
     for stratum, counts in by_stratum.items():
-        stratum_counted = {k: v for k, v in counts.items() if k != Outcome.NOT_INJECTED.value}
+        stratum_counted = {k: v for k, v in counts.items() if k not in _NOT_COUNTED}
         strata[stratum] = (
             sum(counts.values()),
             _sorted(counts),
@@ -213,9 +233,10 @@ class CountSource(Protocol):
 
 
 def store_summary(store: CountSource, *, confidence: float, method: IntervalMethod) -> Summary:
-    """The summary of everything `store` holds so far."""
+    """The summary of everything `store` holds so far (with the machines' outcomes and the
+    network's frames when the store yields analysis rows)."""
     info = store.campaign_info()
-    return summarize(
+    summary = summarize(
         info.name,
         info.total_planned,
         store.outcome_counts(),
@@ -223,6 +244,25 @@ def store_summary(store: CountSource, *, confidence: float, method: IntervalMeth
         confidence=confidence,
         method=method,
         controls=control_strata(_spec(info)),
+    )
+    rows = getattr(store, "rows", None)
+    if rows is None:
+        return summary
+    return with_testbed(summary, rows(), confidence=confidence, method=method)
+
+
+def with_testbed(
+    summary: Summary,
+    rows: Iterable[Mapping[str, object]],
+    *,
+    confidence: float,
+    method: IntervalMethod,
+) -> Summary:
+    """`summary` with the machines' outcomes (kept when there are several) and the
+    network's totals, from analysis rows."""
+    machines, network = testbed_totals(rows, confidence=confidence, method=method)
+    return dataclasses.replace(
+        summary, machines=machines if len(machines) > 1 else (), network=network
     )
 
 
@@ -241,7 +281,14 @@ def summary_tables(summary: Summary) -> list[Table]:
     method = f"{summary.method.value}, {summary.confidence:.0%}"
     found = summary.false_positive
     tables = [] if found is None else [_false_positive_table(found, method)]
-    overall = Table(title=f"{summary.name}: {summary.done} of {summary.total} experiments")
+    lost = summary.infra_failures
+    overall = Table(
+        title=f"{summary.name}: {summary.done} of {summary.total} experiments",
+        caption=None
+        if not lost
+        else f"infra-failure: {lost} lost to the infrastructure on every attempt, never "
+        "counted; `vmfault campaign resume` runs them again",
+    )
     for column in ("outcome", "count", "rate", f"interval ({method})"):
         overall.add_column(column, justify="right" if column != "outcome" else "left")
     for name, count in summary.outcomes.items():
@@ -263,7 +310,48 @@ def summary_tables(summary: Summary) -> list[Table]:
             interval = "" if rate is None else f" {rate.rate:.0%} [{rate.low:.0%}, {rate.high:.0%}]"
             cells.append(f"{outcome} {count}{interval}")
         strata.add_row(name, str(done), "; ".join(cells))
-    return [*tables, overall, strata]
+    return [*tables, overall, strata, *_testbed_tables(summary, method)]
+
+
+def _testbed_tables(summary: Summary, method: str) -> list[Table]:
+    """The per machine table (several machines) and the network's tables (a network)."""
+    tables = []
+    if summary.machines:
+        machines = Table(title=f"per machine ({method})")
+        for column in ("machine", "judged", *(o for o in _ORDER if o != "not-injected"),
+                       "not benign", "interval"):  # fmt: skip
+            machines.add_column(column, justify="left" if column == "machine" else "right")
+        for item in summary.machines:
+            r = item.failure
+            machines.add_row(
+                escape(item.machine), str(item.judged), *(str(n) for n in item.counts.values()),
+                f"{r.rate:.1%}" if r.trials else "-", f"[{r.low:.1%}, {r.high:.1%}]",
+            )  # fmt: skip
+        tables.append(machines)
+    network = summary.network
+    if network is not None:
+        links = Table(title=f"network: {network.frames} frames in {network.experiments} "
+                      "experiments, per link direction")  # fmt: skip
+        links.add_column("link")
+        for name in LINK_COUNTS:
+            links.add_column(name, justify="right")
+        for link in network.links:
+            links.add_row(
+                escape(f"{link.source} > {link.destination}"),
+                *(str(link.counts[name]) for name in LINK_COUNTS),
+            )
+        frames = Table(title="frames per experiment, and what network faults did")
+        for column in ("stratum", "experiments", "mean", "least", "most", "dropped",
+                       "corrupted", "delayed", "duplicated", "reordered"):  # fmt: skip
+            frames.add_column(column, justify="left" if column == "stratum" else "right")
+        for stratum in network.strata:
+            frames.add_row(
+                escape(stratum.stratum), str(stratum.experiments), f"{stratum.frames_mean:.0f}",
+                str(stratum.frames_min), str(stratum.frames_max),
+                *(str(n) for n in stratum.fault.values()),
+            )  # fmt: skip
+        tables += [links, frames]
+    return tables
 
 
 def _false_positive_table(found: FalsePositive, method: str) -> Table:

@@ -44,6 +44,7 @@ OUTCOME_COLORS: dict[str, str] = {
     "hang": "#7b5ea7",
     "vmm-error": "#8d8d8d",
     "not-injected": "#d0d0d0",
+    "infra-failure": "#ececec",
 }
 """One colour per outcome class, the same in every chart."""
 ACTIVATION_COLORS: dict[str, str] = {

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from vmfault.arch import DISKS, MACHINES
 from vmfault.classify import signal_name
 from vmfault.errors import ImageError, MachineError, UsageError
 from vmfault.guest.image import GuestImage
 from vmfault.guest.protocol import HOOK_EXITED, HOOK_STARTED, AgentMode, FrameKind, agent_params
-from vmfault.machine import Accel, Frame, Machine, MachineConfig, Template
+from vmfault.machine import Accel, Frame, Machine, MachineConfig, Nic, Template
 from vmfault.machine.config import RamFile
+from vmfault.machine.disks import GuestDisk
 
 __all__ = [
     "EXIT_REPORT_TIMEOUT_S",
@@ -30,6 +32,7 @@ __all__ = [
     "AgentHooks",
     "GuestSession",
     "WorkloadResult",
+    "disk_devices",
     "machine_config",
 ]
 
@@ -82,6 +85,18 @@ class WorkloadResult:
         return 128 + (self.signal_number or 0)
 
     @classmethod
+    def running(cls, frames: Sequence[Frame], ran_s: float) -> WorkloadResult:
+        """What a workload still running (a daemon, stopped by the host after `ran_s`
+        seconds) reported so far: its output, no exit status."""
+        start = next((f for f in frames if f.kind == FrameKind.START), None)
+        return cls(
+            stdout=b"".join(f.payload for f in frames if f.kind == FrameKind.OUT),
+            stderr=b"".join(f.payload for f in frames if f.kind == FrameKind.ERR),
+            exit_code=None, signal=None, signal_number=None, guest_duration_s=ran_s,
+            pid=int(start.text) if start is not None else None,
+        )  # fmt: skip
+
+    @classmethod
     def from_frames(cls, frames: Sequence[Frame]) -> WorkloadResult | None:
         """Assemble the result from channel frames; None until an `exit` frame arrived."""
         exit_frame = next((f for f in frames if f.kind == FrameKind.EXIT), None)
@@ -102,6 +117,17 @@ class WorkloadResult:
         )
 
 
+def disk_devices(frames: Sequence[Frame]) -> dict[str, str]:
+    """The guest device (`vda`, ...) of each disk by name, from the agent's `disk` frames."""
+    found: dict[str, str] = {}
+    for frame in frames:
+        if frame.kind == FrameKind.DISK:
+            parts = frame.text.split()
+            if len(parts) >= 2 and parts[0] != "-":
+                found[parts[0]] = parts[1]
+    return found
+
+
 def machine_config(
     image: GuestImage,
     argv: Sequence[str] = (),
@@ -111,11 +137,27 @@ def machine_config(
     accel: Accel = Accel.TCG,
     ram_mib: int = 128,
     console_log: Path | None = None,
+    disks: Sequence[GuestDisk] = (),
+    tap_disks: bool = True,
     ram_file: RamFile | None = None,
+    on_console: bool = False,
+    nic: Nic | None = None,
+    address: str | None = None,
+    hosts: Sequence[tuple[str, str]] = (),
 ) -> MachineConfig:
-    """The machine that boots `image` and has its agent run `argv` (in `mode`); with
-    `ram_file`, its RAM is that file (shared: to save a template of it)."""
-    append = " ".join(("quiet", *agent_params(mode=mode, argv=argv)))
+    """The machine that boots `image` with `disks` (tapped, so they take faults, unless
+    `tap_disks` is false) and has its agent run `argv` (in `mode`); with `ram_file`, its
+    RAM is that file (shared: to save a template of it).
+
+    `on_console` runs the workload on the serial console; `nic` gives the machine a
+    network card, which the agent configures at `address` with `hosts` in /etc/hosts
+    (see `vmfault.guest.protocol.agent_params`)."""
+    if disks:
+        image.arch.require(DISKS)
+    if nic is not None or on_console:
+        image.arch.require(MACHINES)
+    params = agent_params(mode=mode, argv=argv, on_console=on_console, address=address, hosts=hosts)
+    append = " ".join(("quiet", *params))
     return MachineConfig(
         kernel=image.kernel,
         initrd=image.initrd,
@@ -124,9 +166,12 @@ def machine_config(
         accel=accel,
         deterministic=deterministic,
         disk=image.disk,
+        disks=tuple(disks),
+        tap_disks=tap_disks,
         console_log=console_log,
         ram_file=ram_file,
         arch=image.arch,
+        nic=nic,
     )
 
 
@@ -140,6 +185,8 @@ def clone_config(config: MachineConfig, template: Template) -> MachineConfig:
         initrd=None,
         ram_file=RamFile(template.ram, shared=False),
         ram_mib=template.ram_mib,
+        disks=template.disks,
+        tap_disks=True,
         snapshot_drive=template.drive,
         loadvm=template.snapshot.name,
     )
@@ -178,8 +225,15 @@ class GuestSession:
         ram_mib: int = 128,
         console_log: Path | None = None,
         name: str | None = None,
+        disks: Sequence[GuestDisk] = (),
+        tap_disks: bool = True,
         template: Template | None = None,
         ram_file: RamFile | None = None,
+        disk_devices: Mapping[str, str] | None = None,
+        on_console: bool = False,
+        nic: Nic | None = None,
+        address: str | None = None,
+        hosts: Sequence[tuple[str, str]] = (),
     ) -> None:
         if not argv:
             raise UsageError("no workload given", hint="name a workload, e.g. `checksum`")
@@ -195,16 +249,25 @@ class GuestSession:
             accel=accel,
             ram_mib=ram_mib,
             console_log=console_log,
+            disks=disks,
+            tap_disks=tap_disks,
             ram_file=ram_file,
+            on_console=on_console,
+            nic=nic,
+            address=address,
+            hosts=hosts,
         )
         if template is not None:
             config = clone_config(config, template)
         self.template = template
+        self._disk_devices = disk_devices
         self.machine = Machine(config, name=name or argv[0])
         self.launched_at = 0.0
         self.started_at = 0.0
         self.start_instructions: int | None = None
         self._begun_vcpu_s = 0.0
+        self.disks: dict[str, str] = {}
+        """The guest device (`vda`, ...) of each disk by name, as the agent reported it."""
 
     def __enter__(self) -> Self:
         return self
@@ -237,6 +300,17 @@ class GuestSession:
             )
         self.started_at = time.monotonic()
         self.start_instructions = vm.instruction_count()
+        if self.template is not None and self._disk_devices is not None:
+            # The agent reported its disks at boot, before the template was saved.
+            self.disks = dict(self._disk_devices)
+        else:
+            self.disks = disk_devices(vm.channel.frames)
+        missing = [d.name for d in vm.disks if d.name not in self.disks]
+        if missing:
+            raise MachineError(
+                f"the guest did not report disk {missing[0]}",
+                hint="the image's kernel needs virtio_blk (vmfault's Debian kernel has it)",
+            )
 
     def begin(self) -> float:
         """Let the guest, halted at its start hook, run on toward its exit hook (which gets

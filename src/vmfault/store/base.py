@@ -17,7 +17,13 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
 from vmfault.errors import VmfaultError
-from vmfault.experiment.records import DEFAULT_MACHINE, ExperimentRecord, GoldenRun, Injection
+from vmfault.experiment.records import (
+    DEFAULT_MACHINE,
+    DISK_COLUMNS,
+    ExperimentRecord,
+    GoldenRun,
+    Injection,
+)
 
 __all__ = [
     "COLUMNS",
@@ -111,7 +117,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("stratum", "str", "the stratum the experiment was drawn for"),
     Column("seed", "int", "the seed the experiment's choices derive from"),
     Column("index", "int", "the experiment's index under its seed"),
-    Column("outcome", "str", "benign, sdc, detected, crash, hang, vmm-error, not-injected"),
+    Column(
+        "outcome",
+        "str",
+        "benign, sdc, detected, crash, hang, vmm-error, not-injected, infra-failure",
+    ),
     Column("reason", "str", "one line on why the outcome was chosen"),
     Column("cause", "str", "crash cause (a crash pattern's cause, panic, reset, a signal)"),
     Column("evidence", "str", "the console line, event or output line behind the outcome"),
@@ -162,10 +172,36 @@ COLUMNS: tuple[Column, ...] = (
         "float",
         "storm experiments: the real-world seconds a rate-model storm stands for",
     ),
+    Column("machine", "str", "the machine of the testbed the (first) fault went to"),
+    Column("judged", "str", "the machine whose outcome is the experiment's"),
+    Column("machine_outcomes", "str", "every machine's outcome, as a JSON object"),
+    Column("frames", "int", "frames that crossed the network in the experiment (a network)"),
+    Column("frames_dropped", "int", "network faults: frames the fault dropped"),
+    Column("frames_corrupted", "int", "network faults: frames the fault corrupted"),
+    Column("frames_delayed", "int", "network faults: frames the fault held back"),
+    Column("frames_duplicated", "int", "network faults: frames the fault delivered twice"),
+    Column("frames_reordered", "int", "network faults: frames overtaken by later ones"),
+    Column("traffic_json", "str", "frames per link direction (seen, delivered, ...), JSON"),
+    Column("disk", "str", "disk faults: the disk's name; None for other experiments"),
+    Column(
+        "disk_fault",
+        "str",
+        "disk faults: bad-block, read-error, write-error, flush-error, latency, stall, corrupt",
+    ),
+    Column("sector_first", "int", "disk faults: the first faulted sector (None: every sector)"),
+    Column("sector_last", "int", "disk faults: the last faulted sector (None: every sector)"),
+    Column("errno", "str", "disk faults that fail requests: the errno they return"),
+    Column(
+        "requests_faulted",
+        "int",
+        "disk faults: requests failed, delayed or held (corrupt: reads of the corrupted bytes)",
+    ),
 )
 """The analysis row of one experiment, in column order."""
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
+if COLUMN_NAMES[-len(DISK_COLUMNS) :] != DISK_COLUMNS:
+    raise AssertionError("the disk columns end the analysis row, in DISK_COLUMNS order")
 
 
 @dataclass(frozen=True)
@@ -264,6 +300,11 @@ class ResultStore(RowSource, Protocol):
 
         DuplicateExperiment if `experiment_id` is already stored (the stored one is kept).
         """
+        ...
+
+    def forget_infra_failures(self) -> list[int]:
+        """Delete the experiments given up as lost to the infrastructure (`infra-failure`),
+        so that they run again; their ids."""
         ...
 
     def has(self, experiment_id: int) -> bool:

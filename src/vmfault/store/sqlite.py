@@ -43,11 +43,14 @@ from vmfault.classify import Activation, Latency, LatencyUnit, Outcome
 from vmfault.errors import UsageError
 from vmfault.experiment.records import (
     DEFAULT_MACHINE,
+    DISK_COLUMNS,
     ExperimentRecord,
     GoldenRun,
     Injection,
     MachineRun,
     StormSummary,
+    Traffic,
+    disk_columns,
     injection_from_fields,
 )
 from vmfault.store.base import (
@@ -66,6 +69,7 @@ __all__ = [
     "BUSY_TIMEOUT_S",
     "PAGE_MAX_ROWS",
     "SCHEMA_VERSION",
+    "TRAFFIC_KEY",
     "SQLiteStore",
     "Writer",
     "writer_of",
@@ -82,6 +86,8 @@ _STORM_VERSION = 2
 """The first schema version with the storm table."""
 _MACHINES_VERSION = 3
 """The first schema version that names machines and kinds."""
+TRAFFIC_KEY = "traffic"
+"""The key of an experiment's traffic in its first injection's `detail_json`."""
 APPLICATION_ID = 0x564D4674
 """`PRAGMA application_id` of a vmfault database (`VMFt`)."""
 BUSY_TIMEOUT_S = 10.0
@@ -277,12 +283,30 @@ SELECT e.experiment_id, e.stratum, e.seed, e.idx,
        i.rip, i.user_mode, {progress},
        e.worker, e.started_at, e.finished_at, e.duration_s,
        o.phases_json, o.output, o.stderr,
-       {storm_columns}
+       {storm_columns},
+       {machine_columns}, {detail}
 FROM experiment AS e
 JOIN outcome AS o ON o.experiment_id = e.experiment_id
 LEFT JOIN injection AS i ON i.experiment_id = e.experiment_id AND i.ordinal = 0
 {storm_join}
 """
+_MACHINE_COLUMNS = """i.machine, o.machine,
+       json_patch(json_object(o.machine, o.class), coalesce(
+           (SELECT json_group_object(m.machine, m.class) FROM machine_run AS m
+            WHERE m.experiment_id = e.experiment_id), '{}')),
+       json_extract(i.detail_json, '$.traffic.frames'),
+       json_extract(i.detail_json, '$.frames_dropped'),
+       json_extract(i.detail_json, '$.frames_corrupted'),
+       json_extract(i.detail_json, '$.frames_delayed'),
+       json_extract(i.detail_json, '$.frames_duplicated'),
+       json_extract(i.detail_json, '$.frames_reordered'),
+       json_extract(i.detail_json, '$.traffic.links')"""
+"""The columns on machines and networks, derived from `machine_run` and `detail_json`."""
+_OLD_MACHINE_COLUMNS = (
+    f"'{DEFAULT_MACHINE}', '{DEFAULT_MACHINE}', json_object('{DEFAULT_MACHINE}', o.class), "
+    "NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+)
+"""The same of a database before schema 3: one machine, no network."""
 """The analysis rows' SELECT and joins, without a WHERE clause (`rows()`, `rows_for()`,
 `experiment_page()` add theirs)."""
 _ROWS_QUERY_TEMPLATE = (
@@ -292,16 +316,21 @@ _ROWS_QUERY = _ROWS_QUERY_TEMPLATE.format(
     progress="i.progress",
     storm_columns="st.flips, st.guest_s, st.real_world_s",
     storm_join="LEFT JOIN storm AS st ON st.experiment_id = e.experiment_id",
+    detail="i.detail_json",
+    machine_columns=_MACHINE_COLUMNS,
 )
 _ROWS_QUERY_V2 = _ROWS_QUERY_TEMPLATE.format(
     progress="NULL",
     storm_columns="st.flips, st.guest_s, st.real_world_s",
     storm_join="LEFT JOIN storm AS st ON st.experiment_id = e.experiment_id",
+    detail="NULL",
+    machine_columns=_OLD_MACHINE_COLUMNS,
 )
 """The rows of a version-2 database (read-only): no trigger progress."""
 _ROWS_QUERY_V1 = _ROWS_QUERY_TEMPLATE.format(
-    progress="NULL", storm_columns="NULL, NULL, NULL", storm_join=""
-)
+    progress="NULL", storm_columns="NULL, NULL, NULL", storm_join="", detail="NULL",
+    machine_columns=_OLD_MACHINE_COLUMNS,
+)  # fmt: skip
 """The rows of a version-1 database (read-only): no storm table, the storm columns None."""
 
 
@@ -319,9 +348,12 @@ def _rows_select(version: int) -> str:
         storm_join = "LEFT JOIN storm AS st ON st.experiment_id = e.experiment_id"
     else:
         storm_columns, storm_join = "NULL, NULL, NULL", ""
+    new = version >= _MACHINES_VERSION
     return _ROWS_SELECT_TEMPLATE.format(
-        progress=progress, storm_columns=storm_columns, storm_join=storm_join
-    )
+        progress=progress, storm_columns=storm_columns, storm_join=storm_join,
+        detail="i.detail_json" if new else "NULL",
+        machine_columns=_MACHINE_COLUMNS if new else _OLD_MACHINE_COLUMNS,
+    )  # fmt: skip
 
 
 def _filter_clause(found: ExperimentFilter, version: int) -> tuple[str, tuple[object, ...]]:
@@ -366,6 +398,8 @@ _LOAD_QUERY = _LOAD_QUERY_TEMPLATE.format(judged="o.machine")
 _LOAD_QUERY_OLD = _LOAD_QUERY_TEMPLATE.format(judged=f"'{DEFAULT_MACHINE}'")
 """A record of schema 1 or 2: the judged machine is the one machine."""
 _BOOL_COLUMNS = frozenset({COLUMN_NAMES.index("injected"), COLUMN_NAMES.index("user_mode")})
+_SELECTED_COLUMNS = COLUMN_NAMES[: -len(DISK_COLUMNS)]
+"""The analysis columns the rows query selects; the disk columns follow from detail_json."""
 
 
 @dataclass(frozen=True)
@@ -580,6 +614,8 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._writer: _WriterLock | None = None
         self._version = SCHEMA_VERSION
+        self._spec_ids: dict[str, int] = {}
+        """fault_spec ids this writer has committed, by spec JSON (one writer: they stay)."""
         try:
             if new is None and not path.is_file():
                 raise UsageError(
@@ -849,7 +885,7 @@ class SQLiteStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     golden.machine, key, bytes(golden.stdout), bytes(golden.stderr),
-                    golden.exit_status, golden.signal, float(golden.host_s),
+                    _golden_status(golden), golden.signal, float(golden.host_s),
                     float(golden.guest_s), golden.instructions, golden.pid,
                     json.dumps(list(golden.restored_s)), _now(),
                 ),
@@ -887,17 +923,23 @@ class SQLiteStore:
         spec_json = json.dumps(record.spec)
         latency = record.latency
         injections = [
-            _injection_params(experiment_id, ordinal, injection)
+            _injection_params(
+                experiment_id, ordinal, injection, record.traffic if ordinal == 0 else None
+            )
             for ordinal, injection in enumerate(record.injections)
         ]
         judged = record.result
         with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO fault_spec (spec_json) VALUES (?)", (spec_json,))
-            spec_id = int(
+            spec_id = self._spec_ids.get(spec_json)
+            if spec_id is None:
                 conn.execute(
-                    "SELECT spec_id FROM fault_spec WHERE spec_json = ?", (spec_json,)
-                ).fetchone()[0]
-            )
+                    "INSERT OR IGNORE INTO fault_spec (spec_json) VALUES (?)", (spec_json,)
+                )
+                spec_id = int(
+                    conn.execute(
+                        "SELECT spec_id FROM fault_spec WHERE spec_json = ?", (spec_json,)
+                    ).fetchone()[0]
+                )
             try:
                 conn.execute(
                     "INSERT INTO experiment (experiment_id, stratum, seed, idx, spec_id, worker, "
@@ -950,6 +992,25 @@ class SQLiteStore:
                         storm.first_flip_error_s, storm.guest_time, storm.attempts,
                     ),
                 )  # fmt: skip
+        self._spec_ids[spec_json] = spec_id  # committed
+
+    def forget_infra_failures(self) -> list[int]:
+        """Delete every experiment given up as lost to the infrastructure (`infra-failure`:
+        no outcome of its fault), in one transaction, so that it runs again; their ids."""
+        with self._write() as conn:
+            ids = [
+                int(row[0])
+                for row in conn.execute(
+                    "SELECT experiment_id FROM outcome WHERE class = ? ORDER BY experiment_id",
+                    (Outcome.INFRA_FAILURE.value,),
+                )
+            ]
+            for table in ("storm", "machine_run", "injection", "outcome", "experiment"):
+                conn.executemany(
+                    f"DELETE FROM {table} WHERE experiment_id = ?",  # noqa: S608 (constants)
+                    [(i,) for i in ids],
+                )
+        return ids
 
     def has(self, experiment_id: int) -> bool:
         """Whether `experiment_id` is recorded."""
@@ -1033,6 +1094,7 @@ class SQLiteStore:
             query = _LOAD_QUERY if self._version >= _MACHINES_VERSION else _LOAD_QUERY_OLD
             row = cursor.execute(query, (experiment_id,)).fetchone()
             injections = _injections(conn, experiment_id, self._version)
+            traffic = _traffic(conn, experiment_id, self._version)
             storm = _storm(conn, experiment_id, self._version)
             others = _machine_runs(conn, experiment_id, self._version)
         if row is None or not injections:
@@ -1056,6 +1118,7 @@ class SQLiteStore:
             activation=Activation(row["activation"]),
             phases_s=json.loads(row["phases_json"]),
             storm=storm,
+            traffic=traffic,
         )
 
     def injections(self, experiment_id: int) -> tuple[Injection, ...]:
@@ -1244,9 +1307,22 @@ def _golden_row(conn: sqlite3.Connection, machine: str, key: str, version: int) 
     )  # fmt: skip
 
 
-def _injection_params(experiment_id: int, ordinal: int, injection: Injection) -> tuple[object, ...]:
+def _golden_status(golden: GoldenRun) -> int | None:
+    """The exit status column of a golden run: None for a daemon stopped while it ran."""
+    if golden.exit_code is None and golden.signal is None:
+        return None
+    return golden.exit_status
+
+
+def _injection_params(
+    experiment_id: int, ordinal: int, injection: Injection, traffic: Traffic | None = None
+) -> tuple[object, ...]:
+    """The row of one injection. The experiment's traffic (a testbed with a network) rides
+    in the first injection's `detail_json` under TRAFFIC_KEY: no column of its own."""
     fields = injection.fields()
     detail = {k: v for k, v in fields.items() if k not in _INJECTION_COLUMNS}
+    if traffic is not None:
+        detail[TRAFFIC_KEY] = traffic.to_json()
     for name in _HEX_COLUMNS:
         fields[name] = _hex(fields.get(name))
     user_mode = fields["user_mode"]
@@ -1295,6 +1371,7 @@ def _injections(
         detail = values.pop("detail_json")
         if detail:
             values.update(json.loads(detail))
+            values.pop(TRAFFIC_KEY, None)
         kind = values.pop("kind") or _old_kind(values)
         if kind == "instruction" and "op" not in values:  # schema 1 and 2 kept no detail
             values["op"] = str(values["target"]).partition(":")[2].partition("@")[0]
@@ -1328,6 +1405,19 @@ def _machine_runs(
     )
 
 
+def _traffic(conn: sqlite3.Connection, experiment_id: int, version: int) -> Traffic | None:
+    if version < _MACHINES_VERSION:
+        return None
+    row = conn.execute(
+        "SELECT detail_json FROM injection WHERE experiment_id = ? AND ordinal = 0",
+        (experiment_id,),
+    ).fetchone()
+    if row is None or not row[0]:
+        return None
+    data = json.loads(row[0]).get(TRAFFIC_KEY)
+    return None if data is None else Traffic.from_json(data)
+
+
 def _storm(conn: sqlite3.Connection, experiment_id: int, version: int) -> StormSummary | None:
     if version < _STORM_VERSION:
         return None
@@ -1345,11 +1435,14 @@ def _storm(conn: sqlite3.Connection, experiment_id: int, version: int) -> StormS
 
 
 def _row(values: Sequence[object]) -> dict[str, object]:
-    """One analysis row from the values of the rows query, booleans made bool."""
-    row: dict[str, object] = dict(zip(COLUMN_NAMES, values, strict=True))
+    """One analysis row from the values of the rows query, booleans made bool; the disk
+    columns come from the first injection's detail (the query's last value)."""
+    row: dict[str, object] = dict(zip(_SELECTED_COLUMNS, values[:-1], strict=True))
     for position in _BOOL_COLUMNS:
         value = values[position]
         row[COLUMN_NAMES[position]] = None if value is None else bool(value)
+    detail = values[-1]
+    row.update(disk_columns(json.loads(detail) if isinstance(detail, str) and detail else None))
     return row
 
 

@@ -1,6 +1,6 @@
 """Fault kinds, found by the registry `KINDS`: the target's prefix (`register`, `memory`,
-`kernel-code`, `instruction`, `none` for control runs), or `storm` for a memory family with a
-schedule of flips.
+`kernel-code`, `instruction`, `disk`, `network`, `none` for control runs), or `storm` for a
+memory family with a schedule of flips.
 
 A new kind is a module implementing `FaultKind` plus one entry here.
 """
@@ -10,9 +10,11 @@ from collections.abc import Mapping
 from vmfault.errors import UsageError
 from vmfault.experiment.kinds.base import FaultKind, Injected, KindFactory
 from vmfault.experiment.kinds.control import ControlKind
+from vmfault.experiment.kinds.disk import DiskKind
 from vmfault.experiment.kinds.instruction import InstructionKind
 from vmfault.experiment.kinds.kernel_code import KernelCodeKind
 from vmfault.experiment.kinds.memory import MemoryKind
+from vmfault.experiment.kinds.network import NetworkKind
 from vmfault.experiment.kinds.register import RegisterKind
 from vmfault.experiment.kinds.storm import StormKind
 from vmfault.faults.model import FaultSpec
@@ -25,6 +27,8 @@ KINDS: Mapping[str, KindFactory] = {
     "kernel-code": KernelCodeKind,
     "instruction": InstructionKind,
     "storm": StormKind,
+    "disk": DiskKind,
+    "network": NetworkKind,
     "none": ControlKind,
 }
 """The fault kinds by name."""

@@ -1,7 +1,7 @@
 """The protocol every fault kind implements, and what its injection hands back.
 
 A fault kind is one way of corrupting a machine: registers, memory, kernel code,
-instruction results, storms of flips (disks, networks, devices and the VMM itself come
+instruction results, storms of flips, disks (networks, devices and the VMM itself come
 next). The pipeline (`vmfault.experiment.pipeline`) knows only this protocol: it restores
 the testbed, asks the kind to reach its trigger and to inject (each injection read back),
 observes every machine, classifies and records. One kind object serves one machine of a
@@ -30,6 +30,10 @@ class Injected:
     injections: tuple[Injection, ...]
     summary: StormSummary | None = None
     restart: bool = False
+    activated: bool | None = None
+    """Whether the fault was reached, for a kind that knows it itself (a disk fault some
+    request reached); None: as the observation's watch says. A fault not reached is
+    `not-activated` whatever the outcome."""
 
 
 class FaultKind(Protocol):
@@ -59,6 +63,14 @@ class FaultKind(Protocol):
     def not_injected(self, experiment: Experiment, reason: str) -> Injection:
         """The record of this fault when it could not be placed, saying `reason`."""
         ...
+
+    def finish(self, experiment: Experiment, injected: Injected) -> Injected:
+        """After the observation of every machine (and before a restart), with the
+        target halted: take out what the fault left in the machine (a disk's tap), and
+        return the injections completed with what the fault did while the guest ran (a
+        disk's requests, a network fault's frames); others change nothing. A snapshot
+        restore takes such parts out too, so a failed experiment leaves nothing behind."""
+        return injected
 
 
 class KindFactory(Protocol):

@@ -5,11 +5,16 @@
  *   vmfault.mode=run|kallsyms|shell   (default run)
  *   vmfault.argv=<hex>                argv strings joined by one NUL byte, lowercase hex
  *   vmfault.after=idle|poweroff       (default idle)
+ *   vmfault.tty=1                     the workload's stdin, stdout and stderr are the serial
+ *                                     console (a shell for a host script), not pipes
+ *   vmfault.ip=A.B.C.D/LEN            configure eth0 with this address (IPv6 off, lo up)
+ *   vmfault.hosts=NAME:A.B.C.D,...    written to /etc/hosts (NAME first is this machine)
  *
  * Everything meant for the host leaves on the result channel as frames:
  *   '@' KIND ' ' LENGTH '\n' PAYLOAD
- * with LENGTH the payload size in decimal ASCII. Kinds: hello, log, start, out, err,
- * exit, kallsyms, idle.
+ * with LENGTH the payload size in decimal ASCII. Kinds: hello, log, disk, start, out, err,
+ * exit, kallsyms, idle. A `disk` frame names one virtio disk: "NAME DEVICE SECTORS", its
+ * name being the serial the host gave it (also linked as /dev/disk/by-id/virtio-NAME).
  *
  * The result channel is the isa-debugcon port 0xe9 on x86-64 and ARM semihosting on
  * aarch64 (SYS_WRITE0 and SYS_WRITEC, routed by QEMU to a chardev): both are one trapping
@@ -19,8 +24,12 @@
  * idle_forever() or a power-off.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -33,6 +42,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
@@ -46,7 +56,11 @@
 #define CMDLINE_BYTES 4096
 #define MAX_ARGS 256
 #define MODULE_LIST "/etc/vmfault/modules"
+#define DISK_MODULE_LIST "/etc/vmfault/modules.disk"
+#define DISK_LINKS "/dev/disk/by-id"
 #define WORKLOAD_DIR "/w/"
+#define CONSOLE_TTY "/dev/ttyS0"
+#define NIC_NAME "eth0"
 
 static int debugcon_ok;
 static char *const child_env[] = {
@@ -217,9 +231,9 @@ static void mount_filesystems(void)
     }
 }
 
-static void load_modules(void)
+static void load_modules(const char *list_path)
 {
-    FILE *list = fopen(MODULE_LIST, "r");
+    FILE *list = fopen(list_path, "r");
     char path[512];
     int loaded = 0, total = 0;
     if (!list)
@@ -261,6 +275,47 @@ static size_t read_file(const char *path, char *buf, size_t size)
     close(fd);
     buf[used] = '\0';
     return used;
+}
+
+/*
+ * Report every virtio disk (vda, vdb, ...) with the serial the host gave it, and link it as
+ * /dev/disk/by-id/virtio-SERIAL as udev would. Returns how many there are.
+ */
+static int report_disks(void)
+{
+    DIR *dir = opendir("/sys/block");
+    struct dirent *entry;
+    int count = 0;
+    if (!dir)
+        return 0;
+    mkdir("/dev/disk", 0755);
+    mkdir(DISK_LINKS, 0755);
+    while ((entry = readdir(dir)) != NULL) {
+        char path[300], serial[64], sectors[32], link[400], target[300], frame[200];
+        if (strncmp(entry->d_name, "vd", 2) != 0 || strlen(entry->d_name) > 32)
+            continue;
+        snprintf(path, sizeof path, "/sys/block/%s/serial", entry->d_name);
+        if (read_file(path, serial, sizeof serial) == 0)
+            serial[0] = '\0';
+        serial[strcspn(serial, "\r\n ")] = '\0';
+        snprintf(path, sizeof path, "/sys/block/%s/size", entry->d_name);
+        if (read_file(path, sectors, sizeof sectors) == 0)
+            snprintf(sectors, sizeof sectors, "0");
+        sectors[strcspn(sectors, "\r\n ")] = '\0';
+        if (serial[0] && !strchr(serial, '/')) {
+            snprintf(link, sizeof link, DISK_LINKS "/virtio-%s", serial);
+            snprintf(target, sizeof target, "../../%s", entry->d_name);
+            unlink(link);
+            if (symlink(target, link) != 0)
+                agent_log("%s: %s", link, strerror(errno));
+        }
+        snprintf(frame, sizeof frame, "%s %s %s", serial[0] ? serial : "-", entry->d_name,
+                 sectors);
+        send_text("disk", frame);
+        count++;
+    }
+    closedir(dir);
+    return count;
 }
 
 /* The value of `key=` on the kernel command line, copied into out; 0 when absent. */
@@ -334,7 +389,63 @@ static void reset_child_signals(void)
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-static void run_workload(char **argv)
+/* Makes the console the calling process's controlling terminal and its stdin, stdout and
+ * stderr (it must lead a new session). */
+static void take_console(void)
+{
+    setsid();
+    int fd = open(CONSOLE_TTY, O_RDWR);
+    if (fd < 0)
+        fd = open("/dev/console", O_RDWR);
+    if (fd < 0)
+        return;
+    ioctl(fd, TIOCSCTTY, 1);
+    for (int i = 0; i < 3; i++)
+        dup2(fd, i);
+    if (fd > 2)
+        close(fd);
+}
+
+static void send_exit(int status, const struct timespec *t0, const struct timespec *t1);
+
+/* The workload on the console (vmfault.tty=1): its output goes to the console only, and
+ * the host answers its prompts there. */
+static void run_on_console(char **argv, const char *path)
+{
+    struct timespec t0, t1;
+    int status = 0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pid_t pid = fork();
+    if (pid < 0) {
+        agent_log("fork: %s", strerror(errno));
+        return;
+    }
+    if (pid == 0) {
+        reset_child_signals();
+        take_console();
+        execve(path, argv, child_env);
+        dprintf(STDERR_FILENO, "vmfault-agent: cannot execute %s: %s\n", path, strerror(errno));
+        _exit(127);
+    }
+    vmfault_hook_started(pid);
+    char pidtext[32];
+    snprintf(pidtext, sizeof pidtext, "%d", (int)pid);
+    send_text("start", pidtext);
+    for (;;) {
+        pid_t got = waitpid(pid, &status, 0);
+        if (got == pid)
+            break;
+        if (got < 0 && errno != EINTR) {
+            agent_log("waitpid: %s", strerror(errno));
+            break;
+        }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    vmfault_hook_exited(status);
+    send_exit(status, &t0, &t1);
+}
+
+static void run_workload(char **argv, int on_console)
 {
     char path[512];
     int out[2], err[2];
@@ -345,6 +456,10 @@ static void run_workload(char **argv)
         snprintf(path, sizeof path, "%s", argv[0]);
     else
         snprintf(path, sizeof path, WORKLOAD_DIR "%s", argv[0]);
+    if (on_console) {
+        run_on_console(argv, path);
+        return;
+    }
     if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
         agent_log("pipe: %s", strerror(errno));
         return;
@@ -436,12 +551,16 @@ static void run_workload(char **argv)
     }
     sigprocmask(SIG_UNBLOCK, &chld, NULL);
     vmfault_hook_exited(status);
+    send_exit(status, &t0, &t1);
+}
 
+static void send_exit(int status, const struct timespec *t0, const struct timespec *t1)
+{
     char result[96];
     if (WIFSIGNALED(status))
-        snprintf(result, sizeof result, "signaled %d %lld", WTERMSIG(status), elapsed_ns(&t0, &t1));
+        snprintf(result, sizeof result, "signaled %d %lld", WTERMSIG(status), elapsed_ns(t0, t1));
     else
-        snprintf(result, sizeof result, "exited %d %lld", WEXITSTATUS(status), elapsed_ns(&t0, &t1));
+        snprintf(result, sizeof result, "exited %d %lld", WEXITSTATUS(status), elapsed_ns(t0, t1));
     send_text("exit", result);
 }
 
@@ -494,19 +613,8 @@ static pid_t spawn(char *const argv[], int new_session)
     if (pid != 0)
         return pid;
     reset_child_signals();
-    if (new_session) {
-        setsid();
-        int fd = open("/dev/ttyS0", O_RDWR);
-        if (fd < 0)
-            fd = open("/dev/console", O_RDWR);
-        if (fd >= 0) {
-            ioctl(fd, TIOCSCTTY, 1);
-            for (int i = 0; i < 3; i++)
-                dup2(fd, i);
-            if (fd > 2)
-                close(fd);
-        }
-    }
+    if (new_session)
+        take_console();
     execve(argv[0], argv, child_env);
     dprintf(STDERR_FILENO, "vmfault-agent: cannot execute %s: %s\n", argv[0], strerror(errno));
     _exit(127);
@@ -532,13 +640,13 @@ static void power_off(void)
     agent_log("poweroff: %s", strerror(errno));
 }
 
+static void install_applets(void);
+
 static void run_shell(int poweroff_after)
 {
-    char *install[] = {"/bin/busybox", "--install", "-s", "/bin", NULL};
     char *shell[] = {"/bin/sh", NULL};
-    pid_t pid = spawn(install, 0);
-    if (pid > 0)
-        wait_for(pid);
+    pid_t pid;
+    install_applets();
     for (;;) {
         pid = spawn(shell, 1);
         if (pid < 0) {
@@ -552,6 +660,107 @@ static void run_shell(int poweroff_after)
         }
         sleep(1);
     }
+}
+
+static int set_address(int sock, unsigned long request, const char *ifname, struct in_addr addr)
+{
+    struct ifreq ifr;
+    struct sockaddr_in sin;
+    memset(&ifr, 0, sizeof ifr);
+    memset(&sin, 0, sizeof sin);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
+    sin.sin_family = AF_INET;
+    sin.sin_addr = addr;
+    memcpy(&ifr.ifr_addr, &sin, sizeof sin);
+    return ioctl(sock, request, &ifr);
+}
+
+static int bring_up(int sock, const char *ifname)
+{
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
+    if (ioctl(sock, SIOCGIFFLAGS, &ifr) != 0)
+        return -1;
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    return ioctl(sock, SIOCSIFFLAGS, &ifr);
+}
+
+/* /etc/hosts from "NAME:ADDRESS,NAME:ADDRESS,..."; the first name is this machine's. */
+static void write_hosts(const char *list)
+{
+    char copy[CMDLINE_BYTES];
+    char text[CMDLINE_BYTES + 64];
+    size_t used = 0;
+    int first = 1;
+    snprintf(copy, sizeof copy, "%s", list);
+    used += (size_t)snprintf(text, sizeof text, "127.0.0.1 localhost\n");
+    for (char *save = NULL, *item = strtok_r(copy, ",", &save); item;
+         item = strtok_r(NULL, ",", &save)) {
+        char *colon = strchr(item, ':');
+        if (!colon)
+            continue;
+        *colon = '\0';
+        if (used < sizeof text)
+            used += (size_t)snprintf(text + used, sizeof text - used, "%s %s\n", colon + 1, item);
+        if (first) {
+            sethostname(item, strlen(item));
+            first = 0;
+        }
+    }
+    int fd = open("/etc/hosts", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        agent_log("/etc/hosts: %s", strerror(errno));
+        return;
+    }
+    write_all(fd, text, used < sizeof text ? used : sizeof text - 1);
+    close(fd);
+}
+
+/* The machine's place on vmfault's network: eth0 at vmfault.ip, lo up, IPv6 off (the
+ * network is IPv4 and static: no router solicitations or address probes on the wire). */
+static void setup_network(const char *cmdline)
+{
+    char spec[64], hosts[CMDLINE_BYTES];
+    if (!cmdline_value(cmdline, "vmfault.ip", spec, sizeof spec))
+        return;
+    write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1\n");
+    write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1\n");
+    char *slash = strchr(spec, '/');
+    int prefix = 24;
+    if (slash) {
+        *slash = '\0';
+        prefix = atoi(slash + 1);
+    }
+    struct in_addr addr, mask;
+    if (inet_pton(AF_INET, spec, &addr) != 1 || prefix < 1 || prefix > 32) {
+        agent_log("malformed vmfault.ip");
+        return;
+    }
+    mask.s_addr = htonl(prefix == 32 ? 0xffffffffu : ~(0xffffffffu >> prefix));
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0) {
+        agent_log("socket: %s", strerror(errno));
+        return;
+    }
+    if (bring_up(sock, "lo") != 0)
+        agent_log("lo: %s", strerror(errno));
+    if (set_address(sock, SIOCSIFADDR, NIC_NAME, addr) != 0
+        || set_address(sock, SIOCSIFNETMASK, NIC_NAME, mask) != 0
+        || bring_up(sock, NIC_NAME) != 0)
+        agent_log(NIC_NAME ": %s", strerror(errno));
+    close(sock);
+    if (cmdline_value(cmdline, "vmfault.hosts", hosts, sizeof hosts))
+        write_hosts(hosts);
+    agent_log("network: " NIC_NAME " %s/%d", spec, prefix);
+}
+
+static void install_applets(void)
+{
+    char *install[] = {"/bin/busybox", "--install", "-s", "/bin", NULL};
+    pid_t pid = spawn(install, 0);
+    if (pid > 0)
+        wait_for(pid);
 }
 
 static __attribute__((noreturn)) void idle_forever(void)
@@ -597,7 +806,9 @@ int main(void)
     snprintf(hello, sizeof hello, "vmfault-agent " PROTOCOL_VERSION " %s", uts.release);
     send_text("hello", hello);
 
-    load_modules();
+    load_modules(MODULE_LIST);
+    if (report_disks() > 0)
+        load_modules(DISK_MODULE_LIST); /* file systems, for workloads that make one */
     /* Boot quietly, then let every kernel message through: user-level crash reports such
      * as "segfault at ..." are KERN_INFO and are evidence for classifying an outcome. */
     write_sysctl("/proc/sys/kernel/printk", "7\n");
@@ -607,6 +818,12 @@ int main(void)
     cmdline_value(cmdline, "vmfault.mode", mode, sizeof mode);
     cmdline_value(cmdline, "vmfault.after", after, sizeof after);
     int poweroff_after = strcmp(after, "poweroff") == 0;
+    char tty[8] = "0";
+    cmdline_value(cmdline, "vmfault.tty", tty, sizeof tty);
+    int on_console = strcmp(tty, "1") == 0;
+    char ip[64];
+    int networked = cmdline_value(cmdline, "vmfault.ip", ip, sizeof ip);
+    setup_network(cmdline);
     if (!poweroff_after && strcmp(after, "idle") != 0)
         agent_log("unknown vmfault.after=%s, idling", after);
     console_print("vmfault-agent: ready\n");
@@ -616,8 +833,11 @@ int main(void)
             agent_log("no vmfault.argv on the kernel command line");
         else if (decode_argv(hex, argbuf, sizeof argbuf, argv, MAX_ARGS) < 0)
             agent_log("malformed vmfault.argv");
-        else
-            run_workload(argv);
+        else {
+            if (on_console || networked)
+                install_applets(); /* ping, nc, wget, httpd, ... on the PATH */
+            run_workload(argv, on_console);
+        }
     } else if (strcmp(mode, "kallsyms") == 0) {
         dump_kallsyms();
     } else if (strcmp(mode, "shell") == 0) {
