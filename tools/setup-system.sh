@@ -2,6 +2,7 @@
 # Installs the Debian packages vmfault needs, only those that are missing (fast when done).
 set -euo pipefail
 packages=(qemu-system-x86 qemu-utils busybox-static gcc libc6-dev python3-venv chromium
+          qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross
           slurmctld slurmd slurm-client munge)
 missing=()
 for pkg in "${packages[@]}"; do

@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.table import Table
 
 from vmfault._version import __version__
+from vmfault.arch import DEFAULT_ARCH, DISKS, Arch
 from vmfault.campaign.cluster import Cluster, ClusterOptions, cluster_options, connect
 from vmfault.campaign.executor import Completed
 from vmfault.campaign.planner import plan_campaign
@@ -142,9 +143,14 @@ def _spec(
     initrd: Path | None,
     disk: Path | None,
     extra: tuple[UserWorkload, ...] = (),
+    arch: Arch = DEFAULT_ARCH,
 ) -> ImageSpec:
     return ImageSpec(
-        user_workloads=_load_config(config) + extra, kernel=kernel, initrd=initrd, disk=disk
+        user_workloads=_load_config(config) + extra,
+        kernel=kernel,
+        initrd=initrd,
+        disk=disk,
+        arch=arch,
     )
 
 
@@ -164,6 +170,9 @@ KernelOpt = Annotated[Path | None, typer.Option(help="Your own kernel (vmlinux o
 InitrdOpt = Annotated[Path | None, typer.Option(help="Your own initrd; vmfault's is appended.")]
 DiskOpt = Annotated[Path | None, typer.Option(help="A raw disk image attached as virtio-blk.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+ArchOpt = Annotated[
+    Arch, typer.Option(help="Guest architecture: x86_64 (-M microvm) or aarch64 (-M virt).")
+]
 RestoreOpt = Annotated[
     RestoreMethod,
     typer.Option(
@@ -181,9 +190,13 @@ GuestDisksOpt = Annotated[
 ]
 
 
-def _guest_disks(texts: list[str] | None) -> tuple[GuestDisk, ...]:
-    """The disks of --disk options (one-line errors for bad names, sizes and images)."""
-    return unique_disks([parse_disk(text) for text in texts or ()])
+def _guest_disks(texts: list[str] | None, arch: Arch) -> tuple[GuestDisk, ...]:
+    """The disks of --disk options (one-line errors for bad names, sizes and images, and
+    for disks on a guest of `arch` that has none)."""
+    disks = unique_disks([parse_disk(text) for text in texts or ()])
+    if disks:
+        arch.require(DISKS)
+    return disks
 
 
 BudgetOpt = Annotated[
@@ -198,13 +211,14 @@ def image_build(
     kernel: KernelOpt = None,
     initrd: InitrdOpt = None,
     disk: DiskOpt = None,
+    arch: ArchOpt = DEFAULT_ARCH,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the guest image (kernel, initramfs, agent, workloads) and capture kernel symbols.
 
     Cached by a hash of every input: a second build with the same inputs does nothing.
     """
-    image = prepare_image(_spec(config, kernel, initrd, disk), log=_progress)
+    image = prepare_image(_spec(config, kernel, initrd, disk, arch=arch), log=_progress)
     if as_json:
         out.print_json(
             json.dumps(
@@ -212,6 +226,7 @@ def image_build(
                     "image_hash": image.image_hash,
                     "root": str(image.root),
                     "kernel_release": image.kernel_release,
+                    "arch": image.arch.value,
                     "workloads": sorted(image.workloads),
                 }
             )
@@ -281,6 +296,7 @@ def run(
     disk: GuestDisksOpt = None,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
+    arch: ArchOpt = DEFAULT_ARCH,
     as_json: JsonOpt = False,
 ) -> None:
     """Golden run: boot the guest, run WORKLOAD fault-free, print its output and exit status.
@@ -289,9 +305,9 @@ def run(
     everything goes to the workload.
     """
     name, extra = _user_workload(workload, cflags)
-    spec = _spec(config, None, None, None, extra)
+    spec = _spec(config, None, None, None, extra, arch)
     _require_known(name, spec)
-    disks = _guest_disks(disk)
+    disks = _guest_disks(disk, arch)
     disk_required(name, len(disks))
     image = prepare_image(spec, log=_progress)
     argv = [name, *(args or [])]
@@ -454,6 +470,7 @@ def inject(
         str | None,
         typer.Option(help="network:partition: groups split by |, names by commas: a|b,c."),
     ] = None,
+    arch: ArchOpt = DEFAULT_ARCH,
     as_json: JsonOpt = False,
 ) -> None:
     """Run one experiment: inject one fault into WORKLOAD and classify what happens.
@@ -473,11 +490,12 @@ def inject(
         sectors=sectors, errno=errno, once=once or None,
         machine=machine, link=link, direction=direction, burst=burst, where=where,
         delay=delay, jitter=jitter, bandwidth=bandwidth, groups=_groups(groups),
-        spell=_option_name,
+        spell=_option_name, arch=arch,
     )  # fmt: skip
     hang_budget = None if budget is None else Budget.parse(budget)
-    disks = _guest_disks(disk)
+    disks = _guest_disks(disk, arch)
     if spec.disk is not None:
+        arch.require(DISKS)
         spec.disk.disk_of({d.name: d.sectors for d in disks})
     table = None
     if crash_patterns is not None:
@@ -505,7 +523,7 @@ def inject(
         )
     name, extra = _user_workload(workload, cflags)
     disk_required(name, len(disks))
-    image_spec = _spec(config, None, None, None, extra)
+    image_spec = _spec(config, None, None, None, extra, arch)
     _require_known(name, image_spec)
     if spec.instruction is not None:
         _check_function(extra, spec.instruction.function)
@@ -699,12 +717,13 @@ def profile(
     deterministic: Annotated[bool, typer.Option(help="icount mode: repeatable runs.")] = False,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
+    arch: ArchOpt = DEFAULT_ARCH,
     as_json: JsonOpt = False,
 ) -> None:
     """Count each instruction class executed inside FUNCTION by the workload process
     (F-SEFI's profile): per class and per static instruction, from one golden run."""
     name, extra = _user_workload(workload, cflags)
-    image_spec = _spec(config, None, None, None, extra)
+    image_spec = _spec(config, None, None, None, extra, arch)
     _require_known(name, image_spec)
     _check_function(extra, function)
     image = prepare_image(image_spec, log=_progress)
@@ -784,6 +803,7 @@ def storm(
     disk: GuestDisksOpt = None,
     cflags: CflagsOpt = None,
     config: ConfigOpt = None,
+    arch: ArchOpt = DEFAULT_ARCH,
     as_json: JsonOpt = False,
 ) -> None:
     """A storm of memory bit flips on a schedule in guest time, then the outcome."""
@@ -791,23 +811,23 @@ def storm(
         target=f"memory:{region}", flips=flips, interval=interval, rate=rate,
         rate_unit=None if rate is None else rate_unit.value,
         compression=None if rate is None else compression, period=period,
-        spell=lambda key: "--region" if key == "target" else _option_name(key),
+        spell=lambda key: "--region" if key == "target" else _option_name(key), arch=arch,
     )  # fmt: skip
+    disks = _guest_disks(disk, arch)
     if idle is not None:
         if parse_cflags(cflags or "", label="--cflags"):
             raise UsageError("--cflags do not apply to the idle system", hint="remove --cflags")
-        image = prepare_image(_spec(config, None, None, None), log=_progress)
+        image = prepare_image(_spec(config, None, None, None, arch=arch), log=_progress)
         argv = list(idle_argv(parse_duration_s(idle)))
     else:
         if workload is None:
             raise UsageError("no workload given", hint="add --workload NAME, or --idle 2s")
         name, extra = _user_workload(workload, cflags)
-        image_spec = _spec(config, None, None, None, extra)
+        image_spec = _spec(config, None, None, None, extra, arch)
         _require_known(name, image_spec)
-        disk_required(name, len(_guest_disks(disk)))
+        disk_required(name, len(disks))
         image = prepare_image(image_spec, log=_progress)
         argv = [name, *(workload_args or image.workload(name).default_args)]
-    disks = _guest_disks(disk)
     with Experimenter.single(
         image,
         argv,
@@ -853,9 +873,10 @@ def _require_known(name: str, spec: ImageSpec) -> None:
 @app.command()
 def workloads(
     deterministic: Annotated[bool, typer.Option(help="Use icount mode.")] = False,
+    arch: ArchOpt = DEFAULT_ARCH,
 ) -> None:
     """Golden-run every built-in workload and print a table."""
-    image = prepare_image(log=_progress)
+    image = prepare_image(ImageSpec(arch=arch), log=_progress)
     runs = []
     for name in builtin_workload_names():
         argv = [name, *image.workload(name).default_args]
@@ -1261,6 +1282,18 @@ def doctor(
         healthy &= _check(
             table,
             tool,
+            bool(found),
+            found or "not found",
+            f"make setup (apt-get install {package})",
+        )
+    for label, tool, package in (
+        ("QEMU aarch64", "qemu-system-aarch64", "qemu-system-arm"),
+        ("gcc aarch64", "aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"),
+    ):
+        found = shutil.which(tool)  # needed for --arch aarch64 only
+        _check(
+            table,
+            label,
             bool(found),
             found or "not found",
             f"make setup (apt-get install {package})",

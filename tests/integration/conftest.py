@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from vmfault.guest.image import GuestImage
+from vmfault.arch import Arch
+from vmfault.guest.image import GuestImage, ImageSpec
 from vmfault.guest.symbols import KernelSymbols
 from vmfault.machine import Machine, Snapshot
 from vmfault.session import capture_kernel_symbols, machine_config, prepare_image
@@ -19,6 +20,19 @@ IDLE_ARGV = ["/bin/busybox", "true"]
 def image() -> GuestImage:
     """The built-in guest image (built once, then cached)."""
     return prepare_image()
+
+
+@pytest.fixture(scope="session", params=list(Arch), ids=[arch.value for arch in Arch])
+def arch(request: pytest.FixtureRequest) -> Arch:
+    """The guest architecture: a test that applies to both runs once on each (x86_64 and
+    aarch64); `@pytest.mark.parametrize("arch", [...], indirect=True)` picks some."""
+    return Arch(request.param)
+
+
+@pytest.fixture(scope="session")
+def arch_image(arch: Arch) -> GuestImage:
+    """The built-in guest image of `arch` (built once, then cached)."""
+    return prepare_image(ImageSpec(arch=arch))
 
 
 @pytest.fixture(scope="session")

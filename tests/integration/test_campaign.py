@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import leaked_qemu_processes
+from vmfault.arch import Arch
 from vmfault.guest.image import GuestImage
 
 pytestmark = pytest.mark.vm
@@ -28,6 +29,7 @@ workers = 2
 
 [guest]
 workload = "checksum"
+arch = "{arch}"
 
 [[faults]]
 name = "gpr"
@@ -51,9 +53,9 @@ def vmfault(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def campaign_file(tmp_path: Path, name: str, experiments: int) -> Path:
+def campaign_file(tmp_path: Path, name: str, experiments: int, arch: Arch = Arch.X86_64) -> Path:
     path = tmp_path / f"{name}.toml"
-    path.write_text(CAMPAIGN.format(name=name, experiments=experiments))
+    path.write_text(CAMPAIGN.format(name=name, experiments=experiments, arch=arch.value))
     return path
 
 
@@ -92,8 +94,8 @@ def status(db: Path, tmp_path: Path) -> dict[str, Any]:
     return data
 
 
-def test_small_campaign_end_to_end(image: GuestImage, tmp_path: Path) -> None:
-    file = campaign_file(tmp_path, "small", 20)
+def test_small_campaign_end_to_end(arch_image: GuestImage, arch: Arch, tmp_path: Path) -> None:
+    file = campaign_file(tmp_path, "small", 20, arch)
     result = vmfault("campaign", "run", str(file), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)

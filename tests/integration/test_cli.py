@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from vmfault.arch import Arch
 from vmfault.guest.image import GuestImage
 
 pytestmark = pytest.mark.vm
@@ -39,8 +40,8 @@ def test_run_checksum_json_twice_is_identical(image: GuestImage) -> None:
     assert first["output"] == second["output"]
 
 
-def test_run_foo_prints_fsefi_reference_output(image: GuestImage) -> None:
-    result = vmfault("run", "foo")
+def test_run_foo_prints_fsefi_reference_output(arch_image: GuestImage, arch: Arch) -> None:
+    result = vmfault("run", "foo", "--arch", arch.value)
     assert result.stdout == "fmul output : 2.5937424601\nfadd output : 13.5937424601\n"
 
 
@@ -78,8 +79,18 @@ def test_user_c_workload(image: GuestImage, tmp_path: Path) -> None:
         (["run", "./missing.c"], "missing.c"),
         (["run", "--accel", "warp", "foo"], "warp"),
         (["image", "build", "--config", "/nonexistent.toml"], "nonexistent.toml"),
+        (["run", "--arch", "riscv64", "foo"], "riscv64"),
+        # What aarch64 guests lack, named in one line.
+        (["run", "foo", "--arch", "aarch64", "--accel", "kvm"],
+         "KVM runs only x86_64 guests on this host, not aarch64"),
+        (["image", "build", "--arch", "aarch64", "--kernel", __file__],
+         "a kernel of your own works only for x86-64 guests"),
+        (["image", "build", "--arch", "aarch64", "--disk", __file__],
+         "disks work only on x86-64 guests"),
+        (["inject", "-w", "checksum", "--arch", "aarch64", "--target", "register:rip"],
+         "unknown register 'rip' on aarch64 guests"),
     ],
-)
+)  # fmt: skip
 def test_bad_input_is_one_line_exit_2(image: GuestImage, args: list[str], message: str) -> None:
     result = vmfault(*args, check=False)
     assert result.returncode == 2, result.stderr

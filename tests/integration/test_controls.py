@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from vmfault.arch import Arch
 from vmfault.classify import Outcome
 from vmfault.experiment.pipeline import Experimenter
 from vmfault.experiment.records import ControlInjection, TriggerPoint
@@ -34,11 +35,19 @@ def vmfault(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("workload", ["checksum", "crc32", "foo", "matmul"])
-def test_control_runs_are_all_benign(image: GuestImage, workload: str) -> None:
+@pytest.mark.parametrize(
+    ("arch", "workload"),
+    [
+        *((Arch.X86_64, name) for name in ("checksum", "crc32", "foo", "matmul")),
+        *((Arch.AARCH64, name) for name in ("checksum", "foo")),
+    ],
+    indirect=["arch"],
+    ids=str,
+)
+def test_control_runs_are_all_benign(arch_image: GuestImage, workload: str) -> None:
     assert workload in BUILTIN_WORKLOADS
     control = FaultSpec.from_options(target="none")
-    with Experimenter.single(image, [workload]) as experimenter:
+    with Experimenter.single(arch_image, [workload]) as experimenter:
         records = [experimenter.run(control, seed=11, index=i) for i in range(RUNS)]
         golden = experimenter.golden
     for record in records:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from vmfault.arch import Arch
 from vmfault.classify import Activation, Outcome
 from vmfault.experiment.pipeline import Experimenter
 from vmfault.experiment.records import ExperimentRecord, MemoryInjection
@@ -21,16 +22,32 @@ pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def checksum(image: GuestImage) -> Iterator[Experimenter]:
-    """One long-lived experimenter on `checksum --self-check` (restored per experiment)."""
-    with Experimenter.single(image, ["checksum", "--self-check"]) as experimenter:
+def checksum(arch_image: GuestImage) -> Iterator[Experimenter]:
+    """One long-lived experimenter on `checksum --self-check` (restored per experiment), on
+    each architecture."""
+    with Experimenter.single(arch_image, ["checksum", "--self-check"]) as experimenter:
         yield experimenter
 
 
 def spec(
-    target: str, bits: str | None = None, trigger: str | None = None, context: Context = Context.ANY
+    target: str,
+    bits: str | None = None,
+    trigger: str | None = None,
+    context: Context = Context.ANY,
+    arch: Arch = Arch.X86_64,
 ) -> FaultSpec:
-    return FaultSpec(Target.parse(target), BitModel.parse(bits), Trigger.parse(trigger), context)
+    return FaultSpec(
+        Target.parse(target, arch=arch), BitModel.parse(bits), Trigger.parse(trigger), context
+    )
+
+
+def arch_of(experimenter: Experimenter) -> Arch:
+    return experimenter.testbed.image.arch
+
+
+UNUSED_RAM = 0x7F00000
+"""An offset into guest RAM near its top: free pages the idle kernel and a short workload
+never touch (guest-physical 0x7f00000 on x86-64, RAM base 0x40000000 higher on aarch64)."""
 
 
 def run_until_injected(
@@ -55,11 +72,13 @@ def assert_landed(record: ExperimentRecord) -> None:
     assert injection.before ^ injection.after == injection.mask
 
 
-@pytest.mark.parametrize("register", ["rip", "rsp"])
+@pytest.mark.parametrize("register", ["pc", "stack_pointer"])
 def test_pointer_flips_in_the_workload_crash_with_a_signal(
     checksum: Experimenter, register: str
 ) -> None:
-    fault = spec(f"register:{register}", "40", "exec:fold#3", Context.USER)
+    arch = arch_of(checksum)
+    name = getattr(arch.platform, register)  # rip, rsp / pc, sp
+    fault = spec(f"register:{name}", "40", "exec:fold#3", Context.USER, arch)
     for record in run_until_injected(checksum, fault):
         assert_landed(record)
         assert record.injection.trigger.user_mode
@@ -93,19 +112,20 @@ def test_a_flip_in_the_data_array_without_self_check_is_sdc(image: GuestImage) -
 
 
 def test_flips_in_unused_ram_are_benign(checksum: Experimenter) -> None:
-    # The top of guest RAM: free pages the idle kernel and a short workload never touch.
-    fault = spec("memory:0x7f00000", None, "exec:fold#3")
+    address = arch_of(checksum).platform.ram_base + UNUSED_RAM
+    fault = spec(f"memory:{address:#x}", None, "exec:fold#3")
     for record in run_until_injected(checksum, fault):
         assert_landed(record)
         assert isinstance(record.injection, MemoryInjection)
-        assert record.injection.address == 0x7F00000
+        assert record.injection.address == address
         assert record.outcome is Outcome.BENIGN, record.reason
 
 
 def test_a_late_exec_trigger_leaves_the_whole_budget_after_it(checksum: Experimenter) -> None:
     # Ten stops at fold cost about 1 s of host time, several golden runs: the budget
     # counts from the trigger, so the benign run after it is not cut short as a hang.
-    fault = spec("memory:0x7f00000", None, "exec:fold#10")
+    address = arch_of(checksum).platform.ram_base + UNUSED_RAM
+    fault = spec(f"memory:{address:#x}", None, "exec:fold#10")
     for record in run_until_injected(checksum, fault):
         assert_landed(record)
         assert record.outcome is Outcome.BENIGN, record.reason
@@ -122,8 +142,9 @@ def test_memory_process_flips_change_the_byte_they_name(checksum: Experimenter) 
         assert (injection.before ^ injection.after) & 0xFF == 0x08  # type: ignore[operator]
 
 
-def test_a_kernel_rip_flip_crashes_the_kernel_with_a_cause(checksum: Experimenter) -> None:
-    fault = spec("register:rip", "40", "time:10ms", Context.KERNEL)
+def test_a_kernel_pc_flip_crashes_the_kernel_with_a_cause(checksum: Experimenter) -> None:
+    arch = arch_of(checksum)
+    fault = spec(f"register:{arch.platform.pc}", "40", "time:10ms", Context.KERNEL, arch)
     record = run_until_injected(checksum, fault, wanted=1)[0]
     assert_landed(record)
     assert record.injection.trigger.user_mode is False
@@ -131,6 +152,19 @@ def test_a_kernel_rip_flip_crashes_the_kernel_with_a_cause(checksum: Experimente
     assert record.cause in ("page-fault", "general-protection", "null-dereference", "panic")
     assert record.evidence
     assert record.latency is not None
+    # A panicked guest (pvpanic on x86-64, the PSCI reset on aarch64) is restored as usual.
+    control = checksum.run(FaultSpec.from_options(target="none"), seed=1)
+    assert control.outcome is Outcome.BENIGN, control.reason
+
+
+@pytest.mark.parametrize("arch", [Arch.AARCH64], indirect=True, ids=str)
+def test_pc_flips_in_the_top_byte_are_ignored_on_aarch64(checksum: Experimenter) -> None:
+    # Linux runs aarch64 user code with Top Byte Ignore: instruction fetches ignore bits
+    # 56-63 of the pc, as the hardware does, so such a flip changes nothing.
+    fault = spec("register:pc", "60", "exec:fold#3", Context.USER, Arch.AARCH64)
+    for record in run_until_injected(checksum, fault, wanted=2):
+        assert_landed(record)
+        assert record.outcome is Outcome.BENIGN, record.reason
 
 
 HANG_C = """
@@ -242,5 +276,6 @@ def test_a_named_kernel_function_is_corrupted_in_place(checksum: Experimenter) -
     assert isinstance(injection, MemoryInjection)
     assert injection.location.startswith("ksys_write+")
     assert injection.virtual is not None and injection.address is not None
-    assert injection.virtual - injection.address == 0xFFFFFFFF80000000
+    offset = arch_of(checksum).platform.kernel_image_offset  # 0xffffffff80000000 on x86-64
+    assert injection.virtual - injection.address == offset
     assert injection.width == 8

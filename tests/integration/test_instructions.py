@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from vmfault.arch import Arch
 from vmfault.classify import Outcome
 from vmfault.experiment.pipeline import Experimenter
 from vmfault.experiment.records import InstructionInjection
@@ -52,6 +53,15 @@ int main(void)
 """
 
 
+FOO_CODE = {
+    Arch.X86_64: {"fadd": "addsd xmm0, xmm1", "cmp": "cmp dword ptr [rbp - 4], 9"},
+    Arch.AARCH64: {"fadd": "fadd d0, d0, d1", "cmp": "cmp w0, #9"},
+}
+"""How gcc -O0 compiles foo.c's add and loop test on each architecture."""
+ZERO_FLAG = {Arch.X86_64: ("eflags", 6), Arch.AARCH64: ("cpsr", 30)}
+"""The flags register and its Z bit."""
+
+
 def vmfault(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vmfault", *args],
@@ -64,9 +74,10 @@ def vmfault(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 
 @pytest.fixture(scope="module")
-def foo(image: GuestImage) -> Iterator[Experimenter]:
-    """One long-lived experimenter on F-SEFI's foo.c (restored per experiment)."""
-    with Experimenter.single(image, ["foo"]) as experimenter:
+def foo(arch_image: GuestImage) -> Iterator[Experimenter]:
+    """One long-lived experimenter on F-SEFI's foo.c (restored per experiment), on each
+    architecture."""
+    with Experimenter.single(arch_image, ["foo"]) as experimenter:
         yield experimenter
 
 
@@ -95,26 +106,27 @@ def foo_output(op: str, instance: int, bit: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_profile_of_myaddfunc_is_fsefis(image: GuestImage) -> None:
-    result = vmfault("profile", "--workload", "foo", "--function", "myaddfunc", "--json")
+def test_profile_of_myaddfunc_is_fsefis(arch_image: GuestImage, arch: Arch) -> None:
+    where = ("--workload", "foo", "--function", "myaddfunc", "--arch", arch.value)
+    result = vmfault("profile", *where, "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["classes"]["fadd"] == 10
     assert data["classes"]["cmp"] == 11
     assert data["classes"]["fmul"] == 0
     listing = data["instructions"]
-    adds = [item for item in listing.values() if item["disassembly"].startswith("addsd")]
+    adds = [item for item in listing.values() if item["disassembly"] == FOO_CODE[arch]["fadd"]]
     assert len(adds) == 1 and adds[0]["count"] == 10
     assert sum(item["count"] for item in listing.values()) == data["classes"]["all"]
-    human = vmfault("profile", "--workload", "foo", "--function", "myaddfunc")
+    human = vmfault("profile", *where)
     assert human.returncode == 0, human.stderr
     assert "[PROFILE] fadd: 10, fmul: 0, xor:0, cmp:11 sarl:0 idivl:0 imul:0" in human.stdout
 
 
-def test_the_documented_injection_prints_fsefis_line(image: GuestImage) -> None:
+def test_the_documented_injection_prints_fsefis_line(arch_image: GuestImage, arch: Arch) -> None:
     result = vmfault(
         "inject", "--workload", "foo", "--function", "myaddfunc", "--op", "fadd",
-        "--instance", "5", "--bits", "59", "--json",
+        "--instance", "5", "--bits", "59", "--arch", arch.value, "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -125,7 +137,7 @@ def test_the_documented_injection_prints_fsefis_line(image: GuestImage) -> None:
     assert fsefi["before"] == pytest.approx(8.0937424601)
     assert fsefi["after"] == pytest.approx(2.754157841571328e39)
     assert fsefi["op"] == "fadd" and fsefi["instance"] == 5 and fsefi["function"] == "myaddfunc"
-    assert fsefi["disassembly"] == "addsd xmm0, xmm1" and fsefi["bits"] == [59]
+    assert fsefi["disassembly"] == FOO_CODE[arch]["fadd"] and fsefi["bits"] == [59]
     assert fsefi["mask"] == "0x0800000000000000" and fsefi["process"] == "foo"
     assert isinstance(fsefi["pid"], int)
     assert data["outcome"] == "sdc"
@@ -148,12 +160,14 @@ def test_result_flips_match_ieee754_arithmetic(
 
 
 def test_cmp_results_are_the_flags(foo: Experimenter) -> None:
+    arch = foo.testbed.image.arch
+    flags, zero = ZERO_FLAG[arch]
     fault = InstructionFault("cmp", "myaddfunc", instance=11)
-    record = foo.run(FaultSpec.of_instruction(fault, BitModel.parse("6")), seed=1)  # ZF
+    record = foo.run(FaultSpec.of_instruction(fault, BitModel.parse(str(zero))), seed=1)
     injection = record.injection
     assert isinstance(injection, InstructionInjection)
-    assert injection.register == "eflags" and injection.injected
-    assert injection.disassembly == "cmp dword ptr [rbp - 4], 9"
+    assert injection.register == flags and injection.injected
+    assert injection.disassembly == FOO_CODE[arch]["cmp"]
     assert record.outcome is not Outcome.NOT_INJECTED
 
 

@@ -12,10 +12,17 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from vmfault.arch import Arch
 from vmfault.guest.image import GuestImage
 from vmfault.guest.symbols import KERNEL_MAP_BASE, KernelSymbols
 from vmfault.machine import Machine
-from vmfault.machine.pagetable import PAGE_SIZE_4K, PageMapping, process_pages, translate
+from vmfault.machine.pagetable import (
+    PAGE_SIZE_4K,
+    PageMapping,
+    process_pages,
+    translate,
+    translate_address,
+)
 from vmfault.session import GuestSession
 
 pytestmark = pytest.mark.vm
@@ -68,21 +75,25 @@ def program_frames(pages: list[PageMapping], base: int) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def session(image: GuestImage) -> Iterator[GuestSession]:
-    """The workload's session, halted at the start hook (the agent's context)."""
-    with GuestSession(image, [WORKLOAD]) as guest:
+def session(arch_image: GuestImage) -> Iterator[GuestSession]:
+    """The workload's session, halted at the start hook (the agent's context), on each
+    architecture."""
+    with GuestSession(arch_image, [WORKLOAD]) as guest:
         guest.start()
         yield guest
 
 
-def test_workload_and_agent_address_spaces(image: GuestImage, session: GuestSession) -> None:
+def test_workload_and_agent_address_spaces(session: GuestSession) -> None:
+    image = session.image
+    arch = image.arch
+    names = arch.platform  # rip rsp cr3 cs; pc sp TTBR0_EL1 cpsr
     vm = session.machine
     gdb = vm.gdb
 
     started = time.perf_counter()
-    agent_pages = process_pages(gdb)
+    agent_pages = process_pages(gdb, arch=arch)
     agent_walk_s = time.perf_counter() - started
-    agent_cr3 = gdb.read_register("cr3")
+    agent_cr3 = gdb.read_register(names.page_table_root)
     hook = containing(agent_pages, session.hooks.started)
     assert AGENT_BASE <= hook.virtual < AGENT_BASE + PROGRAM_SPAN
     assert hook.user and hook.executable and not hook.writable
@@ -94,17 +105,20 @@ def test_workload_and_agent_address_spaces(image: GuestImage, session: GuestSess
         assert vm.wait_stop(timeout_s=STOP_TIMEOUT_S) is not None, vm.console.transcript()
     finally:
         gdb.remove_breakpoint(main)
-    registers = gdb.read_registers(["rip", "rsp", "cr3", "cs"])
-    rip, rsp, cr3 = registers["rip"], registers["rsp"], registers["cr3"]
+    registers = gdb.read_registers(
+        [names.pc, names.stack_pointer, names.page_table_root, names.privilege]
+    )
+    rip, rsp = registers[names.pc], registers[names.stack_pointer]
+    cr3 = registers[names.page_table_root]
     assert rip == main
-    assert registers["cs"] & 3 == 3, "main runs in user mode"
+    assert names.is_user(registers[names.privilege]), "main runs in user mode"
     assert cr3 != agent_cr3
 
     started = time.perf_counter()
-    pages = process_pages(gdb)
+    pages = process_pages(gdb, arch=arch)
     walk_s = time.perf_counter() - started
     started = time.perf_counter()
-    everything = process_pages(gdb, user_only=False)
+    everything = process_pages(gdb, user_only=False, arch=arch)
     full_walk_s = time.perf_counter() - started
 
     first = containing(pages, WORKLOAD_BASE)
@@ -116,20 +130,21 @@ def test_workload_and_agent_address_spaces(image: GuestImage, session: GuestSess
     def read(address: int, size: int) -> bytes:
         return gdb.read_memory(address, size, physical=True)
 
-    physical = translate(cr3, rip, read)
+    physical = translate_address(arch, cr3, rip, read)
     assert physical == text.physical_of(rip)
     assert gdb.read_memory(physical, 64, physical=True) == gdb.read_memory(rip, 64)
 
     stack = containing(pages, rsp)
     assert stack.user and stack.writable and not stack.executable
-    stack_physical = translate(cr3, rsp, read)
+    stack_physical = translate_address(arch, cr3, rsp, read)
     assert stack_physical is not None
     assert gdb.read_memory(stack_physical, 8, physical=True) == gdb.read_memory(rsp, 8)
 
     assert all(page.user for page in pages)
-    assert all(page.virtual < 1 << 47 for page in pages)
-    assert {page.virtual for page in pages} < {page.virtual for page in everything}
-    assert any(not page.user and page.virtual >= 1 << 63 for page in everything)
+    assert all(page.virtual < 1 << 48 for page in pages)
+    if arch is Arch.X86_64:  # one root maps both halves; aarch64's kernel has TTBR1 of its own
+        assert {page.virtual for page in pages} < {page.virtual for page in everything}
+        assert any(not page.user and page.virtual >= 1 << 63 for page in everything)
 
     workload_frames = program_frames(pages, WORKLOAD_BASE)
     agent_frames = program_frames(agent_pages, AGENT_BASE)

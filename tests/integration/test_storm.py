@@ -67,8 +67,8 @@ def test_ten_flips_ten_ms_apart_in_guest_time(image: GuestImage) -> None:
     assert 1 <= data["timing"]["attempts"] <= STORM_ATTEMPTS
 
 
-def test_storms_in_every_region_verify_each_flip(image: GuestImage) -> None:
-    with Experimenter.single(image, ["checksum"]) as experimenter:
+def test_storms_in_every_region_verify_each_flip(arch_image: GuestImage) -> None:
+    with Experimenter.single(arch_image, ["checksum"]) as experimenter:
         machine = experimenter.testbed.machine()
         for region in ("kernel-text", "kernel-data", "process"):
             spec = FaultSpec.from_options(target=f"memory:{region}", flips=3, interval="12ms")
@@ -93,7 +93,7 @@ def test_storms_in_every_region_verify_each_flip(image: GuestImage) -> None:
                 assert flip.readback == flip.after
                 assert flip.address is not None
                 if region == "process":
-                    assert flip.virtual is not None and 0x1000 <= flip.virtual < 1 << 47
+                    assert flip.virtual is not None and 0x1000 <= flip.virtual < 1 << 48
                 else:
                     spans = region_ranges(machine, region)
                     assert any(start <= flip.address < end for start, end in spans), region

@@ -7,18 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from vmfault.arch import Arch
 from vmfault.classify import Outcome
 from vmfault.errors import RestoreMismatchError
 from vmfault.experiment.pipeline import Experimenter
 from vmfault.experiment.testbed import RestoreMethod
 from vmfault.faults import FaultSpec
 from vmfault.guest.image import GuestImage
-from vmfault.guest.symbols import KERNEL_MAP_BASE
 from vmfault.machine import SnapshotKind
 from vmfault.machine.cowram import CowRam
 from vmfault.machine.rundir import ram_root
@@ -27,13 +27,19 @@ pytestmark = pytest.mark.vm
 
 UD2 = "value:0x0b0f0b0f0b0f0b0f"
 """Eight bytes of `ud2` instructions: any code they land in traps at once."""
+TRAPS = {Arch.X86_64: UD2, Arch.AARCH64: "value:0x0"}
+"""Eight bytes that trap wherever code runs into them (aarch64: two `udf #0`)."""
+SYSCALL_ENTRY = {Arch.X86_64: "do_syscall_64", Arch.AARCH64: "invoke_syscall"}
+"""A kernel function every system call of the workload runs."""
 CONTROL = FaultSpec.from_options(target="none")
 
 
 @pytest.fixture(scope="module")
-def checksum(image: GuestImage) -> Iterator[Experimenter]:
-    """An experimenter on checksum whose machine is a clone of a RAM template."""
-    with Experimenter.single(image, ["checksum"]) as experimenter:
+def checksum(arch_image: GuestImage) -> Iterator[Experimenter]:
+    """An experimenter on checksum whose machine is a clone of a RAM template, on each
+    architecture (on aarch64 the clone's loadvm rewrites the device tree into RAM, which
+    the restore puts back)."""
+    with Experimenter.single(arch_image, ["checksum"]) as experimenter:
         yield experimenter
 
 
@@ -50,14 +56,17 @@ def test_a_clone_starts_exactly_at_its_template(checksum: Experimenter) -> None:
 
 @pytest.mark.parametrize("where", ["kernel", "workload"])
 def test_code_a_fault_rewrote_never_runs_in_the_next_experiment(
-    checksum: Experimenter, kernel_symbol: Callable[[str], int], where: str
+    checksum: Experimenter, where: str
 ) -> None:
     machine = checksum.testbed.machine()
+    arch = machine.image.arch
     if where == "kernel":  # the entry of every system call the workload makes
-        physical = kernel_symbol("do_syscall_64") - KERNEL_MAP_BASE
-        spec = FaultSpec.from_options(target=f"memory:{physical:#x}", bits=UD2)
+        physical = machine.symbols.physical_of(machine.symbols.address(SYSCALL_ENTRY[arch]))
+        spec = FaultSpec.from_options(target=f"memory:{physical:#x}", bits=TRAPS[arch])
     else:  # the workload's own code: checksum's fold loop
-        spec = FaultSpec.from_options(target="memory:@fold+0", bits=UD2, trigger="exec:main")
+        spec = FaultSpec.from_options(
+            target="memory:@fold+0", bits=TRAPS[arch], trigger="exec:main"
+        )
     broken = checksum.run(spec, seed=3)
     assert broken.injection.injected, broken.reason
     assert broken.outcome is Outcome.CRASH, (broken.reason, broken.evidence)
@@ -76,8 +85,10 @@ def test_code_a_fault_rewrote_never_runs_in_the_next_experiment(
 def test_a_sample_of_restores_is_byte_identical(checksum: Experimenter) -> None:
     machine = checksum.testbed.machine()
     families = ["memory:ram", "memory:process", "register:gpr", "memory:kernel-data"]
+    arch = machine.image.arch
     for index, target in enumerate(families):
-        record = checksum.run(FaultSpec.from_options(target=target), seed=7, index=index)
+        fault = FaultSpec.from_options(target=target, arch=arch)
+        record = checksum.run(fault, seed=7, index=index)
         assert record.outcome is not Outcome.VMM_ERROR, record.reason
         machine.restore(verify=True)
     assert machine.vm.ram_written_bytes is not None and machine.vm.ram_written_bytes > 0

@@ -108,9 +108,15 @@ def test_the_log_parses_across_read_boundaries(read_bytes: int) -> None:
 
 
 def test_a_log_without_cpu_state_is_refused() -> None:
-    log = b"Trace 0: 0x7f00 [0000000000000000/0000000000001000/18c0c2b3/ff000200] \n"
+    bare = b"Trace 0: 0x7f00 [0000000000000000/0000000000001000/18c0c2b3/ff000200] \n"
     with pytest.raises(ValueError, match="no CR3"):
-        list(parse_exec_log(io.BytesIO(log)))
+        list(parse_exec_log(io.BytesIO(bare + record(0x1005, ME))))
+
+
+def test_a_last_block_cut_off_by_the_end_of_logging_is_left_out() -> None:
+    bare = b"Trace 0: 0x7f00 [0000000000000000/0000000030009f45/18c0c2b3/ff000200] \n"
+    entries = list(parse_exec_log(io.BytesIO(record(0x1000, ME) + bare)))
+    assert entries == [TraceEntry(0x1000, ME, 0, True)]
 
 
 def test_pcid_bits_do_not_name_an_address_space_but_bit_12_does() -> None:

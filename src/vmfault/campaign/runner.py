@@ -73,7 +73,8 @@ class CampaignProgress:
 
 def campaign_image(spec: CampaignSpec, *, log: Callable[[str], None] | None = None) -> GuestImage:
     """The guest image with the campaign's workloads in it (built or found in the cache)."""
-    return prepare_image(ImageSpec(user_workloads=spec.user_workloads()), log=log)
+    image_spec = ImageSpec(user_workloads=spec.user_workloads(), arch=spec.guest.arch)
+    return prepare_image(image_spec, log=log)
 
 
 def _argv(table: GuestSection, name: str, image: GuestImage) -> tuple[str, ...]:
@@ -129,10 +130,10 @@ def campaign_machines(
     return tuple(machines)
 
 
-def _qemu_version() -> str:
+def _qemu_version(binary: str = "qemu-system-x86_64") -> str:
     try:
         result = subprocess.run(
-            ["qemu-system-x86_64", "--version"],  # noqa: S607
+            [binary, "--version"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
     except OSError:
@@ -164,7 +165,7 @@ def prepare_campaign(
     else:
         provenance = {
             "tool_version": __version__,
-            "qemu_version": _qemu_version(),
+            "qemu_version": _qemu_version(image.arch.platform.qemu_binary),
             "image_hash": image.image_hash,
             "kernel_release": image.kernel_release,
             "campaign_file_sha256": spec.file_sha256,

@@ -13,6 +13,7 @@ A campaign file is TOML with a `[campaign]` table, a `[guest]` table and one or 
     workload = "checksum"    # a built-in name, or a .c file or static binary beside this file
     deterministic = false
     # cflags = "-O0"         # a .c workload only: gcc flags after vmfault's own
+    # arch = "aarch64"       # the guest architecture (default x86_64); names the registers
 
     [[faults]]
     target = "register:gpr"
@@ -67,6 +68,7 @@ memory, jobs, job_extra_directives; see `vmfault.campaign.cluster`).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import difflib
 import hashlib
 import json
@@ -89,6 +91,7 @@ from pydantic import (
     StrictInt,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -96,6 +99,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from vmfault.arch import DEFAULT_ARCH, DISKS, MACHINES, Arch
 from vmfault.errors import UsageError
 from vmfault.experiment.records import BASELINE_STRATUM, DEFAULT_MACHINE
 from vmfault.faults.model import (
@@ -145,6 +149,10 @@ __all__ = [
 ]
 
 _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
+_GUEST_ARCH: contextvars.ContextVar[Arch] = contextvars.ContextVar(
+    "guest_arch", default=DEFAULT_ARCH
+)
+"""The guest architecture the fault families of the campaign being validated name."""
 _LOADER_FIELDS = frozenset({"source", "file_sha256"})
 _SCHEMA_HINT = "run `vmfault campaign schema` to see every key and its type"
 _ERROR_KIND = "vmfault"
@@ -394,6 +402,10 @@ class GuestSection(BaseModel):
     deterministic: StrictBool = False
     accel: Accel = Accel.TCG
     crash_patterns: str | None = None
+    arch: Arch = Field(
+        default=DEFAULT_ARCH,
+        description="the guest architecture: x86_64 (-M microvm) or aarch64 (-M virt)",
+    )
     disks: tuple[DiskEntry, ...] = ()
 
     @property
@@ -622,6 +634,12 @@ class MachineSection(GuestSection):
                 hint="give crash_patterns in [guest]",
                 at=("crash_patterns",),
             )
+        if "arch" in self.model_fields_set:
+            raise _error(
+                "arch applies to every machine",
+                hint="give arch in [guest]",
+                at=("arch",),
+            )
         return self
 
     def script_steps(self) -> tuple[Step, ...] | None:
@@ -752,9 +770,9 @@ class FaultFamily(BaseModel):
                 if isinstance(data.get("function"), str):
                     name += f"@{data['function']}"
             with contextlib.suppress(UsageError):
-                name = Target.parse(name).spelling
+                name = Target.parse(name, arch=_GUEST_ARCH.get()).spelling
                 if data.get("interval") is not None or data.get("rate") is not None:
-                    name = f"{_STORM}:{Target.parse(name).name}"
+                    name = f"{_STORM}:{Target.parse(name, arch=_GUEST_ARCH.get()).name}"
             return {**data, "name": name}
         return data
 
@@ -779,7 +797,7 @@ class FaultFamily(BaseModel):
         if value.strip() == _INSTRUCTION:
             return _INSTRUCTION
         try:
-            Target.parse(value)
+            Target.parse(value, arch=_GUEST_ARCH.get())
         except UsageError as error:
             raise _from_usage(error) from None
         return value
@@ -814,7 +832,7 @@ class FaultFamily(BaseModel):
             key: getattr(self, key) for key in type(self).model_fields if key not in _STRATUM_KEYS
         }
         try:
-            self._spec = FaultSpec.from_options(**options)
+            self._spec = FaultSpec.from_options(**options, arch=_GUEST_ARCH.get())
         except OptionError as error:
             raise _from_usage(error, at=(error.key,)) from None
         return self
@@ -879,9 +897,40 @@ class CampaignSpec(BaseModel):
     source: Path | None = None
     file_sha256: str = ""
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _guest_arch(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # The fault families name registers of the guest's architecture: [guest] arch is
+        # read first and holds while they are validated.
+        arch = DEFAULT_ARCH
+        guest = data.get("guest") if isinstance(data, dict) else None
+        if isinstance(guest, dict):
+            with contextlib.suppress(ValueError, TypeError):
+                arch = Arch(guest.get("arch", DEFAULT_ARCH))
+        token = _GUEST_ARCH.set(arch)
+        try:
+            return handler(data)
+        finally:
+            _GUEST_ARCH.reset(token)
+
     @model_validator(mode="after")
     def _machines(self) -> Self:
         guest = self.guest
+        wanted: list[tuple[str, tuple[str | int, ...]]] = []
+        if self.machine:
+            wanted.append((MACHINES, ("machine",)))
+        if guest.disks:
+            wanted.append((DISKS, ("guest", "disks")))
+        wanted += [
+            (DISKS, ("faults", index, "target"))
+            for index, family in enumerate(self.faults)
+            if family.fault_spec().disk is not None
+        ]
+        for feature, at in wanted:
+            try:
+                guest.arch.require(feature)
+            except UsageError as error:
+                raise _from_usage(error, at=at) from None
         if not self.machine:
             if "guest" not in self.model_fields_set:
                 raise _error("missing required table [guest]", hint=_SCHEMA_HINT, at=("guest",))

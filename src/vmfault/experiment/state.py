@@ -268,8 +268,8 @@ class Experiment:
             spec=spec,
             time_s=elapsed,
             instructions=instructions,
-            rip=gdb.read_register("rip"),
-            user_mode=gdb.read_register("cs") & 3 == 3,
+            rip=gdb.read_register(gdb.pc_name),
+            user_mode=self.vm.user_mode(),
             progress=self.golden_fraction(elapsed, instructions),
         )
 

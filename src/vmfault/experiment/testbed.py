@@ -49,6 +49,7 @@ from typing import Any, Self
 
 from elftools.elf.elffile import ELFFile
 
+from vmfault.arch import Arch
 from vmfault.errors import MachineError, UsageError
 from vmfault.experiment.crew import Crew, free_run
 from vmfault.experiment.records import DEFAULT_MACHINE, GoldenRun
@@ -70,6 +71,7 @@ from vmfault.session import Finished, GuestSession, WorkloadResult, capture_kern
 from vmfault.session.guest import EXIT_REPORT_TIMEOUT_S
 
 __all__ = [
+    "ARCH_SYMPTOM_FUNCTIONS",
     "BUDGET_SLACK_S",
     "DEFAULT_BUDGET_FACTOR",
     "HANG_WALL_CAP",
@@ -97,6 +99,10 @@ less CPU than the budget (see `GuestMachine.within_vcpu_budget`)."""
 GOLDEN_TIMEOUT_S = 300.0
 SYMPTOM_FUNCTIONS = ("force_sig_fault", "oops_begin", "panic")
 """Kernel functions whose first call after an injection is the fault's first symptom."""
+ARCH_SYMPTOM_FUNCTIONS: Mapping[Arch, tuple[str, ...]] = {
+    Arch.X86_64: SYMPTOM_FUNCTIONS,
+    Arch.AARCH64: ("force_sig_fault", "die", "panic"),  # arm64 oopses through die()
+}
 _POLL_S = 0.01
 """How often a golden run of several machines looks whether the non-daemons are done."""
 _SCRIPT_LOOK_S = 0.05
@@ -116,7 +122,7 @@ PROBE_LOOKS_MAX = 1200
 """Probing stops once a context has PROBE_HITS looks in it, or after PROBE_LOOKS_MAX."""
 IDLE_FUNCTIONS = (
     "native_safe_halt", "pv_native_safe_halt", "default_idle", "arch_cpu_idle",
-    "default_idle_call", "cpu_idle_poll", "acpi_idle_do_entry", "mwait_idle",
+    "default_idle_call", "cpu_idle_poll", "acpi_idle_do_entry", "mwait_idle", "cpu_do_idle",
 )  # fmt: skip
 """Kernel functions a vCPU with nothing runnable waits in."""
 SCRIPT_ARGV = ("/bin/sh",)
@@ -407,8 +413,7 @@ class GuestMachine:
     def activity(self) -> Activity:
         """What the halted vCPU runs: the workload's code, other user code, the kernel's
         idle loop or other kernel code."""
-        gdb = self.vm.gdb
-        if gdb.read_register("cs") & 3 == 3:
+        if self.vm.user_mode():
             return Activity.WORKLOAD if self.in_context(Context.USER) else Activity.USER
         return Activity.IDLE if self.idle() else Activity.KERNEL
 
@@ -527,7 +532,7 @@ class GuestMachine:
         self.vm.halt()
         gdb.set_breakpoint(self.hooks.exited)
         addresses = []
-        for name in SYMPTOM_FUNCTIONS:
+        for name in ARCH_SYMPTOM_FUNCTIONS[self.image.arch]:
             symbol = self.symbols.get(name)
             if symbol is not None:
                 gdb.set_breakpoint(symbol.address)
@@ -609,11 +614,11 @@ class GuestMachine:
         if context is Context.ANY:
             return True
         gdb = self.vm.gdb
-        user = gdb.read_register("cs") & 3 == 3
+        user = self.vm.user_mode()
         if context is Context.KERNEL:
             return not user
         low, high = self.code.text if self.code is not None else (0, 0)
-        return user and low <= gdb.read_register("rip") < high
+        return user and low <= gdb.read_register(gdb.pc_name) < high
 
     def holds_code(self, physical: int | None, virtual: int | None) -> bool:
         """Whether a guest address lies in code: the kernel's text (physical) or the

@@ -38,6 +38,7 @@ from typing import Any
 import capstone
 from capstone import x86
 
+from vmfault.arch import DEFAULT_ARCH, Arch
 from vmfault.faults.model import (
     INSTRUCTION_FAMILIES,
     OP_CLASSES,
@@ -49,6 +50,7 @@ from vmfault.faults.select import BitChoice
 from vmfault.faults.values import ValueFormat, decode_value, format_value, x87_to_float
 
 __all__ = [
+    "DEFAULT_FP_BITS",
     "Destination",
     "DestinationKind",
     "Flow",
@@ -269,7 +271,7 @@ class DestinationKind(enum.StrEnum):
     NONE = "none"
 
 
-_DEFAULT_FP_BITS = {
+DEFAULT_FP_BITS: Mapping[ValueFormat, tuple[int, ...]] = {
     ValueFormat.F64: tuple(range(52, 63)),
     ValueFormat.F32: tuple(range(23, 31)),
     ValueFormat.F80: tuple(range(64, 79)),
@@ -277,6 +279,7 @@ _DEFAULT_FP_BITS = {
     ValueFormat.F32X4: tuple(range(23, 31)),
 }
 """Default bits of floating-point results: the exponent (of the lowest element)."""
+_DEFAULT_FP_BITS = DEFAULT_FP_BITS
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,8 @@ class MemoryOperand:
     segment: str | None
     size: int
     address_bits: int = 64
+    index_signed32: bool = False
+    """The index is a 32-bit register sign-extended (AArch64's `sxtw`)."""
 
     def address(self, registers: Mapping[str, int], *, next_pc: int) -> int:
         """The virtual address, from the registers before the instruction executes.
@@ -307,7 +312,10 @@ class MemoryOperand:
         elif self.base is not None:
             value += registers[self.base]
         if self.index is not None:
-            value += registers[self.index] * self.scale
+            index = registers[self.index]
+            if self.index_signed32:
+                index = (index & 0xFFFFFFFF) - ((index & 0x80000000) << 1)
+            value += index * self.scale
         value &= (1 << self.address_bits) - 1
         if self.segment in ("fs", "gs"):
             value += registers[f"{self.segment}_base"]
@@ -350,7 +358,7 @@ class Destination:
         if self.kind is DestinationKind.MEMORY:
             return self.operand
         assert self.register is not None
-        if self.register.startswith("xmm") and self.width < 128:
+        if self.register.startswith(("xmm", "v")) and self.width < 128:
             return f"{self.register}[{self.width - 1}:0]"
         if self.fmt is ValueFormat.INT and self.default_bits and self.width == 64:
             low, high = self.default_bits[0], self.default_bits[-1]
@@ -685,8 +693,15 @@ def _instruction(insn: Any) -> Instruction:
     )
 
 
-def iter_decode(code: bytes, address: int) -> Iterator[Instruction]:
-    """Decode x86-64 `code` placed at `address` lazily, up to the first invalid byte."""
+def iter_decode(code: bytes, address: int, *, arch: Arch = DEFAULT_ARCH) -> Iterator[Instruction]:
+    """Decode `code` of `arch` (x86-64; aarch64: `vmfault.faults.instructions_a64`) placed
+    at `address` lazily, up to the first invalid instruction."""
+    if arch is Arch.AARCH64:
+        # The AArch64 decoder builds on this module's types, so it is imported here.
+        from vmfault.faults.instructions_a64 import iter_decode_a64  # noqa: PLC0415
+
+        yield from iter_decode_a64(code, address)
+        return
     for insn in _disassembler().disasm(code, address):
         yield _instruction(insn)
 
@@ -700,9 +715,9 @@ def relocated(insn: Instruction, base: int) -> Instruction:
     )
 
 
-def decode(code: bytes, address: int) -> tuple[Instruction, ...]:
-    """Every instruction of x86-64 `code` placed at `address`, up to the first invalid byte."""
-    return tuple(iter_decode(code, address))
+def decode(code: bytes, address: int, *, arch: Arch = DEFAULT_ARCH) -> tuple[Instruction, ...]:
+    """Every instruction of `arch`'s `code` placed at `address`, up to the first invalid one."""
+    return tuple(iter_decode(code, address, arch=arch))
 
 
 def class_counts(instructions: Sequence[Instruction], counts: Mapping[int, int]) -> dict[str, int]:

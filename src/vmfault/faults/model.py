@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vmfault.arch import DEFAULT_ARCH, Arch
 from vmfault.errors import UsageError
 from vmfault.faults.network import (
     Direction,
@@ -65,6 +66,7 @@ __all__ = [
     "OP_CLASSES",
     "PAGE_TABLE",
     "REGISTER_GROUPS",
+    "REGISTER_SETS",
     "REGISTER_WIDTHS",
     "SECTOR_BYTES",
     "BitMode",
@@ -74,6 +76,7 @@ __all__ = [
     "FaultSpec",
     "InstructionFault",
     "OptionError",
+    "RegisterSet",
     "SectorChoice",
     "Sectors",
     "Target",
@@ -108,6 +111,52 @@ REGISTER_WIDTHS: dict[str, int] = {
 }
 """Writable registers a fault may target, with their width in bits (the gdbstub's names)."""
 READ_ONLY_REGISTERS = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer")
+
+
+@dataclass(frozen=True)
+class RegisterSet:
+    """The registers faults may target on one architecture: groups, each register's width
+    in bits (the gdbstub's names), names refused as read-only, and views: names of a bit
+    field of a register (`nzcv`: bits 28-31 of `cpsr`), mapped to (register, first bit)."""
+
+    groups: Mapping[str, tuple[str, ...]]
+    widths: Mapping[str, int]
+    read_only: tuple[str, ...]
+    examples: str
+    """Register names to suggest in an error."""
+    views: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+
+    def location(self, name: str) -> tuple[str, int]:
+        """The gdbstub register holding `name` and the bit `name`'s bit 0 is there."""
+        return self.views.get(name, (name, 0))
+
+
+_A64_GPRS = tuple(f"x{i}" for i in range(31))
+_A64_SIMD = tuple(f"v{i}" for i in range(32))
+REGISTER_SETS: Mapping[Arch, RegisterSet] = {
+    Arch.X86_64: RegisterSet(
+        REGISTER_GROUPS, REGISTER_WIDTHS, READ_ONLY_REGISTERS, "rax, rip, eflags, xmm3, st0"
+    ),
+    Arch.AARCH64: RegisterSet(
+        groups={
+            "gpr": _A64_GPRS,
+            "pointer": ("pc", "sp", "x29"),
+            "flags": ("nzcv",),
+            "simd": _A64_SIMD,
+            "all": (*_A64_GPRS, "pc", "sp", "nzcv", *_A64_SIMD, "fpsr", "fpcr"),
+        },
+        widths={
+            **dict.fromkeys((*_A64_GPRS, "sp", "pc"), 64),
+            **dict.fromkeys(("cpsr", "fpsr", "fpcr"), 32),
+            "nzcv": 4,
+            **dict.fromkeys(_A64_SIMD, 128),
+        },
+        read_only=("ttbr0_el1", "ttbr1_el1", "tcr_el1", "sctlr", "vbar", "esr_el1", "far_el1"),
+        examples="x0, pc, sp, nzcv, cpsr, v3, fpsr",
+        views={"nzcv": ("cpsr", 28)},
+    ),
+}
+"""The register targets of each guest architecture."""
 MEMORY_REGIONS = ("ram", "kernel-text", "kernel-data", "process", "page-table")
 PAGE_TABLE = "page-table"
 """The memory target of page-table entries (`memory:page-table`)."""
@@ -210,10 +259,11 @@ def canonical_op(text: str) -> str:
 @dataclass(frozen=True)
 class Target:
     """Where a fault goes: a kind and a name (register or group, region or address, function;
-    empty for a control run, `none`)."""
+    empty for a control run, `none`), on a guest of `arch` (which names its registers)."""
 
     kind: TargetKind
     name: str
+    arch: Arch = DEFAULT_ARCH
 
     ALLOWED = (
         "register:NAME|gpr|pointer|flags|sse|x87|all, memory:ram|kernel-text|kernel-data|"
@@ -224,8 +274,9 @@ class Target:
     )
 
     @classmethod
-    def parse(cls, text: str) -> Target:
-        """Parse `kind:name`; UsageError for unknown kinds, registers or regions."""
+    def parse(cls, text: str, *, arch: Arch = DEFAULT_ARCH) -> Target:
+        """Parse `kind:name` (registers of `arch`); UsageError for unknown kinds, registers
+        or regions."""
         kind_text, _, name = text.strip().partition(":")
         if kind_text.strip() == TargetKind.MEMORY.value and not name.strip():
             name = "ram"  # `memory` alone: anywhere in RAM
@@ -238,22 +289,24 @@ class Target:
                 raise UsageError(
                     f"a control run names nothing: {text.strip()!r}", hint="write the target none"
                 )
-            return cls(kind, "")
+            return cls(kind, "", arch)
         name = name.strip()
         if not name:
             raise _bad("target", text, cls.ALLOWED)
         if kind is TargetKind.REGISTER:
             name = name.lower()
-            if name in READ_ONLY_REGISTERS:
+            registers = REGISTER_SETS[arch]
+            if name in registers.read_only:
                 raise UsageError(
                     f"register {name} is read-only for fault injection",
-                    hint="choose a general-purpose, pointer, flags, SSE or x87 register",
+                    hint="choose a general-purpose, pointer, flags or vector register",
                 )
-            if name not in REGISTER_GROUPS and name not in REGISTER_WIDTHS:
+            if name not in registers.groups and name not in registers.widths:
+                guest = "" if arch is DEFAULT_ARCH else f" on {arch.value} guests"
                 raise UsageError(
-                    f"unknown register {name!r}",
-                    hint="use a name such as rax, rip, eflags, xmm3, st0, or a group: "
-                    + ", ".join(REGISTER_GROUPS),
+                    f"unknown register {name!r}{guest}",
+                    hint=f"use a name such as {registers.examples}, or a group: "
+                    + ", ".join(registers.groups),
                 )
         elif kind is TargetKind.MEMORY and name not in MEMORY_REGIONS and not name.startswith("@"):
             try:
@@ -276,7 +329,7 @@ class Target:
                     f"unknown network fault {name!r}",
                     hint="allowed: " + ", ".join(f"network:{k.value}" for k in NetworkKind),
                 )
-        return cls(kind, name)
+        return cls(kind, name, arch)
 
     @property
     def spelling(self) -> str:
@@ -306,7 +359,11 @@ class Target:
         """The candidate registers of a register target (a group expands to its members)."""
         if self.kind is not TargetKind.REGISTER:
             return ()
-        return REGISTER_GROUPS.get(self.name, (self.name,))
+        return REGISTER_SETS[self.arch].groups.get(self.name, (self.name,))
+
+    def register_width(self, register: str) -> int:
+        """The width in bits of one of `registers()`."""
+        return REGISTER_SETS[self.arch].widths[register]
 
     @property
     def op(self) -> str | None:
@@ -830,7 +887,7 @@ class FaultSpec:
                 f"an instruction fault needs an instruction target, not {self.target.spelling}"
             )
         for register in self.target.registers():
-            self.bits.check_width(REGISTER_WIDTHS[register], f"register {register}")
+            self.bits.check_width(self.target.register_width(register), f"register {register}")
         if self.target.kind is not TargetKind.REGISTER:
             self.bits.check_width(MEMORY_CELL_BITS, "a memory word")
 
@@ -948,6 +1005,7 @@ class FaultSpec:
         bandwidth: str | None = None,
         groups: Sequence[Sequence[str]] | None = None,
         spell: Callable[[str], str] = _same,
+        arch: Arch = DEFAULT_ARCH,
     ) -> FaultSpec:
         """The spec that a campaign `[[faults]]` table or the command line describes.
 
@@ -955,19 +1013,20 @@ class FaultSpec:
         for an option the user left out; `context` "any" also counts as not given). The
         target is `target`, or `instruction:OP[@FUNCTION]` from `op` and `function` when
         `target` is None or `"instruction"`. `flips` with `interval` or `rate` (and
-        `compression`) makes a storm on a memory region. A `disk:KIND` target takes `disk`,
-        `sectors`, `errno`, `delay`, `jitter`, `probability`, `once`, `bits` (corrupt) and
-        `trigger` (also `request:N`), `period` and `machine`. A `network:KIND` target takes
-        the network options (`link`, `machine`, `direction`, `probability`, `burst`, `bits`
-        as a number, `where`, `delay`, `jitter`, `bandwidth`, `groups`, `trigger`,
-        `period`; see `vmfault.faults.network`). OptionError names the first option that is
-        invalid or does not combine; messages spell option names with `spell`.
+        `compression`) makes a storm on a memory region. Registers are `arch`'s. A
+        `disk:KIND` target takes `disk`, `sectors`, `errno`, `delay`, `jitter`,
+        `probability`, `once`, `bits` (corrupt) and `trigger` (also `request:N`), `period`
+        and `machine`. A `network:KIND` target takes the network options (`link`, `machine`,
+        `direction`, `probability`, `burst`, `bits` as a number, `where`, `delay`, `jitter`,
+        `bandwidth`, `groups`, `trigger`, `period`; see `vmfault.faults.network`).
+        OptionError names the first option that is invalid or does not combine; messages
+        spell option names with `spell`.
         """
         named = None
         stormy = flips is not None or interval is not None or rate is not None
         if target is not None and target.strip() != TargetKind.INSTRUCTION.value:
             with _option("target"):
-                named = _storm_region(target) if stormy else Target.parse(target)
+                named = _storm_region(target, arch) if stormy else Target.parse(target, arch=arch)
         disk_options: dict[str, object] = {
             "disk": disk, "sectors": sectors, "errno": errno, "delay": delay, "jitter": jitter,
             "once": once,
@@ -1433,18 +1492,18 @@ def _storm(
         return Storm(flips, schedule, rate, unit, compression)
 
 
-def _storm_region(target: str) -> Target:
+def _storm_region(target: str, arch: Arch) -> Target:
     """The memory region of a storm's target; UsageError naming the region otherwise."""
     kind, _, region = target.strip().partition(":")
     if kind == TargetKind.MEMORY.value and region.strip():
         try:
-            return Target.parse(target)
+            return Target.parse(target, arch=arch)
         except UsageError:
             raise UsageError(
                 f"invalid region {region.strip()!r}",
                 hint="allowed: ram, kernel-text, kernel-data, process, or 0xSTART-0xEND[,...]",
             ) from None
-    return Target.parse(target)
+    return Target.parse(target, arch=arch)
 
 
 def _period_s(period: str | None, spell: Callable[[str], str]) -> float | None:

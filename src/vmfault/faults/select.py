@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from vmfault.faults.model import (
     MEMORY_CELL_BITS,
-    REGISTER_WIDTHS,
     BitMode,
     BitModel,
     FaultSpec,
@@ -141,7 +140,7 @@ def plan(
         return Plan(spec, seed, index, None, 0, empty, None, None)
     if spec.target.kind is TargetKind.REGISTER:
         register = rng.choice(spec.target.registers())
-        width = REGISTER_WIDTHS[register]
+        width = spec.target.register_width(register)
     elif spec.target.kind is TargetKind.KERNEL_CODE:
         width = 8  # one byte of an instruction
     elif spec.target.kind is TargetKind.DISK and spec.target.disk_fault != "corrupt":

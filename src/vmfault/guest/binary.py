@@ -15,6 +15,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from vmfault.arch import Arch
 from vmfault.errors import UsageError
 from vmfault.faults.instructions import Instruction, decode, iter_decode
 from vmfault.guest.elfsyms import ElfSymbol, elf_symbols, lookup_symbol
@@ -24,7 +25,8 @@ __all__ = ["BLOCK_INSTRUCTIONS_MAX", "CodeRange", "LoadedCode", "WorkloadBinary"
 BLOCK_INSTRUCTIONS_MAX = 512
 """The most instructions QEMU puts in one translation block."""
 _DECODE_BYTES = 16
-"""Enough bytes for one x86 instruction (at most 15)."""
+"""Enough bytes for one x86 instruction (at most 15) or one AArch64 instruction (4)."""
+_ARCH_OF_MACHINE = {"EM_X86_64": Arch.X86_64, "EM_AARCH64": Arch.AARCH64}
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class WorkloadBinary:
                 elf = ELFFile(stream)
                 self.pie = elf.header["e_type"] == "ET_DYN"
                 self.entry = int(elf.header["e_entry"])
+                machine = elf.header["e_machine"]
                 self.interpreter: str | None = None
                 segments: list[tuple[int, bytes]] = []
                 for segment in elf.iter_segments():
@@ -58,6 +61,14 @@ class WorkloadBinary:
                         segments.append((int(segment["p_vaddr"]), bytes(segment.data())))
         except (OSError, ELFError) as exc:
             raise UsageError(f"cannot read {path}: {exc}", hint="give an ELF executable") from exc
+        arch = _ARCH_OF_MACHINE.get(str(machine))
+        if arch is None:
+            raise UsageError(
+                f"{path} is an executable for {machine}, not x86-64 or aarch64",
+                hint="give an executable of the guest's architecture",
+            )
+        self.arch: Arch = arch
+        """The architecture of its code (from the ELF header)."""
         self.path = path
         self.segments = tuple(segments)
         """(link-time address, bytes) of each executable PT_LOAD segment."""
@@ -124,7 +135,8 @@ class WorkloadBinary:
         """Every instruction of `code`, at addresses shifted by `base`."""
         found: list[Instruction] = []
         for start, end in code.spans:
-            found.extend(decode(self.bytes_at(start, end - start), start + base))
+            code_bytes = self.bytes_at(start, end - start)
+            found.extend(decode(code_bytes, start + base, arch=self.arch))
         return tuple(found)
 
     def loaded(self, base: int) -> LoadedCode:
@@ -162,7 +174,7 @@ class LoadedCode:
                 insn = self._instructions.get(at)
                 if insn is None:
                     data = self.binary.bytes_at(at - self.base, _DECODE_BYTES)
-                    insn = next(iter_decode(data, at), None)
+                    insn = next(iter_decode(data, at, arch=self.binary.arch), None)
                     if insn is None:
                         break
                     self._instructions[at] = insn

@@ -24,8 +24,14 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from vmfault.arch import DEFAULT_ARCH, DISKS, Arch
 from vmfault.errors import ImageError, UsageError
 from vmfault.guest.initramfs import guest_entries, write_newc
+from vmfault.guest.installer import (
+    AARCH64_GUEST_MODULES,
+    find_installer_deb,
+    prepare_installer_kernel,
+)
 from vmfault.guest.kernel import (
     DISK_MODULES,
     GUEST_MODULES,
@@ -75,7 +81,6 @@ IMAGE_FORMAT = 1
 """Version of the image layout and builder; bumping it invalidates every cached image."""
 MANIFEST_NAME = "image.json"
 BUSYBOX_PATH = Path("/bin/busybox")
-KERNEL_NAME = "vmlinux"
 INITRD_NAME = "initramfs.cpio"
 AGENT_NAME = "agent"
 WORKLOAD_DIR = "workloads"
@@ -90,13 +95,15 @@ class ImageSpec:
 
     `kernel`: a vmlinux or bzImage to use instead of Debian's (no modules are added then).
     `initrd`: an initrd of the user's; ours is appended to it. `disk`: a disk image path,
-    only recorded in the manifest.
+    only recorded in the manifest. `arch`: the guest architecture (aarch64: Debian's arm64
+    kernel from its netboot installer, everything compiled with the cross compiler).
     """
 
     user_workloads: tuple[UserWorkload, ...] = ()
     kernel: Path | None = None
     initrd: Path | None = None
     disk: Path | None = None
+    arch: Arch = DEFAULT_ARCH
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,7 @@ class GuestImage:
     modules: tuple[str, ...] = ()
     agent_hooks: Mapping[str, int] = field(default_factory=dict, hash=False)
     kernel_sha256: str = ""
+    arch: Arch = DEFAULT_ARCH
 
     @property
     def kallsyms_path(self) -> Path:
@@ -171,13 +179,15 @@ class ImageInputs:
     agent_source: bytes
     workloads: tuple[WorkloadInput, ...]
     gcc_version: str
-    busybox: Path
+    busybox: Path | None
+    """The host's static busybox; None for aarch64, whose busybox comes with the kernel."""
     busybox_sha256: str
     initrd: Path | None
     initrd_sha256: str
     disk: Path | None
     runtime: tuple[tuple[str, str], ...] = ()
     """(guest path, sha256) of each interpreter and library a dynamic workload needs."""
+    arch: Arch = DEFAULT_ARCH
 
     def digest(self) -> str:
         """The image hash: the first 16 hex digits of a sha256 over every input."""
@@ -194,6 +204,8 @@ class ImageInputs:
         }
         if self.runtime:
             described["runtime"] = [list(item) for item in self.runtime]
+        if self.arch is not DEFAULT_ARCH:  # x86-64 images keep the hashes they had
+            described["arch"] = self.arch.value
         text = json.dumps(described, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -233,18 +245,31 @@ def gather_inputs(
     May download the kernel package when none is cached (see `build_image`).
     """
     say = log or (lambda _msg: None)
-    workloads = plan_workloads(spec.user_workloads)
+    arch = spec.arch
+    workloads = plan_workloads(spec.user_workloads, arch=arch)
     initrd = None if spec.initrd is None else _existing_file(spec.initrd, "initrd")
     disk = None if spec.disk is None else _existing_file(spec.disk, "disk image")
+    if disk is not None:
+        arch.require(DISKS)
     modules: tuple[str, ...]
     kernel_kind: Literal["debian", "user"]
+    busybox: Path | None = None
     if spec.kernel is not None:
+        if arch is not Arch.X86_64:
+            raise UsageError(
+                f"a kernel of your own works only for x86-64 guests, not {arch.value}",
+                hint="leave out the kernel: aarch64 guests boot Debian's arm64 kernel",
+            )
         kernel = _existing_file(spec.kernel, "kernel")
         kernel_kind, modules = "user", ()
+    elif arch is Arch.AARCH64:
+        kernel = find_installer_deb(cache_root / "downloads", refresh=refresh_kernel, log=say)
+        kernel_kind, modules = "debian", AARCH64_GUEST_MODULES
     else:
         kernel = find_kernel_deb(cache_root / "downloads", refresh=refresh_kernel, log=say)
         kernel_kind, modules = "debian", GUEST_MODULES
-    busybox = _busybox()
+    if arch is Arch.X86_64:
+        busybox = _busybox()
     return ImageInputs(
         kernel_source=kernel,
         kernel_sha256=sha256_file(kernel),
@@ -252,15 +277,16 @@ def gather_inputs(
         modules=modules,
         agent_source=agent_source(),
         workloads=workloads,
-        gcc_version=gcc_version(),
+        gcc_version=gcc_version(arch),
         busybox=busybox,
-        busybox_sha256=sha256_file(busybox),
+        busybox_sha256="" if busybox is None else sha256_file(busybox),
         initrd=initrd,
         initrd_sha256="" if initrd is None else sha256_file(initrd),
         disk=disk,
         runtime=tuple(
             (item.guest_path, sha256_file(item.host_path)) for item in _runtime(workloads)
         ),
+        arch=arch,
     )
 
 
@@ -300,16 +326,16 @@ def _symbol_addresses(binary: Path, names: tuple[str, ...]) -> dict[str, int]:
     return found
 
 
-def _build_workload(item: WorkloadInput, directory: Path) -> None:
+def _build_workload(item: WorkloadInput, directory: Path, arch: Arch) -> None:
     binary = directory / item.name
     if item.kind is SourceKind.BINARY:
         binary.write_bytes(item.content)
     else:
         source = directory / f"{item.name}.c"
         source.write_bytes(item.content)
-        compile_c(source, binary, item.flags)
+        compile_c(source, binary, item.flags, arch=arch)
     binary.chmod(0o755)
-    check_static_elf(binary, dynamic=item.kind is SourceKind.BINARY)
+    check_static_elf(binary, dynamic=item.kind is SourceKind.BINARY, arch=arch)
 
 
 def _workload_record(item: WorkloadInput) -> dict[str, Any]:
@@ -333,22 +359,32 @@ def _build(inputs: ImageInputs, kernel: KernelBuild, digest: str, staging: Path,
     workload_dir.mkdir()
     log(f"compiling the agent and {len(inputs.workloads)} workloads")
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        arch = inputs.arch
         jobs = [
-            pool.submit(compile_c, staging / "agent.c", staging / AGENT_NAME, AGENT_CFLAGS),
-            *(pool.submit(_build_workload, item, workload_dir) for item in inputs.workloads),
+            pool.submit(
+                compile_c, staging / "agent.c", staging / AGENT_NAME, AGENT_CFLAGS, arch=arch
+            ),
+            *(pool.submit(_build_workload, item, workload_dir, arch) for item in inputs.workloads),
         ]
         for job in jobs:
             job.result()
     hooks = _symbol_addresses(staging / AGENT_NAME, (HOOK_STARTED, HOOK_EXITED))
 
+    runtime = [(r.guest_path, r.host_path.read_bytes()) for r in _runtime(inputs.workloads)]
+    if inputs.busybox is not None:
+        busybox = inputs.busybox.read_bytes()
+    else:  # the busybox that comes with the kernel, with its loader and libraries
+        userland = {guest: path.read_bytes() for guest, path in kernel.userland}
+        busybox = userland.pop("/bin/busybox")
+        runtime += sorted(userland.items())
     every_machine, with_disks = split_modules(kernel.modules, DISK_MODULES)
     archive = write_newc(
         guest_entries(
             agent=(staging / AGENT_NAME).read_bytes(),
-            busybox=inputs.busybox.read_bytes(),
+            busybox=busybox,
             workloads=[(w.name, (workload_dir / w.name).read_bytes()) for w in inputs.workloads],
             modules=[(m.path.name, m.path.read_bytes()) for m in every_machine],
-            runtime=[(r.guest_path, r.host_path.read_bytes()) for r in _runtime(inputs.workloads)],
+            runtime=runtime,
             disk_modules=[(m.path.name, m.path.read_bytes()) for m in with_disks],
         )
     )
@@ -357,13 +393,15 @@ def _build(inputs: ImageInputs, kernel: KernelBuild, digest: str, staging: Path,
             theirs = inputs.initrd.read_bytes()
             stream.write(theirs + b"\0" * (-len(theirs) % 4))
         stream.write(archive)
-    _link_or_copy(kernel.vmlinux, staging / KERNEL_NAME)
+    kernel_name = kernel.vmlinux.name  # vmlinux (x86-64 PVH ELF) or Image (arm64)
+    _link_or_copy(kernel.vmlinux, staging / kernel_name)
 
     manifest = {
         "format": IMAGE_FORMAT,
         "image_hash": digest,
+        "arch": inputs.arch.value,
         "kernel": {
-            "path": KERNEL_NAME,
+            "path": kernel_name,
             "release": kernel.release,
             "kind": inputs.kernel_kind,
             "source": str(inputs.kernel_source),
@@ -384,7 +422,7 @@ def _build(inputs: ImageInputs, kernel: KernelBuild, digest: str, staging: Path,
         "disk": None if inputs.disk is None else str(inputs.disk),
         "builder": {
             "gcc": inputs.gcc_version,
-            "busybox": str(inputs.busybox),
+            "busybox": "with the kernel" if inputs.busybox is None else str(inputs.busybox),
             "busybox_sha256": inputs.busybox_sha256,
         },
     }
@@ -428,6 +466,7 @@ def load_image(root: Path) -> GuestImage:
                 {name: int(value, 16) for name, value in manifest["agent"]["hooks"].items()}
             ),
             kernel_sha256=str(manifest["kernel"].get("sha256", "")),
+            arch=Arch(manifest.get("arch", DEFAULT_ARCH.value)),
         )
     except FileNotFoundError as exc:
         raise ImageError(f"no image manifest at {manifest_path}", hint="build the image") from exc
@@ -463,10 +502,18 @@ def build_image(
         return load_image(target)
 
     for item in inputs.workloads:  # a user's bad flag fails in one line, before any work
-        check_cflags(item)
+        check_cflags(item, arch=inputs.arch)
     say(f"building image {digest}")
     if inputs.kernel_kind == "user":
         kernel = prepare_user_kernel(inputs.kernel_source, root_dir / "kernels", log=say)
+    elif inputs.arch is Arch.AARCH64:
+        kernel = prepare_installer_kernel(
+            inputs.kernel_source,
+            root_dir / "kernels",
+            modules=inputs.modules,
+            deb_sha256=inputs.kernel_sha256,
+            log=say,
+        )
     else:
         kernel = prepare_debian_kernel(
             inputs.kernel_source,

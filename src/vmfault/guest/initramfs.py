@@ -223,3 +223,50 @@ def guest_entries(
                 known.add(str(parent))
         entries.append(regular_file(relative, data, 0o755))
     return entries
+
+
+def read_newc(data: bytes) -> list[CpioEntry]:
+    """The entries of a `newc` archive (several concatenated archives too), in order.
+
+    Python has no cpio module and the format is a fixed hex header per member, so it is
+    read here. Hard links are not resolved (an entry's data is empty after its first
+    link); device nodes and unknown file types are skipped. Raises ImageError for a
+    truncated or malformed archive.
+    """
+    entries: list[CpioEntry] = []
+    position = 0
+    header_bytes = 110
+    while position + header_bytes <= len(data):
+        if data[position : position + 6] != NEWC_MAGIC:
+            if not data[position:].strip(b"\0"):
+                break  # padding after the last archive
+            raise ImageError(f"not a newc cpio member at offset {position}")
+        try:
+            fields = [int(data[at : at + 8], 16) for at in range(position + 6, position + 110, 8)]
+        except ValueError as exc:
+            raise ImageError(f"malformed cpio header at offset {position}") from exc
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name_start = position + header_bytes
+        name = data[name_start : name_start + namesize].rstrip(b"\0").decode("utf-8", "replace")
+        data_start = name_start + namesize + _pad_length(header_bytes + namesize)
+        end = data_start + size
+        if end > len(data):
+            raise ImageError(f"cpio member {name!r} is truncated")
+        position = end + _pad_length(size)
+        if name == TRAILER_NAME:
+            continue
+        try:
+            kind = EntryKind(stat.S_IFMT(mode))
+        except ValueError:
+            continue
+        if kind is EntryKind.CHAR_DEVICE or name in (".", ""):
+            continue
+        path = name.removeprefix("./")
+        entries.append(CpioEntry(path, kind, mode & 0o7777, data[data_start:end]))
+    if data[position:].strip(b"\0"):
+        raise ImageError(f"the cpio archive is truncated at offset {position}")
+    return entries
+
+
+def _pad_length(length: int) -> int:
+    return -length % 4

@@ -109,6 +109,9 @@ class KernelBuild:
     modules: tuple[KernelModule, ...]
     source: Path
     source_sha256: str
+    userland: tuple[tuple[str, Path], ...] = ()
+    """(guest path, file) of programs that come with the kernel's package: an aarch64
+    image's busybox with its loader and libraries, from Debian's installer."""
 
 
 def sha256_file(path: Path) -> str:
@@ -120,20 +123,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _deb_sort_key(path: Path) -> tuple[tuple[int, ...], str]:
-    match = _DEB_PATTERN.match(path.name)
+def _deb_sort_key(
+    path: Path, pattern: re.Pattern[str] = _DEB_PATTERN
+) -> tuple[tuple[int, ...], str]:
+    match = pattern.match(path.name)
     abi = match.group(1) if match else ""
     return tuple(int(part) for part in re.findall(r"\d+", abi)), path.name
 
 
-def _cached_debs(directories: Iterable[Path]) -> list[Path]:
+def _cached_debs(
+    directories: Iterable[Path], *, pattern: re.Pattern[str] = _DEB_PATTERN
+) -> list[Path]:
     found: list[Path] = []
     for directory in directories:
         if directory.is_dir():
-            found.extend(
-                p for p in directory.iterdir() if p.is_file() and _DEB_PATTERN.match(p.name)
-            )
-    return sorted(found, key=_deb_sort_key)
+            found.extend(p for p in directory.iterdir() if p.is_file() and pattern.match(p.name))
+    return sorted(found, key=lambda path: _deb_sort_key(path, pattern))
 
 
 def _run(argv: Sequence[str], *, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -159,14 +164,16 @@ def _resolve_kernel_package() -> str:
     return match.group(1)
 
 
-def _download_deb(package: str, download_dir: Path, log: Log) -> Path:
+def _download_deb(
+    package: str, download_dir: Path, log: Log, *, pattern: re.Pattern[str] = _DEB_PATTERN
+) -> Path:
     download_dir.mkdir(parents=True, exist_ok=True)
     log(f"downloading {package}")
     with tempfile.TemporaryDirectory(dir=download_dir, prefix=".download-") as tmp:
         staging = Path(tmp)
         staging.chmod(0o755)
         result = _run(["apt-get", "download", package], cwd=staging)
-        debs = [p for p in staging.iterdir() if _DEB_PATTERN.match(p.name)]
+        debs = [p for p in staging.iterdir() if pattern.match(p.name)]
         if result.returncode != 0 or not debs:
             raise ImageError(
                 f"apt-get download {package} failed: {result.stderr.strip()}", hint=_APT_HINT
@@ -447,10 +454,12 @@ def _dpkg_extract(deb: Path, target: Path) -> None:
         )
 
 
-def _load_prepared(directory: Path, source: Path, source_sha256: str) -> KernelBuild | None:
+def _load_prepared(
+    directory: Path, source: Path, source_sha256: str, *, kernel_name: str = "vmlinux"
+) -> KernelBuild | None:
     order_file = directory / "modules.order"
     release_file = directory / "release"
-    vmlinux = directory / "vmlinux"
+    vmlinux = directory / kernel_name
     if not (order_file.is_file() and release_file.is_file() and vmlinux.is_file()):
         return None
     modules = []

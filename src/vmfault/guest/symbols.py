@@ -8,6 +8,7 @@ the same on every boot.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ __all__ = ["KERNEL_MAP_BASE", "AddressRange", "KernelSymbol", "KernelSymbols"]
 
 KERNEL_MAP_BASE = 0xFFFFFFFF80000000
 """__START_KERNEL_map on x86-64: kernel image virtual address = physical + this."""
+_IOMEM_KERNEL = re.compile(r"^\s*([0-9a-f]+)-([0-9a-f]+) : Kernel (code|data|bss)$", re.MULTILINE)
+"""A kernel image range of /proc/iomem, which the capture appends to kallsyms."""
 
 
 @dataclass(frozen=True, order=True)
@@ -37,10 +40,12 @@ class KernelSymbol:
 
 @dataclass(frozen=True)
 class AddressRange:
-    """Virtual [start, end) and the matching physical start of a kernel image range."""
+    """Virtual [start, end) and the matching physical start of a kernel image range
+    (`image_offset`: the kernel image's virtual minus physical addresses)."""
 
     start: int
     end: int
+    image_offset: int = KERNEL_MAP_BASE
 
     @property
     def size(self) -> int:
@@ -50,13 +55,26 @@ class AddressRange:
     @property
     def physical_start(self) -> int:
         """Guest-physical address of `start` (kernel image mapping)."""
-        return self.start - KERNEL_MAP_BASE
+        return self.start - self.image_offset
 
 
 class KernelSymbols:
-    """A sorted kallsyms table with lookups by name and by address."""
+    """A sorted kallsyms table with lookups by name and by address.
 
-    def __init__(self, symbols: list[KernelSymbol]) -> None:
+    `image_offset` is the kernel image's virtual minus physical addresses
+    (`Platform.kernel_image_offset`: __START_KERNEL_map on x86-64).
+    """
+
+    def __init__(
+        self,
+        symbols: list[KernelSymbol],
+        *,
+        image_offset: int = KERNEL_MAP_BASE,
+        iomem: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
+        self.image_offset = image_offset
+        self.iomem = dict(iomem or {})
+        """Physical [start, end) of `Kernel code`/`data`/`bss` in /proc/iomem, if captured."""
         self._symbols = sorted(s for s in symbols if s.address)
         self._addresses = [s.address for s in self._symbols]
         self._by_name: dict[str, KernelSymbol] = {}
@@ -64,7 +82,7 @@ class KernelSymbols:
             self._by_name.setdefault(symbol.name, symbol)
 
     @classmethod
-    def parse(cls, text: str) -> KernelSymbols:
+    def parse(cls, text: str, *, image_offset: int = KERNEL_MAP_BASE) -> KernelSymbols:
         """Parse /proc/kallsyms text (`ADDR TYPE NAME [MODULE]` lines)."""
         symbols: list[KernelSymbol] = []
         for line in text.splitlines():
@@ -79,13 +97,17 @@ class KernelSymbols:
             symbols.append(KernelSymbol(address, parts[2], parts[1], module))
         if not symbols:
             raise ImageError("the kernel symbol table is empty or unreadable")
-        return cls(symbols)
+        iomem = {
+            found.group(3): (int(found.group(1), 16), int(found.group(2), 16) + 1)
+            for found in _IOMEM_KERNEL.finditer(text)
+        }
+        return cls(symbols, image_offset=image_offset, iomem=iomem)
 
     @classmethod
-    def load(cls, path: Path) -> KernelSymbols:
+    def load(cls, path: Path, *, image_offset: int = KERNEL_MAP_BASE) -> KernelSymbols:
         """Read a stored kallsyms file."""
         try:
-            return cls.parse(path.read_text())
+            return cls.parse(path.read_text(), image_offset=image_offset)
         except OSError as exc:
             raise ImageError(
                 f"cannot read kernel symbols {path}: {exc.strerror}",
@@ -121,13 +143,26 @@ class KernelSymbols:
             return 1
         return self._addresses[index] - symbol.address
 
+    def physical_of(self, virtual: int) -> int:
+        """The guest-physical address of a kernel image address."""
+        return virtual - self.image_offset
+
     def _range(self, start: str, end: str) -> AddressRange:
-        return AddressRange(self.address(start), self.address(end))
+        return AddressRange(self.address(start), self.address(end), self.image_offset)
 
     def text(self) -> AddressRange:
         """Kernel code: _stext up to _etext."""
         return self._range("_stext", "_etext")
 
     def data(self) -> AddressRange:
-        """Kernel data: _sdata up to __bss_stop (initialised data and BSS)."""
+        """Kernel data: _sdata up to __bss_stop (initialised data and BSS); for a kernel
+        whose kallsyms has no data symbols (arm64), /proc/iomem's `Kernel data` (there:
+        _sdata up to _end, the BSS and the early page tables included)."""
+        if "_sdata" not in self._by_name and "data" in self.iomem:
+            start, end = self.iomem["data"]
+            if "bss" in self.iomem:
+                end = max(end, self.iomem["bss"][1])
+            return AddressRange(
+                start + self.image_offset, end + self.image_offset, self.image_offset
+            )
         return self._range("_sdata", "__bss_stop")

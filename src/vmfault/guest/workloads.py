@@ -1,6 +1,7 @@
 """Workloads: the programs the guest runs, built in or brought by the user, and their toolchain.
 
-Every workload compiled here is a static x86-64 executable linked at 0x10000000, away from
+Every workload compiled here is a static executable of the guest's architecture (x86-64 or
+aarch64, `vmfault.arch`) linked at 0x10000000, away from
 busybox (0x400000) and the agent (0x30000000), so an address says which program it belongs
 to. A user's binary may also be a PIE or dynamically linked: its interpreter and libraries
 then go into the image (`vmfault.guest.runtime`).
@@ -22,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
+from vmfault.arch import DEFAULT_ARCH, Arch
 from vmfault.errors import ImageError, UsageError
 
 __all__ = [
@@ -59,8 +61,6 @@ DEFAULT_OPTIMISATION = "-O2"
 
 _DATA = "data"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
-_TOOLCHAIN_HINT = "run `make setup` (or `apt-get install gcc libc6-dev`)"
-_EM_X86_64 = 62
 _PT_INTERP = 3
 _CFLAGS_HINT = 'give gcc options, e.g. "-O0 -fno-inline"'
 _CFLAGS_PROBE = b"int main(void) { return 0; }\n"
@@ -295,27 +295,40 @@ def validate_workload_name(name: str) -> None:
         )
 
 
-def check_static_elf(path: Path, *, dynamic: bool = False) -> None:
-    """ImageError unless `path` is an x86-64 ELF executable without a program interpreter
-    (with `dynamic`, one with an interpreter passes too: its runtime files go along)."""
+def _toolchain_hint(arch: Arch) -> str:
+    return f"run `make setup` (or `apt-get install {' '.join(arch.platform.toolchain_packages)}`)"
+
+
+def check_static_elf(path: Path, *, dynamic: bool = False, arch: Arch = DEFAULT_ARCH) -> None:
+    """ImageError unless `path` is an ELF executable of `arch` without a program
+    interpreter (with `dynamic`, one with an interpreter passes too on x86-64: its runtime
+    files go along; aarch64 guests have no host libraries to take)."""
+    machine = "x86-64" if arch is Arch.X86_64 else arch.value
     try:
         with path.open("rb") as stream:
             header = stream.read(64)
             if len(header) < 64 or header[:4] != b"\x7fELF":
                 raise ImageError(
                     f"{path} is not an ELF executable",
-                    hint="pass a C source file (.c) or a static x86-64 Linux executable",
+                    hint=f"pass a C source file (.c) or a static {machine} Linux executable",
                 )
             if header[4] != 2 or header[5] != 1:
                 raise ImageError(
                     f"{path} is not a 64-bit little-endian ELF file",
-                    hint="build it for x86-64 Linux",
+                    hint=f"build it for {machine} Linux",
                 )
             e_type, e_machine = struct.unpack_from("<HH", header, 16)
-            if e_machine != _EM_X86_64 or e_type not in (2, 3):
+            if e_machine != arch.platform.elf_machine or e_type not in (2, 3):
                 raise ImageError(
-                    f"{path} is not an x86-64 executable (e_machine {e_machine}, e_type {e_type})",
-                    hint="build it for x86-64 Linux",
+                    f"{path} is not an {machine} executable (e_machine {e_machine}, "
+                    f"e_type {e_type})",
+                    hint=f"build it for {machine} Linux, or choose its guest architecture (--arch)",
+                )
+            if e_type == 3 and arch is not Arch.X86_64:
+                raise ImageError(
+                    f"{path} is position-independent: PIE executables run only on x86-64 "
+                    f"guests, not {arch.value}",
+                    hint="link it with -static -no-pie",
                 )
             (phoff,) = struct.unpack_from("<Q", header, 32)
             phentsize, phnum = struct.unpack_from("<HH", header, 54)
@@ -332,29 +345,38 @@ def check_static_elf(path: Path, *, dynamic: bool = False) -> None:
                 f"{path} is dynamically linked; the guest has no shared libraries",
                 hint="link it with -static",
             )
+        if p_type == _PT_INTERP and arch is not Arch.X86_64:
+            raise ImageError(
+                f"{path} is dynamically linked: dynamic executables run only on x86-64 "
+                f"guests, not {arch.value}",
+                hint="link it with -static",
+            )
 
 
-def _gcc() -> str:
-    gcc = shutil.which("gcc")
+def _gcc(arch: Arch = DEFAULT_ARCH) -> str:
+    name = arch.platform.gcc
+    gcc = shutil.which(name)
     if gcc is None:
-        raise ImageError("gcc is not installed", hint=_TOOLCHAIN_HINT)
+        raise ImageError(f"{name} is not installed", hint=_toolchain_hint(arch))
     return gcc
 
 
-def gcc_version() -> str:
-    """The first line of `gcc --version`, part of every image's hash."""
+def gcc_version(arch: Arch = DEFAULT_ARCH) -> str:
+    """The first line of `gcc --version` (of `arch`'s compiler), part of every image's hash."""
     result = subprocess.run(
-        [_gcc(), "--version"], capture_output=True, text=True, check=False, timeout=60
+        [_gcc(arch), "--version"], capture_output=True, text=True, check=False, timeout=60
     )
     if result.returncode != 0 or not result.stdout:
-        raise ImageError("gcc --version failed", hint=_TOOLCHAIN_HINT)
+        raise ImageError(f"{arch.platform.gcc} --version failed", hint=_toolchain_hint(arch))
     return result.stdout.splitlines()[0].strip()
 
 
-def _run_gcc(source: Path, output: Path, flags: Sequence[str]) -> subprocess.CompletedProcess[str]:
+def _run_gcc(
+    source: Path, output: Path, flags: Sequence[str], arch: Arch = DEFAULT_ARCH
+) -> subprocess.CompletedProcess[str]:
     # An argument vector, never a shell: a user's flag is one argument, whatever it holds.
     return subprocess.run(
-        [_gcc(), *flags, "-o", str(output), str(source)],
+        [_gcc(arch), *flags, "-o", str(output), str(source)],
         capture_output=True,
         text=True,
         check=False,
@@ -362,12 +384,15 @@ def _run_gcc(source: Path, output: Path, flags: Sequence[str]) -> subprocess.Com
     )
 
 
-def compile_c(source: Path, output: Path, flags: Sequence[str]) -> None:
-    """Compiles one C file into `output` with `gcc <flags>`; ImageError with gcc's messages."""
-    result = _run_gcc(source, output, flags)
+def compile_c(
+    source: Path, output: Path, flags: Sequence[str], *, arch: Arch = DEFAULT_ARCH
+) -> None:
+    """Compiles one C file into `output` with `gcc <flags>` (`arch`'s compiler); ImageError
+    with gcc's messages."""
+    result = _run_gcc(source, output, flags, arch)
     if result.returncode != 0:
         messages = result.stderr.strip()
-        hint = _TOOLCHAIN_HINT if "cannot find -lc" in messages else "fix the C source"
+        hint = _toolchain_hint(arch) if "cannot find -lc" in messages else "fix the C source"
         raise ImageError(f"gcc failed on {source.name}:\n{messages}", hint=hint)
 
 
@@ -426,7 +451,7 @@ def _first_error(stderr: str) -> str:
     return lines[0] if lines else "gcc failed without a message"
 
 
-def check_cflags(item: WorkloadInput) -> None:
+def check_cflags(item: WorkloadInput, *, arch: Arch = DEFAULT_ARCH) -> None:
     """UsageError with gcc's first error line unless `item`'s flags compile and link an
     empty program (then the user's cflags, not any source, are at fault); one gcc run of
     some 50 ms. Nothing to check for an item without cflags."""
@@ -435,7 +460,7 @@ def check_cflags(item: WorkloadInput) -> None:
     with tempfile.TemporaryDirectory(prefix="vmfault-cflags-") as scratch:
         source = Path(scratch) / "probe.c"
         source.write_bytes(_CFLAGS_PROBE)
-        result = _run_gcc(source, Path(scratch) / "probe", item.flags)
+        result = _run_gcc(source, Path(scratch) / "probe", item.flags, arch)
     if result.returncode != 0:
         raise UsageError(
             f"gcc rejects the cflags of {item.name} ({shlex.join(item.cflags)}): "
@@ -470,7 +495,7 @@ def _builtin_input(builtin: BuiltinWorkload) -> WorkloadInput:
     )
 
 
-def _user_input(user: UserWorkload) -> WorkloadInput:
+def _user_input(user: UserWorkload, arch: Arch) -> WorkloadInput:
     validate_workload_name(user.name)
     path = user.path.expanduser().resolve()
     if not path.is_file():
@@ -491,7 +516,7 @@ def _user_input(user: UserWorkload) -> WorkloadInput:
         )
     if cflags:
         raise cflags_not_compiled(path.name, SourceKind.BINARY)
-    check_static_elf(path, dynamic=True)
+    check_static_elf(path, dynamic=True, arch=arch)
     return WorkloadInput(
         name=user.name,
         kind=SourceKind.BINARY,
@@ -503,11 +528,13 @@ def _user_input(user: UserWorkload) -> WorkloadInput:
     )
 
 
-def plan_workloads(user_workloads: Sequence[UserWorkload] = ()) -> tuple[WorkloadInput, ...]:
+def plan_workloads(
+    user_workloads: Sequence[UserWorkload] = (), *, arch: Arch = DEFAULT_ARCH
+) -> tuple[WorkloadInput, ...]:
     """The built-ins followed by the user's workloads, validated, in a stable order.
 
     Raises UsageError for a bad or duplicate name (including one that shadows a built-in) or a
-    missing file, and ImageError for a binary that is not a static x86-64 executable.
+    missing file, and ImageError for a binary that is not an executable of `arch`.
     """
     planned = [_builtin_input(BUILTIN_WORKLOADS[name]) for name in builtin_workload_names()]
     seen = set(BUILTIN_WORKLOADS)
@@ -518,5 +545,5 @@ def plan_workloads(user_workloads: Sequence[UserWorkload] = ()) -> tuple[Workloa
                 hint="give each user workload a name distinct from the built-ins and each other",
             )
         seen.add(user.name)
-        planned.append(_user_input(user))
+        planned.append(_user_input(user, arch))
     return tuple(planned)

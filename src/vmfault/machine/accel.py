@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmfault.errors import MachineError
+from vmfault.errors import MachineError, UsageError
 
 if TYPE_CHECKING:
     from vmfault.machine.config import MachineConfig
@@ -26,8 +27,12 @@ PROBE_TIMEOUT_S = 15.0
 _probe_results: dict[tuple[str, str, str], str | None] = {}
 
 
-def kvm_blocker() -> str | None:
-    """Why KVM cannot be used on this host without trying it, or None if it might work."""
+def kvm_blocker(config: MachineConfig | None = None) -> str | None:
+    """Why KVM cannot be used on this host (for `config`'s guest) without trying it, or
+    None if it might work."""
+    host = platform.machine()
+    if config is not None and config.arch.value != host:
+        return f"KVM runs only {host} guests here, not {config.arch.value}"
     kvm = Path("/dev/kvm")
     if not kvm.exists():
         return "/dev/kvm does not exist"
@@ -62,10 +67,18 @@ def probe_boot(
 
 
 def resolve_accel(config: MachineConfig) -> tuple[Accel, str]:
-    """The accelerator to use for `config`, and a one-line reason when AUTO fell back to TCG."""
+    """The accelerator to use for `config`, and a one-line reason when AUTO fell back to TCG.
+
+    UsageError for KVM asked for a guest of another architecture than the host's.
+    """
+    if config.accel is Accel.KVM and config.arch.value != platform.machine():
+        raise UsageError(
+            f"KVM runs only {platform.machine()} guests on this host, not {config.arch.value}",
+            hint="use accel tcg (or auto)",
+        )
     if config.accel is not Accel.AUTO:
         return config.accel, ""
-    blocker = kvm_blocker()
+    blocker = kvm_blocker(config)
     if blocker is None:
         key = (config.qemu_binary, str(config.kernel), str(config.initrd))
         if key not in _probe_results:

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmfault.arch import DEFAULT_ARCH, Arch
 from vmfault.machine.disks import GuestDisk, disk_argv
 
 __all__ = [
@@ -96,7 +97,8 @@ class MachineConfig:
     `append` is added to the kernel command line after vmfault's own parameters.
     `ram_mib` is guest RAM in MiB (this kernel needs >= 96). `deterministic` turns on
     `-icount shift=0,sleep=off` and a guest RTC on the virtual clock, which makes runs
-    repeatable instruction for instruction (at about half the speed).
+    repeatable instruction for instruction (at about half the speed). `arch` picks the
+    QEMU binary and machine (`machine_type` and `qemu_binary` left empty take the arch's).
     """
 
     kernel: Path | None
@@ -106,7 +108,7 @@ class MachineConfig:
     ram_mib: int = 128
     cpus: int = 1
     accel: Accel = Accel.TCG
-    machine_type: str = "microvm"
+    machine_type: str = ""
     deterministic: bool = False
     disk: Path | None = None
     disks: tuple[GuestDisk, ...] = ()
@@ -129,19 +131,37 @@ class MachineConfig:
     console_log: Path | None = None
     """Where the whole serial console transcript goes; None keeps it in the run directory
     (or in `$VMFAULT_LOG_DIR`, which gets a copy in any case)."""
-    qemu_binary: str = "qemu-system-x86_64"
+    qemu_binary: str = ""
     nic: Nic | None = None
     """A network card joined to a socket of the caller's (None: no network card)."""
     extra_args: tuple[str, ...] = field(default=())
     host_cpus: tuple[int, ...] = ()
     """Host cores every thread of QEMU is pinned to (`os.sched_setaffinity`); (): not
     pinned, the host's scheduler places it."""
+    arch: Arch = DEFAULT_ARCH
+    """The guest architecture."""
+
+    def __post_init__(self) -> None:
+        platform = self.arch.platform
+        if not self.machine_type:
+            object.__setattr__(self, "machine_type", platform.machine_type)
+        if not self.qemu_binary:
+            object.__setattr__(self, "qemu_binary", platform.qemu_binary)
+
+    @property
+    def pauses_on_reset(self) -> bool:
+        """Whether a guest reset (or power-off) pauses the VM (`SHUTDOWN` event, status
+        `shutdown`) instead of ending QEMU: aarch64, whose panics arrive that way."""
+        return self.arch is Arch.AARCH64
 
     def kernel_cmdline(self) -> str:
         """The full kernel command line: vmfault's fixed part, then `append`."""
         # nokaslr and norandmaps keep kernel and process addresses the same on every boot,
         # so faults aimed at an address mean the same thing in every experiment.
-        base = "console=ttyS0 nokaslr norandmaps panic=-1 oops=panic reboot=t"
+        console = self.arch.platform.console
+        base = f"console={console} nokaslr norandmaps panic=-1 oops=panic"
+        if self.arch is Arch.X86_64:
+            base += " reboot=t"  # a reset by triple fault: no firmware to ask
         return f"{base} {self.append}".strip()
 
 
@@ -149,15 +169,48 @@ def _machine_option(config: MachineConfig) -> str:
     if config.machine_type == "microvm":
         # No option ROMs and an ACPI table for pvpanic; the ISA serial port is the console.
         return "microvm,x-option-roms=off,isa-serial=on,acpi=on"
+    if config.machine_type == "virt":
+        # No random seeds in the device tree: they would differ between deterministic runs.
+        return "virt,dtb-randomness=off"
     return config.machine_type
 
 
 def _cpu_model(config: MachineConfig, accel: Accel) -> str:
-    model = "max" if accel is Accel.TCG else "host"
-    if config.deterministic:
+    model = "host" if accel is not Accel.TCG else config.arch.platform.tcg_cpu
+    if config.deterministic and config.arch is Arch.X86_64:
         # TCG's RDRAND/RDSEED return host randomness: the one input icount cannot replay.
         model += ",-rdrand,-rdseed"
     return model
+
+
+def _channel_and_panic(config: MachineConfig, sockets: SocketPaths) -> list[str]:
+    """The result channel and how guest panics reach QEMU, per architecture.
+
+    x86-64: the isa-debugcon port and pvpanic (`GUEST_PANICKED`, the VM paused), a reset
+    (a triple fault) ends QEMU (`-no-reboot`). aarch64 has neither port I/O nor a pvpanic
+    driver in Debian's installer kernel: the channel is ARM semihosting from user space
+    (SYS_WRITE0/SYS_WRITEC to a chardev), and a panic (`panic=-1`) resets the guest
+    through PSCI, which pauses the VM with a `SHUTDOWN` event (reason guest-reset).
+    """
+    chardev = ["-chardev", f"socket,id=vmf-chan,path={sockets.channel}"]
+    if config.arch is Arch.AARCH64:
+        return [
+            *chardev,
+            "-semihosting-config",
+            "enable=on,target=native,userspace=on,chardev=vmf-chan",
+            "-action",
+            "panic=pause,reboot=shutdown,shutdown=pause",
+        ]
+    return [
+        "-no-reboot",
+        *chardev,
+        "-device",
+        "isa-debugcon,iobase=0xe9,chardev=vmf-chan",
+        "-device",
+        "pvpanic",
+        "-action",
+        "panic=pause",
+    ]
 
 
 def guest_tsc_khz(config: MachineConfig, accel: Accel, host_tsc_khz: int | None) -> int | None:
@@ -168,8 +221,8 @@ def guest_tsc_khz(config: MachineConfig, accel: Accel, host_tsc_khz: int | None)
     icount runs the TSC at 1 GHz (one instruction per ns at shift=0), plain TCG at the
     host's TSC rate. Under KVM the guest calibrates correctly on its own.
     """
-    if accel is not Accel.TCG:
-        return None
+    if accel is not Accel.TCG or config.arch is not Arch.X86_64:
+        return None  # aarch64's generic timer runs at a rate the device tree states
     if config.deterministic:
         return 1_000_000
     return host_tsc_khz
@@ -228,7 +281,6 @@ def qemu_argv(
         "-display",
         "none",
         "-S",
-        "-no-reboot",
         *memory,
         "-chardev",
         f"socket,id=vmf-qmp,path={sockets.qmp}",
@@ -242,14 +294,7 @@ def qemu_argv(
         f"socket,id=vmf-con,path={sockets.console}",
         "-serial",
         "chardev:vmf-con",
-        "-chardev",
-        f"socket,id=vmf-chan,path={sockets.channel}",
-        "-device",
-        "isa-debugcon,iobase=0xe9,chardev=vmf-chan",
-        "-device",
-        "pvpanic",
-        "-action",
-        "panic=pause",
+        *_channel_and_panic(config, sockets),
         "-drive",
         f"if=none,id=vmf-snap,node-name={SCRATCH_NODE},format=qcow2,cache=unsafe,file={scratch}",
     ]

@@ -41,6 +41,7 @@ from typing import Any, BinaryIO, Self
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 from qemu.qmp import QMPError as _QMPLibError
 
+from vmfault.arch import Platform
 from vmfault.errors import (
     LaunchError,
     MachineError,
@@ -67,7 +68,7 @@ from vmfault.machine.config import (
 from vmfault.machine.console import Console
 from vmfault.machine.cowram import CowRam
 from vmfault.machine.disks import GuestDisk, ImageFormat, prepare_disk_files, tap_socket
-from vmfault.machine.gdbstub import GdbStub, StopReply
+from vmfault.machine.gdbstub import GdbStub, StopReason, StopReply
 from vmfault.machine.memmap import MemoryMap, parse_mtree
 from vmfault.machine.nbd import BlockTap, DiskStore, serve_everything
 from vmfault.machine.run import Run
@@ -75,6 +76,7 @@ from vmfault.machine.rundir import RunDir, ram_root
 from vmfault.machine.spawn import spawn_tied
 
 __all__ = [
+    "HALT_TIMEOUT_S",
     "KeptLogs",
     "Machine",
     "QMPEvent",
@@ -93,6 +95,11 @@ _GDB_READ_CHUNK = 2048
 _PMEMSAVE_MIN = 1 << 20
 _log_numbers = itertools.count()
 _JOB_TIMEOUT_S = 60.0
+HALT_TIMEOUT_S = 2.0
+"""Seconds a halt waits for the VM to stop."""
+_HALT_AT_ONCE_S = 0.05
+"""Seconds a halt waits on the gdbstub alone (it answers in ~0.03 ms) before it collects
+the console and the channel as it waits."""
 
 
 class Runstate(enum.Enum):
@@ -265,6 +272,9 @@ class Machine:
         self._watching_gdb = False
         self._cow: CowRam | None = None
         self._vcpu_stats: tuple[Path, ...] | None = None
+        self._loaded_at: int | None = None
+        """`len(events)` at the last loadvm of a machine with pflash devices (-M virt),
+        until it is known to have started since (see `_start_after_load`)."""
         self._taps: dict[str, BlockTap] = {}
         self._jobs = itertools.count()
 
@@ -340,7 +350,8 @@ class Machine:
                 argv=self.argv,
                 exit_code=None,
                 output="",
-                hint="install QEMU with `make setup` (Debian package qemu-system-x86)",
+                hint="install QEMU with `make setup` (Debian package "
+                f"{self.config.arch.platform.qemu_package})",
             ) from exc
         self._pidfd = os.pidfd_open(self._process.pid)
         pin_threads(self._process.pid, self.config.host_cpus)
@@ -378,6 +389,7 @@ class Machine:
             for tap in self._taps.values():
                 tap.save(self.config.loadvm)  # the template's contents: nothing written yet
             self._loadvm(self.config.loadvm)
+            self._undo_rom_writes()
         self._gdb = GdbStub(self._sockets["gdb"])
         self._gdb.handshake(timeout_s=max(0.1, deadline - time.monotonic()))
         if start:
@@ -502,6 +514,16 @@ class Machine:
         loop.close()
 
     # ----------------------------------------------------------------- accessors
+
+    @property
+    def platform(self) -> Platform:
+        """The guest architecture's facts (register names, address layout)."""
+        return self.config.arch.platform
+
+    def user_mode(self) -> bool:
+        """Whether the halted vCPU runs user code (CPL 3 on x86-64, EL0 on aarch64)."""
+        platform = self.platform
+        return platform.is_user(self.gdb.read_register(platform.privilege))
 
     @property
     def gdb(self) -> GdbStub:
@@ -675,15 +697,38 @@ class Machine:
         self.gdb.cont()
 
     def halt(self) -> StopReply:
-        """Stop the guest; returns the stop reply (a no-op if already halted)."""
+        """Stop the guest; returns the stop reply (a no-op if already halted).
+
+        MachineTimeoutError if the VM does not stop within HALT_TIMEOUT_S. A vCPU blocked
+        writing to the console socket does not stop it for good: aarch64's PL011 writes
+        each byte with a blocking write that holds QEMU's global lock, so while the socket
+        is full (a guest flooding its console) QEMU cannot take the interrupt; a halt that
+        is not answered at once collects console, channel and events while it waits.
+        """
         self._require(Runstate.RUNNING)
-        if self.gdb.running:
-            # An unsolicited stop reply may already be queued on the socket.
-            stop = self.gdb.poll_stop()
-            if stop is not None:
-                self.stops.append(stop)
-                return stop
-        return self.gdb.halt()
+        gdb = self.gdb
+        if not gdb.running:
+            return gdb.halt()
+        # An unsolicited stop reply may already be queued on the socket.
+        stop = gdb.poll_stop()
+        if stop is not None:
+            self.stops.append(stop)
+            return stop
+        try:
+            return gdb.halt(timeout_s=_HALT_AT_ONCE_S)
+        except MachineTimeoutError:
+            pass  # the interrupt is sent: its stop reply comes once QEMU's main loop runs
+        before = len(self.stops)
+        self.wait(lambda: len(self.stops) > before or self.runstate is Runstate.DEAD,
+                  HALT_TIMEOUT_S)  # fmt: skip
+        if len(self.stops) == before:
+            if self.runstate is Runstate.DEAD:
+                raise MachineError(f"QEMU exited (status {self.exit_code}) while halting")
+            raise MachineTimeoutError("the VM did not halt", timeout_s=HALT_TIMEOUT_S)
+        stop = self.stops[-1]
+        if stop.reason is StopReason.INTERRUPT:
+            self.stops.pop()  # the halt's own stop, not one the guest made
+        return stop
 
     def run_for(self, seconds: float, *, precise: bool = False) -> Run:
         """Let the guest run `seconds` of host time or until it stops (`run.run_for`)."""
@@ -913,6 +958,7 @@ class Machine:
         """
         self.halt()
         self._flush_io()
+        self._leave_shutdown()
         self._quiet_taps()
         if snapshot.kind is SnapshotKind.TEMPLATE:
             if self._cow is None:
@@ -921,13 +967,60 @@ class Machine:
                     "is not a clone of it"
                 )
             # RAM first, then loadvm: its post-load drops every translated block, so no
-            # code translated from the pages written back survives.
+            # code translated from the pages written back survives (and devices that read
+            # guest RAM as they load, virtio queues, read the template's).
             self._cow.reset()
         self._loadvm(_snapshot_name(snapshot.name))
+        if snapshot.kind is SnapshotKind.TEMPLATE:
+            self._undo_rom_writes()
         self.channel.clear()
         self.console.skip()
         if verify:
             self.verify_snapshot(snapshot)
+
+    def _undo_rom_writes(self) -> None:
+        # loadvm begins with a machine reset, which writes the ROM images QEMU placed in RAM
+        # back into it: on -M virt without -kernel, the device tree at the base of RAM
+        # (measured: 8 pages and more differ from the template after a clone's loadvm). The
+        # vCPU has not run since loadvm's post-load queued its flush of translated code, so
+        # copying those pages back now is as safe as before it; with nothing written (x86
+        # microvm) this is one read of the page map.
+        if self._cow is not None:
+            self._cow.reset()
+
+    def _leave_shutdown(self) -> None:
+        # A machine paused at a guest reset (an aarch64 panic) has QEMU's status
+        # `shutdown`, from which the VM cannot run again without a reset: loadvm leaves the
+        # status alone, so the reset comes first (shutdown -> prelaunch; it writes QEMU's
+        # ROM images into RAM, which the restore then puts back). Under the action
+        # reboot=shutdown a reset request is a shutdown again, so the action is reset for it.
+        if not self.config.pauses_on_reset or self.qmp("query-status")["status"] != "shutdown":
+            return
+        since = len(self.events)
+        self.qmp("set-action", {"reboot": "reset"})
+        try:
+            self.qmp("system_reset")
+            reset = self.wait_event("RESET", timeout_s=10.0, since=since)
+        finally:
+            self.qmp("set-action", {"reboot": "shutdown"})
+        if reset is None:
+            raise SnapshotError("the machine paused at a guest reset did not reset")
+
+    def _start_after_load(self) -> None:
+        # QEMU 7.2's pflash devices (two on -M virt) register, in each loadvm's post-load,
+        # a run-state handler that removes itself when the VM next starts. A second loadvm
+        # before that start registers another in its place, and the start then calls a
+        # freed handler: QEMU segfaults (measured: loadvm twice, then `c`). So a machine
+        # loaded and not started since (no RESUME event) runs an instant before it loads
+        # again; the load that follows puts back whatever that instant changed.
+        if self._loaded_at is None:
+            return
+        self.qmp("query-status")  # every event QEMU sent before this answer is read now
+        if not any(e.name == "RESUME" for e in self.events[self._loaded_at :]):
+            self.gdb.cont()
+            self.halt()
+            self._flush_io()
+        self._loaded_at = None
 
     def _ignore_shared_ram(self) -> None:
         # RAM in a shared file is left out of snapshots (the file holds it); a clone
@@ -992,7 +1085,7 @@ class Machine:
             # Guest RAM, region by region, as QEMU itself reads it (all of it, not just the
             # pages the page map says were written), against the template's file.
             for region in self.memory_map().ram():
-                offset = region.start if region.offset is None else region.offset
+                offset = region.offset or 0  # where the region starts in the RAM file
                 with self._dump_physical(region.start, region.size) as data:
                     pages = self._cow.differing_pages(offset, data)
                 problems += [f"RAM page {region.start + page:#x} differs" for page in pages]
@@ -1019,15 +1112,18 @@ class Machine:
 
     def _loadvm(self, tag: str) -> None:
         """Load the internal snapshot `tag` (as `_savevm` saved it)."""
+        self._start_after_load()
         if not self._taps:
             output = self.hmp(f"loadvm {tag}").strip()
             if output:
                 raise SnapshotError(f"loadvm {tag} failed: {output}")
-            return
-        self._job("snapshot-load", {"tag": tag, "vmstate": SCRATCH_NODE,
-                                    "devices": [SCRATCH_NODE]})  # fmt: skip
-        for tap in self._taps.values():
-            tap.load(tag)
+        else:
+            self._job("snapshot-load", {"tag": tag, "vmstate": SCRATCH_NODE,
+                                        "devices": [SCRATCH_NODE]})  # fmt: skip
+            for tap in self._taps.values():
+                tap.load(tag)
+        if self.config.machine_type == "virt":
+            self._loaded_at = len(self.events)
 
     def _delvm(self, tag: str) -> None:
         """Delete the internal snapshot `tag` everywhere `_savevm` put it."""

@@ -1,15 +1,24 @@
-"""x86-64 4-level page tables: walk a process's address space, translate one address.
+"""Page tables: walk a process's address space, translate one address (x86-64 4-level
+tables, and aarch64 translation tables with a 4 KiB granule and 48-bit addresses).
 
 The walker is pure: it reads guest-physical memory through an injected
 ``read_physical(address, size) -> bytes`` callable, so it runs against a halted vCPU
 (`process_pages`) as well as against synthetic tables in tests. It knows nothing of faults.
 
-Entry bits used: P (0), R/W (1), U/S (2), PS (7, at the PDPT and PD levels) and XD (63).
+x86-64 entry bits used: P (0), R/W (1), U/S (2), PS (7, at the PDPT and PD levels) and XD (63).
 Physical addresses are bits 12..51 of an entry (21..51 of a 2 MiB and 30..51 of a 1 GiB
 leaf, whose bit 12 is PAT); the protection-key bits 59..62, the available bits and the
 PCID or PWT/PCD bits of CR3 are ignored. Effective permissions combine every level, as
 the CPU does: writable and user only if set at every level, executable unless XD is set
 at any level.
+
+aarch64 (TTBR0_EL1, the lower half): descriptors valid in bit 0, a table (bit 1 set) or a
+block (1 GiB at level 1, 2 MiB at level 2) above level 3, pages at level 3; output
+address bits 12..47; AP[1] (bit 6) grants EL0 access, AP[2] (bit 7) makes it read-only,
+UXN (bit 54) forbids execution at EL0; table descriptors' APTable (bits 61-62) and
+UXNTable (bit 60) restrict every level below, as the CPU applies them. The ASID (bits
+48-63) and CnP (bit 0) of the TTBR are ignored. Other granules and address sizes (from
+TCR_EL1) are refused with an error naming them.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vmfault.arch import DEFAULT_ARCH, Arch
 from vmfault.errors import MachineError
 from vmfault.machine.gdbstub import GdbStub
 
@@ -35,7 +45,10 @@ __all__ = [
     "process_pages",
     "table_entries",
     "translate",
+    "translate_address",
     "walk",
+    "walk_address_space",
+    "walk_arm64",
 ]
 
 logger = logging.getLogger(__name__)
@@ -217,12 +230,162 @@ def translate(cr3: int, virtual: int, read_physical: PhysicalReader) -> int | No
     raise AssertionError("unreachable: the last level is always a leaf")
 
 
-def process_pages(gdb: GdbStub, *, user_only: bool = True) -> list[PageMapping]:
-    """`walk` the address space the halted vCPU is in (its CR3), reading the tables
-    through the gdbstub's physical-memory mode.
+_A64_VALID = 1 << 0
+_A64_TABLE = 1 << 1
+_A64_AP_EL0 = 1 << 6
+_A64_AP_READ_ONLY = 1 << 7
+_A64_UXN = 1 << 54
+_A64_UXN_TABLE = 1 << 60
+_A64_AP_TABLE_NO_EL0 = 1 << 61
+_A64_AP_TABLE_READ_ONLY = 1 << 62
+_A64_ADDRESS_MASK = ((1 << 48) - 1) & ~(PAGE_SIZE_4K - 1)
+_A64_ROOT_MASK = ((1 << 48) - 1) & ~1
+_TCR_T0SZ = 0x3F
+_TCR_TG0_SHIFT = 14
+_TCR_EPD0 = 1 << 7
 
-    Raises MachineError if the vCPU is not in 4-level long-mode paging.
+
+def walk_arm64(
+    ttbr0: int, read_physical: PhysicalReader, *, user_only: bool = True
+) -> list[PageMapping]:
+    """Every valid page mapped by the aarch64 tables rooted at `ttbr0` (4 KiB granule,
+    48-bit addresses: levels 0-3), sorted by virtual address. With `user_only`, only
+    pages EL0 may access. Each table page is read once, whole."""
+    tables: dict[int, tuple[int, ...]] = {}
+
+    def table(address: int) -> tuple[int, ...]:
+        entries = tables.get(address)
+        if entries is None:
+            data = read_physical(address, _TABLE_BYTES)
+            if len(data) != _TABLE_BYTES:
+                raise MachineError(
+                    f"page table read at {address:#x} returned {len(data)} bytes, "
+                    f"not {_TABLE_BYTES}"
+                )
+            entries = _TABLE.unpack(data)
+            tables[address] = entries
+        return entries
+
+    mappings: list[PageMapping] = []
+
+    def descend(
+        address: int, level: int, base: int, writable: bool, user: bool, executable: bool
+    ) -> None:
+        shift = _LEAF_SHIFTS[level]
+        for index, entry in enumerate(table(address)):
+            if not entry & _A64_VALID:
+                continue
+            virtual = base | (index << shift)
+            if level < 3 and entry & _A64_TABLE:
+                below_user = user and not entry & _A64_AP_TABLE_NO_EL0
+                if user_only and not below_user:
+                    continue
+                descend(
+                    entry & _A64_ADDRESS_MASK,
+                    level + 1,
+                    virtual,
+                    writable and not entry & _A64_AP_TABLE_READ_ONLY,
+                    below_user,
+                    executable and not entry & _A64_UXN_TABLE,
+                )
+                continue
+            if level == 0 or (level == 3 and not entry & _A64_TABLE):
+                continue  # reserved encodings
+            leaf_user = user and bool(entry & _A64_AP_EL0)
+            if user_only and not leaf_user:
+                continue
+            mappings.append(
+                PageMapping(
+                    virtual=virtual,
+                    physical=entry & _A64_ADDRESS_MASK & ~((1 << shift) - 1),
+                    size=1 << shift,
+                    writable=writable and not entry & _A64_AP_READ_ONLY,
+                    user=leaf_user,
+                    executable=executable and not entry & _A64_UXN,
+                )
+            )
+
+    descend(ttbr0 & _A64_ROOT_MASK & _A64_ADDRESS_MASK, 0, 0, True, True, True)
+    logger.debug("walked ttbr0=%#x: %d table pages, %d mappings", ttbr0, len(tables), len(mappings))
+    mappings.sort(key=lambda mapping: mapping.virtual)
+    return mappings
+
+
+def translate_arm64(ttbr0: int, virtual: int, read_physical: PhysicalReader) -> int | None:
+    """The physical address `virtual` (a lower-half address) maps to under `ttbr0`, or
+    None if it is not mapped. Reads one 8-byte descriptor per level."""
+    if virtual >> 48:
+        return None
+    table = ttbr0 & _A64_ROOT_MASK & _A64_ADDRESS_MASK
+    for level, shift in enumerate(_LEAF_SHIFTS):
+        index = (virtual >> shift) & (_ENTRIES - 1)
+        data = read_physical(table + 8 * index, 8)
+        if len(data) != 8:
+            raise MachineError(
+                f"page table read at {table + 8 * index:#x} returned {len(data)} bytes, not 8"
+            )
+        entry = int.from_bytes(data, "little")
+        if not entry & _A64_VALID:
+            return None
+        if level < 3 and entry & _A64_TABLE:
+            table = entry & _A64_ADDRESS_MASK
+            continue
+        if level == 0 or (level == 3 and not entry & _A64_TABLE):
+            return None
+        return (entry & _A64_ADDRESS_MASK & ~((1 << shift) - 1)) | (virtual & ((1 << shift) - 1))
+    raise AssertionError("unreachable: the last level is always a leaf")
+
+
+def walk_address_space(
+    arch: Arch, root: int, read_physical: PhysicalReader, *, user_only: bool = True
+) -> list[PageMapping]:
+    """`walk` (x86-64, `root` a CR3) or `walk_arm64` (aarch64, `root` a TTBR0_EL1)."""
+    if arch is Arch.AARCH64:
+        return walk_arm64(root, read_physical, user_only=user_only)
+    return walk(root, read_physical, user_only=user_only)
+
+
+def translate_address(
+    arch: Arch, root: int, virtual: int, read_physical: PhysicalReader
+) -> int | None:
+    """`translate` (x86-64) or `translate_arm64` (aarch64)."""
+    if arch is Arch.AARCH64:
+        return translate_arm64(root, virtual, read_physical)
+    return translate(root, virtual, read_physical)
+
+
+def _check_arm64_translation(tcr: int) -> None:
+    t0sz = tcr & _TCR_T0SZ
+    granule = (tcr >> _TCR_TG0_SHIFT) & 3
+    if tcr & _TCR_EPD0:
+        raise MachineError("TTBR0_EL1 walks are disabled (TCR_EL1.EPD0): no user address space")
+    if granule != 0:
+        size = {1: "64 KiB", 2: "16 KiB"}.get(granule, "reserved")
+        raise MachineError(f"the guest uses the {size} translation granule; only 4 KiB is walked")
+    if t0sz != 16:
+        raise MachineError(
+            f"the guest's user addresses are {64 - t0sz}-bit (TCR_EL1.T0SZ={t0sz}); "
+            "only 48-bit addresses are walked"
+        )
+
+
+def process_pages(
+    gdb: GdbStub, *, user_only: bool = True, arch: Arch = DEFAULT_ARCH
+) -> list[PageMapping]:
+    """Walk the address space the halted vCPU is in (its CR3, or TTBR0_EL1 on aarch64),
+    reading the tables through the gdbstub's physical-memory mode.
+
+    Raises MachineError if the vCPU is not in 4-level long-mode paging (x86-64), or uses
+    a granule or address size other than 4 KiB and 48 bits (aarch64).
     """
+
+    def read(address: int, size: int) -> bytes:
+        return gdb.read_memory(address, size, physical=True)
+
+    if arch is Arch.AARCH64:
+        state = gdb.read_registers(["TTBR0_EL1", "TCR_EL1"])
+        _check_arm64_translation(state["TCR_EL1"])
+        return walk_arm64(state["TTBR0_EL1"], read, user_only=user_only)
     registers = gdb.read_registers(["cr0", "cr3", "cr4", "efer"])
     cr0, cr3, cr4, efer = (registers[name] for name in ("cr0", "cr3", "cr4", "efer"))
     if not (cr0 & _CR0_PG and cr4 & _CR4_PAE and efer & _EFER_LMA):
@@ -231,10 +394,6 @@ def process_pages(gdb: GdbStub, *, user_only: bool = True) -> list[PageMapping]:
         )
     if cr4 & _CR4_LA57:
         raise MachineError(f"the vCPU uses 5-level paging (cr4={cr4:#x}), which is not supported")
-
-    def read(address: int, size: int) -> bytes:
-        return gdb.read_memory(address, size, physical=True)
-
     return walk(cr3, read, user_only=user_only)
 
 

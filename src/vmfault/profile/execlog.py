@@ -18,15 +18,24 @@ corrections, all made here:
 
 Known limit: a block that loops to its own start while another process page-faults in
 between is taken for a faulting retry, so that iteration goes uncounted.
+
+AArch64 logs no CR2 or CR3 in its CPU state (`-d exec,nochain,int` is used there): a block
+that stopped at a fault is told by the synchronous exception from EL0 (`Taking exception
+... [Data Abort]`, `[Prefetch Abort]`, `[Undefined Instruction]`, `...from EL0 to EL1`)
+that `int` logs after it, counted as CR2 changes are; and blocks carry no address space:
+the `-dfilter` range holds only the workload's code (its executables are linked apart from
+every other program of the image and are position-dependent there).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from vmfault.arch import DEFAULT_ARCH, Arch
 from vmfault.faults.instructions import Flow, Instruction
 from vmfault.machine.pagetable import page_table_key
 
@@ -34,21 +43,32 @@ __all__ = [
     "CodeIndex",
     "TraceEntry",
     "count_executions",
+    "log_items",
     "parse_exec_log",
 ]
 
 _TRACE = b"Trace "
 _STOPPED = b"Stopped execution of TB chain before "
 _READ_BYTES = 1 << 24
+_EL0_FAULT = re.compile(
+    rb"Taking exception \d+ \[(?:Data Abort|Prefetch Abort|Undefined Instruction)\][^\n]*\n"
+    rb"\.\.\.from EL0 to"
+)
+
+
+def log_items(arch: Arch = DEFAULT_ARCH) -> str:
+    """QEMU's `-d` items for an execution log of `arch` (HMP `log ITEMS`)."""
+    return "exec,nochain,int" if arch is Arch.AARCH64 else "exec,cpu,nochain"
 
 
 @dataclass(frozen=True)
 class TraceEntry:
     """One logged block: its start address, the address space and CR2 before it, and
-    whether it ran (False: QEMU stopped before running it)."""
+    whether it ran (False: QEMU stopped before running it). On aarch64 `cr3` is None (not
+    logged) and `cr2` counts the faults from EL0 logged before the block."""
 
     pc: int
-    cr3: int
+    cr3: int | None
     cr2: int
     executed: bool = True
 
@@ -61,8 +81,9 @@ def _register(record: bytes, name: bytes) -> int:
     return int(record[start : start + 16], 16)
 
 
-def _entry(record: bytes) -> TraceEntry:
-    """A record: the text after `Trace ` up to the next one."""
+def _entry(record: bytes, faults: int | None = None) -> TraceEntry:
+    """A record: the text after `Trace ` up to the next one; `faults`, for an aarch64
+    log, the EL0 faults logged before it."""
     head_end = record.find(b"\n")
     head = record[:head_end]
     fields = head[head.find(b"[") + 1 : head.find(b"]")].split(b"/")
@@ -72,6 +93,8 @@ def _entry(record: bytes) -> TraceEntry:
     if stopped >= 0:
         bracket = record.find(b"[", stopped)
         executed = int(record[bracket + 1 : record.find(b"]", bracket)], 16) != pc
+    if faults is not None:
+        return TraceEntry(pc=pc, cr3=None, cr2=faults, executed=executed)
     return TraceEntry(
         pc=pc,
         cr3=page_table_key(_register(record, b"CR3=")),
@@ -80,11 +103,17 @@ def _entry(record: bytes) -> TraceEntry:
     )
 
 
-def parse_exec_log(stream: BinaryIO, *, read_bytes: int = _READ_BYTES) -> Iterator[TraceEntry]:
-    """The blocks of a `-d exec,cpu,nochain` log, in order, read `read_bytes` at a time.
+def parse_exec_log(
+    stream: BinaryIO, *, read_bytes: int = _READ_BYTES, arch: Arch = DEFAULT_ARCH
+) -> Iterator[TraceEntry]:
+    """The blocks of a `log_items(arch)` log, in order, read `read_bytes` at a time.
 
-    Raises ValueError if a block's CPU state is missing (the log lacks `cpu`).
+    Raises ValueError if an x86-64 block's CPU state is missing (the log lacks `cpu`),
+    except the log's last block: logging turned off between its two lines leaves it
+    without its state (seen with a PIE's log range, which holds the agent's code too), and
+    it is left out.
     """
+    faults = 0 if arch is Arch.AARCH64 else None
     pending = b""
     while True:
         data = stream.read(read_bytes)
@@ -96,8 +125,20 @@ def parse_exec_log(stream: BinaryIO, *, read_bytes: int = _READ_BYTES) -> Iterat
             complete, pending = pending[: cut + 1], pending[cut + 1 :]
         else:
             complete, pending = pending, b""
-        for record in complete.split(_TRACE)[1:]:
-            yield _entry(record)
+        records = complete.split(_TRACE)
+        if faults is not None:
+            faults += len(_EL0_FAULT.findall(records[0]))
+        last = len(records) - 1
+        for index, record in enumerate(records[1:], start=1):
+            try:
+                entry = _entry(record, faults)
+            except ValueError:
+                if data or index != last:
+                    raise
+                return
+            yield entry
+            if faults is not None:
+                faults += len(_EL0_FAULT.findall(record))
         if not data:
             return
 
@@ -148,7 +189,7 @@ def count_executions(
     seen: dict[int, Instruction] = {}
     pending: _Pending | None = None
     for entry in entries:
-        if entry.cr3 != process or not entry.executed:
+        if (entry.cr3 is not None and entry.cr3 != process) or not entry.executed:
             continue
         continuation = False
         if pending is not None:

@@ -1,8 +1,9 @@
 """Which kernel functions a workload's golden run executes most: a sampled profile.
 
 The guest runs from the workload's start hook to its exit hook in short slices; after each
-slice the vCPU is halted and its rip read. A rip in the kernel's half of the address space
-(at or above 0xffffffff80000000, kernel image and modules) is a kernel sample, attributed to
+slice the vCPU is halted and its pc read. A pc in the kernel's code (at or above
+0xffffffff80000000 on x86-64, 0xffff800000000000 on aarch64: kernel image and modules) is
+a kernel sample, attributed to
 the kernel symbol at or below it; anything else is a user sample. Short workloads spend
 most of their time in user mode, so the run is repeated from a snapshot of the start hook
 until enough kernel samples are collected, each repetition at a different phase, so that
@@ -27,7 +28,7 @@ from types import MappingProxyType
 from vmfault.errors import MachineError, MachineTimeoutError, UsageError
 from vmfault.files import cache_path, cached_json
 from vmfault.guest.image import GuestImage
-from vmfault.guest.symbols import KERNEL_MAP_BASE, KernelSymbols
+from vmfault.guest.symbols import KernelSymbols
 from vmfault.machine import Machine, RunEnd
 from vmfault.session import GuestSession
 
@@ -46,7 +47,6 @@ PROFILE_FORMAT = 1
 """Version of the JSON form written by `KernelProfile.to_json`."""
 
 _SNAPSHOT_NAME = "vmfault-profile-start"
-_PC = "rip"
 
 
 @dataclass(frozen=True)
@@ -267,6 +267,7 @@ def _sample_run(
 ) -> None:
     """Sample one run, from the halted start state up to the exit hook, into `tally`."""
     gdb = vm.gdb
+    kernel_code = vm.platform.kernel_code
     deadline = time.monotonic() + timeout_s
     slice_s = rng.random() * interval_s
     while True:
@@ -280,7 +281,7 @@ def _sample_run(
             raise MachineError(f"QEMU exited (status {vm.exit_code}) while profiling")
         tally.running_s += run.ran_s
         tally.slices += 1
-        rip = gdb.read_register(_PC)
+        rip = gdb.read_register(gdb.pc_name)
         if rip == exited:
             return
         if run.end is not RunEnd.TIME:
@@ -290,7 +291,7 @@ def _sample_run(
                 f"the guest stopped at {rip:#x} ({reason}, {raw}) "
                 f"while profiling; console tail: {vm.console.transcript()[-300:]!r}"
             )
-        if rip >= KERNEL_MAP_BASE:
+        if rip >= kernel_code:
             symbol = symbols.containing(rip)
             tally.kernel[symbol.name if symbol is not None else f"{rip:#x}"] += 1
         else:

@@ -29,9 +29,9 @@ from vmfault.guest.binary import CodeRange, WorkloadBinary
 from vmfault.guest.image import GuestImage
 from vmfault.guest.workloads import SourceKind
 from vmfault.machine import Accel, Machine
-from vmfault.profile.execlog import count_executions, parse_exec_log
+from vmfault.profile.execlog import count_executions, log_items, parse_exec_log
 from vmfault.session import GuestSession, capture_kernel_symbols
-from vmfault.session.process import EXEC_FUNCTION, run_to_exec
+from vmfault.session.process import exec_address, run_to_exec
 
 __all__ = [
     "PROFILE_FORMAT",
@@ -216,7 +216,7 @@ def profile_instructions(
     workload = image.workload(argv[0])
     binary = WorkloadBinary(workload.host_binary)
     code = binary.code_range(function)
-    exec_address = capture_kernel_symbols(image).address(EXEC_FUNCTION)
+    caught_at = exec_address(capture_kernel_symbols(image), image.arch.platform, binary.entry)
     with tempfile.TemporaryDirectory(prefix="vmfault-profile-") as scratch:
         log_path = Path(scratch) / "exec.log"
         session = GuestSession(image, argv, deterministic=deterministic, accel=accel)
@@ -228,9 +228,9 @@ def profile_instructions(
                 log(f"profiling {code.name or argv[0]} in {' '.join(argv)}")
             session.start()
             vm = session.machine
-            process = run_to_exec(vm, exec_address, binary.entry, timeout_s)
+            process = run_to_exec(vm, caught_at, binary.entry, timeout_s)
             begun = time.monotonic()
-            vm.hmp("log exec,cpu,nochain")
+            vm.hmp(f"log {log_items(image.arch)}")
             result = session.finish(timeout_s=timeout_s).result
             vm.hmp("log none")
             wall_s = time.monotonic() - begun
@@ -239,7 +239,7 @@ def profile_instructions(
         loaded = binary.loaded(process.load_base)
         with log_path.open("rb") as stream:
             counts, seen = count_executions(
-                parse_exec_log(stream), process=process.page_tables, code=loaded
+                parse_exec_log(stream, arch=image.arch), process=process.page_tables, code=loaded
             )
     count_s = time.monotonic() - counting_began
     base = process.load_base

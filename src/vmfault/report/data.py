@@ -35,6 +35,7 @@ from vmfault.classify import Activation, LatencyUnit, Outcome, latency_histogram
 from vmfault.errors import UsageError
 from vmfault.experiment.records import DEFAULT_MACHINE, GoldenRun
 from vmfault.faults import DISK_FAULTS, REGISTER_GROUPS
+from vmfault.faults.model import REGISTER_SETS
 from vmfault.faults.units import parse_duration_s
 from vmfault.guest.workloads import BUILTIN_WORKLOADS, idle_argv
 from vmfault.report.summary import (
@@ -123,6 +124,9 @@ PROGRESS_LABELS: tuple[str, ...] = tuple(
 """The bins of the `progress` histogram, as percentages of the golden execution."""
 
 _REGISTER_ORDER = {name: i for i, name in enumerate(REGISTER_GROUPS["all"])}
+for _registers in REGISTER_SETS.values():  # then other architectures' registers
+    for _name in _registers.groups["all"]:
+        _REGISTER_ORDER.setdefault(_name, len(_REGISTER_ORDER))
 _UNKNOWN_CAUSE = "unknown"
 _NO_REASON = "no reason recorded"
 _NUMBER = re.compile(r"(?<![\w.])(?:(0[xX][0-9a-fA-F]+)|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
@@ -424,7 +428,8 @@ class CampaignReport:
     progress: tuple[ProgressHistogram, ...]
     """Where faults landed, per stratum with a recorded progress, strata sorted by name."""
     registers: tuple[Breakdown, ...]
-    """Per register, in the order of REGISTER_GROUPS['all'], then by name."""
+    """Per register, in the order of REGISTER_GROUPS['all'] (x86-64's, then aarch64's),
+    then by name."""
     bit_positions: tuple[Breakdown, ...]
     """Per bit position 0..widest-1, over every location; multi-bit faults count at each bit."""
     heatmap: HeatMap | None

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from vmfault.arch import DISKS, MACHINES
 from vmfault.classify import signal_name
 from vmfault.errors import ImageError, MachineError, UsageError
 from vmfault.guest.image import GuestImage
@@ -153,6 +154,10 @@ def machine_config(
     network card, which the agent configures at `address` with `hosts` in /etc/hosts
     (see `vmfault.guest.protocol.agent_params`). `host_cpus`: the host cores QEMU is
     pinned to (none: not pinned)."""
+    if disks:
+        image.arch.require(DISKS)
+    if nic is not None or on_console:
+        image.arch.require(MACHINES)
     params = agent_params(mode=mode, argv=argv, on_console=on_console, address=address, hosts=hosts)
     append = " ".join(("quiet", *params))
     return MachineConfig(
@@ -167,6 +172,7 @@ def machine_config(
         tap_disks=tap_disks,
         console_log=console_log,
         ram_file=ram_file,
+        arch=image.arch,
         nic=nic,
         host_cpus=tuple(host_cpus),
     )

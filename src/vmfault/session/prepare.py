@@ -34,7 +34,8 @@ def capture_kernel_symbols(image: GuestImage, *, timeout_s: float = 120.0) -> Ke
             return b"".join(f.payload for f in frames if f.kind == FrameKind.KALLSYMS)
 
     text = cached_bytes(image.kallsyms_path, lambda: cached_bytes(shared, capture))
-    return KernelSymbols.parse(text.decode("ascii", errors="replace"))
+    offset = image.arch.platform.kernel_image_offset
+    return KernelSymbols.parse(text.decode("ascii", errors="replace"), image_offset=offset)
 
 
 def prepare_image(

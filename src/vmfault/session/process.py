@@ -6,7 +6,8 @@ There the new stack holds the auxiliary vector, whose AT_ENTRY is the executable
 point as loaded: minus the ELF entry, that is the load base (0 for a position-dependent
 executable, random for a PIE under ASLR). `start_thread`'s new_ip is the process's first
 user instruction; its CR3 there is the root user code of this process runs on (the user
-half of a KPTI pair, or the only root without KPTI), which identifies the process.
+half of a KPTI pair, or the only root without KPTI), which identifies the process (on
+aarch64: its TTBR0_EL1, without the ASID; start_thread's arguments in x1 and x2).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vmfault.arch import DEFAULT_ARCH, Platform
 from vmfault.errors import GdbError, MachineError
+from vmfault.guest.symbols import KernelSymbols
 from vmfault.machine import Machine
 from vmfault.machine.gdbstub import GdbStub
-from vmfault.machine.pagetable import page_table_key
 
 __all__ = [
     "AT_BASE",
@@ -27,6 +29,7 @@ __all__ = [
     "AT_PHDR",
     "EXEC_FUNCTION",
     "WorkloadProcess",
+    "exec_address",
     "parse_auxv",
     "read_process_at_exec",
     "run_to_exec",
@@ -44,11 +47,12 @@ _READ_BYTES = 256
 
 @dataclass(frozen=True)
 class WorkloadProcess:
-    """The workload process: its address space (a `page_table_key` of CR3) and where its
-    executable (and, if dynamic, its interpreter) is loaded."""
+    """The workload process: its address space (the `page_table_key` of its page-table
+    root: CR3, TTBR0_EL1) and where its executable (and, if dynamic, its interpreter) is
+    loaded."""
 
     page_tables: int
-    """The `page_table_key` of the CR3 its user code runs on."""
+    """The `Platform.page_table_key` of the root its user code runs on."""
     load_base: int
     entry: int
     """The entry point as loaded (AT_ENTRY)."""
@@ -56,10 +60,12 @@ class WorkloadProcess:
     """AT_BASE: the program interpreter's load base (None for a static executable)."""
     first_pc: int = 0
     """The first user instruction (the interpreter's entry for a dynamic executable)."""
+    platform: Platform = DEFAULT_ARCH.platform
 
-    def owns(self, cr3: int) -> bool:
-        """Whether CR3, read while user code runs, is this process's address space."""
-        return page_table_key(cr3) == self.page_tables
+    def owns(self, root: int) -> bool:
+        """Whether the page-table root (CR3, TTBR0_EL1), read while user code runs, is this
+        process's address space."""
+        return self.platform.page_table_key(root) == self.page_tables
 
 
 def parse_auxv(words: Sequence[int]) -> dict[int, int]:
@@ -104,15 +110,19 @@ def _read_words(gdb: GdbStub, address: int) -> list[int]:
     return words
 
 
-def read_process_at_exec(gdb: GdbStub, *, link_entry: int) -> WorkloadProcess:
+def read_process_at_exec(
+    gdb: GdbStub, *, link_entry: int, platform: Platform = DEFAULT_ARCH.platform
+) -> WorkloadProcess:
     """The new process, read with the (halted) vCPU at `start_thread` of its exec.
 
     `link_entry` is the executable's ELF entry point. Raises MachineError if the new
     stack holds no auxiliary vector.
     """
-    registers = gdb.read_registers(["cr3", "rsi", "rdx"])
+    new_ip, new_sp = platform.exec_args
+    root = platform.page_table_root
+    registers = gdb.read_registers([root, new_ip, new_sp])
     try:
-        vector = parse_auxv(_read_words(gdb, registers["rdx"]))
+        vector = parse_auxv(_read_words(gdb, registers[new_sp]))
     except ValueError as exc:
         raise MachineError(f"cannot read the new process's auxiliary vector: {exc}") from exc
     entry = vector.get(AT_ENTRY)
@@ -120,12 +130,22 @@ def read_process_at_exec(gdb: GdbStub, *, link_entry: int) -> WorkloadProcess:
         raise MachineError("the new process's auxiliary vector has no AT_ENTRY")
     base = vector.get(AT_BASE) or None
     return WorkloadProcess(
-        page_tables=page_table_key(registers["cr3"]),
+        page_tables=platform.page_table_key(registers[root]),
         load_base=entry - link_entry,
         entry=entry,
         interpreter_base=base,
-        first_pc=registers["rsi"],
+        first_pc=registers[new_ip],
+        platform=platform,
     )
+
+
+def exec_address(symbols: KernelSymbols, platform: Platform, link_entry: int) -> int:
+    """Where a run is halted to catch the workload's exec: the kernel's `start_thread`, or
+    on aarch64 (where it is inlined) the executable's entry point, which only the
+    workload's process runs (its executables are position-dependent there)."""
+    if platform.exec_hook is None:
+        return link_entry
+    return symbols.address(platform.exec_hook)
 
 
 def run_to_exec(
@@ -134,18 +154,22 @@ def run_to_exec(
     """From the golden snapshot (halted), run to the workload's exec, read its process, and
     run on to its first user instruction, whose CR3 identifies it.
 
-    `exec_address` is the kernel's `start_thread`, `link_entry` the executable's ELF entry.
-    Leaves the VM halted at that first instruction with no breakpoint of its own set.
-    Raises MachineError if either point is not reached within `timeout_s` seconds.
+    `exec_address` is where the exec is caught (see `exec_address`), `link_entry` the
+    executable's ELF entry. Leaves the VM halted at that first instruction with no
+    breakpoint of its own set. Raises MachineError if either point is not reached within
+    `timeout_s` seconds.
     """
     vm.run_to(exec_address, timeout_s=timeout_s).require(
         "the workload's exec", vm, timeout_s=timeout_s
     )
-    process = read_process_at_exec(vm.gdb, link_entry=link_entry)
-    vm.run_to(process.first_pc, timeout_s=timeout_s).require(
-        "the workload's first instruction", vm, timeout_s=timeout_s
-    )
-    state = vm.gdb.read_registers(["cr3", "cs"])
-    if state["cs"] & 3 != 3:
+    platform = vm.platform
+    process = read_process_at_exec(vm.gdb, link_entry=link_entry, platform=platform)
+    if vm.gdb.read_register(platform.pc) != process.first_pc:
+        vm.run_to(process.first_pc, timeout_s=timeout_s).require(
+            "the workload's first instruction", vm, timeout_s=timeout_s
+        )
+    state = vm.gdb.read_registers([platform.page_table_root, platform.privilege])
+    if not platform.is_user(state[platform.privilege]):
         raise MachineError("the workload's first instruction ran in kernel mode")
-    return dataclasses.replace(process, page_tables=page_table_key(state["cr3"]))
+    root = platform.page_table_key(state[platform.page_table_root])
+    return dataclasses.replace(process, page_tables=root)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from vmfault.arch import DEFAULT_ARCH, Platform
 from vmfault.errors import MachineError
 from vmfault.experiment.state import Symptom
 from vmfault.faults.instructions import Destination, DestinationKind, Flow, Instruction
@@ -72,7 +73,9 @@ def locate_result(gdb: GdbStub, insn: Instruction) -> ResultLocation:
     return ResultLocation(destination, memory.address(registers, next_pc=insn.end))
 
 
-def execute_instruction(gdb: GdbStub, insn: Instruction) -> StepOutcome:
+def execute_instruction(
+    gdb: GdbStub, insn: Instruction, platform: Platform = DEFAULT_ARCH.platform
+) -> StepOutcome:
     """Execute `insn` (the vCPU halted at it) by single-stepping, with interrupts held off.
 
     A rep-prefixed string instruction is stepped to its end. A step that did not move the
@@ -80,13 +83,14 @@ def execute_instruction(gdb: GdbStub, insn: Instruction) -> StepOutcome:
     """
     stuck = 0
     steps = 0
+    names = [platform.pc, platform.privilege]
     while True:
         gdb.step()
         steps += 1
-        state = gdb.read_registers(["rip", "cs"])
-        if state["cs"] & 3 != 3:
+        state = gdb.read_registers(names)
+        if not platform.is_user(state[platform.privilege]):
             return StepOutcome.COMPLETED if insn.flow is Flow.TRAP else StepOutcome.TRAPPED
-        if state["rip"] != insn.address or insn.targets == (insn.address,):
+        if state[platform.pc] != insn.address or insn.targets == (insn.address,):
             return StepOutcome.COMPLETED
         if insn.flow is Flow.REPEAT:
             if steps >= REPEAT_STEPS_MAX:
@@ -185,6 +189,8 @@ def count_instances(
     run) or when QEMU exits; symptom sentinels are noted and passed.
     """
     gdb = vm.gdb
+    platform = vm.platform
+    names = [platform.pc, platform.privilege, platform.page_table_root]
     pending = sorted(set(wanted))
     counted = 0
     allowance = 0.0
@@ -215,9 +221,10 @@ def count_instances(
             if rip not in sites:
                 return Counting(CountEnd.STOPPED, counted, allowance, symptom)
         handled = time.monotonic()
-        state = gdb.read_registers(["rip", "cs", "cr3"])
-        insn = sites.get(state["rip"])
-        if insn is None or state["cs"] & 3 != 3 or not process.owns(state["cr3"]):
+        state = gdb.read_registers(names)
+        insn = sites.get(state[platform.pc])
+        user = platform.is_user(state[platform.privilege])
+        if insn is None or not user or not process.owns(state[platform.page_table_root]):
             at_site = False  # another process (or the kernel) at the same address
             continue
         instance = retries.pop(insn.address, None)
@@ -225,7 +232,7 @@ def count_instances(
             counted += 1
             instance = counted
         location = locate_result(gdb, insn) if instance == pending[0] else None
-        if execute_instruction(gdb, insn) is StepOutcome.TRAPPED:
+        if execute_instruction(gdb, insn, platform) is StepOutcome.TRAPPED:
             retries[insn.address] = instance
             at_site = False
             continue
@@ -233,6 +240,6 @@ def count_instances(
             on_instance(insn, instance, location)
             pending.pop(0)
             injected = True
-        at_site = gdb.read_register("rip") in sites
+        at_site = gdb.read_register(platform.pc) in sites
         allowance += time.monotonic() - handled
     return Counting(CountEnd.DONE, counted, allowance, symptom)

@@ -33,7 +33,7 @@ from vmfault.faults.instructions import (
 )
 from vmfault.faults.model import FaultSpec, InstructionFault
 from vmfault.guest.elfsyms import lookup_symbol
-from vmfault.machine.pagetable import translate
+from vmfault.machine.pagetable import translate_address
 from vmfault.profile.workload import load_or_profile
 from vmfault.session.process import WorkloadProcess
 
@@ -223,7 +223,11 @@ class InstructionKind(FaultKind):
         held = readback == after
         address = None
         if location.virtual is not None:
-            address = translate(gdb.read_register("cr3"), location.virtual, physical_reader(gdb))
+            vm = self.machine.vm
+            root = gdb.read_register(vm.platform.page_table_root)
+            address = translate_address(
+                vm.config.arch, root, location.virtual, physical_reader(gdb)
+            )
         return dataclasses.replace(
             attempt, mask=choice.mask, before=before, after=after, readback=readback,
             injected=held, address=address,

@@ -14,7 +14,6 @@ from vmfault.errors import UsageError
 from vmfault.experiment.kinds.memory import Cell, MemoryKind
 from vmfault.experiment.state import Experiment
 from vmfault.faults.model import FaultSpec
-from vmfault.guest.symbols import KERNEL_MAP_BASE
 from vmfault.profile.kernel import KernelProfile, load_or_profile_kernel
 
 __all__ = ["KernelCodeKind"]
@@ -52,4 +51,4 @@ class KernelCodeKind(MemoryKind):
             raise UsageError(f"no kernel function {name!r}", hint="give a kernel function name")
         offset = rng.randrange(max(1, symbols.size_of(symbol)))
         virtual = symbol.address + offset
-        return Cell(virtual - KERNEL_MAP_BASE, virtual, f"{name}+{offset:#x}", 1)
+        return Cell(symbols.physical_of(virtual), virtual, f"{name}+{offset:#x}", 1)

@@ -33,8 +33,8 @@ from vmfault.faults.select import choose_in_ranges
 from vmfault.guest.elfsyms import lookup_symbol
 from vmfault.machine import Machine
 from vmfault.machine.gdbstub import GdbStub
-from vmfault.machine.pagetable import PageMapping, PhysicalReader, walk
-from vmfault.session.process import EXEC_FUNCTION, WorkloadProcess, run_to_exec
+from vmfault.machine.pagetable import PageMapping, PhysicalReader, walk_address_space
+from vmfault.session.process import WorkloadProcess, exec_address, run_to_exec
 
 __all__ = [
     "Cell",
@@ -78,8 +78,9 @@ def process_pages(machine: GuestMachine, root: int | None = None) -> list[PageMa
     if root is None:
         if not machine.in_context(Context.USER):
             raise MachineError("the workload is not running in user mode at the trigger")
-        root = int(gdb.read_register("cr3"))
-    return [page for page in walk(root, physical_reader(gdb)) if page.user]
+        root = int(gdb.read_register(machine.vm.platform.page_table_root))
+    arch = machine.vm.config.arch
+    return [page for page in walk_address_space(arch, root, physical_reader(gdb)) if page.user]
 
 
 def learn_process(experiment: Experiment, machine: GuestMachine) -> WorkloadProcess | str:
@@ -87,10 +88,9 @@ def learn_process(experiment: Experiment, machine: GuestMachine) -> WorkloadProc
     at its first instruction); or why that failed. QEMU dying raises."""
     code = machine.workload_code()
     try:
-        exec_address = machine.symbols.address(EXEC_FUNCTION)
-        return run_to_exec(
-            experiment.vm, exec_address, code.binary.entry, experiment.reach_timeout_s()
-        )
+        entry = code.binary.entry
+        caught_at = exec_address(machine.symbols, experiment.vm.platform, entry)
+        return run_to_exec(experiment.vm, caught_at, entry, experiment.reach_timeout_s())
     except (MachineError, ImageError) as exc:
         if not experiment.vm.alive:
             raise

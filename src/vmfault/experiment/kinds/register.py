@@ -11,7 +11,7 @@ from vmfault.experiment.records import RegisterInjection, TriggerPoint
 from vmfault.experiment.state import Experiment
 from vmfault.experiment.testbed import GuestMachine
 from vmfault.experiment.triggers import prepare_context, reach_trigger, trigger_text
-from vmfault.faults.model import FaultSpec
+from vmfault.faults.model import REGISTER_SETS, FaultSpec
 
 __all__ = ["RegisterKind"]
 
@@ -31,21 +31,32 @@ class RegisterKind(FaultKind):
         return reach_trigger(experiment)
 
     def inject(self, experiment: Experiment) -> Injected:
-        """Change the register, hold it if asked, read it back."""
+        """Change the register, hold it if asked, read it back. A view of a register
+        (aarch64's `nzcv`: bits 28-31 of `cpsr`) changes those bits only."""
         plan = experiment.plan
         gdb = experiment.vm.gdb
         register = plan.register
         assert register is not None
+        holder, shift = REGISTER_SETS[experiment.spec.target.arch].location(register)
+        field = ((1 << plan.width) - 1) << shift
+
+        def read() -> int:
+            return (gdb.read_register(holder) & field) >> shift
+
+        def write(value: int) -> None:
+            whole = gdb.read_register(holder) if shift else 0
+            gdb.write_register(holder, (whole & ~field) | (value << shift))
+
         point = experiment.trigger_point(trigger_text(plan))
-        before = gdb.read_register(register)
+        before = read()
         after = plan.bits.apply(before)
-        gdb.write_register(register, after)
+        write(after)
         experiment.mark_injected()
         hold = experiment.spec.bits.hold_instructions
         for _ in range(hold):
             gdb.step()
-            gdb.write_register(register, plan.bits.apply(gdb.read_register(register)))
-        readback = gdb.read_register(register)
+            write(plan.bits.apply(read()))
+        readback = read()
         held = readback == after or hold > 0
         injection = RegisterInjection(
             target=experiment.spec.target.spelling, machine=self.machine.name,

@@ -10,11 +10,15 @@
  *   vmfault.ip=A.B.C.D/LEN            configure eth0 with this address (IPv6 off, lo up)
  *   vmfault.hosts=NAME:A.B.C.D,...    written to /etc/hosts (NAME first is this machine)
  *
- * Everything meant for the host leaves on the isa-debugcon port 0xe9 as frames:
+ * Everything meant for the host leaves on the result channel as frames:
  *   '@' KIND ' ' LENGTH '\n' PAYLOAD
  * with LENGTH the payload size in decimal ASCII. Kinds: hello, log, disk, start, out, err,
  * exit, kallsyms, idle. A `disk` frame names one virtio disk: "NAME DEVICE SECTORS", its
  * name being the serial the host gave it (also linked as /dev/disk/by-id/virtio-NAME).
+ *
+ * The result channel is the isa-debugcon port 0xe9 on x86-64 and ARM semihosting on
+ * aarch64 (SYS_WRITE0 and SYS_WRITEC, routed by QEMU to a chardev): both are one trapping
+ * instruction from user space, with no guest driver and no kernel code on the way.
  *
  * PID 1 must never exit (the kernel panics when it does), so every path ends in
  * idle_forever() or a power-off.
@@ -32,7 +36,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__)
 #include <sys/io.h>
+#endif
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -75,6 +81,7 @@ __attribute__((noinline, noipa, used)) void vmfault_hook_exited(int status)
     __asm__ volatile("" : : "r"(status) : "memory");
 }
 
+#if defined(__x86_64__)
 static void port_write(const void *buf, size_t len)
 {
     const unsigned char *p = buf;
@@ -85,6 +92,56 @@ static void port_write(const void *buf, size_t len)
                      : "d"((unsigned short)DEBUGCON_PORT)
                      : "memory");
 }
+
+static int channel_open(void)
+{
+    return ioperm(DEBUGCON_PORT, 1, 1) == 0;
+}
+#elif defined(__aarch64__)
+#define SEMIHOSTING_WRITEC 0x03
+#define SEMIHOSTING_WRITE0 0x04
+
+static void semihosting_call(long op, const void *arg)
+{
+    register long x0 __asm__("x0") = op;
+    register const void *x1 __asm__("x1") = arg;
+    __asm__ volatile("hlt #0xf000" : "+r"(x0) : "r"(x1) : "memory");
+}
+
+/* SYS_WRITE0 sends a NUL-terminated run at once; a NUL byte goes alone with SYS_WRITEC. */
+static void port_write(const void *buf, size_t len)
+{
+    static char run[CHUNK_BYTES + 1];
+    const char *p = buf;
+    if (!debugcon_ok)
+        return;
+    while (len > 0) {
+        size_t n = 0;
+        if (*p == '\0') {
+            semihosting_call(SEMIHOSTING_WRITEC, p);
+            p++;
+            len--;
+            continue;
+        }
+        while (n < len && n < CHUNK_BYTES && p[n] != '\0') {
+            run[n] = p[n];
+            n++;
+        }
+        run[n] = '\0';
+        semihosting_call(SEMIHOSTING_WRITE0, run);
+        p += n;
+        len -= n;
+    }
+}
+
+/* The host always enables semihosting for user space (QEMU -semihosting-config). */
+static int channel_open(void)
+{
+    return 1;
+}
+#else
+#error "the agent supports x86-64 and aarch64 guests"
+#endif
 
 static void send_frame(const char *kind, const void *payload, size_t len)
 {
@@ -543,6 +600,10 @@ static void dump_kallsyms(void)
         send_frame("kallsyms", chunk, (size_t)n);
     }
     close(fd);
+    /* The physical ranges of the kernel image ("Kernel code", "Kernel data"): a kernel
+     * without data symbols in kallsyms (arm64's) still shows where its data lies. */
+    size_t used = read_file("/proc/iomem", chunk, sizeof chunk);
+    send_frame("kallsyms", chunk, used);
     send_text("exit", "exited 0 0");
 }
 
@@ -736,7 +797,7 @@ int main(void)
 
     mount_filesystems();
     ensure_console();
-    if (ioperm(DEBUGCON_PORT, 1, 1) == 0)
+    if (channel_open())
         debugcon_ok = 1;
     else
         console_print("vmfault-agent: ioperm(0xe9) failed: no host channel\n");
@@ -751,6 +812,8 @@ int main(void)
     /* Boot quietly, then let every kernel message through: user-level crash reports such
      * as "segfault at ..." are KERN_INFO and are evidence for classifying an outcome. */
     write_sysctl("/proc/sys/kernel/printk", "7\n");
+    /* The kernel's report of a user fault (x86-64 has it on by default, arm64 off). */
+    write_sysctl("/proc/sys/debug/exception-trace", "1\n");
     read_file("/proc/cmdline", cmdline, sizeof cmdline);
     cmdline_value(cmdline, "vmfault.mode", mode, sizeof mode);
     cmdline_value(cmdline, "vmfault.after", after, sizeof after);
