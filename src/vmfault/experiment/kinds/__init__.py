@@ -1,6 +1,6 @@
 """Fault kinds, found by the registry `KINDS`: the target's prefix (`register`, `memory`,
-`kernel-code`, `instruction`, `disk`, `network`, `none` for control runs), or `storm` for a
-memory family with a schedule of flips.
+`kernel-code`, `instruction`, `disk`, `network`, `device`, `vmm`, `none` for control runs),
+or `storm` for a memory family with a schedule of flips.
 
 A new kind is a module implementing `FaultKind` plus one entry here.
 """
@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from vmfault.errors import UsageError
 from vmfault.experiment.kinds.base import FaultKind, Injected, KindFactory
 from vmfault.experiment.kinds.control import ControlKind
+from vmfault.experiment.kinds.device import DeviceKind
 from vmfault.experiment.kinds.disk import DiskKind
 from vmfault.experiment.kinds.instruction import InstructionKind
 from vmfault.experiment.kinds.kernel_code import KernelCodeKind
@@ -17,6 +18,7 @@ from vmfault.experiment.kinds.memory import MemoryKind
 from vmfault.experiment.kinds.network import NetworkKind
 from vmfault.experiment.kinds.register import RegisterKind
 from vmfault.experiment.kinds.storm import StormKind
+from vmfault.experiment.kinds.vmm import VmmKind
 from vmfault.faults.model import FaultSpec
 
 __all__ = ["KINDS", "FaultKind", "Injected", "KindFactory", "kind_name"]
@@ -29,6 +31,8 @@ KINDS: Mapping[str, KindFactory] = {
     "storm": StormKind,
     "disk": DiskKind,
     "network": NetworkKind,
+    "device": DeviceKind,
+    "vmm": VmmKind,
     "none": ControlKind,
 }
 """The fault kinds by name."""

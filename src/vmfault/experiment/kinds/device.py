@@ -1,0 +1,286 @@
+"""Device faults (`device:NAME`): corrupt what the guest asks of its virtual devices, and
+see what QEMU does with it.
+
+- `device:virtio-blk`, `device:virtio-net`: from the trigger, the guest runs to its next
+  notify of a virtio device (a breakpoint on the kernel's `vm_notify`, the virtio-mmio
+  transport's kick) at which the device has a request it has not taken yet; one field of
+  that request flips in guest memory: a descriptor's addr, len, flags or next (the chain,
+  indirect tables included) or the request header (`vmfault.faults.device`). QEMU reads it
+  when the notify reaches it. Where the rings lie and how far the device has taken
+  requests is QEMU's own view (`x-query-virtio-queue-status`).
+- `device:serial`, `device:pvpanic`, `device:mmio`: a stray write to a register of that
+  device (`mmio`: any device of QEMU's memory tree, in either address space, but the debug
+  console that carries vmfault's results): the register's value with bits flipped, at the
+  trigger. Memory-mapped registers are written through the gdbstub's physical accesses,
+  ports with the monitor's `o` (`vmfault.machine.devices`).
+
+QEMU dying, the lines it logs from the injection on, or a virtio device it marks broken
+make the experiment `vmm-error` with QEMU's words as evidence (`react`); the guest's
+outcome is kept in the injection.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from vmfault.classify import Classification
+from vmfault.errors import MachineError, UsageError, VmfaultError
+from vmfault.experiment.kinds.base import FaultKind, Injected
+from vmfault.experiment.kinds.reaction import QemuLog, react
+from vmfault.experiment.records import DeviceInjection, TriggerPoint
+from vmfault.experiment.state import Experiment
+from vmfault.experiment.testbed import GuestMachine
+from vmfault.experiment.triggers import reach_trigger, trigger_text
+from vmfault.faults.device import (
+    VIRTIO_DEVICE_IDS,
+    DeviceRegion,
+    Field,
+    Register,
+    choose_register,
+    pending_heads,
+    request_chain,
+    request_fields,
+)
+from vmfault.faults.model import FaultSpec
+from vmfault.faults.select import choose_bits
+from vmfault.machine import Machine, RunEnd
+from vmfault.machine.devices import (
+    VirtioDevice,
+    VirtqueueStatus,
+    address_spaces,
+    read_port,
+    virtio_broken,
+    virtio_devices,
+    virtqueue_status,
+    write_port,
+)
+
+__all__ = ["DeviceKind"]
+
+NOTIFY_FUNCTION = "vm_notify"
+"""The kernel's virtio-mmio notify: the guest's kick of a virtqueue."""
+MAX_KICKS = 200
+"""Kicks looked at after the trigger for one with a request the device has not taken."""
+VIRTIO_MMIO_DEVICE_ID = 0x008
+"""The DeviceID register of a virtio-mmio transport (0: no device behind it)."""
+_HINTS = {
+    "virtio-blk": "give the machine a disk ([[guest.disks]] or disks in its [[machine]])",
+    "virtio-net": "give two or more [[machine]] tables: their network cards are virtio-net",
+}
+
+
+class DeviceKind(FaultKind):
+    """Faults in a virtual device's requests or registers, judged by what QEMU does."""
+
+    def __init__(self, machine: GuestMachine) -> None:
+        self.machine = machine
+        self.log = QemuLog()
+        self._request: tuple[VirtioDevice, VirtqueueStatus, int] | None = None
+        self._device: VirtioDevice | None = None
+
+    @property
+    def vm(self) -> Machine:
+        """The target's QEMU."""
+        return self.machine.vm
+
+    def prepare(self, spec: FaultSpec) -> None:
+        """UsageError unless the machine has the device the target names."""
+        name = spec.target.name
+        if name in VIRTIO_DEVICE_IDS:
+            if not [d for d in virtio_devices(self.vm) if d.name == name]:
+                raise UsageError(
+                    f"machine {self.machine.name} has no {name} device for device:{name}",
+                    hint=_HINTS[name],
+                )
+            self.machine.symbols.address(NOTIFY_FUNCTION)
+        elif name != "mmio":
+            memory, ports = address_spaces(self.vm)
+            if not any(r.name == name for r in (*memory, *ports)):
+                raise UsageError(f"machine {self.machine.name} has no {name} device")
+
+    def trigger(self, experiment: Experiment) -> str:
+        """The fault's trigger; a virtio fault then runs on to the next kick at which
+        its device has a request it has not taken."""
+        self._request = None
+        self._device = None
+        problem = reach_trigger(experiment)
+        name = experiment.spec.target.name
+        if problem or name not in VIRTIO_DEVICE_IDS:
+            return problem
+        vm = experiment.vm
+        devices = [d for d in virtio_devices(vm) if d.name == name]
+        address = self.machine.symbols.address(NOTIFY_FUNCTION)
+        vm.gdb.set_breakpoint(address)
+        try:
+            for _ in range(MAX_KICKS):
+                run = vm.run_to(address, timeout_s=experiment.reach_timeout_s())
+                if run.end is RunEnd.EXITED:
+                    raise MachineError(f"QEMU exited (status {vm.exit_code}) before a kick")
+                if not run.reached:
+                    return f"the guest made no request of {name} after the trigger"
+                self._request = self._pending(vm, devices, experiment.rng("request"))
+                if self._request is not None:
+                    break
+            else:
+                return f"no request of {name} was pending at {MAX_KICKS} kicks"
+        finally:
+            if vm.alive:
+                vm.gdb.remove_breakpoint(address)
+        here = experiment.here
+        here.allowance_s = max(here.allowance_s, time.monotonic() - here.started)
+        return ""
+
+    def _pending(
+        self, vm: Machine, devices: list[VirtioDevice], rng: random.Random
+    ) -> tuple[VirtioDevice, VirtqueueStatus, int] | None:
+        """A request of one of `devices` that the device has not taken yet: the device,
+        the queue and the request's head descriptor."""
+        found = []
+        for device in devices:
+            for queue in virtqueue_status(vm, device):
+                head = vm.gdb.read_memory(queue.avail, 4 + 2 * queue.num, physical=True)
+                avail_idx = int.from_bytes(head[2:4], "little")
+                ring = head[4:]
+                for entry in pending_heads(ring, queue.last_avail_idx, avail_idx, queue.num):
+                    found.append((device, queue, entry))
+        return rng.choice(found) if found else None
+
+    def inject(self, experiment: Experiment) -> Injected:
+        """Flip the bits of the chosen field or write the chosen register, read it back."""
+        if self._request is not None:
+            return self._inject_request(experiment)
+        return self._inject_register(experiment)
+
+    def _inject_request(self, experiment: Experiment) -> Injected:
+        assert self._request is not None
+        device, queue, head = self._request
+        self._device = device
+        gdb = experiment.vm.gdb
+        point = experiment.trigger_point(trigger_text(experiment.plan))
+
+        def read(address: int, size: int) -> bytes:
+            return bytes(gdb.read_memory(address, size, physical=True))
+
+        chain = request_chain(read, queue.desc, queue.num, head)
+        fields = [f for f in request_fields(device.name, chain) if _fits(experiment.spec, f)]
+        if not fields:
+            raise MachineError(f"no field of the {device.name} request fits the bits asked")
+        field = experiment.rng("field").choice(fields)
+        bits = choose_bits(experiment.spec.bits, field.width, experiment.rng("bits"))
+        before = int.from_bytes(read(field.address, field.size), "little")
+        after = bits.apply(before)
+        self.log.start(experiment.vm)
+        gdb.write_memory(field.address, after.to_bytes(field.size, "little"), physical=True)
+        experiment.mark_injected()
+        readback = int.from_bytes(read(field.address, field.size), "little")
+        held = readback == after
+        where = f"{device.name} queue {queue.queue} request {head} "
+        where += f"desc[{field.descriptor}].{field.name}" if field.part == "descriptor" else (
+            f"header.{field.name}"
+        )  # fmt: skip
+        injection = DeviceInjection(
+            target=experiment.spec.target.spelling, machine=self.machine.name, location=where,
+            address=field.address, width=field.width, mask=bits.mask, mode=bits.mode.value,
+            before=before, after=after, readback=readback, injected=held,
+            reason="" if held else f"read back {readback:#x}, wrote {after:#x}", trigger=point,
+            device=device.name, part=field.part, field=field.name, queue=queue.queue,
+            descriptor=field.descriptor,
+        )  # fmt: skip
+        return Injected((injection,))
+
+    def _inject_register(self, experiment: Experiment) -> Injected:
+        vm = experiment.vm
+        name = experiment.spec.target.name
+        point = experiment.trigger_point(trigger_text(experiment.plan))
+        register = choose_register(
+            self._regions(vm), experiment.rng("register"), device=None if name == "mmio" else name
+        )
+        bits = choose_bits(experiment.spec.bits, register.size * 8, experiment.rng("bits"))
+        before = _read_register(vm, register)
+        after = bits.apply(before)
+        self.log.start(vm)
+        try:
+            _write_register(vm, register, after)
+        except VmfaultError:
+            if vm.alive:
+                raise
+        experiment.mark_injected()
+        readback = None
+        if vm.alive:
+            try:
+                readback = _read_register(vm, register)
+            except VmfaultError:
+                if vm.alive:
+                    raise
+        injection = DeviceInjection(
+            target=experiment.spec.target.spelling, machine=self.machine.name,
+            location=register.location, address=register.address, width=register.size * 8,
+            mask=bits.mask, mode=bits.mode.value, before=before, after=after,
+            readback=readback, injected=True, trigger=point, device=register.device,
+            space=register.space, part="register", field=f"{register.offset:#x}",
+        )  # fmt: skip
+        return Injected((injection,))
+
+    def _regions(self, vm: Machine) -> list[DeviceRegion]:
+        """Every device region of both address spaces; virtio-mmio transports only where a
+        device sits behind them."""
+        memory, ports = address_spaces(vm)
+        regions = []
+        for region in memory:
+            if region.kind != "i/o":
+                continue
+            if region.name == "virtio-mmio":
+                raw = vm.gdb.read_memory(region.start + VIRTIO_MMIO_DEVICE_ID, 4, physical=True)
+                if not int.from_bytes(raw, "little"):
+                    continue
+            regions.append(DeviceRegion("memory", region.start, region.end, region.name))
+        regions += [DeviceRegion("io", r.start, r.end, r.name) for r in ports if r.kind == "i/o"]
+        return regions
+
+    def react(
+        self, experiment: Experiment, injected: Injected, verdict: Classification
+    ) -> tuple[Classification, Injected]:
+        """QEMU's death, its log lines since the injection, or a device it marked broken
+        make the experiment `vmm-error`; the guest's outcome stays in the injection."""
+        vm = experiment.vm
+        broken = ""
+        if self._device is not None and vm.alive:
+            try:
+                broken = self._device.name if virtio_broken(vm, self._device) else ""
+            except VmfaultError:
+                broken = ""
+        return react(injected, verdict, vm=vm, logged=self.log.lines(), broken=broken)
+
+    def not_injected(self, experiment: Experiment, reason: str) -> DeviceInjection:
+        """The device fault that was not made."""
+        plan = experiment.plan
+        return DeviceInjection(
+            target=experiment.spec.target.spelling, machine=self.machine.name,
+            mode=plan.bits.mode.value, reason=reason,
+            trigger=TriggerPoint(spec=trigger_text(plan)),
+        )  # fmt: skip
+
+
+def _fits(spec: FaultSpec, field: Field) -> bool:
+    """Whether the fault's bits fit in `field` (a bit position or range beyond it does not)."""
+    try:
+        spec.bits.check_width(field.width, field.name)
+    except UsageError:
+        return False
+    return True
+
+
+def _read_register(vm: Machine, register: Register) -> int:
+    if register.space == "io":
+        return read_port(vm, register.address, register.size)
+    raw = vm.gdb.read_memory(register.address, register.size, physical=True)
+    return int.from_bytes(raw, "little")
+
+
+def _write_register(vm: Machine, register: Register, value: int) -> None:
+    if register.space == "io":
+        write_port(vm, register.address, value, register.size)
+    else:
+        data = value.to_bytes(register.size, "little")
+        vm.gdb.write_memory(register.address, data, physical=True)
