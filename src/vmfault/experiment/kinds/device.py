@@ -2,8 +2,7 @@
 see what QEMU does with it.
 
 - `device:virtio-blk`, `device:virtio-net`: from the trigger, the guest runs to its next
-  notify of a virtio device (a breakpoint on the kernel's `vm_notify`, the virtio-mmio
-  transport's kick) at which the device has a request it has not taken yet; one field of
+  notify of a virtio device (a breakpoint on the kernel's `virtqueue_notify`) at which the device has a request it has not taken yet; one field of
   that request flips in guest memory: a descriptor's addr, len, flags or next (the chain,
   indirect tables included) or the request header (`vmfault.faults.device`). QEMU reads it
   when the notify reaches it. Where the rings lie and how far the device has taken
@@ -42,7 +41,7 @@ from vmfault.faults.device import (
     request_chain,
     request_fields,
 )
-from vmfault.faults.model import FaultSpec
+from vmfault.faults.model import FaultSpec, TriggerKind
 from vmfault.faults.select import choose_bits
 from vmfault.machine import Machine, RunEnd
 from vmfault.machine.devices import (
@@ -58,10 +57,16 @@ from vmfault.machine.devices import (
 
 __all__ = ["DeviceKind"]
 
-NOTIFY_FUNCTION = "vm_notify"
-"""The kernel's virtio-mmio notify: the guest's kick of a virtqueue."""
-MAX_KICKS = 200
-"""Kicks looked at after the trigger for one with a request the device has not taken."""
+NOTIFY_FUNCTION = "virtqueue_notify"
+"""The kernel's notify of a virtqueue (virtio_ring, the first virtio module loaded, so its
+address is that of the kernel's symbols in every machine): the guest's kick."""
+MAX_KICKS_COUNTED = 2000
+"""Kicks with a request pending counted at most (in a golden run, or to the trigger)."""
+KICK_DRAWS = 4
+"""Kicks drawn for one experiment before it gives up (a run with fewer requests than the
+golden run draws again among the requests it made)."""
+COUNT_TIMEOUT_GOLDENS = 10.0
+"""How many golden runs (host time) the count of a golden run's kicks may take."""
 VIRTIO_MMIO_DEVICE_ID = 0x008
 """The DeviceID register of a virtio-mmio transport (0: no device behind it)."""
 _HINTS = {
@@ -78,6 +83,10 @@ class DeviceKind(FaultKind):
         self.log = QemuLog()
         self._request: tuple[VirtioDevice, VirtqueueStatus, int] | None = None
         self._device: VirtioDevice | None = None
+        self._kicks: dict[str, int] = {}
+        """Kicks with a request pending, per virtio device name, in a golden run."""
+        self._point = ""
+        self._seen = 0
 
     @property
     def vm(self) -> Machine:
@@ -93,40 +102,97 @@ class DeviceKind(FaultKind):
                     f"machine {self.machine.name} has no {name} device for device:{name}",
                     hint=_HINTS[name],
                 )
-            self.machine.symbols.address(NOTIFY_FUNCTION)
+            if _drawn(spec) and name not in self._kicks:
+                self._kicks[name] = self._count_kicks(name)
+                if not self._kicks[name]:
+                    raise UsageError(
+                        f"the workload of machine {self.machine.name} made no request of "
+                        f"{name} in its golden run, so device:{name} has nothing to corrupt",
+                        hint=f"run a workload that uses its {name} device (diskio for a disk)",
+                    )
         elif name != "mmio":
             memory, ports = address_spaces(self.vm)
             if not any(r.name == name for r in (*memory, *ports)):
                 raise UsageError(f"machine {self.machine.name} has no {name} device")
 
+    def _count_kicks(self, name: str) -> int:
+        """Kicks of a run from the snapshot at which a `name` device had a request
+        pending (the requests a drawn trigger chooses among)."""
+        machine = self.machine
+        vm = machine.vm
+        devices = [d for d in virtio_devices(vm) if d.name == name]
+        address = machine.symbols.address(NOTIFY_FUNCTION)
+        timeout_s = COUNT_TIMEOUT_GOLDENS * machine.require_golden().host_s + 5.0
+        others = machine.from_snapshot()
+        count = 0
+        vm.gdb.set_breakpoint(address)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while count < MAX_KICKS_COUNTED and time.monotonic() < deadline:
+                run = vm.run_to(address, timeout_s=max(0.0, deadline - time.monotonic()))
+                if not run.reached:
+                    break
+                if self._pending(vm, devices, random.Random(0)) is not None:
+                    count += 1
+        finally:
+            if vm.alive:
+                vm.gdb.remove_breakpoint(address)
+            others.end()
+        return count
+
     def trigger(self, experiment: Experiment) -> str:
-        """The fault's trigger; a virtio fault then runs on to the next kick at which
-        its device has a request it has not taken."""
+        """The fault's trigger. A virtio fault with its trigger left open runs to a kick
+        drawn uniformly among those of the golden run at which its device had a request
+        pending; with a trigger given, it runs to the trigger and on to the next such kick."""
         self._request = None
         self._device = None
-        problem = reach_trigger(experiment)
+        self._point = ""
         name = experiment.spec.target.name
-        if problem or name not in VIRTIO_DEVICE_IDS:
-            return problem
+        if name not in VIRTIO_DEVICE_IDS:
+            return reach_trigger(experiment)
+        if not _drawn(experiment.spec):
+            problem = reach_trigger(experiment)
+            return problem or self._run_to_kick(experiment, name, 1)
+        rng = experiment.rng("trigger/kick")
+        nth = rng.randint(1, max(1, self._kicks.get(name, 1)))
+        for _ in range(KICK_DRAWS):
+            problem = self._run_to_kick(experiment, name, nth)
+            if not problem or self._seen == 0:
+                return problem
+            experiment.restart()  # this run made fewer requests than the golden one
+            nth = rng.randint(1, self._seen)
+        return problem
+
+    def _run_to_kick(self, experiment: Experiment, name: str, nth: int) -> str:
+        """Run to the `nth` kick from here at which a `name` device has a request pending
+        (halted there, the request chosen), or say why not."""
         vm = experiment.vm
         devices = [d for d in virtio_devices(vm) if d.name == name]
         address = self.machine.symbols.address(NOTIFY_FUNCTION)
+        rng = experiment.rng("request")
+        self._seen = 0
         vm.gdb.set_breakpoint(address)
         try:
-            for _ in range(MAX_KICKS):
+            for _ in range(MAX_KICKS_COUNTED):
                 run = vm.run_to(address, timeout_s=experiment.reach_timeout_s())
                 if run.end is RunEnd.EXITED:
                     raise MachineError(f"QEMU exited (status {vm.exit_code}) before a kick")
                 if not run.reached:
+                    if self._seen:
+                        return f"the guest made {self._seen} requests of {name}, not {nth}"
                     return f"the guest made no request of {name} after the trigger"
-                self._request = self._pending(vm, devices, experiment.rng("request"))
-                if self._request is not None:
-                    break
+                pending = self._pending(vm, devices, rng)
+                if pending is not None:
+                    self._seen += 1
+                    if self._seen >= nth:
+                        self._request = pending
+                        break
             else:
-                return f"no request of {name} was pending at {MAX_KICKS} kicks"
+                return f"no request of {name} was pending at {MAX_KICKS_COUNTED} kicks"
         finally:
             if vm.alive:
                 vm.gdb.remove_breakpoint(address)
+        self._point = f"kick:{name}#{nth}"
         here = experiment.here
         here.allowance_s = max(here.allowance_s, time.monotonic() - here.started)
         return ""
@@ -157,7 +223,7 @@ class DeviceKind(FaultKind):
         device, queue, head = self._request
         self._device = device
         gdb = experiment.vm.gdb
-        point = experiment.trigger_point(trigger_text(experiment.plan))
+        point = experiment.trigger_point(self._point or trigger_text(experiment.plan))
 
         def read(address: int, size: int) -> bytes:
             return bytes(gdb.read_memory(address, size, physical=True))
@@ -260,6 +326,12 @@ class DeviceKind(FaultKind):
             mode=plan.bits.mode.value, reason=reason,
             trigger=TriggerPoint(spec=trigger_text(plan)),
         )  # fmt: skip
+
+
+def _drawn(spec: FaultSpec) -> bool:
+    """Whether the fault's trigger is left for vmfault to draw (a time trigger without a
+    time)."""
+    return spec.trigger.kind is TriggerKind.TIME and spec.trigger.time_s is None
 
 
 def _fits(spec: FaultSpec, field: Field) -> bool:
