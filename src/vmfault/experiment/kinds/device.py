@@ -1,12 +1,14 @@
 """Device faults (`device:NAME`): corrupt what the guest asks of its virtual devices, and
 see what QEMU does with it.
 
-- `device:virtio-blk`, `device:virtio-net`: from the trigger, the guest runs to its next
-  notify of a virtio device (a breakpoint on the kernel's `virtqueue_notify`) at which the device has a request it has not taken yet; one field of
-  that request flips in guest memory: a descriptor's addr, len, flags or next (the chain,
-  indirect tables included) or the request header (`vmfault.faults.device`). QEMU reads it
-  when the notify reaches it. Where the rings lie and how far the device has taken
-  requests is QEMU's own view (`x-query-virtio-queue-status`).
+- `device:virtio-blk`, `device:virtio-net`: the guest runs to one of its kicks of a virtio
+  device (a breakpoint on the kernel's `virtqueue_notify`) at which the device has a
+  request it has not taken yet: a kick drawn uniformly among those of the golden run, or,
+  with a trigger given, the first one after it. One field of that request flips in guest
+  memory: a descriptor's addr, len, flags or next (the chain, indirect tables included) or
+  the request header (`vmfault.faults.device`). QEMU reads it when the notify reaches it.
+  Where the rings lie and how far the device has taken requests is QEMU's own view
+  (`x-query-virtio-queue-status`).
 - `device:serial`, `device:pvpanic`, `device:mmio`: a stray write to a register of that
   device (`mmio`: any device of QEMU's memory tree, in either address space, but the debug
   console that carries vmfault's results): the register's value with bits flipped, at the
