@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from vmfault.classify import Observation
+from vmfault.errors import MachineError
 from vmfault.experiment.crew import LOOK_S, Crew
 from vmfault.experiment.state import Experiment, Progress, Symptom, Watch
 from vmfault.experiment.testbed import GuestMachine
@@ -96,8 +97,39 @@ def observe(experiment: Experiment, progress: Progress, *, injected: bool) -> Ob
     machine = progress.machine
     try:
         return _observe(experiment, progress)
+    except MachineError:
+        if not _gone(machine.vm):
+            raise
+        return _died(machine.vm, progress)  # QEMU died under the fault: it is judged so
     finally:
         experiment.ended.add(machine.name)
+
+
+QEMU_GONE_WAIT_S = 2.0
+"""How long a QEMU whose channels broke is given to be seen dead."""
+
+
+def _gone(vm: Machine) -> bool:
+    """Whether QEMU is dead, waiting up to QEMU_GONE_WAIT_S for it to be reaped (its
+    sockets close a moment before)."""
+    deadline = time.monotonic() + QEMU_GONE_WAIT_S
+    while vm.alive:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _died(vm: Machine, progress: Progress) -> Observed:
+    """The observation of a machine whose QEMU died while it was observed."""
+    events = tuple(e.name for e in vm.events[progress.event_mark :])
+    return Observed(
+        Observation(
+            injected=True, finished=False, console=vm.console.transcript(progress.console_mark),
+            events=events, qemu_alive=False, qemu_exit_code=vm.exit_code,
+            qemu_output=vm.qemu_output,
+        )
+    )  # fmt: skip
 
 
 def _observe(experiment: Experiment, progress: Progress) -> Observed:

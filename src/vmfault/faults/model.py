@@ -293,7 +293,11 @@ class Target:
                 close = difflib.get_close_matches(name, allowed, n=2)
                 raise UsageError(
                     f"unknown {kind.value} target {name!r}",
-                    hint=("did you mean " + " or ".join(close) + "? " if close else "")
+                    hint=(
+                        "did you mean " + " or ".join(f"{kind.value}:{n}" for n in close) + "? "
+                        if close
+                        else ""
+                    )
                     + "allowed: "
                     + ", ".join(f"{kind.value}:{n}" for n in allowed),
                 )

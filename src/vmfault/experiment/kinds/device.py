@@ -268,12 +268,12 @@ class DeviceKind(FaultKind):
         before = _read_register(vm, register)
         after = bits.apply(before)
         self.log.start(vm)
+        experiment.mark_injected()  # the guest stands halted: the same moment as the write
         try:
             _write_register(vm, register, after)
         except VmfaultError:
             if vm.alive:
                 raise
-        experiment.mark_injected()
         readback = None
         if vm.alive:
             try:

@@ -101,8 +101,8 @@ class VmmKind(FaultKind):
         before = int.from_bytes(memory.read(address, WORD_BYTES), "little")
         after = bits.apply(before)
         self.log.start(vm)
+        experiment.mark_injected()  # the guest stands halted: the same moment as the write
         memory.write(address, after.to_bytes(WORD_BYTES, "little"))
-        experiment.mark_injected()
         try:
             readback: int | None = int.from_bytes(memory.read(address, WORD_BYTES), "little")
         except VmfaultError:
@@ -144,10 +144,10 @@ class VmmKind(FaultKind):
         register = rng.choice(THREAD_REGISTERS)
         bits = plan.bits
         self.log.start(vm)
+        experiment.mark_injected()  # the guest stands halted: the same moment as the flip
         before_all, back_all = with_thread_registers(
             tid, lambda regs: {register: bits.apply(regs[register])}
         )
-        experiment.mark_injected()
         before = before_all[register]
         after = bits.apply(before) & (2**64 - 1)
         readback = back_all[register]
