@@ -22,7 +22,6 @@ outcome is kept in the injection.
 
 from __future__ import annotations
 
-import random
 import time
 
 from vmfault.classify import Classification
@@ -134,7 +133,7 @@ class DeviceKind(FaultKind):
                 run = vm.run_to(address, timeout_s=max(0.0, deadline - time.monotonic()))
                 if not run.reached:
                     break
-                if self._pending(vm, devices, random.Random(0)) is not None:
+                if self._pending(vm, devices) is not None:
                     count += 1
         finally:
             if vm.alive:
@@ -171,7 +170,6 @@ class DeviceKind(FaultKind):
         vm = experiment.vm
         devices = [d for d in virtio_devices(vm) if d.name == name]
         address = self.machine.symbols.address(NOTIFY_FUNCTION)
-        rng = experiment.rng("request")
         self._seen = 0
         vm.gdb.set_breakpoint(address)
         try:
@@ -183,7 +181,7 @@ class DeviceKind(FaultKind):
                     if self._seen:
                         return f"the guest made {self._seen} requests of {name}, not {nth}"
                     return f"the guest made no request of {name} after the trigger"
-                pending = self._pending(vm, devices, rng)
+                pending = self._pending(vm, devices)
                 if pending is not None:
                     self._seen += 1
                     if self._seen >= nth:
@@ -200,19 +198,23 @@ class DeviceKind(FaultKind):
         return ""
 
     def _pending(
-        self, vm: Machine, devices: list[VirtioDevice], rng: random.Random
+        self, vm: Machine, devices: list[VirtioDevice]
     ) -> tuple[VirtioDevice, VirtqueueStatus, int] | None:
-        """A request of one of `devices` that the device has not taken yet: the device,
-        the queue and the request's head descriptor."""
-        found = []
+        """At a kick: the newest request of the kicked queue (of one of `devices`) that the
+        device has not taken yet: the device, the queue and the request's head descriptor.
+        The kicked queue is the index of the `struct virtqueue` the kernel passes
+        (VIRTQUEUE_INDEX_OFFSET); if it cannot be read, any queue of `devices` will do."""
+        kicked = _kicked_queue(vm)
         for device in devices:
             for queue in virtqueue_status(vm, device):
+                if kicked is not None and queue.queue != kicked:
+                    continue
                 head = vm.gdb.read_memory(queue.avail, 4 + 2 * queue.num, physical=True)
                 avail_idx = int.from_bytes(head[2:4], "little")
-                ring = head[4:]
-                for entry in pending_heads(ring, queue.last_avail_idx, avail_idx, queue.num):
-                    found.append((device, queue, entry))
-        return rng.choice(found) if found else None
+                heads = pending_heads(head[4:], queue.last_avail_idx, avail_idx, queue.num)
+                if heads:
+                    return device, queue, heads[-1]
+        return None
 
     def inject(self, experiment: Experiment) -> Injected:
         """Flip the bits of the chosen field or write the chosen register, read it back."""
@@ -328,6 +330,22 @@ class DeviceKind(FaultKind):
             mode=plan.bits.mode.value, reason=reason,
             trigger=TriggerPoint(spec=trigger_text(plan)),
         )  # fmt: skip
+
+
+VIRTQUEUE_INDEX_OFFSET = 40
+"""Where `struct virtqueue` (Linux 6.1) holds the queue's index: after `list` (16 bytes),
+`callback`, `name` and `vdev` (8 bytes each)."""
+
+
+def _kicked_queue(vm: Machine) -> int | None:
+    """The index of the queue `virtqueue_notify(vq)` was called for (halted at its entry,
+    `vq` in rdi), or None if it cannot be read."""
+    try:
+        vq = int(vm.gdb.read_register("rdi"))
+        raw = vm.gdb.read_memory(vq + VIRTQUEUE_INDEX_OFFSET, 4)
+    except VmfaultError:
+        return None
+    return int.from_bytes(raw, "little")
 
 
 def _drawn(spec: FaultSpec) -> bool:
