@@ -28,6 +28,8 @@ __all__ = [
     "read_port",
     "virtio_broken",
     "virtio_devices",
+    "virtqueue",
+    "virtqueue_count",
     "virtqueue_status",
     "write_port",
 ]
@@ -93,16 +95,22 @@ class VirtqueueStatus:
         )  # fmt: skip
 
 
+def virtqueue_count(vm: Machine, device: VirtioDevice) -> int:
+    """How many virtqueues `device` has."""
+    return int(vm.qmp("x-query-virtio-status", {"path": device.path})["num-vqs"])
+
+
+def virtqueue(vm: Machine, device: VirtioDevice, queue: int) -> VirtqueueStatus | None:
+    """Queue `queue` of `device`, or None if the guest has not set it up (no ring)."""
+    data = vm.qmp("x-query-virtio-queue-status", {"path": device.path, "queue": queue})
+    found = VirtqueueStatus.from_qmp(data)
+    return found if found.desc and found.num else None
+
+
 def virtqueue_status(vm: Machine, device: VirtioDevice) -> list[VirtqueueStatus]:
     """Every queue of `device` that the guest has set up (a ring address not zero)."""
-    status = vm.qmp("x-query-virtio-status", {"path": device.path})
-    queues = []
-    for queue in range(int(status["num-vqs"])):
-        data = vm.qmp("x-query-virtio-queue-status", {"path": device.path, "queue": queue})
-        found = VirtqueueStatus.from_qmp(data)
-        if found.desc and found.num:
-            queues.append(found)
-    return queues
+    found = (virtqueue(vm, device, queue) for queue in range(virtqueue_count(vm, device)))
+    return [queue for queue in found if queue is not None]
 
 
 def virtio_broken(vm: Machine, device: VirtioDevice) -> bool:

@@ -52,7 +52,8 @@ from vmfault.machine.devices import (
     read_port,
     virtio_broken,
     virtio_devices,
-    virtqueue_status,
+    virtqueue,
+    virtqueue_count,
     write_port,
 )
 
@@ -68,12 +69,14 @@ KICK_DRAWS = 4
 golden run draws again among the requests it made)."""
 COUNT_RUNS = 3
 """Runs from the snapshot a count of kicks may take before it finds none at all."""
-COUNT_TIMEOUT_GOLDENS = 10.0
-"""How many golden runs (host time) the count of a golden run's kicks may take."""
+COUNT_TIMEOUT_GOLDENS = 100.0
+"""How many golden runs (host time) the count of a golden run's kicks may take (each
+stop at a breakpoint costs a few milliseconds of host time the guest does not run)."""
+COUNT_TIMEOUT_MIN_S = 30.0
 VIRTIO_MMIO_DEVICE_ID = 0x008
 """The DeviceID register of a virtio-mmio transport (0: no device behind it)."""
 _HINTS = {
-    "virtio-blk": "give the machine a disk ([[guest.disks]] or disks in its [[machine]])",
+    "virtio-blk": "give the machine a disk (--disk NAME:SIZE, or [[guest.disks]] in a campaign)",
     "virtio-net": "give two or more [[machine]] tables: their network cards are virtio-net",
 }
 
@@ -87,9 +90,12 @@ class DeviceKind(FaultKind):
         self._request: tuple[VirtioDevice, VirtqueueStatus, int] | None = None
         self._device: VirtioDevice | None = None
         self._kicks: dict[str, int] = {}
+        self._queues: dict[str, int] = {}
+        """Virtqueues per virtio device (by QOM path)."""
         """Kicks with a request pending, per virtio device name, in a golden run."""
         self._point = ""
         self._seen = 0
+        self._nth = 0
 
     @property
     def vm(self) -> Machine:
@@ -128,7 +134,9 @@ class DeviceKind(FaultKind):
         vm = machine.vm
         devices = [d for d in virtio_devices(vm) if d.name == name]
         address = machine.symbols.address(NOTIFY_FUNCTION)
-        timeout_s = COUNT_TIMEOUT_GOLDENS * machine.require_golden().host_s + 5.0
+        timeout_s = max(
+            COUNT_TIMEOUT_MIN_S, COUNT_TIMEOUT_GOLDENS * machine.require_golden().host_s
+        )
         others = machine.from_snapshot()
         count = 0
         vm.gdb.set_breakpoint(address)
@@ -198,6 +206,7 @@ class DeviceKind(FaultKind):
             if vm.alive:
                 vm.gdb.remove_breakpoint(address)
         self._point = f"kick:{name}#{nth}"
+        self._nth = nth
         here = experiment.here
         here.allowance_s = max(here.allowance_s, time.monotonic() - here.started)
         return ""
@@ -211,8 +220,13 @@ class DeviceKind(FaultKind):
         (VIRTQUEUE_INDEX_OFFSET); if it cannot be read, any queue of `devices` will do."""
         kicked = _kicked_queue(vm)
         for device in devices:
-            for queue in virtqueue_status(vm, device):
-                if kicked is not None and queue.queue != kicked:
+            if device.path not in self._queues:
+                self._queues[device.path] = virtqueue_count(vm, device)
+            count = self._queues[device.path]
+            indices = range(count) if kicked is None or kicked >= count else (kicked,)
+            for index in indices:
+                queue = virtqueue(vm, device, index)
+                if queue is None:
                     continue
                 head = vm.gdb.read_memory(queue.avail, 4 + 2 * queue.num, physical=True)
                 avail_idx = int.from_bytes(head[2:4], "little")
@@ -233,6 +247,10 @@ class DeviceKind(FaultKind):
         self._device = device
         gdb = experiment.vm.gdb
         point = experiment.trigger_point(self._point or trigger_text(experiment.plan))
+        total = self._kicks.get(device.name)
+        if self._point and total and _drawn(experiment.spec):
+            # Where the fault landed in the execution: its kick among the golden run's.
+            point = dataclasses.replace(point, progress=min(1.0, self._nth / total))
 
         def read(address: int, size: int) -> bytes:
             return bytes(gdb.read_memory(address, size, physical=True))
