@@ -22,6 +22,7 @@ outcome is kept in the injection.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from vmfault.classify import Classification
