@@ -75,7 +75,7 @@ from vmfault.machine import Accel, kvm_blocker, probe_boot
 from vmfault.machine.disks import GuestDisk, parse_disk, unique_disks
 from vmfault.profile.workload import profile_instructions
 from vmfault.report.command import report_command
-from vmfault.report.reactions import reactions_table, store_reactions
+from vmfault.report.reactions import reactions_table, status_json, store_reactions
 from vmfault.report.summary import Summary, store_summary, summary_tables
 from vmfault.session import machine_config, prepare_image
 from vmfault.stats import IntervalMethod
@@ -1067,13 +1067,11 @@ def campaign_status(
     """Counts and rates with intervals, for a running or finished campaign."""
     _require_db(db)
     with SQLiteStore.open_readonly(db) as store:
+        if as_json:
+            out.print_json(json.dumps(status_json(store, confidence=confidence, method=method)))
+            return
         summary = store_summary(store, confidence=confidence, method=method)
         reactions = store_reactions(store)
-    if as_json:
-        data = summary.to_json()
-        data["vmm_reactions"] = [group.to_json() for group in reactions]
-        out.print_json(json.dumps(data))
-        return
     _print_summary(summary, as_json=False)
     table = reactions_table(reactions)
     if table is not None:

@@ -251,7 +251,7 @@ def test_device_and_vmm_injections_rebuild_from_their_fields() -> None:
                              field="next", queue=0, descriptor=1, reaction="QEMU: Desc next is 9",
                              guest_outcome="hang", injected=True)  # fmt: skip
     vmm = VmmInjection(target="vmm:registers", location="CPU 0/TCG:rsp", width=64,
-                       thread="CPU 0/TCG", tid=42, register="rsp", region="registers",
+                       thread="CPU 0/TCG", tid=42, thread_register="rsp", region="registers",
                        host_address=None, injected=True)  # fmt: skip
     for injection in (device, vmm):
         assert injection_from_fields(injection.kind, injection.fields()) == injection

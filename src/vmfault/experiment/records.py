@@ -694,7 +694,7 @@ class DeviceInjection(MemoryInjection):
 class VmmInjection(Injection):
     """A fault in the QEMU process itself: a word of its writable memory (`mapping`,
     `host_address`; never guest RAM) or a register of one of its threads (`thread`,
-    `tid`, `register`). A QEMU that dies of it is `vmm-error` with its signal as the
+    `tid`, `thread_register`). A QEMU that dies of it is `vmm-error` with its signal as the
     cause; what QEMU logged and the guest's outcome are kept as for device faults."""
 
     kind: ClassVar[str] = "vmm"
@@ -708,7 +708,8 @@ class VmmInjection(Injection):
     thread: str = ""
     """The thread's name (`CPU 0/TCG`, `qemu-system-x86`, `call_rcu`, ...)."""
     tid: int | None = None
-    register: str | None = None
+    thread_register: str | None = None
+    """The thread's register (`rsp`, `rip`, ...; not a vCPU register: kept apart from those)."""
     reaction: str = ""
     guest_outcome: str | None = None
     guest_reason: str = ""

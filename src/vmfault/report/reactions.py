@@ -18,14 +18,18 @@ from typing import Any, Protocol
 from rich.markup import escape
 from rich.table import Table
 
+from vmfault.report.summary import CountSource, store_summary
+from vmfault.stats import IntervalMethod
 from vmfault.store.base import ExperimentFilter, ExperimentPage
 
 __all__ = [
     "PageSource",
     "ReactionGroup",
+    "StatusSource",
     "group_reactions",
     "reaction_message",
     "reactions_table",
+    "status_json",
     "store_reactions",
 ]
 
@@ -116,6 +120,20 @@ def store_reactions(store: PageSource, *, page_rows: int = 500) -> list[Reaction
         rows += page.rows
         if not page.rows or len(rows) >= page.total:
             return group_reactions(rows)
+
+
+class StatusSource(PageSource, CountSource, Protocol):
+    """A store `campaign status` reads: counts, and pages of experiments."""
+
+
+def status_json(
+    store: StatusSource, *, confidence: float, method: IntervalMethod
+) -> dict[str, Any]:
+    """`vmfault campaign status --json` (and the dashboard's `/api/status`): the summary's
+    JSON (`Summary.to_json`) with `vmm_reactions`, the VMM reactions grouped by message."""
+    data = store_summary(store, confidence=confidence, method=method).to_json()
+    data["vmm_reactions"] = [group.to_json() for group in store_reactions(store)]
+    return data
 
 
 def reactions_table(groups: Iterable[ReactionGroup]) -> Table | None:

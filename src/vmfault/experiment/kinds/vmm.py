@@ -157,7 +157,8 @@ class VmmKind(FaultKind):
             location=f"{threads[tid]}:{register}", width=64, mask=bits.mask,
             mode=bits.mode.value, before=before, after=after, readback=readback,
             injected=held, reason="" if held else f"read back {readback:#x}, wrote {after:#x}",
-            trigger=point, region="registers", thread=threads[tid], tid=tid, register=register,
+            trigger=point, region="registers", thread=threads[tid], tid=tid,
+            thread_register=register,
         )  # fmt: skip
         return Injected((injection,))
 
