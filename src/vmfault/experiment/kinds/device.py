@@ -45,6 +45,7 @@ from vmfault.faults.device import (
 )
 from vmfault.faults.model import FaultSpec, TriggerKind
 from vmfault.faults.select import choose_bits
+from vmfault.files import cache_path, cached_json
 from vmfault.machine import Machine, RunEnd
 from vmfault.machine.devices import (
     VirtioDevice,
@@ -113,10 +114,7 @@ class DeviceKind(FaultKind):
                     hint=_HINTS[name],
                 )
             if _drawn(spec) and name not in self._kicks:
-                counts: list[int] = []
-                while len(counts) < COUNT_RUNS and not any(counts):
-                    counts.append(self._count_kicks(name))
-                self._kicks[name] = max(counts)
+                self._kicks[name] = self._golden_kicks(name)
                 if not self._kicks[name]:
                     raise UsageError(
                         f"the workload of machine {self.machine.name} made no request of "
@@ -127,6 +125,27 @@ class DeviceKind(FaultKind):
             memory, ports = address_spaces(self.vm)
             if not any(r.name == name for r in (*memory, *ports)):
                 raise UsageError(f"machine {self.machine.name} has no {name} device")
+
+    def _golden_kicks(self, name: str) -> int:
+        """The kicks of a golden run with a `name` request pending: counted once, kept
+        beside the image for a machine without a network (whose runs alone decide it)."""
+
+        def count() -> int:
+            counts: list[int] = []
+            while len(counts) < COUNT_RUNS and not any(counts):
+                counts.append(self._count_kicks(name))
+            return max(counts)
+
+        machine = self.machine
+        if machine.port is not None:
+            return count()
+        spec = machine.spec
+        disks = [[d.name, d.size_bytes, None if d.image is None else str(d.image)]
+                 for d in spec.disks]  # fmt: skip
+        key = [list(machine.argv), spec.accel.value, machine.deterministic, spec.ram_mib, name,
+               disks]  # fmt: skip
+        path = cache_path(machine.image.root / "profiles", "kicks", key)
+        return cached_json(path, count, decode=int, encode=int, accept=lambda n: n > 0)
 
     def _count_kicks(self, name: str) -> int:
         """Kicks of a run from the snapshot at which a `name` device had a request
