@@ -28,6 +28,7 @@ from vmfault.experiment.crew import LOOK_S, Crew
 from vmfault.experiment.state import Experiment, Progress, Symptom, Watch
 from vmfault.experiment.testbed import GuestMachine
 from vmfault.machine import Machine, RunEnd
+from vmfault.machine.run import wait_gone
 
 __all__ = ["PERIOD_EPS_S", "Observed", "observe", "release"]
 
@@ -98,26 +99,11 @@ def observe(experiment: Experiment, progress: Progress, *, injected: bool) -> Ob
     try:
         return _observe(experiment, progress)
     except MachineError:
-        if not _gone(machine.vm):
+        if not wait_gone(machine.vm):
             raise
         return _died(machine.vm, progress)  # QEMU died under the fault: it is judged so
     finally:
         experiment.ended.add(machine.name)
-
-
-QEMU_GONE_WAIT_S = 2.0
-"""How long a QEMU whose channels broke is given to be seen dead."""
-
-
-def _gone(vm: Machine) -> bool:
-    """Whether QEMU is dead, waiting up to QEMU_GONE_WAIT_S for it to be reaped (its
-    sockets close a moment before)."""
-    deadline = time.monotonic() + QEMU_GONE_WAIT_S
-    while vm.alive:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _died(vm: Machine, progress: Progress) -> Observed:

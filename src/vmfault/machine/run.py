@@ -33,6 +33,7 @@ __all__ = [
     "run_to",
     "run_until",
     "step_until",
+    "wait_gone",
 ]
 
 PRECISE_SPIN_S = 0.002
@@ -218,7 +219,7 @@ def _run(machine: Controllable, seconds: float | None, *, precise: bool, goal: i
     try:
         machine.cont()
     except MachineError:
-        if _dying(machine):  # QEMU died as the guest was let go (a fault in QEMU itself)
+        if wait_gone(machine):  # QEMU died as the guest was let go (a fault in QEMU itself)
             return Run(RunEnd.EXITED, None, None, 0.0)
         raise
     run = await_stop(machine, seconds, goal=goal, precise=precise)
@@ -227,14 +228,14 @@ def _run(machine: Controllable, seconds: float | None, *, precise: bool, goal: i
     return run
 
 
-DYING_WAIT_S = 2.0
-"""How long a QEMU whose gdbstub connection broke is given to be seen dead."""
+GONE_WAIT_S = 2.0
+"""How long a QEMU whose channels broke is given to be seen dead."""
 
 
-def _dying(machine: Controllable) -> bool:
-    """Whether QEMU is gone, waiting up to DYING_WAIT_S for the process to end (its
+def wait_gone(machine: Controllable, timeout_s: float = GONE_WAIT_S) -> bool:
+    """Whether QEMU is gone, waiting up to `timeout_s` for the process to end (its
     sockets close a moment before it can be reaped)."""
-    deadline = time.monotonic() + DYING_WAIT_S
+    deadline = time.monotonic() + timeout_s
     while machine.alive:
         if time.monotonic() >= deadline:
             return False
