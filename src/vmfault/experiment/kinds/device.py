@@ -46,7 +46,7 @@ from vmfault.faults.device import (
 from vmfault.faults.model import FaultSpec, TriggerKind
 from vmfault.faults.select import choose_bits
 from vmfault.files import cache_path, cached_json
-from vmfault.machine import Machine, RunEnd
+from vmfault.machine import Machine, Run, RunEnd
 from vmfault.machine.devices import (
     VirtioDevice,
     VirtqueueStatus,
@@ -69,6 +69,8 @@ MAX_KICKS_COUNTED = 2000
 KICK_DRAWS = 4
 """Kicks drawn for one experiment before it gives up (a run with fewer requests than the
 golden run draws again among the requests it made)."""
+MAX_PASSING_STOPS = 100
+"""Stops on the way to a kick (not the workload's exit) a run goes on from."""
 COUNT_RUNS = 3
 """Runs from the snapshot a count of kicks may take before it finds none at all."""
 COUNT_TIMEOUT_GOLDENS = 100.0
@@ -92,12 +94,13 @@ class DeviceKind(FaultKind):
         self._request: tuple[VirtioDevice, VirtqueueStatus, int] | None = None
         self._device: VirtioDevice | None = None
         self._kicks: dict[str, int] = {}
+        """Kicks with a request pending, per virtio device name, in a golden run."""
         self._queues: dict[str, int] = {}
         """Virtqueues per virtio device (by QOM path)."""
-        """Kicks with a request pending, per virtio device name, in a golden run."""
         self._point = ""
         self._seen = 0
         self._nth = 0
+        self._passed = 0
 
     @property
     def vm(self) -> Machine:
@@ -159,11 +162,14 @@ class DeviceKind(FaultKind):
         )
         others = machine.from_snapshot()
         count = 0
+        self._passed = 0
         vm.gdb.set_breakpoint(address)
         try:
             deadline = time.monotonic() + timeout_s
             while count < MAX_KICKS_COUNTED and time.monotonic() < deadline:
                 run = vm.run_to(address, timeout_s=max(0.0, deadline - time.monotonic()))
+                if self._passing(run):
+                    continue
                 if not run.reached:
                     break
                 if self._pending(vm, devices) is not None:
@@ -181,6 +187,7 @@ class DeviceKind(FaultKind):
         self._request = None
         self._device = None
         self._point = ""
+        self._passed = 0
         name = experiment.spec.target.name
         if name not in VIRTIO_DEVICE_IDS:
             return reach_trigger(experiment)
@@ -210,10 +217,16 @@ class DeviceKind(FaultKind):
                 run = vm.run_to(address, timeout_s=experiment.reach_timeout_s())
                 if run.end is RunEnd.EXITED:
                     raise MachineError(f"QEMU exited (status {vm.exit_code}) before a kick")
+                if self._passing(run):
+                    continue
                 if not run.reached:
+                    end = run.end.value + ("" if run.pc is None else f" at {run.pc:#x}")
                     if self._seen:
-                        return f"the guest made {self._seen} requests of {name}, not {nth}"
-                    return f"the guest made no request of {name} after the trigger"
+                        return (
+                            f"the guest made {self._seen} requests of {name}, not {nth} "
+                            f"(the run ended: {end})"
+                        )
+                    return f"the guest made no request of {name} after the trigger ({end})"
                 pending = self._pending(vm, devices)
                 if pending is not None:
                     self._seen += 1
@@ -230,6 +243,17 @@ class DeviceKind(FaultKind):
         here = experiment.here
         here.allowance_s = max(here.allowance_s, time.monotonic() - here.started)
         return ""
+
+    def _passing(self, run: Run) -> bool:
+        """Whether a run to the kick stopped on the way at a stop that does not end the
+        workload (another breakpoint than the exit hook, a stray stop): then it goes on,
+        at most MAX_PASSING_STOPS times per experiment."""
+        if run.reached or run.end not in (RunEnd.BREAKPOINT, RunEnd.STOPPED):
+            return False
+        if run.pc == self.machine.hooks.exited or self._passed >= MAX_PASSING_STOPS:
+            return False
+        self._passed += 1
+        return True
 
     def _pending(
         self, vm: Machine, devices: list[VirtioDevice]
