@@ -77,6 +77,7 @@ COUNT_TIMEOUT_GOLDENS = 100.0
 """How many golden runs (host time) the count of a golden run's kicks may take (each
 stop at a breakpoint costs a few milliseconds of host time the guest does not run)."""
 COUNT_TIMEOUT_MIN_S = 30.0
+"""Host seconds a count of kicks, or a run to the next kick, may take at least."""
 VIRTIO_MMIO_DEVICE_ID = 0x008
 """The DeviceID register of a virtio-mmio transport (0: no device behind it)."""
 _HINTS = {
@@ -214,7 +215,10 @@ class DeviceKind(FaultKind):
         vm.gdb.set_breakpoint(address)
         try:
             for _ in range(MAX_KICKS_COUNTED):
-                run = vm.run_to(address, timeout_s=experiment.reach_timeout_s())
+                # The guest cannot hang before the fault, only be slowed by a loaded host
+                # and by the breakpoint's stops: its reach budget, or a half minute.
+                timeout_s = max(experiment.reach_timeout_s(), COUNT_TIMEOUT_MIN_S)
+                run = vm.run_to(address, timeout_s=timeout_s)
                 if run.end is RunEnd.EXITED:
                     raise MachineError(f"QEMU exited (status {vm.exit_code}) before a kick")
                 if self._passing(run):
