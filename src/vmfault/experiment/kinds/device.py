@@ -212,6 +212,7 @@ class DeviceKind(FaultKind):
         devices = [d for d in virtio_devices(vm) if d.name == name]
         address = self.machine.symbols.address(NOTIFY_FUNCTION)
         self._seen = 0
+        kicks = 0
         vm.gdb.set_breakpoint(address)
         try:
             for _ in range(MAX_KICKS_COUNTED):
@@ -230,7 +231,11 @@ class DeviceKind(FaultKind):
                             f"the guest made {self._seen} requests of {name}, not {nth} "
                             f"(the run ended: {end})"
                         )
-                    return f"the guest made no request of {name} after the trigger ({end})"
+                    return (
+                        f"the guest made no request of {name} after the trigger ({kicks} kicks, "
+                        f"none with a request pending; the run ended: {end})"
+                    )
+                kicks += 1
                 pending = self._pending(vm, devices)
                 if pending is not None:
                     self._seen += 1
