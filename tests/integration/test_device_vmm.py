@@ -248,3 +248,53 @@ def test_a_campaign_completes_with_every_record_classified_and_no_qemu_left(
     assert grouped == data["outcomes"].get("vmm-error", 0)
     # Workers' QEMUs end with their workers, a moment after the coordinator.
     assert wait_for(lambda: set(leaked_qemu_processes()) <= before, 30), leaked_qemu_processes()
+
+
+NETWORK_CAMPAIGN = """
+[campaign]
+name = "net"
+seed = 1
+experiments = 3
+workers = 1
+budget = "10s"
+
+[[machine]]
+name = "server"
+workload = "netecho"
+args = ["--serve"]
+daemon = true
+
+[[machine]]
+name = "client"
+workload = "netecho"
+args = ["--connect", "server", "--count", "20", "--timeout-ms", "2000"]
+
+[[faults]]
+name = "net"
+target = "device:virtio-net"
+machine = "client"
+"""
+
+
+def test_virtio_net_requests_of_a_networked_machine_are_corrupted(
+    image: GuestImage, tmp_path: Path
+) -> None:
+    before = set(leaked_qemu_processes())  # the module's diskio machine may be running
+    file = tmp_path / "net.toml"
+    file.write_text(NETWORK_CAMPAIGN)
+    run = subprocess.run(
+        [sys.executable, "-m", "vmfault", "campaign", "run", str(file), "--json"],
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    with sqlite3.connect(tmp_path / "net.db") as db:
+        rows = db.execute(
+            "SELECT o.class, i.kind, i.injected, i.reason, i.location, i.machine FROM outcome o "
+            "JOIN injection i ON i.experiment_id = o.experiment_id AND i.ordinal = 0"
+        ).fetchall()
+    assert len(rows) == 3
+    for outcome, kind, injected, reason, location, machine in rows:
+        assert (kind, injected, machine) == ("device", 1, "client"), reason
+        assert location.startswith("virtio-net queue "), location
+        assert outcome != "infra-failure"
+    assert wait_for(lambda: set(leaked_qemu_processes()) <= before, 30), leaked_qemu_processes()

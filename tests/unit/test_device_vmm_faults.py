@@ -23,6 +23,7 @@ from vmfault.faults.device import (
     DeviceRegion,
     choose_register,
     pending_heads,
+    queue_device,
     request_chain,
     request_fields,
 )
@@ -74,6 +75,12 @@ def test_pending_heads_are_the_avail_entries_the_device_has_not_taken() -> None:
     assert pending_heads(ring, last_avail=5, avail_idx=5, num=8) == []
     # The counters are free-running u16: they wrap, and the ring index wraps modulo num.
     assert pending_heads(ring, last_avail=0xFFFF, avail_idx=1, num=8) == [17, 10]
+
+
+def test_a_kicked_queue_is_told_by_the_name_its_driver_gives_it() -> None:
+    assert queue_device("req.0") == "virtio-blk"
+    assert [queue_device(n) for n in ("input.0", "output.0", "control")] == ["virtio-net"] * 3
+    assert queue_device("balloon") is None
 
 
 def test_a_chain_follows_next_and_gives_each_descriptor_field_then_the_blk_header() -> None:

@@ -685,6 +685,9 @@ class DeviceInjection(MemoryInjection):
     queue: int | None = None
     descriptor: int | None = None
     """The descriptor's position in the request's chain (0: its head)."""
+    taken: bool | None = None
+    """Whether QEMU had taken the request before the fault was made (then it had read it,
+    and the fault is not activated); None for a register."""
     reaction: str = ""
     guest_outcome: str | None = None
     guest_reason: str = ""

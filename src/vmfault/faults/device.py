@@ -28,6 +28,7 @@ __all__ = [
     "EXCLUDED_DEVICES",
     "NET_HEADER_FIELDS",
     "VIRTIO_DEVICE_IDS",
+    "VIRTQUEUE_NAMES",
     "VRING_DESC_F_INDIRECT",
     "VRING_DESC_F_NEXT",
     "VRING_DESC_F_WRITE",
@@ -38,6 +39,7 @@ __all__ = [
     "choose_register",
     "header_fields",
     "pending_heads",
+    "queue_device",
     "request_chain",
     "request_fields",
 ]
@@ -74,6 +76,12 @@ NET_HEADER_FIELDS: tuple[tuple[str, int, int], ...] = (
 """`struct virtio_net_hdr_v1`: name, byte offset, width in bits."""
 VIRTIO_DEVICE_IDS = {"virtio-net": 1, "virtio-blk": 2}
 """Virtio device ids (virtio 1.2 section 5) of the devices `device:` targets name."""
+VIRTQUEUE_NAMES: dict[str, tuple[str, ...]] = {
+    "virtio-blk": ("req.",),
+    "virtio-net": ("input.", "output.", "control"),
+}
+"""How Linux's drivers name their virtqueues (`struct virtqueue`'s `name`), per device:
+which device a kick is for."""
 EXCLUDED_DEVICES = frozenset({"isa-debugcon", "io"})
 """Regions that are no device to fault: vmfault's own result channel (the debug console)
 and the I/O space's unassigned background."""
@@ -129,6 +137,14 @@ def pending_heads(ring: bytes, last_avail: int, avail_idx: int, num: int) -> lis
         slot = (last_avail + k) % num
         heads.append(int.from_bytes(ring[2 * slot : 2 * slot + 2], "little"))
     return heads
+
+
+def queue_device(queue_name: str) -> str | None:
+    """The virtio device whose driver names a virtqueue `queue_name` (`req.0`: virtio-blk)."""
+    for device, prefixes in VIRTQUEUE_NAMES.items():
+        if queue_name.startswith(prefixes):
+            return device
+    return None
 
 
 def request_chain(read: Reader, table: int, num: int, head: int) -> list[Descriptor]:

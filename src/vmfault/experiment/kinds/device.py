@@ -2,13 +2,15 @@
 see what QEMU does with it.
 
 - `device:virtio-blk`, `device:virtio-net`: the guest runs to one of its kicks of a virtio
-  device (a breakpoint on the kernel's `virtqueue_notify`) at which the device has a
-  request it has not taken yet: a kick drawn uniformly among those of the golden run, or,
-  with a trigger given, the first one after it. One field of that request flips in guest
-  memory: a descriptor's addr, len, flags or next (the chain, indirect tables included) or
-  the request header (`vmfault.faults.device`). QEMU reads it when the notify reaches it.
-  Where the rings lie and how far the device has taken requests is QEMU's own view
-  (`x-query-virtio-queue-status`).
+  device (a breakpoint on the kernel's `virtqueue_notify`; the device told by the name its
+  driver gives the kicked queue): a kick drawn uniformly among those of the golden run, or,
+  with a trigger given, the first one after it. One field of the newest request the guest
+  published in that queue flips in guest memory: a descriptor's addr, len, flags or next
+  (the chain, indirect tables included) or the request header (`vmfault.faults.device`).
+  QEMU reads it when the kick reaches it; QEMU's own thread, which runs beside the vCPU's,
+  may have taken the request before the kick, and such a fault is recorded `taken` and not
+  activated. Where the rings lie and how far the device has taken requests is QEMU's own
+  view (`x-query-virtio-queue-status`).
 - `device:serial`, `device:pvpanic`, `device:mmio`: a stray write to a register of that
   device (`mmio`: any device of QEMU's memory tree, in either address space, but the debug
   console that carries vmfault's results): the register's value with bits flipped, at the
@@ -40,6 +42,7 @@ from vmfault.faults.device import (
     Register,
     choose_register,
     pending_heads,
+    queue_device,
     request_chain,
     request_fields,
 )
@@ -92,7 +95,7 @@ class DeviceKind(FaultKind):
     def __init__(self, machine: GuestMachine) -> None:
         self.machine = machine
         self.log = QemuLog()
-        self._request: tuple[VirtioDevice, VirtqueueStatus, int] | None = None
+        self._request: tuple[VirtioDevice, VirtqueueStatus, int, bool] | None = None
         self._device: VirtioDevice | None = None
         self._kicks: dict[str, int] = {}
         """Kicks with a request pending, per virtio device name, in a golden run."""
@@ -173,7 +176,7 @@ class DeviceKind(FaultKind):
                     continue
                 if not run.reached:
                     break
-                if self._pending(vm, devices) is not None:
+                if self._kicked_request(vm, devices, name) is not None:
                     count += 1
         finally:
             if vm.alive:
@@ -232,18 +235,18 @@ class DeviceKind(FaultKind):
                             f"(the run ended: {end})"
                         )
                     return (
-                        f"the guest made no request of {name} after the trigger ({kicks} kicks, "
-                        f"none with a request pending; the run ended: {end})"
+                        f"the guest made no request of {name} after the trigger ({kicks} kicks "
+                        f"of other devices; the run ended: {end})"
                     )
                 kicks += 1
-                pending = self._pending(vm, devices)
-                if pending is not None:
+                request = self._kicked_request(vm, devices, name)
+                if request is not None:
                     self._seen += 1
                     if self._seen >= nth:
-                        self._request = pending
+                        self._request = request
                         break
             else:
-                return f"no request of {name} was pending at {MAX_KICKS_COUNTED} kicks"
+                return f"no kick of {name} in {MAX_KICKS_COUNTED} kicks"
         finally:
             if vm.alive:
                 vm.gdb.remove_breakpoint(address)
@@ -264,29 +267,37 @@ class DeviceKind(FaultKind):
         self._passed += 1
         return True
 
-    def _pending(
-        self, vm: Machine, devices: list[VirtioDevice]
-    ) -> tuple[VirtioDevice, VirtqueueStatus, int] | None:
-        """At a kick: the newest request of the kicked queue (of one of `devices`) that the
-        device has not taken yet: the device, the queue and the request's head descriptor.
-        The kicked queue is the index of the `struct virtqueue` the kernel passes
-        (VIRTQUEUE_INDEX_OFFSET); if it cannot be read, any queue of `devices` will do."""
+    def _kicked_request(
+        self, vm: Machine, devices: list[VirtioDevice], name: str
+    ) -> tuple[VirtioDevice, VirtqueueStatus, int, bool] | None:
+        """At a kick: None unless it is a kick of a `name` device (by the name its driver
+        gives the kicked `struct virtqueue`); else the device, the queue, the head of the
+        newest request the guest published in it, and whether the device has taken that
+        request already (QEMU may take a request before the guest's kick reaches it: its
+        thread runs beside the vCPU's)."""
         kicked = _kicked_queue(vm)
+        if kicked is None or queue_device(kicked[1]) != name:
+            return None
+        index = kicked[0]
+        found = None
         for device in devices:
             if device.path not in self._queues:
                 self._queues[device.path] = virtqueue_count(vm, device)
-            count = self._queues[device.path]
-            indices = range(count) if kicked is None or kicked >= count else (kicked,)
-            for index in indices:
-                queue = virtqueue(vm, device, index)
-                if queue is None:
-                    continue
-                head = vm.gdb.read_memory(queue.avail, 4 + 2 * queue.num, physical=True)
-                avail_idx = int.from_bytes(head[2:4], "little")
-                heads = pending_heads(head[4:], queue.last_avail_idx, avail_idx, queue.num)
-                if heads:
-                    return device, queue, heads[-1]
-        return None
+            if index >= self._queues[device.path]:
+                continue
+            queue = virtqueue(vm, device, index)
+            if queue is None:
+                continue
+            head = vm.gdb.read_memory(queue.avail, 4 + 2 * queue.num, physical=True)
+            avail_idx = int.from_bytes(head[2:4], "little")
+            newest = pending_heads(head[4:], (avail_idx - 1) & 0xFFFF, avail_idx, queue.num)
+            if not newest:
+                continue
+            pending = pending_heads(head[4:], queue.last_avail_idx, avail_idx, queue.num)
+            found = (device, queue, newest[0], not pending)
+            if pending:  # of several such devices, one with the request still to take
+                return found
+        return found
 
     def inject(self, experiment: Experiment) -> Injected:
         """Flip the bits of the chosen field or write the chosen register, read it back."""
@@ -296,7 +307,7 @@ class DeviceKind(FaultKind):
 
     def _inject_request(self, experiment: Experiment) -> Injected:
         assert self._request is not None
-        device, queue, head = self._request
+        device, queue, head, taken = self._request
         self._device = device
         gdb = experiment.vm.gdb
         point = experiment.trigger_point(self._point or trigger_text(experiment.plan))
@@ -331,9 +342,10 @@ class DeviceKind(FaultKind):
             before=before, after=after, readback=readback, injected=held,
             reason="" if held else f"read back {readback:#x}, wrote {after:#x}", trigger=point,
             device=device.name, part=field.part, field=field.name, queue=queue.queue,
-            descriptor=field.descriptor,
+            descriptor=field.descriptor, taken=taken,
         )  # fmt: skip
-        return Injected((injection,))
+        # A request QEMU had taken before the kick was read already: the fault cannot act.
+        return Injected((injection,), activated=False if taken else None)
 
     def _inject_register(self, experiment: Experiment) -> Injected:
         vm = experiment.vm
@@ -408,20 +420,24 @@ class DeviceKind(FaultKind):
         )  # fmt: skip
 
 
+VIRTQUEUE_NAME_OFFSET = 24
 VIRTQUEUE_INDEX_OFFSET = 40
-"""Where `struct virtqueue` (Linux 6.1) holds the queue's index: after `list` (16 bytes),
-`callback`, `name` and `vdev` (8 bytes each)."""
+"""Where `struct virtqueue` (Linux 6.1) holds its name (a pointer, after `list`, 16 bytes,
+and `callback`) and its index (after `name` and `vdev`, 8 bytes each)."""
 
 
-def _kicked_queue(vm: Machine) -> int | None:
-    """The index of the queue `virtqueue_notify(vq)` was called for (halted at its entry,
-    `vq` in rdi), or None if it cannot be read."""
+def _kicked_queue(vm: Machine) -> tuple[int, str] | None:
+    """The index and name of the queue `virtqueue_notify(vq)` was called for (halted at
+    its entry, `vq` in rdi), or None if they cannot be read."""
     try:
         vq = int(vm.gdb.read_register("rdi"))
-        raw = vm.gdb.read_memory(vq + VIRTQUEUE_INDEX_OFFSET, 4)
+        raw = bytes(vm.gdb.read_memory(vq, VIRTQUEUE_INDEX_OFFSET + 4))
+        pointer = int.from_bytes(raw[VIRTQUEUE_NAME_OFFSET : VIRTQUEUE_NAME_OFFSET + 8], "little")
+        name = bytes(vm.gdb.read_memory(pointer, 16)).split(b"\0", 1)[0]
     except VmfaultError:
         return None
-    return int.from_bytes(raw, "little")
+    index = int.from_bytes(raw[VIRTQUEUE_INDEX_OFFSET:], "little")
+    return index, name.decode("ascii", errors="replace")
 
 
 def _drawn(spec: FaultSpec) -> bool:
