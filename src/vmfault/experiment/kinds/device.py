@@ -2,7 +2,7 @@
 see what QEMU does with it.
 
 - `device:virtio-blk`, `device:virtio-net`: the guest runs to one of its kicks of a virtio
-  device (a breakpoint on the kernel's `virtqueue_notify`; the device told by the name its
+  device (a breakpoint on the kernel's `virtqueue_kick_prepare`; the device told by the name its
   driver gives the kicked queue): a kick drawn uniformly among those of the golden run, or,
   with a trigger given, the first one after it. One field of the newest request the guest
   published in that queue flips in guest memory: a descriptor's addr, len, flags or next
@@ -64,9 +64,12 @@ from vmfault.machine.devices import (
 
 __all__ = ["DeviceKind"]
 
-NOTIFY_FUNCTION = "virtqueue_notify"
-"""The kernel's notify of a virtqueue (virtio_ring, the first virtio module loaded, so its
-address is that of the kernel's symbols in every machine): the guest's kick."""
+NOTIFY_FUNCTION = "virtqueue_kick_prepare"
+"""Where the guest kicks a virtqueue: the drivers call it after every batch of requests they
+publish, and notify the device only if it asked to be (virtio's event index); a breakpoint
+on `virtqueue_notify` alone misses every batch QEMU's thread takes without a notification.
+It is in virtio_ring, the first virtio module loaded, so its address is that of the
+kernel's symbols in every machine; its argument (rdi) is the `struct virtqueue`."""
 MAX_KICKS_COUNTED = 2000
 """Kicks with a request pending counted at most (in a golden run, or to the trigger)."""
 KICK_DRAWS = 4
@@ -81,6 +84,15 @@ COUNT_TIMEOUT_GOLDENS = 100.0
 stop at a breakpoint costs a few milliseconds of host time the guest does not run)."""
 COUNT_TIMEOUT_MIN_S = 30.0
 """Host seconds a count of kicks, or a run to the next kick, may take at least."""
+FTRACE_NOP = bytes.fromhex("0f1f440000")
+"""The five-byte nop every traced function of this kernel starts with (its fentry call)."""
+PROBE_FUNCTIONS = ("virtqueue_kick_prepare", "virtqueue_notify", "vring_interrupt")
+"""Functions of virtio_ring that start with FTRACE_NOP: where they are tells where the
+module is."""
+MODULE_SHIFT_MAX = 8 << 20
+"""How far (bytes, either way) virtio_ring is looked for from where the kernel's symbols put
+it: a module's place varies from boot to boot (the kernel frees each module's init
+memory asynchronously, so the next module may or may not reuse it)."""
 VIRTIO_MMIO_DEVICE_ID = 0x008
 """The DeviceID register of a virtio-mmio transport (0: no device behind it)."""
 _HINTS = {
@@ -105,11 +117,38 @@ class DeviceKind(FaultKind):
         self._seen = 0
         self._nth = 0
         self._passed = 0
+        self._notify: int | None = None
 
     @property
     def vm(self) -> Machine:
         """The target's QEMU."""
         return self.machine.vm
+
+    def notify_address(self) -> int:
+        """Where NOTIFY_FUNCTION is in this machine's kernel: its symbol's address, moved by
+        as much as virtio_ring moved in this boot (found once, by PROBE_FUNCTIONS)."""
+        if self._notify is None:
+            symbols = self.machine.symbols
+            probes = [symbols.address(name) for name in PROBE_FUNCTIONS]
+            gdb = self.vm.gdb
+
+            def fits(shift: int) -> bool:
+                for address in probes:
+                    try:
+                        if bytes(gdb.read_memory(address + shift, 5)) != FTRACE_NOP:
+                            return False
+                    except VmfaultError:
+                        return False
+                return True
+
+            steps = range(0, MODULE_SHIFT_MAX + 1, 4096)
+            shift = next((d for k in steps for d in (k, -k) if fits(d)), None)
+            if shift is None:
+                raise MachineError(
+                    "virtio_ring is not within 8 MiB of where the kernel's symbols put it"
+                )
+            self._notify = symbols.address(NOTIFY_FUNCTION) + shift
+        return self._notify
 
     def prepare(self, spec: FaultSpec) -> None:
         """UsageError unless the machine has the device the target names."""
@@ -155,16 +194,16 @@ class DeviceKind(FaultKind):
         return cached_json(path, count, decode=int, encode=int, accept=lambda n: n > 0)
 
     def _count_kicks(self, name: str) -> int:
-        """Kicks of a run from the snapshot at which a `name` device had a request
-        pending (the requests a drawn trigger chooses among)."""
+        """Kicks of a `name` device in a run from the snapshot (the kicks a drawn trigger
+        chooses among)."""
         machine = self.machine
         vm = machine.vm
         devices = [d for d in virtio_devices(vm) if d.name == name]
-        address = machine.symbols.address(NOTIFY_FUNCTION)
         timeout_s = max(
             COUNT_TIMEOUT_MIN_S, COUNT_TIMEOUT_GOLDENS * machine.require_golden().host_s
         )
         others = machine.from_snapshot()
+        address = self.notify_address()  # halted at the snapshot
         count = 0
         self._passed = 0
         vm.gdb.set_breakpoint(address)
@@ -213,7 +252,7 @@ class DeviceKind(FaultKind):
         (halted there, the request chosen), or say why not."""
         vm = experiment.vm
         devices = [d for d in virtio_devices(vm) if d.name == name]
-        address = self.machine.symbols.address(NOTIFY_FUNCTION)
+        address = self.notify_address()
         self._seen = 0
         kicks = 0
         vm.gdb.set_breakpoint(address)
@@ -427,8 +466,8 @@ and `callback`) and its index (after `name` and `vdev`, 8 bytes each)."""
 
 
 def _kicked_queue(vm: Machine) -> tuple[int, str] | None:
-    """The index and name of the queue `virtqueue_notify(vq)` was called for (halted at
-    its entry, `vq` in rdi), or None if they cannot be read."""
+    """The index and name of the queue `virtqueue_kick_prepare(vq)` was called for (halted
+    at its entry, `vq` in rdi), or None if they cannot be read."""
     try:
         vq = int(vm.gdb.read_register("rdi"))
         raw = bytes(vm.gdb.read_memory(vq, VIRTQUEUE_INDEX_OFFSET + 4))
