@@ -76,6 +76,7 @@ from vmfault.machine import Accel, kvm_blocker, probe_boot
 from vmfault.machine.disks import GuestDisk, parse_disk, unique_disks
 from vmfault.profile.workload import profile_instructions
 from vmfault.report.command import report_command
+from vmfault.report.reactions import reactions_table, status_json, store_reactions
 from vmfault.report.summary import Summary, store_summary, summary_tables
 from vmfault.session import machine_config, prepare_image
 from vmfault.stats import IntervalMethod
@@ -901,6 +902,20 @@ MethodOpt = Annotated[IntervalMethod, typer.Option(help="Interval method for eve
 ConfidenceOpt = Annotated[float, typer.Option(min=0.5, max=0.9999, help="Interval confidence.")]
 
 
+def _print_status(
+    store: SQLiteStore, *, confidence: float, method: IntervalMethod, as_json: bool
+) -> None:
+    """What `campaign status` prints (and `campaign run` at its end): the summary's tables
+    and the VMM reactions grouped by message, or their JSON (`status_json`)."""
+    if as_json:
+        out.print_json(json.dumps(status_json(store, confidence=confidence, method=method)))
+        return
+    _print_summary(store_summary(store, confidence=confidence, method=method), as_json=False)
+    table = reactions_table(store_reactions(store))
+    if table is not None:
+        out.print(table)
+
+
 def _print_summary(summary: Summary, *, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
@@ -982,7 +997,7 @@ def _run_campaign(
             )
 
         run_campaign(prepared, workers=workers, on_record=on_record, log=_progress, cluster=cluster)
-    _print_summary(store_summary(store, confidence=confidence, method=method), as_json=as_json)
+    _print_status(store, confidence=confidence, method=method, as_json=as_json)
 
 
 ExecutorOpt = Annotated[
@@ -1087,7 +1102,7 @@ def campaign_status(
     """Counts and rates with intervals, for a running or finished campaign."""
     _require_db(db)
     with SQLiteStore.open_readonly(db) as store:
-        _print_summary(store_summary(store, confidence=confidence, method=method), as_json=as_json)
+        _print_status(store, confidence=confidence, method=method, as_json=as_json)
 
 
 @campaign_app.command("export")

@@ -630,7 +630,12 @@ def test_campaign_status_prints_counts_rates_and_intervals(campaign_db: Path) ->
     output = ANSI.sub("", campaign_status(str(campaign_db)))
     assert "hand-made: 14 of 20 experiments" in output
     assert "interval (wilson, 95%)" in output and "per stratum (wilson, 95%)" in output
-    assert table_rows(output) == STATUS_ROWS
+    assert table_rows(output) == [*STATUS_ROWS, VMM_REACTION_ROW]
+    assert "VMM reactions (vmm-error), grouped by message" in output
+
+
+VMM_REACTION_ROW = ["1", "reason N", "", "regs 1", "7"]
+"""The one vmm-error of EXPERIMENTS (no evidence: its reason), as `campaign status` groups it."""
 
 
 def test_campaign_status_json(campaign_db: Path) -> None:

@@ -228,3 +228,14 @@ def test_command_rejects_bad_input(db: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="is a directory"):
         report_command([db], tmp_path, "html")
     assert not out.exists()
+
+
+def test_vmm_reactions_are_grouped_by_message_in_their_section(report: CampaignReport) -> None:
+    # EXPERIMENTS has one vmm-error (experiment 7, stratum regs, no evidence: its reason).
+    assert [(g.message, g.count, g.example_id) for g in report.vmm_reactions] == [
+        ("reason N", 1, 7)
+    ]
+    page = render_html([report])
+    assert "vmm" in parse(page).ids
+    assert "VMM reactions, grouped by message" in page
+    assert "vmfault replay results/c.db 7" in page

@@ -978,6 +978,7 @@ class CampaignSpec(BaseModel):
                     hint="machines: " + ", ".join(names),
                     at=("faults", index, "machine"),
                 )
+            self._check_device(spec, index)
             if spec.network is None:
                 continue
             if not self.networked:
@@ -1058,6 +1059,22 @@ class CampaignSpec(BaseModel):
         if self.campaign.judge is not None and self.campaign.judge != avoid:
             return self.campaign.judge
         return next(name for name in self.machine_names if name != avoid)
+
+    def _check_device(self, spec: FaultSpec, index: int) -> None:
+        """A virtio device fault needs that device: a disk for virtio-blk (only `[guest]`
+        has disks), a network for virtio-net (its cards are virtio-net)."""
+        if spec.target.spelling == "device:virtio-blk" and (self.machine or not self.guest.disks):
+            raise _error(
+                "device:virtio-blk needs a machine with a disk, and this one has none",
+                hint='give [guest] a disk: [[guest.disks]] with name = "data" and size = "8M"',
+                at=("faults", index, "target"),
+            )
+        if spec.target.spelling == "device:virtio-net" and not self.networked:
+            raise _error(
+                "device:virtio-net needs machines with network cards, and these have none",
+                hint="give two or more [[machine]] tables (and not network = false)",
+                at=("faults", index, "target"),
+            )
 
     @property
     def machine_names(self) -> tuple[str, ...]:

@@ -24,11 +24,12 @@ import time
 from dataclasses import dataclass
 
 from vmfault.classify import Observation
-from vmfault.errors import VmfaultError
+from vmfault.errors import MachineError, VmfaultError
 from vmfault.experiment.crew import LOOK_S, Crew
 from vmfault.experiment.state import Experiment, Progress, Symptom, Watch
 from vmfault.experiment.testbed import GuestMachine
 from vmfault.machine import Machine, RunEnd
+from vmfault.machine.run import wait_gone
 
 __all__ = ["PERIOD_EPS_S", "Observed", "observe", "release"]
 
@@ -98,6 +99,10 @@ def observe(experiment: Experiment, progress: Progress, *, injected: bool) -> Ob
     machine = progress.machine
     try:
         return _observe(experiment, progress)
+    except MachineError:
+        if not wait_gone(machine.vm):
+            raise
+        return _died(machine.vm, progress)  # QEMU died under the fault: it is judged so
     finally:
         progress.ended_at = time.monotonic()
         with contextlib.suppress(VmfaultError):  # QEMU gone: its run has no runtime
@@ -105,6 +110,18 @@ def observe(experiment: Experiment, progress: Progress, *, injected: bool) -> Ob
                 progress.ended_vcpu_s = machine.vm.vcpu_s()
                 progress.ended_instructions = machine.vm.instruction_count()
         experiment.ended.add(machine.name)
+
+
+def _died(vm: Machine, progress: Progress) -> Observed:
+    """The observation of a machine whose QEMU died while it was observed."""
+    events = tuple(e.name for e in vm.events[progress.event_mark :])
+    return Observed(
+        Observation(
+            injected=True, finished=False, console=vm.console.transcript(progress.console_mark),
+            events=events, qemu_alive=False, qemu_exit_code=vm.exit_code,
+            qemu_output=vm.qemu_output,
+        )
+    )  # fmt: skip
 
 
 def _observe(experiment: Experiment, progress: Progress) -> Observed:

@@ -229,8 +229,12 @@ class Experimenter(StartedOnEnter):
         isolation: IsolationRun | None = None
         for machine in self.testbed:
             observation = observed[machine.name].observation
-            judged = classify(machine.require_golden(), observation, table=self.crash_table)
+            # A QEMU that died under the fault is judged too (vmm-error, with its end as
+            # evidence), so the record keeps the fault that killed it.
+            golden = machine.golden or machine.require_golden()
+            judged = classify(golden, observation, table=self.crash_table)
             if machine is target:
+                judged, injected = kind.react(experiment, injected, judged)
                 verdict = judged
             result = machine.result()
             run = MachineRun(

@@ -40,6 +40,7 @@ __all__ = [
     "DISK_COLUMNS",
     "INJECTION_TYPES",
     "ControlInjection",
+    "DeviceInjection",
     "DiskInjection",
     "DiskRequest",
     "ExperimentRecord",
@@ -57,6 +58,7 @@ __all__ = [
     "StormSummary",
     "Traffic",
     "TriggerPoint",
+    "VmmInjection",
     "bit_positions",
     "disk_columns",
     "fsefi_json",
@@ -683,6 +685,63 @@ class NetworkInjection(Injection):
         }
 
 
+@dataclass(frozen=True, kw_only=True)
+class DeviceInjection(MemoryInjection):
+    """A fault in what the guest asks of a virtual device: a field of a virtio request
+    (a descriptor's addr, len, flags or next, or the request header) in guest memory, or
+    a stray write to a device register (`space` `memory`: MMIO, `io`: a port).
+
+    `address` is the guest-physical address or the port. A register is an event, not a
+    cell: `injected` says the write was made, and `readback` is what the register reads
+    afterwards (None where reading it would take input from the device, or it is write-only).
+    QEMU's reaction (`reaction`: the lines it logged, a device it marked broken) makes the
+    outcome `vmm-error`; what the guest did is kept beside it (`guest_outcome`)."""
+
+    kind: ClassVar[str] = "device"
+
+    device: str = ""
+    """The device as QEMU names it (`virtio-blk`, `serial`, `ioapic`, ...)."""
+    space: str = "memory"
+    part: str = ""
+    """`descriptor`, `header` or `register`."""
+    field: str = ""
+    """The field (`addr`, `len`, `flags`, `next`, `type`, `sector`, ...) or register offset."""
+    queue: int | None = None
+    descriptor: int | None = None
+    """The descriptor's position in the request's chain (0: its head)."""
+    taken: bool | None = None
+    """Whether QEMU had taken the request before the fault was made (then it had read it,
+    and the fault is not activated); None for a register."""
+    reaction: str = ""
+    guest_outcome: str | None = None
+    guest_reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmmInjection(Injection):
+    """A fault in the QEMU process itself: a word of its writable memory (`mapping`,
+    `host_address`; never guest RAM) or a register of one of its threads (`thread`,
+    `tid`, `thread_register`). A QEMU that dies of it is `vmm-error` with its signal as the
+    cause; what QEMU logged and the guest's outcome are kept as for device faults."""
+
+    kind: ClassVar[str] = "vmm"
+    HEX_FIELDS: ClassVar[tuple[str, ...]] = (*Injection.HEX_FIELDS, "host_address")
+
+    region: str = ""
+    """`heap`, `data` or `registers`."""
+    mapping: str = ""
+    """The mapping the word lies in: `[heap]`, `anon@0x7f...`, a library's file name."""
+    host_address: int | None = None
+    thread: str = ""
+    """The thread's name (`CPU 0/TCG`, `qemu-system-x86`, `call_rcu`, ...)."""
+    tid: int | None = None
+    thread_register: str | None = None
+    """The thread's register (`rsp`, `rip`, ...; not a vCPU register: kept apart from those)."""
+    reaction: str = ""
+    guest_outcome: str | None = None
+    guest_reason: str = ""
+
+
 INJECTION_TYPES: Mapping[str, type[Injection]] = {
     cls.kind: cls
     for cls in (
@@ -695,6 +754,8 @@ INJECTION_TYPES: Mapping[str, type[Injection]] = {
         DiskInjection,
         ControlInjection,
         NetworkInjection,
+        DeviceInjection,
+        VmmInjection,
     )
 }
 """Injection classes by `kind`, for readers that rebuild records."""

@@ -59,6 +59,7 @@ from vmfault.faults.schedule import RateUnit, Schedule, Storm
 from vmfault.faults.units import parse_duration_s, parse_ranges
 
 __all__ = [
+    "DEVICE_TARGETS",
     "DISK_FAULTS",
     "INSTRUCTION_FAMILIES",
     "INSTRUCTION_OPS",
@@ -69,6 +70,7 @@ __all__ = [
     "REGISTER_SETS",
     "REGISTER_WIDTHS",
     "SECTOR_BYTES",
+    "VMM_TARGETS",
     "BitMode",
     "BitModel",
     "Context",
@@ -181,6 +183,12 @@ SECTOR_BYTES = 512
 DEFAULT_DELAY_S = 0.05
 """The delay of `disk:latency` unless `delay` says otherwise."""
 _DISK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,19}$")
+DEVICE_TARGETS: tuple[str, ...] = ("virtio-blk", "virtio-net", "serial", "pvpanic", "mmio")
+"""What a `device:` fault corrupts: a virtio device's requests (descriptors and request
+headers at the guest's notify), or a register of the serial port, of pvpanic, or of any
+device the machine has (`mmio`)."""
+VMM_TARGETS: tuple[str, ...] = ("heap", "data", "registers")
+"""What a `vmm:` fault corrupts in the QEMU process itself."""
 
 
 class TargetKind(enum.StrEnum):
@@ -194,6 +202,10 @@ class TargetKind(enum.StrEnum):
     """A guest disk's requests or stored data, through QEMU's block layer."""
     NETWORK = "network"
     """Frames between the machines of a testbed (`network:KIND`)."""
+    DEVICE = "device"
+    """What the guest asks of a virtual device (`device:NAME`): requests, registers."""
+    VMM = "vmm"
+    """The QEMU process itself (`vmm:heap|data|registers`): its memory and threads."""
     NONE = "none"
     """A control run: nothing is corrupted (spelled `none`, without a name)."""
 
@@ -270,7 +282,9 @@ class Target:
         "process|page-table|0xADDRESS|0xSTART-0xEND[,...]|@SYMBOL[+OFFSET], "
         "kernel-code:hot|FUNCTION, "
         "instruction:OP[@FUNCTION], disk:" + "|".join(DISK_FAULTS) + "[@DISK], "
-        "network:loss|corrupt|delay|duplicate|reorder|rate|partition, none (a control run)"
+        "network:loss|corrupt|delay|duplicate|reorder|rate|partition, "
+        "device:" + "|".join(DEVICE_TARGETS) + ", vmm:" + "|".join(VMM_TARGETS) + ", "
+        "none (a control run)"
     )
 
     @classmethod
@@ -328,6 +342,21 @@ class Target:
                 raise UsageError(
                     f"unknown network fault {name!r}",
                     hint="allowed: " + ", ".join(f"network:{k.value}" for k in NetworkKind),
+                )
+        elif kind in (TargetKind.DEVICE, TargetKind.VMM):
+            name = name.lower()
+            allowed = DEVICE_TARGETS if kind is TargetKind.DEVICE else VMM_TARGETS
+            if name not in allowed:
+                close = difflib.get_close_matches(name, allowed, n=2)
+                raise UsageError(
+                    f"unknown {kind.value} target {name!r}",
+                    hint=(
+                        "did you mean " + " or ".join(f"{kind.value}:{n}" for n in close) + "? "
+                        if close
+                        else ""
+                    )
+                    + "allowed: "
+                    + ", ".join(f"{kind.value}:{n}" for n in allowed),
                 )
         return cls(kind, name, arch)
 
@@ -864,6 +893,14 @@ class FaultSpec:
         if self.storm is not None:
             self._check_storm()
             return
+        if self.target.kind in (TargetKind.DEVICE, TargetKind.VMM):
+            if self.instruction is not None:
+                raise UsageError(f"{self.target.spelling} is not an instruction fault")
+            if self.context is not Context.ANY:
+                raise UsageError(
+                    f"a {self.target.kind.value} fault does not wait for a CPU context",
+                    hint="remove the context",
+                )
         if self.target.kind is TargetKind.INSTRUCTION:
             if self.period_s is not None:
                 raise UsageError(
@@ -1164,6 +1201,12 @@ class FaultSpec:
             with _option("bits" if bit_range is None else "bit_range"):
                 return cls(fault.target, model, instruction=fault, machine=machine)
         assert named is not None
+        if named.kind in (TargetKind.DEVICE, TargetKind.VMM) and in_context is not Context.ANY:
+            raise OptionError(
+                f"a {named.kind.value} fault does not wait for a CPU context",
+                key="context",
+                hint=f"remove {spell('context')}",
+            )
         with _option("bits"):
             model = BitModel.parse(bits)
         with _option("trigger"):

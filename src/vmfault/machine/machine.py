@@ -553,8 +553,17 @@ class Machine:
 
     @property
     def alive(self) -> bool:
-        """True while the QEMU process exists."""
-        return self._process is not None and self._process.poll() is None
+        """True while the QEMU process exists. Once it is seen gone, `exit_code` and
+        `qemu_output` tell how it ended, even before the event loop has noticed."""
+        if self._process is None:
+            return False
+        code = self._process.poll()
+        if code is None:
+            return True
+        if self.exit_code is None:
+            self.exit_code = code
+            self.qemu_output = self.qemu_output or _tail(self.qemu_log)
+        return False
 
     @property
     def run_dir(self) -> Path:
@@ -610,7 +619,12 @@ class Machine:
         self._wake()
 
     def _on_gdb_readable(self) -> None:
-        stop = self.gdb.poll_stop()
+        try:
+            stop = self.gdb.poll_stop()
+        except MachineError:  # the stub's connection ended: QEMU is going away
+            self._unwatch_gdb()
+            self._wake()
+            return
         if stop is not None:
             self.stops.append(stop)
             self._unwatch_gdb()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from vmfault.machine.config import RAM_BACKEND_ID
 
-__all__ = ["MemoryMap", "MemoryRegion", "parse_mtree"]
+__all__ = ["MemoryMap", "MemoryRegion", "parse_io_mtree", "parse_mtree"]
 
 _LINE = re.compile(
     r"^\s*([0-9a-f]{16})-([0-9a-f]{16}) \(prio -?\d+, ([a-z/_-]+)\): (\S+)(?: @([0-9a-f]+))?"
@@ -78,6 +78,16 @@ def _is_main_ram(name: str) -> bool:
 
 def parse_mtree(text: str) -> MemoryMap:
     """Parse HMP `info mtree -f` output: the flat view of the `memory` address space."""
+    return _parse_view(text, 'AS "memory", root: system', main_ram=True)
+
+
+def parse_io_mtree(text: str) -> MemoryMap:
+    """Parse HMP `info mtree -f` output: the flat view of the port (`I/O`) address space,
+    where ISA devices (serial, pvpanic, pit, ...) have their registers."""
+    return _parse_view(text, 'AS "I/O", root: io', main_ram=False)
+
+
+def _parse_view(text: str, header: str, *, main_ram: bool) -> MemoryMap:
     regions: list[MemoryRegion] = []
     in_memory_view = False
     for raw in text.splitlines():
@@ -85,7 +95,7 @@ def parse_mtree(text: str) -> MemoryMap:
         if line.startswith("FlatView"):
             in_memory_view = False
             continue
-        if line.strip() == 'AS "memory", root: system':
+        if line.strip() == header:
             in_memory_view = True
             continue
         if not in_memory_view:
@@ -99,7 +109,7 @@ def parse_mtree(text: str) -> MemoryMap:
             found.group(3),
             found.group(4),
         )
-        if kind in ("ram", "rom") and not _is_main_ram(name):
+        if main_ram and kind in ("ram", "rom") and not _is_main_ram(name):
             kind = "rom"
         offset = int(found.group(5), 16) if found.group(5) else None
         regions.append(MemoryRegion(start, last + 1, kind, name, offset))

@@ -33,6 +33,7 @@ __all__ = [
     "run_to",
     "run_until",
     "step_until",
+    "wait_gone",
 ]
 
 PRECISE_SPIN_S = 0.002
@@ -215,11 +216,31 @@ def _run(machine: Controllable, seconds: float | None, *, precise: bool, goal: i
     """Continue, wait up to `seconds` (None: no limit) for a stop, halt if still running."""
     if not machine.alive:
         return Run(RunEnd.EXITED, None, None, 0.0)
-    machine.cont()
+    try:
+        machine.cont()
+    except MachineError:
+        if wait_gone(machine):  # QEMU died as the guest was let go (a fault in QEMU itself)
+            return Run(RunEnd.EXITED, None, None, 0.0)
+        raise
     run = await_stop(machine, seconds, goal=goal, precise=precise)
     assert run is not None  # halting at the time limit always gives a Run
     machine.ran_s += run.ran_s
     return run
+
+
+GONE_WAIT_S = 2.0
+"""How long a QEMU whose channels broke is given to be seen dead."""
+
+
+def wait_gone(machine: Controllable, timeout_s: float = GONE_WAIT_S) -> bool:
+    """Whether QEMU is gone, waiting up to `timeout_s` for the process to end (its
+    sockets close a moment before it can be reaped)."""
+    deadline = time.monotonic() + timeout_s
+    while machine.alive:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def run_for(machine: Controllable, seconds: float, *, precise: bool = False) -> Run:

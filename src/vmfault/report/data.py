@@ -38,6 +38,7 @@ from vmfault.faults import DISK_FAULTS, REGISTER_GROUPS
 from vmfault.faults.model import REGISTER_SETS
 from vmfault.faults.units import parse_duration_s
 from vmfault.guest.workloads import BUILTIN_WORKLOADS, idle_argv
+from vmfault.report.reactions import ReactionGroup, group_reactions
 from vmfault.report.summary import (
     CONTROL_TARGET,
     FalsePositive,
@@ -444,6 +445,8 @@ class CampaignReport:
     examples: tuple[Example, ...]
     """First example of each crash cause, then of each other failure outcome."""
     disks: Disks | None = None
+    vmm_reactions: tuple[ReactionGroup, ...] = ()
+    """What QEMU said or did in the vmm-error experiments, grouped by message."""
 
     @property
     def name(self) -> str:
@@ -518,6 +521,7 @@ def assemble_report(
         storms=rows.storms(),
         examples=rows.examples(),
         disks=rows.disks(),
+        vmm_reactions=tuple(group_reactions(rows.vmm_errors)),
     )
 
 
@@ -758,11 +762,16 @@ class ReportRows:
         )
         self.disk_requests: list[tuple[float, str]] = []
         self.first: dict[tuple[str, str | None], Example] = {}
+        self.vmm_errors: list[dict[str, object]] = []
+        """What `group_reactions` needs of each vmm-error row."""
 
     def add(self, row: Mapping[str, object]) -> None:
         """Count one analysis row (`ResultStore.rows()`)."""
         self.added += 1
         outcome = _text(row.get("outcome"))
+        if outcome == Outcome.VMM_ERROR.value:
+            keys = ("experiment_id", "stratum", "outcome", "evidence", "reason", "cause")
+            self.vmm_errors.append({key: row.get(key) for key in keys})
         stratum = _text(row.get("stratum"))
         if outcome == Outcome.NOT_INJECTED.value:
             self._not_injected(row, stratum)

@@ -995,6 +995,31 @@ def _storms(report: CampaignReport, layout: Layout = _FULL) -> str:
     return out
 
 
+def _vmm_reactions(report: CampaignReport, layout: Layout = _FULL) -> str:
+    groups = report.vmm_reactions
+    if not groups:
+        return ""
+    out = (
+        '<p class="lead">What QEMU itself said or did in the experiments that came out '
+        "<em>vmm-error</em> (its death and signal, an abort with its message, an error it "
+        "logged, a device it marked broken), grouped by message: numbers shown as N.</p>"
+    )
+    rows = [
+        [
+            esc(group.message), str(group.count),
+            esc(", ".join(f"{k} {v}" for k, v in sorted(group.causes.items()))),
+            esc(", ".join(f"{k} {v}" for k, v in sorted(group.strata.items()))),
+            "" if group.example_id is None
+            else f"{group.example_id} <code>vmfault replay {esc(report.db)} "
+            f"{group.example_id}</code>",
+        ]
+        for group in groups
+    ]  # fmt: skip
+    return out + _table(
+        "VMM reactions, grouped by message", ["message", "n", "causes", "strata", "first"], rows
+    )
+
+
 def _disks(report: CampaignReport, layout: Layout = _FULL) -> str:
     data = report.disks
     if data is None:
@@ -1369,6 +1394,7 @@ REPORT_SECTIONS: tuple[Section, ...] = (
     Section("storms", "Fault storms", _storms),
     Section("disks", "Disk faults", _disks),
     Section("testbed", "Machines and network", _testbed),
+    Section("vmm", "VMM reactions", _vmm_reactions),
     Section("examples", "Examples", _examples),
 )
 """The sections of a campaign's report, in the report's order."""
@@ -1386,6 +1412,7 @@ COMPARISON_SECTIONS: tuple[ComparisonSection, ...] = (
     ComparisonSection("storms", "Fault storms", _paired(_storms)),
     ComparisonSection("disks", "Disk faults", _paired(_disks)),
     ComparisonSection("testbed", "Machines and network", _paired(_testbed)),
+    ComparisonSection("vmm", "VMM reactions", _paired(_vmm_reactions)),
     ComparisonSection("examples", "Examples", _paired(_examples)),
 )
 """The sections of the comparison of two campaigns, in the page's order."""

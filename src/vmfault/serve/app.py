@@ -49,7 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vmfault.classify import Outcome
 from vmfault.report.data import replay_command
 from vmfault.report.html import REPORT_CSS
-from vmfault.report.summary import store_summary
+from vmfault.report.reactions import status_json
 from vmfault.serve.activity import Activity, campaign_activity
 from vmfault.serve.pages import (
     Links,
@@ -500,7 +500,7 @@ async def api_status(request: Request) -> Response:
     store = campaign.watch.store
 
     def read() -> dict[str, Any]:
-        return store_summary(store, confidence=confidence, method=method).to_json()
+        return status_json(store, confidence=confidence, method=method)
 
     return JSONResponse(await run_in_threadpool(read))
 

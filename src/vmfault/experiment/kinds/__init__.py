@@ -1,6 +1,7 @@
 """Fault kinds, found by the registry `KINDS`: the target's prefix (`register`, `memory`,
-`kernel-code`, `instruction`, `disk`, `network`, `none` for control runs), or `storm` for a
-memory family with a schedule of flips, `page-table` for `memory:page-table`.
+`kernel-code`, `instruction`, `disk`, `network`, `device`, `vmm`, `none` for control runs),
+or `storm` for a memory family with a schedule of flips, `page-table` for
+`memory:page-table`.
 
 A new kind is a module implementing `FaultKind` plus one entry here.
 """
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 from vmfault.errors import UsageError
 from vmfault.experiment.kinds.base import FaultKind, Injected, KindFactory
 from vmfault.experiment.kinds.control import ControlKind
+from vmfault.experiment.kinds.device import DeviceKind
 from vmfault.experiment.kinds.disk import DiskKind
 from vmfault.experiment.kinds.instruction import InstructionKind
 from vmfault.experiment.kinds.kernel_code import KernelCodeKind
@@ -18,6 +20,7 @@ from vmfault.experiment.kinds.network import NetworkKind
 from vmfault.experiment.kinds.pagetable import PageTableKind
 from vmfault.experiment.kinds.register import RegisterKind
 from vmfault.experiment.kinds.storm import StormKind
+from vmfault.experiment.kinds.vmm import VmmKind
 from vmfault.faults.model import PAGE_TABLE, FaultSpec, TargetKind
 
 __all__ = ["KINDS", "FaultKind", "Injected", "KindFactory", "kind_name"]
@@ -31,6 +34,8 @@ KINDS: Mapping[str, KindFactory] = {
     "storm": StormKind,
     "disk": DiskKind,
     "network": NetworkKind,
+    "device": DeviceKind,
+    "vmm": VmmKind,
     "none": ControlKind,
 }
 """The fault kinds by name."""

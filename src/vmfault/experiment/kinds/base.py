@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
+from vmfault.classify import Classification
 from vmfault.experiment.records import Injection, StormSummary
 from vmfault.experiment.state import Experiment
 from vmfault.experiment.testbed import GuestMachine
@@ -71,6 +72,14 @@ class FaultKind(Protocol):
         disk's requests, a network fault's frames); others change nothing. A snapshot
         restore takes such parts out too, so a failed experiment leaves nothing behind."""
         return injected
+
+    def react(
+        self, experiment: Experiment, injected: Injected, verdict: Classification
+    ) -> tuple[Classification, Injected]:
+        """After the target's classification (`verdict`): a kind whose fault goes to QEMU
+        itself (devices, the VMM) judges what QEMU did (`vmm-error` with QEMU's words) and
+        keeps the guest's outcome in its injection. Default: nothing changes."""
+        return verdict, injected
 
 
 class KindFactory(Protocol):
