@@ -171,6 +171,8 @@ class Experiment:
         self.watch: Watch | None = None
         self.injected_at: Symptom | None = None
         self.window_s: tuple[float, float] | None = None
+        self.drawn = False
+        """The run reached a moment drawn over its execution (`triggers.run_to_moment`)."""
         """The part of the execution (running seconds from the snapshot, start and end)
         the fault's moments are drawn in and its progress counted over; None: all of it."""
         self.stall_rule = True
@@ -289,13 +291,14 @@ class Experiment:
         return fraction
 
     def note_length(self) -> None:
-        """Tell the target how long this run lasted, if it reached the workload's exit
-        unwatched (the spans later moments are drawn over follow it; a watchpoint slows
-        every access to its page under TCG, so a watched run's length is not the
-        workload's)."""
+        """Tell the target how long this run lasted, if it went to a drawn moment and on to
+        the workload's exit unwatched (the spans later moments are drawn over follow it).
+        Runs stopped at breakpoints on their way (exec triggers, virtio kicks) or watched
+        (a watchpoint slows every access to its page under TCG) do not teach the
+        workload's length: every stop and breakpoint flushes the translated code."""
         end = self.here.exit_ran_s
-        if end is not None and self.watch is None:
-            self.target.lengths.note(end)
+        if end is not None and self.watch is None and self.drawn:
+            self.target.lengths.note(end, self.target.require_golden().span_s)
 
     def landed(self, point: TriggerPoint) -> TriggerPoint:
         """`point` with its progress measured against this run's own execution, once the
@@ -327,6 +330,7 @@ class Experiment:
         self.ended = set()
         self.watch = None
         self.window_s = None
+        self.drawn = False
         self.release()
 
     def mark_injected(self) -> None:

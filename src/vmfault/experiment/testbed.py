@@ -243,13 +243,16 @@ class RunLengths:
     QUANTILE = 0.75
     LEAST = 5
     """Runs noted before they count (the golden runs' span alone until then)."""
+    OUTLIER = 4.0
+    """A run longer than this many golden spans is not noted (a stalled host, not a pace)."""
 
     def __init__(self, keep: int = 20) -> None:
         self._exits: collections.deque[float] = collections.deque(maxlen=keep)
 
-    def note(self, exit_s: float) -> None:
+    def note(self, exit_s: float, golden_span_s: float) -> None:
         """A run that reached the workload's exit `exit_s` seconds after the snapshot."""
-        self._exits.append(exit_s)
+        if exit_s <= self.OUTLIER * golden_span_s:
+            self._exits.append(exit_s)
 
     def span_s(self, golden_span_s: float) -> float:
         """The span to draw moments of the whole execution over (seconds)."""

@@ -120,6 +120,7 @@ def run_to_moment(
         run = experiment.vm.run_for(max(0.0, at - experiment.elapsed_s()))
         _alive(run, experiment, "the trigger")
         if run.end is RunEnd.TIME and (alive is None or alive()):
+            experiment.drawn = True
             return ""
         experiment.restart()
         fraction = rng.random()
