@@ -185,10 +185,12 @@ class _Stall:
     @classmethod
     def of(cls, progress: Progress) -> _Stall | None:
         """The rule for `progress`'s machine, or None without a timeline to compare with,
-        for a daemon, and on a network (a machine waiting for its peers idles)."""
+        for a daemon, on a network (a machine waiting for its peers idles) and with disks
+        (a machine waiting for its disks idles as long as their taps, in vmfault's own
+        process, take to answer: on a loaded host longer than any golden idle stretch)."""
         machine = progress.machine
         networked = machine.testbed is not None and machine.testbed.switch is not None
-        if machine.timeline is None or machine.daemon or networked:
+        if machine.timeline is None or machine.daemon or networked or machine.spec.disks:
             return None
         typical = machine.require_golden().typical_s
         limit = max(STALL_MIN_S, STALL_IDLE_FACTOR * machine.timeline.longest_idle_s())
