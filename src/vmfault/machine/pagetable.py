@@ -144,20 +144,7 @@ def walk(cr3: int, read_physical: PhysicalReader, *, user_only: bool = True) -> 
     lower half (PML4 entries 0-255) is walked and only pages whose U/S bit is set at every
     level are returned. Errors of `read_physical` propagate.
     """
-    tables: dict[int, tuple[int, ...]] = {}
-
-    def table(address: int) -> tuple[int, ...]:
-        entries = tables.get(address)
-        if entries is None:
-            data = read_physical(address, _TABLE_BYTES)
-            if len(data) != _TABLE_BYTES:
-                raise MachineError(
-                    f"page table read at {address:#x} returned {len(data)} bytes, "
-                    f"not {_TABLE_BYTES}"
-                )
-            entries = _TABLE.unpack(data)
-            tables[address] = entries
-        return entries
+    table = _Tables(read_physical)
 
     mappings: list[PageMapping] = []
 
@@ -199,7 +186,7 @@ def walk(cr3: int, read_physical: PhysicalReader, *, user_only: bool = True) -> 
                 )
 
     descend(cr3 & _ADDRESS_MASK, 0, 0, True, True, True)
-    logger.debug("walked cr3=%#x: %d table pages, %d mappings", cr3, len(tables), len(mappings))
+    logger.debug("walked cr3=%#x: %d table pages, %d mappings", cr3, len(table), len(mappings))
     mappings.sort(key=lambda mapping: mapping.virtual)
     return mappings
 
@@ -251,20 +238,7 @@ def walk_arm64(
     """Every valid page mapped by the aarch64 tables rooted at `ttbr0` (4 KiB granule,
     48-bit addresses: levels 0-3), sorted by virtual address. With `user_only`, only
     pages EL0 may access. Each table page is read once, whole."""
-    tables: dict[int, tuple[int, ...]] = {}
-
-    def table(address: int) -> tuple[int, ...]:
-        entries = tables.get(address)
-        if entries is None:
-            data = read_physical(address, _TABLE_BYTES)
-            if len(data) != _TABLE_BYTES:
-                raise MachineError(
-                    f"page table read at {address:#x} returned {len(data)} bytes, "
-                    f"not {_TABLE_BYTES}"
-                )
-            entries = _TABLE.unpack(data)
-            tables[address] = entries
-        return entries
+    table = _Tables(read_physical)
 
     mappings: list[PageMapping] = []
 
@@ -306,7 +280,7 @@ def walk_arm64(
             )
 
     descend(ttbr0 & _A64_ROOT_MASK & _A64_ADDRESS_MASK, 0, 0, True, True, True)
-    logger.debug("walked ttbr0=%#x: %d table pages, %d mappings", ttbr0, len(tables), len(mappings))
+    logger.debug("walked ttbr0=%#x: %d table pages, %d mappings", ttbr0, len(table), len(mappings))
     mappings.sort(key=lambda mapping: mapping.virtual)
     return mappings
 
@@ -458,3 +432,28 @@ def table_entries(
     if first < stop:
         descend(cr3 & _ADDRESS_MASK, 0, 0, first, stop)
     return found
+
+
+class _Tables:
+    """Page-table pages by physical address, each read once, whole (4 KiB), as its 512
+    64-bit entries; MachineError on a short read. `len()` is the pages read."""
+
+    def __init__(self, read_physical: PhysicalReader) -> None:
+        self._read = read_physical
+        self._pages: dict[int, tuple[int, ...]] = {}
+
+    def __call__(self, address: int) -> tuple[int, ...]:
+        entries = self._pages.get(address)
+        if entries is None:
+            data = self._read(address, _TABLE_BYTES)
+            if len(data) != _TABLE_BYTES:
+                raise MachineError(
+                    f"page table read at {address:#x} returned {len(data)} bytes, "
+                    f"not {_TABLE_BYTES}"
+                )
+            entries = _TABLE.unpack(data)
+            self._pages[address] = entries
+        return entries
+
+    def __len__(self) -> int:
+        return len(self._pages)
