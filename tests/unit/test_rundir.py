@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vmfault.machine.rundir import RunDir, run_root, sweep_stale
+from vmfault.machine.rundir import RunDir, owned_prefix, run_root, sweep_stale
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +42,16 @@ def test_sweep_removes_only_dead_owners() -> None:
     other.mkdir()
     assert sweep_stale(root) == [stale]
     assert live.exists() and other.exists()
+
+
+def test_sweep_removes_files_of_dead_owners_too() -> None:
+    # A RAM dump left by a process killed while it verified a restore.
+    root = run_root()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = root / f"m{dead.pid}-dump-x1"
+    stale.write_bytes(b"ram")
+    mine = root / f"{owned_prefix()}dump-x2"
+    mine.write_bytes(b"ram")
+    assert sweep_stale(root) == [stale]
+    assert not stale.exists() and mine.exists()

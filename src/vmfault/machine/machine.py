@@ -72,7 +72,7 @@ from vmfault.machine.gdbstub import GdbStub, StopReason, StopReply
 from vmfault.machine.memmap import MemoryMap, parse_mtree
 from vmfault.machine.nbd import BlockTap, DiskStore, serve_everything
 from vmfault.machine.run import Run
-from vmfault.machine.rundir import RunDir, ram_root
+from vmfault.machine.rundir import RunDir, owned_prefix, ram_root, sweep_stale
 from vmfault.machine.spawn import spawn_tied
 
 __all__ = [
@@ -925,8 +925,11 @@ class Machine:
     @contextlib.contextmanager
     def _dump_physical(self, address: int, size: int) -> Iterator[mmap.mmap]:
         """Guest-physical memory dumped by QEMU (pmemsave) into a file in the RAM root,
-        mapped read-only; the file is removed on exit."""
-        with tempfile.NamedTemporaryFile(dir=ram_root(), prefix="dump-") as dump:
+        mapped read-only; the file is removed on exit (or by the next sweep of the RAM root,
+        if this process is killed meanwhile)."""
+        root = ram_root()
+        sweep_stale(root)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=owned_prefix() + "dump-") as dump:
             self.qmp("pmemsave", {"val": address, "size": size, "filename": dump.name})
             with mmap.mmap(dump.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 yield mapped

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vmfault.errors import UsageError
 
-__all__ = ["RunDir", "ram_root", "run_root", "sweep_stale"]
+__all__ = ["RunDir", "owned_prefix", "ram_root", "run_root", "sweep_stale"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -71,8 +71,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def owned_prefix() -> str:
+    """The name prefix of a file or directory this process owns in a run or RAM root:
+    `sweep_stale` removes it once the process is gone (a SIGKILL leaves no cleanup)."""
+    return f"{_PREFIX}{os.getpid()}-"
+
+
 def sweep_stale(root: Path) -> list[Path]:
-    """Remove run directories whose owning process is gone; returns what was removed."""
+    """Remove run directories and files whose owning process is gone; returns what was
+    removed."""
     removed: list[Path] = []
     for entry in root.iterdir():
         name = entry.name
@@ -81,7 +88,10 @@ def sweep_stale(root: Path) -> list[Path]:
         pid_text = name[len(_PREFIX) :].split("-", 1)[0]
         if not pid_text.isdigit() or _pid_alive(int(pid_text)):
             continue
-        shutil.rmtree(entry, ignore_errors=True)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
         removed.append(entry)
     if removed:
         logger.info("removed %d stale run directories", len(removed))
@@ -94,7 +104,7 @@ class RunDir:
     def __init__(self, root: Path | None = None) -> None:
         root = run_root() if root is None else root
         sweep_stale(root)
-        self.path = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=root))
+        self.path = Path(tempfile.mkdtemp(prefix=owned_prefix(), dir=root))
         longest = self.path / "console.sock"
         if len(os.fsencode(longest)) > _SOCKET_PATH_MAX:
             self.close()
