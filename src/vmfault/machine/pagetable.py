@@ -203,12 +203,7 @@ def translate(cr3: int, virtual: int, read_physical: PhysicalReader) -> int | No
     table = cr3 & _ADDRESS_MASK
     for level, shift in enumerate(_LEAF_SHIFTS):
         index = (virtual >> shift) & (_ENTRIES - 1)
-        data = read_physical(table + 8 * index, 8)
-        if len(data) != 8:
-            raise MachineError(
-                f"page table read at {table + 8 * index:#x} returned {len(data)} bytes, not 8"
-            )
-        entry = int.from_bytes(data, "little")
+        entry = _read_entry(read_physical, table + 8 * index)
         if not entry & _PRESENT:
             return None
         if level == 3 or (level in (1, 2) and entry & _LARGE):
@@ -293,12 +288,7 @@ def translate_arm64(ttbr0: int, virtual: int, read_physical: PhysicalReader) -> 
     table = ttbr0 & _A64_ROOT_MASK & _A64_ADDRESS_MASK
     for level, shift in enumerate(_LEAF_SHIFTS):
         index = (virtual >> shift) & (_ENTRIES - 1)
-        data = read_physical(table + 8 * index, 8)
-        if len(data) != 8:
-            raise MachineError(
-                f"page table read at {table + 8 * index:#x} returned {len(data)} bytes, not 8"
-            )
-        entry = int.from_bytes(data, "little")
+        entry = _read_entry(read_physical, table + 8 * index)
         if not entry & _A64_VALID:
             return None
         if level < 3 and entry & _A64_TABLE:
@@ -457,3 +447,12 @@ class _Tables:
 
     def __len__(self) -> int:
         return len(self._pages)
+
+
+def _read_entry(read_physical: PhysicalReader, address: int) -> int:
+    """The 8-byte little-endian page-table entry at physical `address`; MachineError on
+    a short read."""
+    data = read_physical(address, 8)
+    if len(data) != 8:
+        raise MachineError(f"page table read at {address:#x} returned {len(data)} bytes, not 8")
+    return int.from_bytes(data, "little")
