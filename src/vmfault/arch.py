@@ -115,6 +115,10 @@ class Platform:
     registers of `exec_hook`'s 2nd and 3rd arguments, or the vCPU's own pc and sp."""
     lacks: tuple[tuple[str, str], ...] = ()
     """Features its guests do not have yet, each with the reason (see `Arch.require`)."""
+    reset_writes_ram: bool = False
+    """Whether a machine reset writes QEMU's ROM images into guest RAM (the device tree at
+    the base of RAM on -M virt without -kernel): a template restore, whose loadvm begins
+    with a reset, must then put those pages back after it."""
 
     def is_user(self, privilege: int) -> bool:
         """Whether the value of the `privilege` register means user mode: CPL 3 in CS on
@@ -185,6 +189,7 @@ _PLATFORMS = {
         page_table_root="TTBR0_EL1",
         exec_hook=None,
         exec_args=("pc", "sp"),
+        reset_writes_ram=True,
         lacks=(
             (DISKS, "Debian's arm64 installer kernel has no virtio_blk"),
             (MACHINES, "the virt machine has no network card or console shell in vmfault yet"),

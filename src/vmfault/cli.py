@@ -567,7 +567,7 @@ def _print_record(record: ExperimentRecord, spec: FaultSpec, *, as_json: bool) -
     else:
         line = (
             f"fault: {fault['target']} at {fault['location']} bits {fault['bits']} "
-            f"{fault['before']} -> {fault['after']} ({record.injection.trigger})"
+            f"{fault['before']} -> {fault['after']} ({record.injection.trigger.describe()})"
         )
     out.print(line, highlight=False, markup=False)
     if record.latency is not None:

@@ -119,6 +119,22 @@ def test_aarch64_register_targets_and_groups() -> None:
     assert REGISTER_SETS[A64].location("x0") == ("x0", 0)
 
 
+def test_the_aarch64_pc_is_56_bits_wide() -> None:
+    # Bits 56-63 of a pc are copies of bit 55 (top-byte-ignore): no fault lives there.
+    target = Target.parse("register:pc", arch=A64)
+    assert target.register_width("pc") == 56
+    spec = FaultSpec.from_options(target="register:pc", arch=A64)
+    plans = [
+        plan(spec, seed=1, index=i, golden_duration_s=1.0, golden_instructions=None)
+        for i in range(300)
+    ]
+    assert {p.width for p in plans} == {56}
+    masks = {p.bits.mask for p in plans}
+    assert max(masks) == 1 << 55 and min(masks) == 1  # every bit 0-55 can be drawn
+    with pytest.raises(UsageError, match=r"bit 60 is out of range for register pc \(56 bits\)"):
+        FaultSpec.from_options(target="register:pc", bits="60", arch=A64)
+
+
 @pytest.mark.parametrize(
     ("text", "arch", "message"),
     [

@@ -264,3 +264,14 @@ def test_a_control_injection_is_a_record_kind_of_its_own() -> None:
     fault = injection.fault_json()
     assert (fault["bits"], fault["location"], fault["injected"]) == ([], "", True)
     assert injection_from_fields("control", injection.fields()) == injection
+
+
+def test_a_trigger_point_reads_as_one_line_naming_the_pc() -> None:
+    # People read `pc` on every architecture; the record's JSON keeps its `rip` field.
+    point = TriggerPoint(spec="time:0.0123s", time_s=0.0123, rip=0x401136, user_mode=True,
+                         progress=0.43)  # fmt: skip
+    assert point.describe() == "time:0.0123s, pc 0x401136 in user mode, 43% of the run"
+    assert TriggerPoint(spec="exec:fold#3", rip=0xFFFF800008010000, user_mode=False).describe() == (
+        "exec:fold#3, pc 0xffff800008010000 in kernel mode"
+    )
+    assert TriggerPoint().describe() == "no trigger"

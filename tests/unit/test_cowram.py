@@ -89,6 +89,20 @@ def clone(tmp_path: Path) -> Iterator[tuple[int, Path, int]]:
     os.close(ready_r)
 
 
+def test_the_page_map_scan_and_the_page_map_entries_agree(clone: tuple[int, Path, int]) -> None:
+    # On a kernel with PAGEMAP_SCAN (6.7+) written() scans; on any kernel the entries can
+    # be read: both must find the same runs (on an older kernel this compares the
+    # fallback with itself, and `scans` turns False at the first call).
+    pid, template, _ = clone
+    ram = CowRam(pid, template)
+    try:
+        assert ram.written() == ram._read_pagemap() == [(3, 2), (40, 1)]
+        ram.scans = False
+        assert ram.written() == [(3, 2), (40, 1)]
+    finally:
+        ram.close()
+
+
 def read_child(pid: int, address: int, size: int) -> bytes:
     with Path(f"/proc/{pid}/mem").open("rb") as mem:
         mem.seek(address)
@@ -119,3 +133,34 @@ def test_a_clone_s_written_pages_are_found_and_put_back(clone: tuple[int, Path, 
     finally:
         ram.close()
         ram.close()
+
+
+def test_a_scan_with_more_runs_than_one_call_returns_finds_them_all(tmp_path: Path) -> None:
+    # 1,500 runs of one page: the scan goes on from where each call stopped (512 a call).
+    template = tmp_path / "ram"
+    template.write_bytes(bytes(3000 * PAGE_BYTES))
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with template.open("rb") as source:
+                ram = mmap.mmap(source.fileno(), 0, flags=mmap.MAP_PRIVATE,
+                                prot=mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
+            for page in range(0, 3000, 2):
+                ram[page * PAGE_BYTES] = 1
+            os.write(ready_w, b"1")
+            signal.pause()
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        cow = CowRam(pid, template)
+        try:
+            assert cow.written() == cow._read_pagemap() == [(p, 1) for p in range(0, 3000, 2)]
+        finally:
+            cow.close()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(ready_r)

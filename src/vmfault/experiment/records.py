@@ -219,6 +219,17 @@ class TriggerPoint:
     golden run; for a fault drawn in a context, the share of the context's moments before
     it. None where the trigger is not a moment of the execution."""
 
+    def describe(self) -> str:
+        """One line for people: the trigger, then the pc and mode and the progress where
+        known (`time:0.012345s, pc 0x401136 in user mode, 43% of the run`)."""
+        parts = [self.spec or "no trigger"]
+        if self.rip is not None:
+            mode = {True: " in user mode", False: " in kernel mode", None: ""}[self.user_mode]
+            parts.append(f"pc {self.rip:#x}{mode}")
+        if self.progress is not None:
+            parts.append(f"{self.progress:.0%} of the run")
+        return ", ".join(parts)
+
     def to_json(self) -> dict[str, Any]:
         """The record's `trigger` object."""
         return {

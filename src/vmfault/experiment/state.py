@@ -283,7 +283,7 @@ class Experiment:
         golden = self.target.require_golden()
         if instructions is not None and golden.instructions:
             return min(1.0, instructions / golden.instructions)
-        start, end = self.window_s or (0.0, self.target.lengths.span_s(golden.span_s))
+        start, end = self.window_s or (0.0, self.target.span_s())
         fraction = min(1.0, max(0.0, elapsed_s - start) / max(end - start, 1e-9))
         probes = self.target.probes
         if probes is not None and self.spec.context is not Context.ANY:

@@ -115,7 +115,7 @@ def run_to_moment(
             problem = before()
             if problem:
                 return problem
-        start, end = experiment.window_s or (0.0, experiment.target.lengths.span_s(span))
+        start, end = experiment.window_s or (0.0, experiment.target.span_s())
         at = start + fraction * max(0.0, end - start)
         run = experiment.vm.run_for(max(0.0, at - experiment.elapsed_s()))
         _alive(run, experiment, "the trigger")

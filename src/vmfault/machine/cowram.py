@@ -7,8 +7,11 @@ pages a clone has written since it started are exactly those whose /proc/PID/pag
 entry is present and no longer a file page (bit 61 clear), or swapped out (bit 62). This
 host kernel has no soft-dirty tracking to use instead (CONFIG_MEM_SOFT_DIRTY is off).
 
-Putting RAM back is then: read the pagemap of the mapping (8 bytes a page), and copy
-every written page back from the template through /proc/PID/mem. The copy keeps the page
+Putting RAM back is then: find the written pages, and copy each back from the template
+through /proc/PID/mem. Kernels from 6.7 answer the first part with the PAGEMAP_SCAN ioctl,
+which returns the runs of anonymous pages of the mapping directly (measured on the 128 MiB
+guest: ~0.1 ms, against ~2 ms to read and parse the mapping's 256 KiB of pagemap entries,
+which older kernels fall back to). The copy keeps the page
 anonymous, so the set of written pages only grows over a clone's life: `written_bytes`
 says how large it is, and a caller may start a fresh clone when it gets large.
 
@@ -19,6 +22,9 @@ every translation block).
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import mmap
 import os
 import re
@@ -37,6 +43,33 @@ _WRITTEN = bytes(
     1 if (top & _SWAPPED) or (top & (_PRESENT | _FILE)) == _PRESENT else 0 for top in range(256)
 )
 _RUNS = re.compile(b"\x01+")
+
+# PAGEMAP_SCAN (linux/fs.h, kernel 6.7+): page categories, its argument and result types.
+_PAGE_IS_FILE, _PAGE_IS_PRESENT, _PAGE_IS_SWAPPED = 1 << 2, 1 << 3, 1 << 4
+_SCAN_REGIONS = 512
+"""Regions one scan call returns at most; a mapping with more is scanned on from where
+the call stopped."""
+
+
+class _ScanArg(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in (
+            "size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages",
+            "category_inverted", "category_mask", "category_anyof_mask", "return_mask",
+        )
+    ]  # fmt: skip
+
+
+class _Region(ctypes.Structure):
+    _fields_ = [
+        ("start", ctypes.c_uint64),
+        ("end", ctypes.c_uint64),
+        ("categories", ctypes.c_uint64),
+    ]
+
+
+_PAGEMAP_SCAN = (3 << 30) | (ctypes.sizeof(_ScanArg) << 16) | (ord("f") << 8) | 16
 _CHUNK_BYTES = 1 << 20
 
 
@@ -95,9 +128,46 @@ class CowRam:
             self._source = mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ)
         self.written_bytes = 0
         """Bytes of RAM the process has written since it started (after the last reset)."""
+        self._regions = (_Region * _SCAN_REGIONS)()
+        self.scans = True
+        """Whether the kernel answers PAGEMAP_SCAN (set False at its first refusal)."""
 
     def written(self) -> list[tuple[int, int]]:
         """Runs of pages written so far, as (first page, page count) of the mapping."""
+        if self.scans:
+            try:
+                return self._scan()
+            except OSError as error:
+                if error.errno not in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise MachineError(f"cannot scan QEMU's page map: {error}") from error
+                self.scans = False  # a kernel before 6.7: read the entries instead
+        return self._read_pagemap()
+
+    def _scan(self) -> list[tuple[int, int]]:
+        """`written()` by the PAGEMAP_SCAN ioctl: anonymous (not file) pages, present or
+        swapped out."""
+        start, end = self.mapping.start, self.mapping.end
+        arg = _ScanArg(
+            size=ctypes.sizeof(_ScanArg), start=start, end=end,
+            vec=ctypes.addressof(self._regions), vec_len=_SCAN_REGIONS,
+            category_inverted=_PAGE_IS_FILE, category_mask=_PAGE_IS_FILE,
+            category_anyof_mask=_PAGE_IS_PRESENT | _PAGE_IS_SWAPPED,
+        )  # fmt: skip
+        runs: list[tuple[int, int]] = []
+        while True:
+            found = fcntl.ioctl(self._pagemap, _PAGEMAP_SCAN, arg)
+            for region in self._regions[:found]:
+                first = (region.start - start) // PAGE_BYTES
+                count = (region.end - region.start) // PAGE_BYTES
+                if runs and runs[-1][0] + runs[-1][1] == first:  # split by a full vector
+                    first, count = runs[-1][0], runs.pop()[1] + count
+                runs.append((first, count))
+            if arg.walk_end >= end or found == 0:
+                return runs
+            arg.start = arg.walk_end
+
+    def _read_pagemap(self) -> list[tuple[int, int]]:
+        """`written()` from the mapping's pagemap entries (any kernel)."""
         pages = self.mapping.size // PAGE_BYTES
         offset = self.mapping.start // PAGE_BYTES * _ENTRY_BYTES
         entries = os.pread(self._pagemap, pages * _ENTRY_BYTES, offset)

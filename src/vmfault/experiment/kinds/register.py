@@ -32,7 +32,8 @@ class RegisterKind(FaultKind):
 
     def inject(self, experiment: Experiment) -> Injected:
         """Change the register, hold it if asked, read it back. A view of a register
-        (aarch64's `nzcv`: bits 28-31 of `cpsr`) changes those bits only."""
+        (aarch64's `nzcv`: bits 28-31 of `cpsr`) and a register narrower than its gdbstub
+        value (aarch64's 56-bit `pc`) change those bits only."""
         plan = experiment.plan
         gdb = experiment.vm.gdb
         register = plan.register
@@ -43,9 +44,8 @@ class RegisterKind(FaultKind):
         def read() -> int:
             return (gdb.read_register(holder) & field) >> shift
 
-        def write(value: int) -> None:
-            whole = gdb.read_register(holder) if shift else 0
-            gdb.write_register(holder, (whole & ~field) | (value << shift))
+        def write(value: int) -> None:  # the bits of the register outside the field stay
+            gdb.write_register(holder, (gdb.read_register(holder) & ~field) | (value << shift))
 
         point = experiment.trigger_point(trigger_text(plan))
         before = read()
