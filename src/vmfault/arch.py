@@ -190,9 +190,6 @@ _PLATFORMS = {
         exec_hook=None,
         exec_args=("pc", "sp"),
         reset_writes_ram=True,
-        lacks=(
-            (DISKS, "Debian's arm64 installer kernel has no virtio_blk"),
-            (MACHINES, "the virt machine has no network card or console shell in vmfault yet"),
-        ),
+        lacks=((DISKS, "Debian's arm64 installer kernel has no virtio_blk"),),
     ),
 }

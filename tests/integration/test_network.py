@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
+from vmfault.arch import Arch
 from vmfault.classify import Outcome
 from vmfault.experiment.crew import Crew, free_run
 from vmfault.experiment.pipeline import Experimenter
@@ -226,3 +227,42 @@ def test_no_frame_of_one_run_reaches_the_next(net: Experimenter) -> None:
     assert not asked_for_stranger(capture)
     record = net.run(FaultSpec.from_options(target="none"), seed=random.randrange(100))
     assert set(runs(record).values()) == {Outcome.BENIGN}
+
+
+A64_MACHINES = [
+    MachineSpec("server", ("netecho", "--serve"), daemon=True),
+    MachineSpec("tcp", ("netecho", "--connect", "server", "--count", "10", "--timeout-ms", "4000")),
+    MachineSpec.scripted(
+        "box",
+        [
+            Send(
+                "netecho --connect server --count 5 --udp --timeout-ms 1000; echo done-$((6*7))\n"
+            ),
+            Expect(("done-42",), 20.0),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("arch", [Arch.AARCH64], indirect=True, ids=str)
+def test_aarch64_machines_talk_on_the_network_and_take_console_scripts(
+    arch_image: GuestImage,
+) -> None:
+    # The virt machine's virtio-mmio network card on the switch, and a shell on its PL011.
+    testbed = Testbed(arch_image, A64_MACHINES, network=True)
+    with Experimenter(testbed, budget_factor=Budget.parse("20s")) as experimenter:
+        goldens = testbed.goldens
+        assert goldens["tcp"].output.startswith("netecho: 10 messages of 256 bytes echoed over tcp")
+        assert goldens["box"].exit_status == 0  # the script passed: its shell exited 0
+        box = testbed.machine("box").vm.console.transcript()
+        assert "netecho: 5 messages of 256 bytes echoed over udp" in box and "done-42" in box
+        record = experimenter.run(FaultSpec.from_options(target="none"), seed=3)
+        assert set(runs(record).values()) == {Outcome.BENIGN}, record.to_json()["machines"]
+        assert record.traffic is not None and record.traffic.frames > 20
+        fault = FaultSpec.from_options(
+            target="network:loss", probability=0.1, link="tcp-server", trigger="time:0s"
+        )
+        lossy = experimenter.run(fault, seed=5)
+        injection = lossy.injection
+        assert isinstance(injection, NetworkInjection) and injection.totals["dropped"] > 0
+        assert runs(lossy)["tcp"] is Outcome.BENIGN, lossy.to_json()["machines"]  # TCP resends

@@ -321,7 +321,10 @@ def qemu_argv(
             f"{bus_device},drive=vmf-disk",
         ]
     if config.nic is not None:
-        nic_device = "virtio-net-device" if config.machine_type == "microvm" else "virtio-net-pci"
+        # virtio-mmio on microvm and virt (its guests load virtio_mmio; virt's PCIe would
+        # need virtio_pci), PCI on any other machine type.
+        mmio = config.machine_type in ("microvm", "virt")
+        nic_device = "virtio-net-device" if mmio else "virtio-net-pci"
         argv += [
             "-netdev",
             f"dgram,id=vmf-net,local.type=fd,local.str={config.nic.fd}",

@@ -59,7 +59,11 @@
 #define DISK_MODULE_LIST "/etc/vmfault/modules.disk"
 #define DISK_LINKS "/dev/disk/by-id"
 #define WORKLOAD_DIR "/w/"
+#if defined(__aarch64__)
+#define CONSOLE_TTY "/dev/ttyAMA0" /* the virt machine's PL011 */
+#else
 #define CONSOLE_TTY "/dev/ttyS0"
+#endif
 #define NIC_NAME "eth0"
 
 static int debugcon_ok;
