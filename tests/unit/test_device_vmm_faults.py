@@ -168,6 +168,13 @@ def test_registers_are_bytes_of_ports_and_words_of_mmio_never_the_debug_console(
         choose_register(regions, rng, device="floppy")
 
 
+def test_the_serial_target_is_the_pl011_on_aarch64_s_virt_machine() -> None:
+    regions = [DeviceRegion("memory", 0x9000000, 0x9001000, "pl011"),
+               DeviceRegion("memory", 0x9020000, 0x9020018, "fwcfg.data")]  # fmt: skip
+    serial = choose_register(regions, random.Random(4), device="serial")
+    assert serial.device == "pl011" and serial.size == 4 and 0x9000000 <= serial.address < 0x9001000
+
+
 # --------------------------------------------------------------------------- VMM memory
 
 MAPS = """\

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
     "BLK_HEADER_FIELDS",
     "DESCRIPTOR_BYTES",
     "DESCRIPTOR_FIELDS",
+    "DEVICE_REGION_NAMES",
     "EXCLUDED_DEVICES",
     "NET_HEADER_FIELDS",
     "VIRTIO_DEVICE_IDS",
@@ -40,6 +41,7 @@ __all__ = [
     "header_fields",
     "pending_heads",
     "queue_device",
+    "region_names",
     "request_chain",
     "request_fields",
 ]
@@ -85,6 +87,14 @@ which device a kick is for."""
 EXCLUDED_DEVICES = frozenset({"isa-debugcon", "io"})
 """Regions that are no device to fault: vmfault's own result channel (the debug console)
 and the I/O space's unassigned background."""
+DEVICE_REGION_NAMES: Mapping[str, tuple[str, ...]] = {"serial": ("serial", "pl011")}
+"""The names QEMU gives the regions of a device target on each machine: `device:serial`
+is the 16550 on x86-64's microvm and the PL011 on aarch64's virt."""
+
+
+def region_names(device: str) -> tuple[str, ...]:
+    """The region names of device target `device` (`DEVICE_REGION_NAMES`, else itself)."""
+    return DEVICE_REGION_NAMES.get(device, (device,))
 
 
 @dataclass(frozen=True)
@@ -247,7 +257,7 @@ def choose_register(
     for region in regions:
         if region.name in EXCLUDED_DEVICES or region.end <= region.start:
             continue
-        if device is not None and region.name != device:
+        if device is not None and region.name not in region_names(device):
             continue
         by_device.setdefault((region.space, region.name), []).append(region)
     if not by_device:

@@ -43,6 +43,7 @@ from vmfault.faults.device import (
     choose_register,
     pending_heads,
     queue_device,
+    region_names,
     request_chain,
     request_fields,
 )
@@ -169,7 +170,7 @@ class DeviceKind(FaultKind):
                     )
         elif name != "mmio":
             memory, ports = address_spaces(self.vm)
-            if not any(r.name == name for r in (*memory, *ports)):
+            if not any(r.name in region_names(name) for r in (*memory, *ports)):
                 raise UsageError(f"machine {self.machine.name} has no {name} device")
 
     def _golden_kicks(self, name: str) -> int:
