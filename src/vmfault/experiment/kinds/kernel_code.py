@@ -4,6 +4,11 @@
 draws the function, weighted by how often the golden run executed it (a sampled kernel
 profile, `vmfault.profile.kernel`, taken once and cached). Bytes are written through the
 gdbstub, which makes QEMU drop the stale translations of the code it changes.
+
+The functions are those of the kernel image: its bytes sit at a fixed physical address
+(`nokaslr`), while a module's code is wherever this boot's vmalloc put it, which may not
+be where the captured symbols say (about one boot in five, measured). A module function
+named as a target is a one-line error, and `hot` draws among the image's functions only.
 """
 
 from __future__ import annotations
@@ -25,10 +30,34 @@ class KernelCodeKind(MemoryKind):
     _profile: KernelProfile | None = None
 
     def prepare(self, spec: FaultSpec) -> None:
-        """`kernel-code:hot` needs the kernel profile of the workload (taken once)."""
+        """`kernel-code:hot` needs the kernel profile of the workload (taken once) with a
+        function of the kernel image in it; UsageError for a function of a module."""
         super().prepare(spec)
-        if spec.target.name == "hot":
-            self.profile()
+        name = spec.target.name
+        if name == "hot":
+            if not self._image_weights():
+                raise UsageError(
+                    "the workload's kernel profile has no function of the kernel image",
+                    hint="name a kernel function: kernel-code:FUNCTION",
+                )
+            return
+        symbol = self.machine.symbols.get(name)
+        if symbol is not None and symbol.module:
+            raise UsageError(
+                f"kernel function {name} is in module {symbol.module}: kernel-code faults "
+                "flip bytes of the kernel image (a module's code can move between boots)",
+                hint="name a function of the kernel image, or use kernel-code:hot",
+            )
+
+    def _image_weights(self) -> list[tuple[str, float]]:
+        """The profile's functions of the kernel image with their sample shares (modules'
+        functions left out)."""
+        symbols = self.machine.symbols
+        return [
+            (name, weight)
+            for name, weight in self.profile().weights()
+            if (symbol := symbols.get(name)) is not None and not symbol.module
+        ]
 
     def profile(self) -> KernelProfile:
         """Where the kernel spends its time under this machine's workload (cached)."""
@@ -44,7 +73,7 @@ class KernelCodeKind(MemoryKind):
         symbols = self.machine.symbols
         name = experiment.spec.target.name
         if name == "hot":
-            names, weights = zip(*self.profile().weights(), strict=True)
+            names, weights = zip(*self._image_weights(), strict=True)
             name = rng.choices(names, weights=weights)[0]
         symbol = symbols.get(name)
         if symbol is None or not symbol.is_function:
