@@ -159,7 +159,9 @@ def machine_config(
     if nic is not None or on_console:
         image.arch.require(MACHINES)
     params = agent_params(mode=mode, argv=argv, on_console=on_console, address=address, hosts=hosts)
-    append = " ".join(("quiet", *params))
+    # cryptomgr.notests skips the crypto self-tests at boot: 12% of boot to ready under TCG
+    # (median 2.08 -> 1.84 s, 8 boots each, interleaved), nothing a workload relies on.
+    append = " ".join(("quiet", "cryptomgr.notests", *params))
     return MachineConfig(
         kernel=image.kernel,
         initrd=image.initrd,
