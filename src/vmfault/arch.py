@@ -101,6 +101,8 @@ class Platform:
     pc: str
     stack_pointer: str
     frame_pointer: str
+    first_argument: str
+    """The register of a kernel function's first argument at its entry."""
     flags: str
     privilege: str
     """The register whose value says whether the vCPU runs user code (`is_user`)."""
@@ -155,6 +157,7 @@ _PLATFORMS = {
         pc="rip",
         stack_pointer="rsp",
         frame_pointer="rbp",
+        first_argument="rdi",
         flags="eflags",
         privilege="cs",
         page_table_root="cr3",
@@ -184,6 +187,7 @@ _PLATFORMS = {
         pc="pc",
         stack_pointer="sp",
         frame_pointer="x29",
+        first_argument="x0",
         flags="cpsr",
         privilege="cpsr",
         page_table_root="TTBR0_EL1",

@@ -266,3 +266,9 @@ def test_aarch64_machines_talk_on_the_network_and_take_console_scripts(
         injection = lossy.injection
         assert isinstance(injection, NetworkInjection) and injection.totals["dropped"] > 0
         assert runs(lossy)["tcp"] is Outcome.BENIGN, lossy.to_json()["machines"]  # TCP resends
+        # A request of the client's network card corrupted at a kick: virtio_ring is built
+        # into aarch64's kernel, so its functions sit where the symbols say.
+        corrupted = experimenter.run(
+            FaultSpec.from_options(target="device:virtio-net", machine="tcp"), seed=6
+        )
+        assert corrupted.injection.injected, corrupted.to_json()["fault"]

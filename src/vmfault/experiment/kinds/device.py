@@ -70,7 +70,7 @@ NOTIFY_FUNCTION = "virtqueue_kick_prepare"
 publish, and notify the device only if it asked to be (virtio's event index); a breakpoint
 on `virtqueue_notify` alone misses every batch QEMU's thread takes without a notification.
 It is in virtio_ring, the first virtio module loaded, so its address is that of the
-kernel's symbols in every machine; its argument (rdi) is the `struct virtqueue`."""
+kernel's symbols in every machine; its first argument (rdi, x0) is the `struct virtqueue`."""
 MAX_KICKS_COUNTED = 2000
 """Kicks with a request pending counted at most (in a golden run, or to the trigger)."""
 KICK_DRAWS = 4
@@ -127,9 +127,14 @@ class DeviceKind(FaultKind):
 
     def notify_address(self) -> int:
         """Where NOTIFY_FUNCTION is in this machine's kernel: its symbol's address, moved by
-        as much as virtio_ring moved in this boot (found once, by PROBE_FUNCTIONS)."""
+        as much as virtio_ring moved in this boot (found once, by PROBE_FUNCTIONS). A
+        virtio_ring built into the kernel image (aarch64's) does not move."""
         if self._notify is None:
             symbols = self.machine.symbols
+            notify = symbols.get(NOTIFY_FUNCTION)
+            if notify is not None and not notify.module:
+                self._notify = notify.address
+                return notify.address
             probes = [symbols.address(name) for name in PROBE_FUNCTIONS]
             gdb = self.vm.gdb
 
@@ -468,9 +473,9 @@ and `callback`) and its index (after `name` and `vdev`, 8 bytes each)."""
 
 def _kicked_queue(vm: Machine) -> tuple[int, str] | None:
     """The index and name of the queue `virtqueue_kick_prepare(vq)` was called for (halted
-    at its entry, `vq` in rdi), or None if they cannot be read."""
+    at its entry, `vq` in its first argument's register), or None if they cannot be read."""
     try:
-        vq = int(vm.gdb.read_register("rdi"))
+        vq = int(vm.gdb.read_register(vm.platform.first_argument))
         raw = bytes(vm.gdb.read_memory(vq, VIRTQUEUE_INDEX_OFFSET + 4))
         pointer = int.from_bytes(raw[VIRTQUEUE_NAME_OFFSET : VIRTQUEUE_NAME_OFFSET + 8], "little")
         name = bytes(vm.gdb.read_memory(pointer, 16)).split(b"\0", 1)[0]
