@@ -234,14 +234,13 @@ class RunLengths:
 
     A moment drawn over an execution must be drawn over a span as long as the run it
     lands in (a moment past the run's end is drawn again, on a fresh restore), or the
-    run's last part is never hit; each moment past the end costs a whole run. So the span
-    follows the recent runs that reached their exit: the QUANTILE of the last `keep` (not
-    their longest: one run stretched 3x by the host would make most draws miss), never
-    less than the golden runs' median. Until LEAST runs are known it is the longest golden
-    run (the first restored run of a machine is the slowest: its RAM is not yet its own).
+    run's last part is never hit. On a loaded host runs stretch past the golden runs, so
+    the span follows the recent runs that reached their exit: the QUANTILE of the last
+    `keep` (not their longest: one run stretched 3x by the host would make most draws
+    miss), never less than the golden runs' span.
     """
 
-    QUANTILE = 0.9
+    QUANTILE = 0.75
     LEAST = 5
     """Runs noted before they count (the golden runs' span alone until then)."""
     OUTLIER = 4.0
@@ -255,22 +254,20 @@ class RunLengths:
         if exit_s <= self.OUTLIER * golden_span_s:
             self._exits.append(exit_s)
 
-    def span_s(self, golden_span_s: float, typical_s: float) -> float:
-        """The span to draw moments of the whole execution over (seconds), from the golden
-        runs' longest (`golden_span_s`) and median (`typical_s`)."""
+    def span_s(self, golden_span_s: float) -> float:
+        """The span to draw moments of the whole execution over (seconds)."""
         if len(self._exits) < self.LEAST:
             return golden_span_s
         ordered = sorted(self._exits)
-        return max(typical_s, ordered[round(self.QUANTILE * (len(ordered) - 1))])
+        return max(golden_span_s, ordered[round(self.QUANTILE * (len(ordered) - 1))])
 
-    @staticmethod
-    def window_s(start_s: float, span_s: float) -> tuple[float, float]:
-        """The window from `start_s` (the workload's exec) to the end of `span_s`; a run
+    def window_s(self, start_s: float, golden_span_s: float) -> tuple[float, float]:
+        """The window from `start_s` (the workload's exec) to the end of the span; a run
         that reached the exec only after the span ended (a run slowed by the host) gets a
         window as long as the span."""
-        length = span_s - start_s
+        length = self.span_s(golden_span_s) - start_s
         if length <= 0.0:
-            length = span_s
+            length = golden_span_s
         return start_s, start_s + length
 
 
@@ -386,8 +383,7 @@ class GuestMachine:
 
     def span_s(self) -> float:
         """Running seconds of the execution that moments are drawn over now (`RunLengths`)."""
-        golden = self.require_golden()
-        return self.lengths.span_s(golden.span_s, golden.typical_s)
+        return self.lengths.span_s(self.require_golden().span_s)
 
     def workload_code(self) -> WorkloadCode:
         """The workload's executable; UsageError if it is not a workload of the image."""

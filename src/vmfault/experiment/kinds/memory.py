@@ -154,9 +154,8 @@ class MemoryKind(FaultKind):
         if isinstance(process, str):
             return process
         self._root = process.page_tables
-        experiment.window_s = experiment.target.lengths.window_s(
-            experiment.elapsed_s(), experiment.target.span_s()
-        )
+        span_s = experiment.target.require_golden().span_s
+        experiment.window_s = experiment.target.lengths.window_s(experiment.elapsed_s(), span_s)
         return ""
 
     def choose(self, experiment: Experiment, rng: random.Random) -> Cell:
