@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmfault.arch import DEFAULT_ARCH, Arch
-from vmfault.machine.disks import GuestDisk, disk_argv
+from vmfault.machine.disks import GuestDisk, disk_argv, virtio_device
 
 __all__ = [
     "DETERMINISTIC_RTC_BASE",
@@ -313,7 +313,7 @@ def qemu_argv(
             f"clock=vm,base={DETERMINISTIC_RTC_BASE}",
         ]
     if config.disk is not None:
-        bus_device = "virtio-blk-device" if config.machine_type == "microvm" else "virtio-blk-pci"
+        bus_device = virtio_device(config.machine_type, "blk")
         argv += [
             "-drive",
             f"if=none,id=vmf-disk,format=raw,file={config.disk}",
@@ -321,10 +321,7 @@ def qemu_argv(
             f"{bus_device},drive=vmf-disk",
         ]
     if config.nic is not None:
-        # virtio-mmio on microvm and virt (its guests load virtio_mmio; virt's PCIe would
-        # need virtio_pci), PCI on any other machine type.
-        mmio = config.machine_type in ("microvm", "virt")
-        nic_device = "virtio-net-device" if mmio else "virtio-net-pci"
+        nic_device = virtio_device(config.machine_type, "net")
         argv += [
             "-netdev",
             f"dgram,id=vmf-net,local.type=fd,local.str={config.nic.fd}",

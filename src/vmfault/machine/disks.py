@@ -34,6 +34,7 @@ from vmfault.errors import MachineError, UsageError
 
 __all__ = [
     "DISK_NAME",
+    "MMIO_MACHINES",
     "SECTOR_BYTES",
     "DiskNodes",
     "GuestDisk",
@@ -49,6 +50,7 @@ __all__ = [
     "probe_image",
     "tap_socket",
     "unique_disks",
+    "virtio_device",
 ]
 
 SECTOR_BYTES = 512
@@ -282,6 +284,17 @@ def _escape(value: str) -> str:
     return value.replace(",", ",,")
 
 
+MMIO_MACHINES = ("microvm", "virt")
+"""Machine types whose virtio devices go on virtio-mmio transports: their guests load
+virtio_mmio (virt's PCIe would need virtio_pci)."""
+
+
+def virtio_device(machine_type: str, kind: str) -> str:
+    """The QEMU device of a virtio `kind` (`blk`, `net`) on `machine_type`:
+    `virtio-blk-device` on a virtio-mmio machine, `virtio-blk-pci` on any other."""
+    return f"virtio-{kind}-{'device' if machine_type in MMIO_MACHINES else 'pci'}"
+
+
 def disk_argv(
     disks: Sequence[GuestDisk], run_dir: Path, machine_type: str, *, tapped: bool
 ) -> list[str]:
@@ -292,7 +305,7 @@ def disk_argv(
     otherwise pause the whole machine on ENOSPC). An untapped disk's flushes stop at its
     overlay file: its contents are thrown away with the run directory.
     """
-    bus = "virtio-blk-device" if machine_type == "microvm" else "virtio-blk-pci"
+    bus = virtio_device(machine_type, "blk")
     argv: list[str] = []
     for index, disk in enumerate(disks):
         nodes = disk_nodes(index)
