@@ -41,22 +41,23 @@ class RegisterKind(FaultKind):
         holder, shift = REGISTER_SETS[experiment.spec.target.arch].location(register)
         field = ((1 << plan.width) - 1) << shift
 
-        def read() -> int:
-            return (gdb.read_register(holder) & field) >> shift
-
-        def write(value: int) -> None:  # the bits of the register outside the field stay
-            gdb.write_register(holder, (gdb.read_register(holder) & ~field) | (value << shift))
+        def change() -> int:
+            """Apply the bits to the field, keeping the register's other bits; the field's
+            value before."""
+            whole = gdb.read_register(holder)
+            value = (whole & field) >> shift
+            gdb.write_register(holder, (whole & ~field) | (plan.bits.apply(value) << shift))
+            return value
 
         point = experiment.trigger_point(trigger_text(plan))
-        before = read()
+        before = change()
         after = plan.bits.apply(before)
-        write(after)
         experiment.mark_injected()
         hold = experiment.spec.bits.hold_instructions
         for _ in range(hold):
             gdb.step()
-            write(plan.bits.apply(read()))
-        readback = read()
+            change()
+        readback = (gdb.read_register(holder) & field) >> shift
         held = readback == after or hold > 0
         injection = RegisterInjection(
             target=experiment.spec.target.spelling, machine=self.machine.name,
